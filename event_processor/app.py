@@ -1,0 +1,158 @@
+"""The composition root: the only place that builds clients and wires the parts together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import CollectorRegistry
+
+from event_processor import http, signals
+from event_processor.dlq import DeadLetterQueue
+from event_processor.metrics import Metrics
+from event_processor.pipeline import Pipeline
+from event_processor.retry import RetryPolicy
+from event_processor.sink import KinesisSink
+from event_processor.source import SqsSource
+from event_processor.worker import Worker
+
+if TYPE_CHECKING:
+    from types_aiobotocore_kinesis import KinesisClient
+    from types_aiobotocore_sqs import SQSClient
+
+    from event_processor.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Exit codes: 0 clean stop, 1 crashed while running, 3 could not start (uvicorn's habit of a
+# distinct code for a failed start-up lets an orchestrator tell config from runtime faults).
+EXIT_OK = 0
+EXIT_CRASHED = 1
+EXIT_STARTUP_FAILED = 3
+
+
+class StartupError(Exception):
+    """The queue or stream is missing or unreachable: retrying in-process will not help."""
+
+
+@dataclass
+class Hooks:
+    """What tests observe of a running daemon; production passes the defaults."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    install_signals: bool = True
+    # Called with (worker, metrics_port) once receiving: tests use it to stop and probe.
+    on_started: Callable[[Worker, int], None] | None = None
+
+
+def client_config(settings: Settings) -> AioConfig:
+    # botocore's standard mode owns transport retries (throttles, 5xx, connection resets);
+    # the pool must cover every PutRecords, receive and batch call in flight at once.
+    pool = settings.max_put_requests + settings.receivers + 16
+    return AioConfig(
+        region_name=settings.aws_region,
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=pool,
+        connect_timeout=5,
+        # A long poll holds the connection for WAIT_TIME_SECONDS; leave it room.
+        read_timeout=settings.wait_time_seconds + 10,
+    )
+
+
+async def _resolve(settings: Settings, sqs: SQSClient, kinesis: KinesisClient) -> str:
+    try:
+        queue_url = settings.queue_url
+        if queue_url is None:
+            queue_url = (await sqs.get_queue_url(QueueName=settings.queue_name))["QueueUrl"]
+        await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+        await kinesis.describe_stream_summary(StreamName=settings.stream_name)
+        if settings.dlq_url is not None:
+            await sqs.get_queue_attributes(QueueUrl=settings.dlq_url, AttributeNames=["QueueArn"])
+    except (BotoCoreError, ClientError) as exc:
+        raise StartupError(str(exc)) from exc
+    return queue_url
+
+
+async def run(settings: Settings, hooks: Hooks | None = None) -> int:
+    """Start, run until a signal (or hooks' stop event), drain, and return the exit code."""
+    hooks = hooks or Hooks()
+    metrics = Metrics(hooks.registry)
+    session = get_session()
+    config = client_config(settings)
+    async with AsyncExitStack() as stack:
+        sqs: SQSClient = await stack.enter_async_context(
+            session.create_client("sqs", config=config, endpoint_url=settings.endpoint_url)
+        )
+        kinesis: KinesisClient = await stack.enter_async_context(
+            session.create_client("kinesis", config=config, endpoint_url=settings.endpoint_url)
+        )
+        try:
+            queue_url = await _resolve(settings, sqs, kinesis)
+        except StartupError as exc:
+            log.error("start-up failed", extra={"action": "startup_failed", "error": str(exc)})  # noqa: TRY400
+            return EXIT_STARTUP_FAILED
+
+        source = SqsSource(
+            sqs,
+            queue_url,
+            metrics,
+            hooks.policy,
+            wait_time_s=settings.wait_time_seconds,
+            visibility_timeout_s=settings.visibility_timeout,
+        )
+        stack.push_async_callback(source.close)
+        sink = KinesisSink(
+            kinesis, settings.stream_name, metrics, hooks.policy, settings.max_put_requests
+        )
+        dlq = DeadLetterQueue(sqs, settings.dlq_url, metrics, hooks.policy)
+        stack.push_async_callback(dlq.close)
+        pipeline = Pipeline(source, sink, dlq, metrics, settings.partition_key)
+        worker = Worker(
+            source,
+            sink,
+            pipeline,
+            metrics,
+            hooks.policy,
+            receivers=settings.receivers,
+            batch_size=settings.batch_size,
+            max_in_flight=settings.max_in_flight,
+            shutdown_grace_s=settings.shutdown_grace_seconds,
+        )
+
+        metrics_port = 0
+        if settings.metrics_port:
+            runner, metrics_port = await http.serve(
+                http.make_app(hooks.registry, lambda: worker.ready),
+                settings.metrics_host,
+                settings.metrics_port,
+            )
+            stack.push_async_callback(runner.cleanup)
+        if hooks.install_signals:
+            signals.install(worker.stop, worker.force)
+            stack.callback(signals.uninstall)
+        if hooks.on_started is not None:
+            hooks.on_started(worker, metrics_port)
+        log.info(
+            "event processor running",
+            extra={
+                "action": "running",
+                "queue_url": queue_url,
+                "stream": settings.stream_name,
+                "dlq_url": settings.dlq_url,
+                "metrics_port": metrics_port,
+            },
+        )
+        try:
+            await worker.run()
+        except Exception:
+            log.exception("worker crashed", extra={"action": "crashed"})
+            return EXIT_CRASHED
+        log.info("stopped", extra={"action": "stopped"})
+    return EXIT_OK

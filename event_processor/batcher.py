@@ -1,0 +1,165 @@
+"""Coalesce concurrent single-entry requests into SQS batch calls, without timers.
+
+"Natural" batching: an entry is sent at once if a call slot is free; while every slot is
+busy, entries pile up and the next free slot takes up to a full batch. Under load batches
+fill by themselves; when idle nothing waits on a linger timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from event_processor.errors import BatchEntryFailed, is_retriable
+
+if TYPE_CHECKING:
+    from event_processor.metrics import Metrics
+    from event_processor.retry import RetryPolicy
+
+T = TypeVar("T")
+
+# The send callable returns one outcome per entry, in order: None for success, or the
+# exception that entry's awaiter should raise.
+SendBatch = Callable[[list[T]], Awaitable[list[BaseException | None]]]
+
+
+class Batcher(Generic[T]):
+    def __init__(
+        self,
+        send: SendBatch[T],
+        *,
+        max_entries: int,
+        max_bytes: int | None = None,
+        size_of: Callable[[T], int] | None = None,
+        max_concurrent: int = 4,
+    ) -> None:
+        self._send = send
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._size_of = size_of
+        self._max_concurrent = max_concurrent
+        self._pending: deque[tuple[T, asyncio.Future[None]]] = deque()
+        self._active = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, entry: T) -> None:
+        """Resolve once `entry` succeeded; raise what its batch call reported for it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, future))
+        self._kick()
+        await future
+
+    async def submit_many(self, entries: list[T]) -> None:
+        await asyncio.gather(*(self.submit(entry) for entry in entries))
+
+    def _take(self) -> list[tuple[T, asyncio.Future[None]]]:
+        batch: list[tuple[T, asyncio.Future[None]]] = []
+        total = 0
+        while self._pending and len(batch) < self._max_entries:
+            entry, future = self._pending[0]
+            if future.done():  # its awaiter was cancelled: nothing to send
+                self._pending.popleft()
+                continue
+            if self._max_bytes is not None and self._size_of is not None:
+                size = self._size_of(entry)
+                # An entry bigger than the cap still goes, alone; SQS will judge it.
+                if batch and total + size > self._max_bytes:
+                    break
+                total += size
+            batch.append(self._pending.popleft())
+        return batch
+
+    def _kick(self) -> None:
+        while self._pending and self._active < self._max_concurrent:
+            batch = self._take()
+            if not batch:
+                return
+            self._active += 1
+            task = asyncio.create_task(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        try:
+            outcomes = await self._send([entry for entry, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # handed to every awaiter of the batch, none is swallowed
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if outcome is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(outcome)
+        finally:
+            self._active -= 1
+            self._kick()
+
+    async def close(self) -> None:
+        """Wait for calls already under way; entries not yet sent are failed as cancelled."""
+        while self._pending:
+            _, future = self._pending.popleft()
+            future.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class RetriableEntries(Exception):
+    """Some batch entries failed with a retriable code; only they are sent again."""
+
+
+async def retry_entries(
+    operation: str,
+    items: list[T],
+    make_entry: Callable[[int, T], Any],
+    call: Callable[[list[Any]], Awaitable[Any]],
+    *,
+    policy: RetryPolicy,
+    metrics: Metrics,
+) -> list[BaseException | None]:
+    """Run an SQS batch call, retrying only the entries that failed retriably.
+
+    A 200 response can still carry failed entries; each is checked. SenderFault entries
+    (a stale receipt handle, an oversized body) will not heal and fail at once.
+    """
+    outcomes: dict[int, BaseException | None] = {}
+    remaining = dict(enumerate(items))
+
+    def on_retry(_: object) -> None:
+        metrics.retries.labels(operation).inc()
+
+    def retry_on(exc: BaseException) -> bool:
+        return isinstance(exc, RetriableEntries) or is_retriable(exc)
+
+    try:
+        async for attempt in policy.retrying(on_retry, retry_on):
+            with attempt:
+                response = await call([make_entry(i, item) for i, item in remaining.items()])
+                for ok in response.get("Successful", []):
+                    outcomes[int(ok["Id"])] = None
+                    remaining.pop(int(ok["Id"]), None)
+                for bad in response.get("Failed", []):
+                    index = int(bad["Id"])
+                    if bad.get("SenderFault"):
+                        outcomes[index] = BatchEntryFailed(
+                            operation, bad.get("Code", ""), bad.get("Message", "")
+                        )
+                        remaining.pop(index, None)
+                if remaining:
+                    raise RetriableEntries(f"{len(remaining)} {operation} entries failed")
+    except (RetriableEntries, BotoCoreError, ClientError) as exc:
+        # The policy gave up: each remaining entry carries the reason to its awaiter.
+        for index in remaining:
+            outcomes[index] = BatchEntryFailed(operation, type(exc).__name__, str(exc))
+    return [outcomes.get(i) for i in range(len(items))]

@@ -1,0 +1,78 @@
+"""Command line: `event-processor run` (the daemon). Every setting is an env var and a flag."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from event_processor import __version__, app, logs
+from event_processor.config import Settings
+
+# argparse's own exit code for bad usage; invalid settings use it too.
+EXIT_USAGE = 2
+
+
+def _env_names(name: str) -> str:
+    field = Settings.model_fields[name]
+    alias = field.validation_alias
+    choices = getattr(alias, "choices", None)
+    names = [str(c) for c in choices] if choices else [name]
+    return " or ".join(n.upper() for n in names)
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field, derived from the model so the two cannot drift."""
+    group = parser.add_argument_group("settings (flags override environment variables)")
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = getattr(default, "value", default)
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=name.split("_")[-1].upper(),
+            help=f"{field.description} [env {_env_names(name)}; default {shown}]",
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="event-processor",
+        description="Validate sensor submissions from SQS and publish each event to Kinesis.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
+    _add_settings_flags(run)
+    return parser
+
+
+def load_settings(overrides: dict[str, str]) -> Settings:
+    """Environment first, then flags; raises ValidationError with every bad setting."""
+    return Settings(**overrides)  # type: ignore[arg-type]  # pydantic parses the strings
+
+
+def _explain(error: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for problem in error.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "settings"
+        lines.append(f"  {where.upper()} ({where.replace('_', '-')}): {problem['msg']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    try:
+        settings = load_settings(args)
+    except ValidationError as exc:
+        print(_explain(exc), file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(settings.log_level.value, settings.log_format.value)
+    if command == "run":
+        return asyncio.run(app.run(settings))
+    return EXIT_USAGE  # argparse rejects unknown commands before this

@@ -1,0 +1,95 @@
+"""Settings: one pydantic-settings model, read from the environment and overridden by CLI flags.
+
+Endpoints are botocore's business: AWS_ENDPOINT_URL (and AWS_ENDPOINT_URL_SQS / _KINESIS) are
+read by botocore itself, so the per-service variants keep working. `--endpoint-url` overrides
+them all, as it does in the AWS CLI.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from event_processor import constants
+from event_processor.models import PartitionKey
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Settings(BaseSettings):
+    """Every knob of the daemon. Field descriptions become the CLI's --help."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="forbid", frozen=True, use_enum_values=False
+    )
+
+    endpoint_url: Annotated[
+        str | None,
+        Field(
+            description="AWS endpoint for every service (else botocore reads AWS_ENDPOINT_URL)",
+            # Not bound to AWS_ENDPOINT_URL on purpose: see the module docstring.
+            validation_alias=AliasChoices("endpoint_url"),
+        ),
+    ] = None
+    aws_region: Annotated[
+        str,
+        Field(
+            description="AWS region",
+            validation_alias=AliasChoices("aws_region", "aws_default_region"),
+        ),
+    ] = "eu-west-1"
+    queue_url: Annotated[str | None, Field(description="source queue URL (wins over the name)")] = (
+        None
+    )
+    queue_name: Annotated[
+        str, Field(min_length=1, description="source queue name, resolved at start-up")
+    ] = "submissions"
+    stream_name: Annotated[str, Field(min_length=1, description="target Kinesis stream")] = "events"
+    dlq_url: Annotated[
+        str | None, Field(description="dead-letter queue URL; unset: rejections are only logged")
+    ] = None
+    batch_size: Annotated[
+        int, Field(ge=1, le=constants.SQS_MAX_BATCH_ENTRIES, description="messages per receive")
+    ] = 10
+    visibility_timeout: Annotated[
+        int, Field(ge=2, le=constants.SQS_MAX_VISIBILITY_S, description="seconds")
+    ] = 30
+    wait_time_seconds: Annotated[
+        int, Field(ge=0, le=constants.SQS_MAX_WAIT_TIME_S, description="long poll seconds")
+    ] = 20
+    receivers: Annotated[
+        int, Field(ge=1, le=64, description="concurrent long-polling receivers")
+    ] = 4
+    max_in_flight: Annotated[
+        int, Field(ge=1, le=100_000, description="bound on submissions in flight (backpressure)")
+    ] = 1000
+    max_put_requests: Annotated[
+        int, Field(ge=1, le=64, description="PutRecords requests in flight at once")
+    ] = 8
+    partition_key: Annotated[PartitionKey, Field(description="device_id or submission_id")] = (
+        PartitionKey.DEVICE_ID
+    )
+    metrics_port: Annotated[
+        int, Field(ge=0, le=65535, description="/metrics, /healthz, /readyz port; 0 disables")
+    ] = 9100
+    metrics_host: Annotated[str, Field(description="address the metrics server binds")] = "0.0.0.0"
+    shutdown_grace_seconds: Annotated[
+        float, Field(ge=0, le=3600, description="time to finish in-flight work on SIGTERM")
+    ] = 20.0
+    log_level: Annotated[LogLevel, Field(description="log level")] = LogLevel.INFO
+    log_format: Annotated[LogFormat, Field(description="text or json (one object a line)")] = (
+        LogFormat.TEXT
+    )

@@ -1,0 +1,57 @@
+"""AWS limits and tuning constants, each with the reason it has its value."""
+
+# --- Kinesis PutRecords limits (moto enforces none of them, so we must) ---
+# A PutRecords request carries at most 500 records.
+PUT_RECORDS_MAX_RECORDS = 500
+# ...and at most 5 MiB, counting data plus partition keys.
+PUT_RECORDS_MAX_BYTES = 5 * 1024 * 1024
+# One record's data plus partition key may not exceed 1 MiB; bigger events go to the DLQ.
+KINESIS_MAX_RECORD_BYTES = 1024 * 1024
+# Partition keys are 1-256 Unicode characters; UUIDs are 36.
+KINESIS_MAX_PARTITION_KEY_CHARS = 256
+
+# --- SQS limits ---
+# Receive, delete, change-visibility and send batches hold at most 10 entries.
+SQS_MAX_BATCH_ENTRIES = 10
+# A SendMessageBatch payload may not exceed 1 MiB in total (the 2025 limit; 256 KiB before).
+# We stay under the old limit so the DLQ works on queues that still have it configured.
+SQS_MAX_BATCH_BYTES = 256 * 1024
+# A message attribute value is capped by the message size; we keep `detail` short for readers.
+DLQ_DETAIL_MAX_CHARS = 1024
+# SQS keeps a message invisible for at most 12 h after its first receive.
+SQS_MAX_VISIBILITY_S = 12 * 60 * 60
+# Long polls wait at most 20 s.
+SQS_MAX_WAIT_TIME_S = 20
+
+# --- Heartbeat ---
+# A submission is extended when half its visibility window is gone, so one lost or slow
+# ChangeMessageVisibility call still leaves half a window of slack.
+HEARTBEAT_FRACTION = 0.5
+# How often the heartbeat looks at the in-flight set; well under any sane visibility timeout.
+HEARTBEAT_TICK_S = 1.0
+# Stop extending after this long in flight: SQS itself forbids more than 12 h.
+HEARTBEAT_CAP_S = SQS_MAX_VISIBILITY_S - 60
+
+# --- Retries (botocore's standard mode owns transport retries below these) ---
+# First backoff and its ceiling for failed records, DLQ sends, deletes and receive errors.
+RETRY_INITIAL_S = 0.05
+RETRY_MAX_BACKOFF_S = 5.0
+# A record keeps retrying while Kinesis fails, for up to an hour, with its message kept
+# invisible by the heartbeat; after that the submission is released for redelivery rather
+# than parked forever. The attempt cap is only a backstop against a zero-delay loop.
+PUBLISH_RETRY_DEADLINE_S = 60 * 60
+PUBLISH_RETRY_MAX_ATTEMPTS = 10_000
+# Deletes, visibility changes and DLQ sends are small and idempotent: a few tries, then the
+# message is simply redelivered later, which is safe.
+SQS_CALL_MAX_ATTEMPTS = 8
+SQS_CALL_DEADLINE_S = 60.0
+
+# --- Sink health ---
+# After this many consecutive PutRecords calls that failed whole, Kinesis counts as down:
+# receivers stop taking new work and /readyz reports not ready.
+SINK_UNHEALTHY_AFTER_FAILED_CALLS = 3
+
+# --- Ids ---
+# Namespace for the UUIDv5 event ids: uuid5(NAMESPACE, f"{submission_id}:{sequence}").
+# Fixed forever: changing it would change every event id and break consumers' dedup.
+EVENT_ID_NAMESPACE = "6f1c9a64-5f3e-4b8e-9a52-3d2f0e7c1b10"

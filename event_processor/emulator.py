@@ -1,0 +1,375 @@
+"""The embedded AWS emulator: moto's threaded server, made thread-safe, for tests, demo and bench.
+
+Owns starting/stopping the server, building a queue + DLQ + stream "world", and reading a stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config
+
+log = logging.getLogger(__name__)
+
+# Dummy credentials: moto accepts anything, botocore just needs something to sign with.
+DUMMY_ACCESS_KEY_ID = "testing"
+DUMMY_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - not a secret: moto ignores it
+
+# How long create_world waits for the stream to become ACTIVE, and how often it looks.
+_STREAM_ACTIVE_TIMEOUT_S = 30.0
+_STREAM_ACTIVE_POLL_S = 0.05
+# GetRecords returns at most 10,000 records per call.
+_GET_RECORDS_LIMIT = 10_000
+# A long poll re-scans at least this often: visibility expiries wake nobody.
+_LONG_POLL_SLICE_S = 1.0
+# Re-scan interval while visible messages exist that we may not take (a FIFO group in flight).
+_BLOCKED_POLL_S = 0.05
+
+_PATCH_LOCK = threading.Lock()
+_PATCHED = threading.Event()
+# One lock for every mutating SQS backend call: moto's queues are plain lists and sets.
+_SQS_LOCK = threading.RLock()
+# One lock for Kinesis shard reads and writes: a shard's records are a plain OrderedDict.
+_KINESIS_LOCK = threading.Lock()
+
+
+def _fast_unix_time(dt: Any = None) -> float:
+    """moto.core.utils.unix_time without the naive-datetime detour when asked for "now"."""
+    if dt is None:
+        return time.time()
+    from moto.core.utils import unix_time  # noqa: PLC0415 - moto is imported only when patching
+
+    return float(unix_time(dt))
+
+
+def _fast_unix_time_millis(dt: Any = None) -> float:
+    """moto.core.utils.unix_time_millis, same units (float milliseconds), via time.time()."""
+    if dt is None:
+        return time.time() * 1000.0
+    from moto.core.utils import unix_time_millis  # noqa: PLC0415
+
+    return float(unix_time_millis(dt))
+
+
+def _locked(lock: threading.Lock | threading.RLock, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap `fn` so that every call runs under `lock`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _wait_for_visible(queue: Any, timeout: float) -> None:
+    """Block (outside the SQS lock) until the queue may have a message for us, or `timeout`."""
+    if queue.messages:
+        # Visible but not deliverable (FIFO group in flight): nobody will notify, so pause briefly.
+        with queue._messages_lock:
+            queue._messages_lock.wait(min(timeout, _BLOCKED_POLL_S))
+    else:
+        # Woken by Queue.add_message's notify_all; the predicate is checked under the Condition.
+        queue.wait_for_messages(timeout)
+
+
+def patch_moto() -> None:
+    """Make moto's SQS and Kinesis backends thread-safe (and faster). Idempotent."""
+    with _PATCH_LOCK:
+        if _PATCHED.is_set():
+            return
+        _patch_sqs()
+        _patch_kinesis()
+        _PATCHED.set()
+        log.debug("moto patched: SQS and Kinesis backends serialised")
+
+
+def _patch_sqs() -> None:
+    from moto.sqs import models as sqs_models  # noqa: PLC0415
+
+    backend_cls: Any = sqs_models.SQSBackend
+    queue_cls: Any = sqs_models.Queue
+
+    # Queue.delete_message rebuilds _messages: concurrent deletes/appends are lost without a lock.
+    for name in ("add_message", "delete_message"):
+        setattr(queue_cls, name, _locked(_SQS_LOCK, getattr(queue_cls, name)))
+    # Sends, deletes, visibility changes and purges mutate shared lists/sets: serialise them all.
+    # The attribute calls join in so ApproximateNumberOf* counts come from one consistent state.
+    for name in (
+        "send_message",
+        "send_message_batch",
+        "delete_message",
+        "delete_message_batch",
+        "change_message_visibility",
+        "change_message_visibility_batch",
+        "purge_queue",
+        "get_queue_attributes",
+        "set_queue_attributes",
+    ):
+        setattr(backend_cls, name, _locked(_SQS_LOCK, getattr(backend_cls, name)))
+
+    original_receive = backend_cls.receive_message
+
+    # Concurrent receives hand out the same message: scan under the lock, long-poll outside it.
+    @functools.wraps(original_receive)
+    def receive_message(  # noqa: PLR0917 - moto's own signature
+        self: Any,
+        queue_name: str,
+        count: int,
+        wait_seconds_timeout: int,
+        visibility_timeout: int,
+        message_attribute_names: list[str] | None = None,
+    ) -> list[Any]:
+        deadline = time.monotonic() + wait_seconds_timeout
+        while True:
+            with _SQS_LOCK:
+                result: list[Any] = original_receive(
+                    self, queue_name, count, 0, visibility_timeout, message_attribute_names
+                )
+                queue = self.get_queue(queue_name)
+            remaining = deadline - time.monotonic()
+            if result or remaining <= 0:
+                return result
+            _wait_for_visible(queue, min(_LONG_POLL_SLICE_S, remaining))
+
+    backend_cls.receive_message = receive_message
+
+    # The original builds every queue attribute (O(queue depth)) per received message.
+    def is_message_valid_based_on_retention_period(
+        self: Any, queue_name: str, message: Any
+    ) -> bool:
+        retention_period = self.get_queue(queue_name).message_retention_period
+        retain_until = retention_period + message.sent_timestamp / 1000
+        return bool(retain_until > _fast_unix_time())
+
+    backend_cls.is_message_valid_based_on_retention_period = (
+        is_message_valid_based_on_retention_period
+    )
+
+    # moto's clock goes through naive datetimes (~10 us per visibility check): use time.time().
+    module: Any = sqs_models
+    module.unix_time = _fast_unix_time
+    module.unix_time_millis = _fast_unix_time_millis
+
+
+def _patch_kinesis() -> None:
+    from moto.kinesis import models as kinesis_models  # noqa: PLC0415
+
+    shard_cls: Any = kinesis_models.Shard
+    record_cls: Any = kinesis_models.Record
+
+    # Concurrent PutRecords read the same last sequence number and overwrite each other's records;
+    # next(reversed(...)) replaces get_max_sequence_number's O(n) list(keys)[-1], same value.
+    def put_record(self: Any, partition_key: str, data: str, explicit_hash_key: str) -> str:
+        with _KINESIS_LOCK:
+            last_sequence_number = next(reversed(self.records)) if self.records else 0
+            sequence_number = last_sequence_number + 1
+            self.records[sequence_number] = record_cls(
+                partition_key, data, sequence_number, explicit_hash_key
+            )
+        return str(sequence_number)
+
+    shard_cls.put_record = put_record
+    # GetRecords iterates the OrderedDict in Python: a concurrent put raises "mutated during
+    # iteration" without the lock.
+    shard_cls.get_records = _locked(_KINESIS_LOCK, shard_cls.get_records)
+
+
+@dataclass(frozen=True)
+class World:
+    """The AWS resources the daemon works on, as created by Emulator.create_world."""
+
+    endpoint_url: str
+    region: str
+    queue_url: str
+    dlq_url: str
+    stream_name: str
+
+
+class Emulator:
+    """moto's ThreadedMotoServer, in-process, on a free port, with patch_moto() applied.
+
+    moto's state is process-global: start() resets it, so run one Emulator per process at a time.
+    """
+
+    def __init__(self, region: str = "eu-west-1", host: str = "127.0.0.1", port: int = 0) -> None:
+        self.region = region
+        self._host = host
+        self._port = port
+        self._server: Any = None
+        self._endpoint_url: str | None = None
+
+    def start(self) -> None:
+        """Start the server (no-op if already started) on a fresh, empty moto state."""
+        if self._server is not None:
+            return
+        patch_moto()
+        from moto.server import ThreadedMotoServer  # noqa: PLC0415 - heavy import, only when used
+
+        server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        self._server = server
+        self._endpoint_url = f"http://{host}:{port}"
+        self.reset()
+        log.info("AWS emulator listening on %s", self._endpoint_url)
+
+    def stop(self) -> None:
+        """Stop the server; safe to call when not started."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.stop()
+        log.info("AWS emulator on %s stopped", self._endpoint_url)
+        self._endpoint_url = None
+
+    def reset(self) -> None:
+        """Drop every queue, stream and message in moto (all emulators in this process share it)."""
+        # The URL is always http://<our host>:<our port>, never a user-supplied scheme.
+        url = f"{self.endpoint_url}/moto-api/reset"
+        request = urllib.request.Request(url, method="POST")  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            response.read()
+
+    @property
+    def endpoint_url(self) -> str:
+        """The server's URL, e.g. http://127.0.0.1:54321."""
+        if self._endpoint_url is None:
+            raise RuntimeError("emulator is not started")
+        return self._endpoint_url
+
+    def client_env(self) -> dict[str, str]:
+        """Environment variables that point a subprocess's AWS SDK at this emulator."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+        }
+
+    def boto3_client(self, service: str, *, config: Config | None = None) -> Any:
+        """A boto3 client for `service` on the emulator; its own Session, so any thread may call."""
+        session = boto3.session.Session(
+            aws_access_key_id=DUMMY_ACCESS_KEY_ID,
+            aws_secret_access_key=DUMMY_SECRET_ACCESS_KEY,
+            region_name=self.region,
+        )
+        return session.client(service, endpoint_url=self.endpoint_url, config=config)
+
+    def create_world(  # noqa: PLR0917 - the documented API takes them positionally too
+        self,
+        queue_name: str = "submissions",
+        dlq_name: str = "submissions-dlq",
+        stream_name: str = "events",
+        shard_count: int = 2,
+        max_receive_count: int = 5,
+        visibility_timeout_s: int = 30,
+    ) -> World:
+        """Create the DLQ, the queue redriving to it, and an ACTIVE `shard_count`-shard stream."""
+        sqs = self.boto3_client("sqs")
+        kinesis = self.boto3_client("kinesis")
+
+        dlq_url: str = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
+        dlq_arn: str = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        redrive_policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
+        queue_url: str = sqs.create_queue(
+            QueueName=queue_name,
+            Attributes={
+                "RedrivePolicy": json.dumps(redrive_policy),
+                "VisibilityTimeout": str(visibility_timeout_s),
+            },
+        )["QueueUrl"]
+
+        kinesis.create_stream(StreamName=stream_name, ShardCount=shard_count)
+        _wait_stream_active(kinesis, stream_name)
+
+        return World(
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            queue_url=queue_url,
+            dlq_url=dlq_url,
+            stream_name=stream_name,
+        )
+
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _wait_stream_active(kinesis: Any, stream_name: str) -> None:
+    """Poll DescribeStreamSummary until the stream is ACTIVE or the deadline passes."""
+    deadline = time.monotonic() + _STREAM_ACTIVE_TIMEOUT_S
+    while True:
+        summary = kinesis.describe_stream_summary(StreamName=stream_name)
+        status = summary["StreamDescriptionSummary"]["StreamStatus"]
+        if status == "ACTIVE":
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"stream {stream_name} still {status} after {_STREAM_ACTIVE_TIMEOUT_S:g} s"
+            )
+        time.sleep(_STREAM_ACTIVE_POLL_S)
+
+
+def _list_shard_ids(client: Any, stream_name: str) -> list[str]:
+    """Every shard id of the stream, following ListShards pagination."""
+    page = client.list_shards(StreamName=stream_name)
+    shard_ids = [shard["ShardId"] for shard in page["Shards"]]
+    while page.get("NextToken"):
+        page = client.list_shards(NextToken=page["NextToken"])
+        shard_ids.extend(shard["ShardId"] for shard in page["Shards"])
+    return shard_ids
+
+
+def read_stream(client: Any, stream_name: str) -> list[dict[str, Any]]:
+    """Every record of every shard from TRIM_HORIZON, in shard order then sequence order.
+
+    Each record is {"shard_id", "sequence_number", "partition_key", "data": bytes}.
+    """
+    records: list[dict[str, Any]] = []
+    for shard_id in sorted(_list_shard_ids(client, stream_name)):
+        iterator: str | None = client.get_shard_iterator(
+            StreamName=stream_name, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        shard_records: list[dict[str, Any]] = []
+        while iterator:
+            page = client.get_records(ShardIterator=iterator, Limit=_GET_RECORDS_LIMIT)
+            shard_records.extend(
+                {
+                    "shard_id": shard_id,
+                    "sequence_number": record["SequenceNumber"],
+                    "partition_key": record["PartitionKey"],
+                    "data": record["Data"],
+                }
+                for record in page["Records"]
+            )
+            # Stop on an empty page at the tip: moto reports MillisBehindLatest == 0 for a full
+            # page whose records share the last millisecond, so 0 alone does not mean "done".
+            if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
+                break
+            iterator = page.get("NextShardIterator")
+        # moto's sequence numbers are small integers as strings; int() also orders AWS's.
+        shard_records.sort(key=lambda record: int(record["sequence_number"]))
+        records.extend(shard_records)
+    return records

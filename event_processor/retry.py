@@ -1,0 +1,84 @@
+"""The one retry policy, built from constants (or a test's zero waits) and shared by all parts.
+
+Ownership: botocore's standard retry mode retries each HTTP call (throttles, 5xx, resets) a
+few times. This policy sits above it and owns what botocore cannot see: PutRecords entries
+that failed inside a 200 response, SQS batch entries that failed, and outages longer than
+botocore's own attempts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from event_processor import constants
+from event_processor.errors import is_retriable
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped in both attempts and time."""
+
+    initial_s: float = constants.RETRY_INITIAL_S
+    max_backoff_s: float = constants.RETRY_MAX_BACKOFF_S
+    max_attempts: int = constants.SQS_CALL_MAX_ATTEMPTS
+    deadline_s: float = constants.SQS_CALL_DEADLINE_S
+
+    def with_limits(self, max_attempts: int, deadline_s: float) -> RetryPolicy:
+        return RetryPolicy(self.initial_s, self.max_backoff_s, max_attempts, deadline_s)
+
+    def retrying(
+        self,
+        on_retry: Callable[[RetryCallState], None] | None = None,
+        retry_on: Callable[[BaseException], bool] = is_retriable,
+    ) -> AsyncRetrying:
+        """A tenacity controller for one call; re-raises the last error when it gives up."""
+        return AsyncRetrying(
+            wait=wait_random_exponential(multiplier=self.initial_s, max=self.max_backoff_s),
+            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.deadline_s),
+            retry=retry_if_exception(retry_on),
+            before_sleep=on_retry,
+            reraise=True,
+        )
+
+
+class Backoff:
+    """Per-lane retry state for failures that arrive as data (PutRecords entries).
+
+    tenacity's wrappers drive a call; a failed PutRecords entry is not a call we can re-run
+    on its own, so the lane keeps a RetryCallState and asks the same tenacity strategies
+    for its next wait and whether to stop.
+    """
+
+    __slots__ = ("_controller", "_state")
+
+    def __init__(self, controller: AsyncRetrying) -> None:
+        self._controller = controller
+        self._state = RetryCallState(retry_object=controller, fn=None, args=(), kwargs={})
+
+    @property
+    def attempts(self) -> int:
+        return self._state.attempt_number
+
+    def next_delay(self) -> float | None:
+        """Seconds to wait before the next attempt, or None when the policy gives up."""
+        state = self._state
+        state.outcome_timestamp = time.monotonic()
+        stop: Any = self._controller.stop
+        if stop(state):
+            return None
+        wait: Any = self._controller.wait
+        delay = float(wait(state))
+        state.attempt_number += 1
+        return delay

@@ -1,0 +1,254 @@
+"""Kinesis sink: ordered per submission, batched across submissions.
+
+Why lanes. PutRecords is not ordered: one entry of a request can fail (throttled) while a
+later entry of the same request succeeds, so two records of one submission in one request
+can land out of order, and retrying the failed one puts it behind its successor. PutRecord
+per event is ordered but costs one round trip per event. The sink does better than both:
+
+* every in-flight submission is a *lane*: a queue of its records, in body order;
+* a PutRecords request carries **at most one record per lane** (the lane's head), and a lane
+  with a record in flight is *muted* (aiokafka's word) until the response comes back;
+* on success the head is popped and the lane becomes ready again; on failure the head stays
+  where it is and the lane sits out a backoff (tenacity's exponential jitter), then rejoins
+  the front of the ready queue. Only failed lanes wait: the others keep moving;
+* requests take ready lanes up to Kinesis's 500 records / 5 MiB and up to
+  `max_requests` requests are in flight at once.
+
+So a record is sent only after its predecessor is acknowledged, which is what makes the
+stream order per submission hold, and each request still carries hundreds of records when
+hundreds of submissions are in flight. Throughput comes from the number of lanes, latency
+is paid once per event position, not once per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from event_processor import constants
+from event_processor.errors import PublishFailed, error_code, is_retriable
+from event_processor.models import EventType, Record
+from event_processor.retry import Backoff, RetryPolicy
+
+if TYPE_CHECKING:
+    from types_aiobotocore_kinesis import KinesisClient
+    from types_aiobotocore_kinesis.type_defs import PutRecordsRequestEntryTypeDef
+
+    from event_processor.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class Lane:
+    """One submission's records; only its head is ever in flight."""
+
+    __slots__ = ("backoff", "done", "records")
+
+    def __init__(self, records: deque[Record], done: asyncio.Future[None]) -> None:
+        self.records = records
+        self.done = done
+        self.backoff: Backoff | None = None  # created on the first failure only
+
+
+class KinesisSink:
+    def __init__(
+        self,
+        client: KinesisClient,
+        stream_name: str,
+        metrics: Metrics,
+        policy: RetryPolicy,
+        max_requests: int,
+    ) -> None:
+        self._client = client
+        self._stream_name = stream_name
+        self._metrics = metrics
+        # Records retry until Kinesis is back or the (long) publish deadline passes.
+        self._policy = policy.with_limits(
+            constants.PUBLISH_RETRY_MAX_ATTEMPTS, constants.PUBLISH_RETRY_DEADLINE_S
+        )
+        self._max_requests = max_requests
+        self._ready: deque[Lane] = deque()
+        self._active = 0
+        self._lanes = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._failed_calls = 0
+        self._healthy = asyncio.Event()
+        self._healthy.set()
+        # Labelled children resolved once: labels() takes a lock and a dict lookup per call.
+        self._published = {t: metrics.events_published.labels(t.value) for t in EventType}
+
+    # --- the public face -------------------------------------------------------------
+
+    def publish(self, records: list[Record]) -> asyncio.Future[None]:
+        """Queue a submission's records as one lane.
+
+        The future resolves when every record is acknowledged, fails with PublishFailed when
+        the retry policy gives up, and cancelling it abandons the lane's unsent records.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not records:
+            done.set_result(None)
+            return done
+        if self._closed:
+            done.set_exception(RuntimeError("sink is closed"))
+            return done
+        lane = Lane(deque(records), done)
+        self._ready.append(lane)
+        self._lanes += 1
+        self._metrics.in_flight_records.inc(len(records))
+        done.add_done_callback(lambda _: self._lane_finished(lane))
+        self._kick()
+        return done
+
+    @property
+    def healthy(self) -> bool:
+        """False while whole PutRecords calls keep failing (Kinesis down or unreachable)."""
+        return self._healthy.is_set()
+
+    async def wait_healthy(self, probe_interval_s: float) -> None:
+        """Block while Kinesis is down; probe it ourselves when no lane is left to find out."""
+        while not self._healthy.is_set():
+            if self._lanes == 0:
+                await self._probe()
+            if self._healthy.is_set():
+                return
+            try:
+                async with asyncio.timeout(probe_interval_s):
+                    await self._healthy.wait()
+            except TimeoutError:
+                continue
+
+    async def close(self) -> None:
+        """Stop sending; wait for requests already on the wire so nothing lands after us."""
+        self._closed = True  # pending backoff timers find it and do nothing
+        while self._ready:
+            self._ready.popleft().done.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        while self._ready and self._active < self._max_requests and not self._closed:
+            batch = self._take()
+            if not batch:
+                return
+            self._active += 1
+            task = asyncio.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[Lane]:
+        """Heads of ready lanes, one per lane, within Kinesis's request limits."""
+        batch: list[Lane] = []
+        total = 0
+        ready = self._ready
+        while ready and len(batch) < constants.PUT_RECORDS_MAX_RECORDS:
+            lane = ready[0]
+            if lane.done.done():  # abandoned (shutdown) while waiting: drop it
+                ready.popleft()
+                continue
+            size = lane.records[0].size
+            if total + size > constants.PUT_RECORDS_MAX_BYTES:
+                break
+            total += size
+            batch.append(ready.popleft())
+        return batch
+
+    async def _send(self, batch: list[Lane]) -> None:
+        entries: list[PutRecordsRequestEntryTypeDef] = [
+            {"Data": lane.records[0].data, "PartitionKey": lane.records[0].partition_key}
+            for lane in batch
+        ]
+        try:
+            with self._metrics.aws_call("PutRecords"):
+                response = await self._client.put_records(
+                    StreamName=self._stream_name, Records=entries
+                )
+        except (BotoCoreError, ClientError) as exc:
+            self._call_failed(exc)
+            code = error_code(exc)
+            retriable = is_retriable(exc)
+            for lane in batch:
+                self._metrics.put_records_failed.labels(code).inc()
+                self._retry_later(lane, code, retriable)
+        else:
+            self._call_succeeded()
+            for lane, result in zip(batch, response["Records"], strict=True):
+                failed = result.get("ErrorCode")
+                if failed is None:
+                    self._acknowledged(lane)
+                else:
+                    self._metrics.put_records_failed.labels(failed).inc()
+                    self._retry_later(lane, failed, retriable=True)
+        finally:
+            self._active -= 1
+            self._kick()
+
+    def _acknowledged(self, lane: Lane) -> None:
+        record = lane.records.popleft()
+        self._published[record.event_type].inc()
+        if lane.done.done():  # abandoned meanwhile: the gauge already let go of its records
+            return
+        self._metrics.in_flight_records.dec()
+        lane.backoff = None  # the policy's attempts and deadline are per record
+        if lane.records:
+            self._ready.append(lane)
+        else:
+            lane.done.set_result(None)
+
+    def _retry_later(self, lane: Lane, code: str, retriable: bool) -> None:
+        if lane.done.done():
+            return
+        if lane.backoff is None:
+            lane.backoff = Backoff(self._policy.retrying())
+        delay = lane.backoff.next_delay() if retriable else None
+        if delay is None:
+            lane.done.set_exception(PublishFailed(code, lane.backoff.attempts))
+            return
+        self._metrics.retries.labels("PutRecords").inc()
+        asyncio.get_running_loop().call_later(delay, self._requeue, lane)
+
+    def _requeue(self, lane: Lane) -> None:
+        if lane.done.done() or self._closed:
+            return
+        # The front, not the back: the oldest retried work goes first, as in aiokafka.
+        self._ready.appendleft(lane)
+        self._kick()
+
+    def _lane_finished(self, lane: Lane) -> None:
+        self._lanes -= 1
+        # Records never acknowledged (failed or abandoned lane) leave the gauge with it.
+        self._metrics.in_flight_records.dec(len(lane.records))
+
+    # --- health ----------------------------------------------------------------------
+
+    def _call_failed(self, exc: BaseException) -> None:
+        self._failed_calls += 1
+        if (
+            self._healthy.is_set()
+            and self._failed_calls >= constants.SINK_UNHEALTHY_AFTER_FAILED_CALLS
+        ):
+            self._healthy.clear()
+            log.warning(
+                "kinesis unavailable", extra={"action": "sink_down", "error": error_code(exc)}
+            )
+
+    def _call_succeeded(self) -> None:
+        self._failed_calls = 0
+        if not self._healthy.is_set():
+            self._healthy.set()
+            log.warning("kinesis available again", extra={"action": "sink_up"})
+
+    async def _probe(self) -> None:
+        try:
+            with self._metrics.aws_call("DescribeStreamSummary"):
+                await self._client.describe_stream_summary(StreamName=self._stream_name)
+        except (BotoCoreError, ClientError):
+            return
+        self._call_succeeded()

@@ -1,0 +1,240 @@
+"""The worker's lifecycle: receivers, in-flight bound, heartbeat, and the graceful drain.
+
+startup -> main loop -> shutdown, as uvicorn does it. A stop is an event, not a
+cancellation: receiving stops (long polls are interrupted), in-flight submissions drain
+under `asyncio.timeout(grace)`, what is unfinished is released with visibility 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from event_processor import constants
+from event_processor.errors import error_code
+from event_processor.retry import Backoff, RetryPolicy
+
+if TYPE_CHECKING:
+    from event_processor.metrics import Metrics
+    from event_processor.pipeline import Pipeline
+    from event_processor.sink import KinesisSink
+    from event_processor.source import Message, SqsSource
+
+log = logging.getLogger(__name__)
+
+
+class Capacity:
+    """Counting bound on in-flight submissions; receivers wait when it is used up."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._available = asyncio.Event()
+        self._available.set()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    async def acquire(self, want: int) -> int:
+        """Take between 1 and `want` slots, waiting until at least one is free."""
+        while self._free == 0:
+            self._available.clear()
+            await self._available.wait()
+        taken = min(want, self._free)
+        self._free -= taken
+        return taken
+
+    def release(self, count: int) -> None:
+        self._free += count
+        if self._free > 0:
+            self._available.set()
+
+
+class Worker:
+    def __init__(
+        self,
+        source: SqsSource,
+        sink: KinesisSink,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        policy: RetryPolicy,
+        *,
+        receivers: int,
+        batch_size: int,
+        max_in_flight: int,
+        shutdown_grace_s: float,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._policy = policy
+        self._receivers = receivers
+        self._batch_size = batch_size
+        self._capacity = Capacity(max_in_flight)
+        self._grace_s = shutdown_grace_s
+        self._in_flight: dict[asyncio.Task[object], Message] = {}
+        self.stop = asyncio.Event()  # first SIGTERM/SIGINT: drain
+        self.force = asyncio.Event()  # second signal: stop waiting for the drain
+        self.running = False
+        self._source_ok = True
+
+    @property
+    def ready(self) -> bool:
+        """For /readyz: receiving, and both SQS and Kinesis answer."""
+        return self.running and not self.stop.is_set() and self._source_ok and self._sink.healthy
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def run(self) -> None:
+        """Run until stopped, then drain; re-raise what killed a side task, if anything did.
+
+        Side tasks are plain tasks watched with asyncio.wait rather than a TaskGroup: a
+        TaskGroup cancels every sibling at the first failure, and the drain still needs
+        the heartbeat to keep in-flight messages invisible while they finish.
+        """
+        receivers = [
+            asyncio.create_task(self._receive_loop(), name=f"receiver-{i}")
+            for i in range(self._receivers)
+        ]
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        stop = asyncio.create_task(self.stop.wait(), name="stop")
+        self.running = True
+        log.info("worker started", extra={"action": "started", "receivers": self._receivers})
+        done, _ = await asyncio.wait(
+            [*receivers, heartbeat, stop], return_when=asyncio.FIRST_COMPLETED
+        )
+        failure = next(
+            (t.exception() for t in done if t is not stop and not t.cancelled() and t.exception()),
+            None,
+        )
+        if failure is not None:
+            log.error("side task failed, draining", extra={"action": "side_task_failed"})
+        # 1. Stop receiving; cancelling interrupts the long polls at once.
+        stop.cancel()
+        for task in receivers:
+            task.cancel()
+        await asyncio.gather(*receivers, return_exceptions=True)
+        # 2. Let in-flight submissions finish within the grace period (heartbeat still on).
+        await self._drain()
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+        # 3. Release what is unfinished, once nothing of ours can land on the stream after it.
+        await self._release_unfinished()
+        self.running = False
+        if failure is not None:
+            raise failure
+
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        log.info("draining", extra={"action": "draining", "in_flight": len(self._in_flight)})
+        force = asyncio.create_task(self.force.wait())
+        try:
+            async with asyncio.timeout(self._grace_s):
+                while self._in_flight and not self.force.is_set():
+                    await asyncio.wait(
+                        [*self._in_flight, force], return_when=asyncio.FIRST_COMPLETED
+                    )
+        except TimeoutError:
+            log.warning("shutdown grace expired", extra={"action": "grace_expired"})
+        finally:
+            force.cancel()
+
+    async def _release_unfinished(self) -> None:
+        unfinished = list(self._in_flight.items())
+        for task, _ in unfinished:
+            task.cancel()  # cancels its lane too: the sink will not send its records
+        await asyncio.gather(*(t for t, _ in unfinished), return_exceptions=True)
+        # Requests already on the wire complete first, so that a redelivery elsewhere
+        # cannot overtake a record of ours still in flight.
+        await self._sink.close()
+        if unfinished:
+            messages = [m for _, m in unfinished]
+            released = await self._source.change_visibility(messages, 0)
+            log.info(
+                "released unfinished messages",
+                extra={"action": "released", "count": len(released), "asked": len(messages)},
+            )
+
+    # --- receiving -------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        backoff: Backoff | None = None
+        forever = self._policy.with_limits(max_attempts=2**62, deadline_s=float("inf"))
+        while True:
+            # Backpressure: no new work while Kinesis is down or the bound is reached.
+            await self._sink.wait_healthy(constants.RETRY_MAX_BACKOFF_S)
+            wanted = await self._capacity.acquire(self._batch_size)
+            try:
+                messages = await self._source.receive(wanted)
+            except (BotoCoreError, ClientError) as exc:
+                self._capacity.release(wanted)
+                if self._source_ok:
+                    # Logged once per state change, not once per attempt.
+                    log.warning(
+                        "sqs unavailable, retrying",
+                        extra={"action": "source_down", "error": error_code(exc)},
+                    )
+                self._source_ok = False
+                backoff = backoff or Backoff(forever.retrying())
+                await asyncio.sleep(backoff.next_delay() or constants.RETRY_MAX_BACKOFF_S)
+                continue
+            except BaseException:
+                self._capacity.release(wanted)
+                raise
+            if not self._source_ok:
+                log.warning("sqs available again", extra={"action": "source_up"})
+                self._source_ok = True
+            backoff = None
+            self._capacity.release(wanted - len(messages))
+            for message in messages:
+                self._start(message)
+
+    def _start(self, message: Message) -> None:
+        task = asyncio.create_task(self._pipeline.process(message))
+        self._in_flight[task] = message
+        self._metrics.in_flight_submissions.inc()
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[object]) -> None:
+        del self._in_flight[task]
+        self._capacity.release(1)
+        self._metrics.in_flight_submissions.dec()
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not bad input (that is data) nor an AWS fault (handled inside).
+            # The message stays in SQS; redrive moves it to the DLQ if it keeps failing.
+            self._metrics.submissions.labels("error").inc()
+            log.error(
+                "submission crashed",
+                exc_info=task.exception(),
+                extra={"action": "submission_crashed"},
+            )
+
+    # --- heartbeat -------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        visibility = self._source.visibility_timeout_s
+        tick = min(constants.HEARTBEAT_TICK_S, visibility / 4)
+        while True:
+            await asyncio.sleep(tick)  # a periodic schedule, not a synchronisation
+            now = time.monotonic()
+            due = [
+                m
+                for m in self._in_flight.values()
+                if m.visible_until - now <= visibility * constants.HEARTBEAT_FRACTION
+                and now - m.received_at < constants.HEARTBEAT_CAP_S
+            ]
+            if not due:
+                continue
+            extended = await self._source.change_visibility(due, visibility)
+            for message in extended:
+                message.visible_until = now + visibility
+                message.extensions += 1
+            self._metrics.visibility_extensions.inc(len(extended))

@@ -1,0 +1,279 @@
+"""The embedded emulator: the world it builds, and moto's thread-safety patches under real load."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from moto.sqs.models import Queue
+
+from event_processor import emulator as emulator_module
+from event_processor.emulator import Emulator, World, patch_moto, read_stream
+
+PUT_THREADS = 32
+PUT_CALLS_PER_THREAD = 10
+RECORDS_PER_CALL = 100
+
+SQS_PRODUCERS = 8
+SQS_CONSUMERS = 8
+SQS_BATCHES_PER_PRODUCER = 40
+SQS_BATCH = 10
+# Long enough that no message can become visible again during the test: a redelivery is a bug.
+SQS_VISIBILITY_S = 300
+# Upper bound for any one concurrency scenario; each normally takes a few seconds.
+SCENARIO_DEADLINE_S = 60.0
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    """A started emulator on a free port, stopped afterwards."""
+    with Emulator() as emu:
+        yield emu
+
+
+def run_together(workers: list[Callable[[], None]]) -> None:
+    """Run the workers in threads released at once by a barrier; re-raise the first failure."""
+    barrier = threading.Barrier(len(workers))
+
+    def start(worker: Callable[[], None]) -> None:
+        barrier.wait(timeout=SCENARIO_DEADLINE_S)
+        worker()
+
+    with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+        futures = [pool.submit(start, worker) for worker in workers]
+        for future in futures:
+            future.result(timeout=SCENARIO_DEADLINE_S)
+
+
+def test_create_world_builds_queue_dlq_and_active_stream(emulator: Emulator) -> None:
+    """create_world makes a queue redriving to the DLQ and an ACTIVE stream with the shards asked."""
+    world = emulator.create_world(shard_count=3, max_receive_count=4, visibility_timeout_s=45)
+    sqs = emulator.boto3_client("sqs")
+    kinesis = emulator.boto3_client("kinesis")
+
+    assert world == World(
+        endpoint_url=emulator.endpoint_url,
+        region="eu-west-1",
+        queue_url=world.queue_url,
+        dlq_url=world.dlq_url,
+        stream_name="events",
+    )
+    assert world.queue_url.endswith("/submissions")
+    assert world.dlq_url.endswith("/submissions-dlq")
+    attributes = sqs.get_queue_attributes(QueueUrl=world.queue_url, AttributeNames=["All"])[
+        "Attributes"
+    ]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=world.dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == dlq_arn
+    assert int(redrive["maxReceiveCount"]) == 4
+    assert attributes["VisibilityTimeout"] == "45"
+
+    summary = kinesis.describe_stream_summary(StreamName="events")["StreamDescriptionSummary"]
+    assert summary["StreamStatus"] == "ACTIVE"
+    assert summary["OpenShardCount"] == 3
+    assert len(kinesis.list_shards(StreamName="events")["Shards"]) == 3
+
+
+def test_client_env_points_at_the_emulator(emulator: Emulator) -> None:
+    """client_env carries the endpoint, the region and dummy credentials for a subprocess."""
+    assert emulator.client_env() == {
+        "AWS_ENDPOINT_URL": emulator.endpoint_url,
+        "AWS_REGION": "eu-west-1",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    assert emulator.endpoint_url.startswith("http://127.0.0.1:")
+    assert not emulator.endpoint_url.endswith(":0")
+
+
+def test_restart_starts_from_an_empty_state() -> None:
+    """A new emulator resets moto's process-global state, so the same world can be created again."""
+    for _ in range(2):
+        with Emulator() as emu:
+            world = emu.create_world(shard_count=1)
+            emu.boto3_client("sqs").send_message(QueueUrl=world.queue_url, MessageBody="x")
+            attributes = emu.boto3_client("sqs").get_queue_attributes(
+                QueueUrl=world.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            assert attributes["ApproximateNumberOfMessages"] == "1"
+
+
+def test_patch_moto_is_idempotent() -> None:
+    """A second patch_moto() leaves the already-patched methods in place (no double wrapping)."""
+    from moto.kinesis.models import Shard  # noqa: PLC0415
+    from moto.sqs.models import SQSBackend  # noqa: PLC0415
+
+    patch_moto()
+    before = (SQSBackend.receive_message, SQSBackend.send_message, Shard.put_record)
+    patch_moto()
+    assert (SQSBackend.receive_message, SQSBackend.send_message, Shard.put_record) == before
+    assert emulator_module._PATCHED.is_set()
+
+
+def test_concurrent_put_records_to_one_shard_are_all_stored(emulator: Emulator) -> None:
+    """32 threads of PutRecords into one shard: every record stored, sequence numbers increasing."""
+    world = emulator.create_world(shard_count=1)
+    sent: dict[int, list[bytes]] = {}
+
+    def producer(thread_no: int) -> Callable[[], None]:
+        def run() -> None:
+            kinesis = emulator.boto3_client("kinesis")
+            mine = sent.setdefault(thread_no, [])
+            for call in range(PUT_CALLS_PER_THREAD):
+                batch = [
+                    f"{thread_no}:{call * RECORDS_PER_CALL + i}".encode()
+                    for i in range(RECORDS_PER_CALL)
+                ]
+                response = kinesis.put_records(
+                    StreamName=world.stream_name,
+                    Records=[{"Data": data, "PartitionKey": f"t{thread_no}"} for data in batch],
+                )
+                assert response["FailedRecordCount"] == 0
+                mine.extend(batch)
+
+        return run
+
+    run_together([producer(n) for n in range(PUT_THREADS)])
+
+    records = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
+    expected = PUT_THREADS * PUT_CALLS_PER_THREAD * RECORDS_PER_CALL
+    assert len(records) == expected
+    assert Counter(r["data"] for r in records) == Counter(d for batch in sent.values() for d in batch)
+    sequence_numbers = [int(r["sequence_number"]) for r in records]
+    assert len(set(sequence_numbers)) == expected
+    assert all(a < b for a, b in zip(sequence_numbers, sequence_numbers[1:], strict=False))
+    # One shard keeps each producer's records in the order that producer sent them.
+    for thread_no, batch in sent.items():
+        assert [r["data"] for r in records if r["partition_key"] == f"t{thread_no}"] == batch
+
+
+def test_concurrent_send_receive_delete_delivers_each_message_once(emulator: Emulator) -> None:
+    """Concurrent SendMessageBatch, ReceiveMessage and DeleteMessageBatch: once each, none left."""
+    world = emulator.create_world(visibility_timeout_s=SQS_VISIBILITY_S)
+    expected = SQS_PRODUCERS * SQS_BATCHES_PER_PRODUCER * SQS_BATCH
+    received: Counter[str] = Counter()
+    received_lock = threading.Lock()
+    all_received = threading.Event()
+    deadline = time.monotonic() + SCENARIO_DEADLINE_S
+
+    def producer(producer_no: int) -> Callable[[], None]:
+        def run() -> None:
+            sqs = emulator.boto3_client("sqs")
+            for batch_no in range(SQS_BATCHES_PER_PRODUCER):
+                entries = [
+                    {"Id": str(i), "MessageBody": f"{producer_no}:{batch_no}:{i}"}
+                    for i in range(SQS_BATCH)
+                ]
+                response = sqs.send_message_batch(QueueUrl=world.queue_url, Entries=entries)
+                assert not response.get("Failed")
+
+        return run
+
+    def consumer() -> None:
+        sqs = emulator.boto3_client("sqs")
+        while not all_received.is_set() and time.monotonic() < deadline:
+            messages = sqs.receive_message(
+                QueueUrl=world.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            ).get("Messages", [])
+            if not messages:
+                continue
+            with received_lock:
+                received.update(m["Body"] for m in messages)
+                if sum(received.values()) >= expected:
+                    all_received.set()
+            response = sqs.delete_message_batch(
+                QueueUrl=world.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)
+                ],
+            )
+            assert not response.get("Failed")
+            assert len(response["Successful"]) == len(messages)
+
+    run_together([producer(n) for n in range(SQS_PRODUCERS)] + [consumer] * SQS_CONSUMERS)
+
+    assert all_received.is_set(), f"only {sum(received.values())} of {expected} received"
+    assert len(received) == expected
+    duplicates = {body: n for body, n in received.items() if n > 1}
+    assert not duplicates
+    attributes = emulator.boto3_client("sqs").get_queue_attributes(
+        QueueUrl=world.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_long_poll_waits_outside_the_lock(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a 2 s long poll waits, a SendMessage completes at once and the poll returns it."""
+    world: World = emulator.create_world()
+    waiting = threading.Event()
+    original_wait = Queue.wait_for_messages
+
+    def observed_wait(self: Any, timeout: float) -> None:
+        waiting.set()
+        original_wait(self, timeout)
+
+    monkeypatch.setattr(Queue, "wait_for_messages", observed_wait)
+    poller = emulator.boto3_client("sqs")
+    sender = emulator.boto3_client("sqs")
+
+    def long_poll() -> tuple[list[dict[str, Any]], float]:
+        started = time.monotonic()
+        response = poller.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=2)
+        return response.get("Messages", []), time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        polling = pool.submit(long_poll)
+        assert waiting.wait(timeout=5), "the long poll never started waiting"
+        started = time.monotonic()
+        sender.send_message(QueueUrl=world.queue_url, MessageBody="wake up")
+        send_s = time.monotonic() - started
+        messages, poll_s = polling.result(timeout=10)
+
+    assert send_s < 0.5, f"SendMessage took {send_s:.2f} s behind the long poll"
+    assert [m["Body"] for m in messages] == ["wake up"]
+    assert poll_s < 1.9, f"the long poll returned after {poll_s:.2f} s, not on the message"
+
+
+def test_long_poll_on_an_empty_queue_waits_its_full_time(emulator: Emulator) -> None:
+    """A long poll that gets nothing still returns empty only after WaitTimeSeconds."""
+    world = emulator.create_world()
+    sqs = emulator.boto3_client("sqs")
+    started = time.monotonic()
+    response = sqs.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=1)
+    elapsed = time.monotonic() - started
+    assert response.get("Messages", []) == []
+    assert 0.9 <= elapsed < 3.0
+
+
+def test_read_stream_orders_by_shard_then_sequence(emulator: Emulator) -> None:
+    """read_stream returns every shard's records, shard by shard, each in sequence order."""
+    world = emulator.create_world(shard_count=3)
+    kinesis = emulator.boto3_client("kinesis")
+    for i in range(60):
+        kinesis.put_record(StreamName=world.stream_name, Data=f"{i}".encode(), PartitionKey=f"k{i}")
+
+    records = read_stream(kinesis, world.stream_name)
+
+    assert sorted(int(r["data"]) for r in records) == list(range(60))
+    shard_ids = [r["shard_id"] for r in records]
+    assert shard_ids == sorted(shard_ids)
+    assert len(set(shard_ids)) > 1
+    for shard_id in set(shard_ids):
+        seqs = [int(r["sequence_number"]) for r in records if r["shard_id"] == shard_id]
+        assert seqs == sorted(seqs)
+    assert {type(r["data"]) for r in records} == {bytes}
