@@ -1,0 +1,116 @@
+"""Shared fixtures: one embedded emulator per session, a fresh world and registry per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from event_processor import app
+from event_processor.config import Settings
+from event_processor.emulator import Emulator, World
+from event_processor.retry import RetryPolicy
+from event_processor.worker import Worker
+
+# Backoffs short enough that retries never dominate a test's runtime.
+FAST_POLICY = RetryPolicy(initial_s=0.01, max_backoff_s=0.2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _aws_credentials() -> Iterator[None]:
+    """Dummy credentials for every client; never a real account."""
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"  # noqa: S105 - a dummy
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    with Emulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def world(emulator: Emulator) -> World:
+    """A queue, DLQ and 2-shard stream with names no other test uses."""
+    suffix = uuid.uuid4().hex[:8]
+    return emulator.create_world(
+        queue_name=f"submissions-{suffix}",
+        dlq_name=f"submissions-dlq-{suffix}",
+        stream_name=f"events-{suffix}",
+        visibility_timeout_s=30,
+    )
+
+
+def settings_for(world: World, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "endpoint_url": world.endpoint_url,
+        "aws_region": world.region,
+        "queue_url": world.queue_url,
+        "dlq_url": world.dlq_url,
+        "stream_name": world.stream_name,
+        "wait_time_seconds": 1,
+        "metrics_port": 0,
+        "metrics_host": "127.0.0.1",
+        "shutdown_grace_seconds": 10,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class RunningDaemon:
+    worker: Worker
+    metrics_port: int
+    registry: CollectorRegistry
+    task: asyncio.Task[int]
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value
+
+    async def stop(self) -> int:
+        self.worker.stop.set()
+        return await asyncio.wait_for(self.task, timeout=60)
+
+
+@pytest.fixture
+async def daemon() -> AsyncIterator[Callable[..., Any]]:
+    """Factory: start the daemon in this loop; every one started is stopped at teardown."""
+    started: list[RunningDaemon] = []
+
+    async def start(settings: Settings, policy: RetryPolicy = FAST_POLICY) -> RunningDaemon:
+        registry = CollectorRegistry()
+        ready: asyncio.Future[tuple[Worker, int]] = asyncio.get_running_loop().create_future()
+        hooks = app.Hooks(
+            registry=registry,
+            policy=policy,
+            install_signals=False,
+            on_started=lambda w, port: ready.set_result((w, port)),
+        )
+        task = asyncio.create_task(app.run(settings, hooks))
+        done, _ = await asyncio.wait([task, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            pytest.fail(f"daemon exited during start-up with code {task.result()}")
+        assert ready in done, "daemon did not start within 30 s"
+        worker, port = ready.result()
+        running = RunningDaemon(worker, port, registry, task)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if not running.task.done():
+            await running.stop()

@@ -1,0 +1,112 @@
+"""Test helpers: polling with a deadline (never a bare sleep) and reading the world back."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from event_processor.emulator import Emulator, World, read_stream
+
+
+def free_port() -> int:
+    """A loopback port free right now (METRICS_PORT=0 means "disabled", not "any")."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, interval_s: float = 0.05
+) -> None:
+    """Poll `check` until it is true; fail with the timeout otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(interval_s)
+
+
+def send_bodies(emulator: Emulator, queue_url: str, bodies: list[str]) -> None:
+    sqs = emulator.boto3_client("sqs")
+    for start in range(0, len(bodies), 10):
+        chunk = bodies[start : start + 10]
+        response = sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
+        )
+        assert not response.get("Failed"), response
+
+
+def queue_depth(emulator: Emulator, queue_url: str) -> int:
+    """Visible plus in-flight messages."""
+    attrs = emulator.boto3_client("sqs").get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def drain_queue(emulator: Emulator, queue_url: str) -> list[dict[str, Any]]:
+    """Receive (and delete) every message of a queue, with its attributes."""
+    sqs = emulator.boto3_client("sqs")
+    messages: list[dict[str, Any]] = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
+        )
+
+
+def stream_records(emulator: Emulator, world: World) -> list[dict[str, Any]]:
+    """Every record of the stream, decoded, with its shard and sequence number."""
+    raw = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
+    return [
+        {
+            **orjson.loads(r["data"]),
+            "_shard": r["shard_id"],
+            "_seq": int(r["sequence_number"]),
+            "_key": r["partition_key"],
+        }
+        for r in raw
+    ]
+
+
+def check_order(records: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Assert per-submission order on one shard (first occurrences); return sequences seen.
+
+    Duplicates (redeliveries) are allowed, but must carry the event_id of their first copy.
+    """
+    by_submission: dict[str, list[dict[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: (r["_shard"], r["_seq"])):
+        by_submission.setdefault(record["submission_id"], []).append(record)
+    firsts: dict[str, list[int]] = {}
+    for submission_id, recs in by_submission.items():
+        assert len({r["_shard"] for r in recs}) == 1, f"{submission_id} spans shards"
+        seen: dict[int, str] = {}
+        order: list[int] = []
+        for r in recs:
+            if r["sequence"] in seen:
+                assert seen[r["sequence"]] == r["event_id"], "duplicate with a new event_id"
+                continue
+            seen[r["sequence"]] = r["event_id"]
+            order.append(r["sequence"])
+        assert order == sorted(order), f"{submission_id} out of order: {order}"
+        firsts[submission_id] = order
+    return firsts

@@ -1,0 +1,128 @@
+"""The daemon against the embedded emulator: everything valid published, in order, the rest dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import aiohttp
+import orjson
+
+from event_processor.emulator import Emulator, World
+from event_processor.models import EventType, Submission, parse_submission
+from tests.conftest import settings_for
+from tests.factories import encode, fleet_like, network_connection, new_process, submission
+from tests.helpers import free_port, check_order, drain_queue, eventually, queue_depth, send_bodies, stream_records
+
+
+def expected_sequences(bodies: list[str]) -> dict[str, list[int]]:
+    """What the stream must hold: each valid submission's accepted sequences, in order."""
+    expected: dict[str, list[int]] = {}
+    for body in bodies:
+        parsed = parse_submission(body)
+        if isinstance(parsed, Submission) and parsed.events:
+            expected[parsed.submission_id] = [e.sequence for e in parsed.events]
+    return expected
+
+
+async def test_fleet_batch_is_published_in_order_and_rejections_reach_the_dlq(
+    emulator: Emulator, world: World, daemon: Any
+) -> None:
+    """Valid events land once each, ordered per submission on one shard; the DLQ has the rest."""
+    rng = random.Random(7)
+    devices = [str(rng.getrandbits(128)) for _ in range(5)]
+    valid = [encode(fleet_like(rng)) for _ in range(80)]
+    with_bad_events = [
+        encode(submission({"new_process": [new_process(cmdl=None), new_process()]})),
+        encode(submission({"network_connection": [network_connection(destination_ip="not-an-ip")]})),
+    ]
+    whole_bad = [
+        encode(submission(submission_id="not-an-uuid")),
+        "this is not json",
+        encode([1, 2, 3]),
+    ]
+    empty = [encode(submission({}))]
+    bodies = valid + with_bad_events + whole_bad + empty
+    assert len(devices) == 5
+    await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
+
+    running = await daemon(settings_for(world))
+    await eventually(
+        lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0)
+    )
+    assert await running.stop() == 0
+
+    records = await asyncio.to_thread(stream_records, emulator, world)
+    expected = expected_sequences(bodies)
+    assert check_order(records) == expected
+    assert len(records) == sum(len(s) for s in expected.values()), "duplicates without faults"
+    for record in records:
+        assert record["_key"] == record["device_id"]
+        assert set(record) - {"_shard", "_seq", "_key"} == {
+            "event_id", "event_type", "device_id", "submission_id", "sequence",
+            "time_created", "processed_at", "event_data",
+        }
+        assert record["processed_at"].endswith("Z")
+
+    dead = await asyncio.to_thread(drain_queue, emulator, world.dlq_url)
+    reasons = sorted(m["MessageAttributes"]["reason"]["StringValue"] for m in dead)
+    assert reasons == sorted(
+        ["invalid_field", "invalid_field", "invalid_field", "invalid_body", "not_an_object"]
+    )
+    whole = [m for m in dead if m["Body"] in whole_bad]
+    assert len(whole) == 3, "rejected submissions keep their original body"
+    for message in whole:
+        attrs = message["MessageAttributes"]
+        assert {"reason", "detail", "source_message_id", "receive_count"} <= set(attrs)
+    events = [orjson.loads(m["Body"]) for m in dead if m["Body"] not in whole_bad]
+    assert sorted((e["field"], e["sequence"]) for e in events) == [("cmdl", 0), ("destination_ip", 0)]
+    assert all(e["submission_id"] and "event" in e for e in events)
+
+    published = sum(
+        running.metric("event_processor_events_published_total", {"event_type": t.value})
+        for t in EventType
+    )
+    assert published == len(records)
+    assert running.metric("event_processor_messages_received_total") == len(bodies)
+    assert running.metric("event_processor_submissions_total", {"outcome": "rejected"}) == 3
+
+
+async def test_partition_key_submission_id(emulator: Emulator, world: World, daemon: Any) -> None:
+    """With PARTITION_KEY=submission_id, records are keyed by their submission."""
+    bodies = [encode(submission()) for _ in range(5)]
+    await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
+    running = await daemon(settings_for(world, partition_key="submission_id"))
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    assert await running.stop() == 0
+    records = await asyncio.to_thread(stream_records, emulator, world)
+    assert len(records) == 15
+    assert all(r["_key"] == r["submission_id"] for r in records)
+
+
+async def test_without_dlq_rejections_are_counted_and_deleted(
+    emulator: Emulator, world: World, daemon: Any
+) -> None:
+    """DLQ_URL unset: rejected submissions are logged, counted and removed from the queue."""
+    await asyncio.to_thread(send_bodies, emulator, world.queue_url, ["garbage", encode(submission())])
+    running = await daemon(settings_for(world, dlq_url=None))
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    assert await running.stop() == 0
+    assert running.metric("event_processor_submissions_rejected_total", {"reason": "invalid_body"}) == 1
+    assert await asyncio.to_thread(drain_queue, emulator, world.dlq_url) == []
+
+
+async def test_metrics_and_probes_are_served(emulator: Emulator, world: World, daemon: Any) -> None:
+    """/metrics exposes our names; /healthz is 200; /readyz is 200 while running."""
+    running = await daemon(settings_for(world, metrics_port=free_port()))
+    base = f"http://127.0.0.1:{running.metrics_port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200
+        async with http.get(f"{base}/readyz") as response:
+            assert response.status == 200
+        async with http.get(f"{base}/metrics") as response:
+            text = await response.text()
+            assert "event_processor_in_flight_submissions" in text
+            assert "event_processor_messages_received_total" in text
+    assert await running.stop() == 0
