@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from event_processor import __version__, app, logs
+from event_processor import __version__, app, demo, logs
 from event_processor.config import Settings
 
 # argparse's own exit code for bad usage; invalid settings use it too.
@@ -48,6 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
     _add_settings_flags(run)
+    demo = commands.add_parser(
+        "demo", help="run fleet + daemon on the embedded emulator, then verify the stream"
+    )
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
+    demo.add_argument("--devices", type=int, default=10, help="fleet size (default 10)")
+    demo.add_argument(
+        "--round-interval", type=float, default=1.0, help="seconds between fleet rounds (default 1)"
+    )
+    demo.add_argument(
+        "--invalid-probability",
+        type=float,
+        default=0.01,
+        help="share of broken fields (default 0.01)",
+    )
+    demo.add_argument(
+        "--metrics-port", type=int, default=9100, help="serve /metrics here; 0 disables"
+    )
     return parser
 
 
@@ -67,6 +84,16 @@ def _explain(error: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "demo":
+        logs.configure("WARNING", "text")
+        options = demo.DemoOptions(
+            duration_s=args["duration"],
+            devices=args["devices"],
+            round_interval_s=args["round_interval"],
+            invalid_probability=args["invalid_probability"],
+            metrics_port=args["metrics_port"],
+        )
+        return asyncio.run(demo.run_demo(options))
     try:
         settings = load_settings(args)
     except ValidationError as exc:

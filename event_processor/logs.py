@@ -50,5 +50,5 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # botocore narrates every retry at DEBUG/INFO; our own logs say what matters.
-    for noisy in ("botocore", "aiobotocore", "urllib3", "aiohttp.access"):
+    for noisy in ("botocore", "aiobotocore", "urllib3", "aiohttp.access", "werkzeug"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

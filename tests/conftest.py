@@ -101,10 +101,11 @@ async def daemon() -> AsyncIterator[Callable[..., Any]]:
             on_started=lambda w, port: ready.set_result((w, port)),
         )
         task = asyncio.create_task(app.run(settings, hooks))
-        done, _ = await asyncio.wait([task, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
+        waiters: list[asyncio.Future[Any]] = [task, ready]
+        await asyncio.wait(waiters, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
             pytest.fail(f"daemon exited during start-up with code {task.result()}")
-        assert ready in done, "daemon did not start within 30 s"
+        assert ready.done(), "daemon did not start within 30 s"
         worker, port = ready.result()
         running = RunningDaemon(worker, port, registry, task)
         started.append(running)

@@ -9,8 +9,9 @@ import uuid
 from typing import Any
 
 
-
-def new_process(cmdl: Any = "/usr/bin/python3 -m http.server", user: Any = "alice") -> dict[str, Any]:
+def new_process(
+    cmdl: Any = "/usr/bin/python3 -m http.server", user: Any = "alice"
+) -> dict[str, Any]:
     return {"cmdl": cmdl, "user": user}
 
 
@@ -52,7 +53,9 @@ def encode(doc: Any) -> str:
 def fleet_like(rng: random.Random, device_id: str | None = None) -> dict[str, Any]:
     """3-5 events of each type, as the simulated fleet sends."""
     processes = [
-        new_process(f"/usr/bin/proc-{rng.randrange(10_000)} --flag {i}", rng.choice(["root", "bob"]))
+        new_process(
+            f"/usr/bin/proc-{rng.randrange(10_000)} --flag {i}", rng.choice(["root", "bob"])
+        )
         for i in range(rng.randint(3, 5))
     ]
     connections = [

@@ -70,7 +70,9 @@ def drain_queue(emulator: Emulator, queue_url: str) -> list[dict[str, Any]]:
         messages.extend(batch)
         sqs.delete_message_batch(
             QueueUrl=queue_url,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
+            ],
         )
 
 

@@ -13,7 +13,15 @@ from event_processor.emulator import Emulator, World
 from event_processor.models import EventType, Submission, parse_submission
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, network_connection, new_process, submission
-from tests.helpers import free_port, check_order, drain_queue, eventually, queue_depth, send_bodies, stream_records
+from tests.helpers import (
+    check_order,
+    drain_queue,
+    eventually,
+    free_port,
+    queue_depth,
+    send_bodies,
+    stream_records,
+)
 
 
 def expected_sequences(bodies: list[str]) -> dict[str, list[int]]:
@@ -35,7 +43,9 @@ async def test_fleet_batch_is_published_in_order_and_rejections_reach_the_dlq(
     valid = [encode(fleet_like(rng)) for _ in range(80)]
     with_bad_events = [
         encode(submission({"new_process": [new_process(cmdl=None), new_process()]})),
-        encode(submission({"network_connection": [network_connection(destination_ip="not-an-ip")]})),
+        encode(
+            submission({"network_connection": [network_connection(destination_ip="not-an-ip")]})
+        ),
     ]
     whole_bad = [
         encode(submission(submission_id="not-an-uuid")),
@@ -48,9 +58,7 @@ async def test_fleet_batch_is_published_in_order_and_rejections_reach_the_dlq(
     await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
 
     running = await daemon(settings_for(world))
-    await eventually(
-        lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0)
-    )
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
     assert await running.stop() == 0
 
     records = await asyncio.to_thread(stream_records, emulator, world)
@@ -60,8 +68,14 @@ async def test_fleet_batch_is_published_in_order_and_rejections_reach_the_dlq(
     for record in records:
         assert record["_key"] == record["device_id"]
         assert set(record) - {"_shard", "_seq", "_key"} == {
-            "event_id", "event_type", "device_id", "submission_id", "sequence",
-            "time_created", "processed_at", "event_data",
+            "event_id",
+            "event_type",
+            "device_id",
+            "submission_id",
+            "sequence",
+            "time_created",
+            "processed_at",
+            "event_data",
         }
         assert record["processed_at"].endswith("Z")
 
@@ -76,7 +90,10 @@ async def test_fleet_batch_is_published_in_order_and_rejections_reach_the_dlq(
         attrs = message["MessageAttributes"]
         assert {"reason", "detail", "source_message_id", "receive_count"} <= set(attrs)
     events = [orjson.loads(m["Body"]) for m in dead if m["Body"] not in whole_bad]
-    assert sorted((e["field"], e["sequence"]) for e in events) == [("cmdl", 0), ("destination_ip", 0)]
+    assert sorted((e["field"], e["sequence"]) for e in events) == [
+        ("cmdl", 0),
+        ("destination_ip", 0),
+    ]
     assert all(e["submission_id"] and "event" in e for e in events)
 
     published = sum(
@@ -104,11 +121,16 @@ async def test_without_dlq_rejections_are_counted_and_deleted(
     emulator: Emulator, world: World, daemon: Any
 ) -> None:
     """DLQ_URL unset: rejected submissions are logged, counted and removed from the queue."""
-    await asyncio.to_thread(send_bodies, emulator, world.queue_url, ["garbage", encode(submission())])
+    await asyncio.to_thread(
+        send_bodies, emulator, world.queue_url, ["garbage", encode(submission())]
+    )
     running = await daemon(settings_for(world, dlq_url=None))
     await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
     assert await running.stop() == 0
-    assert running.metric("event_processor_submissions_rejected_total", {"reason": "invalid_body"}) == 1
+    assert (
+        running.metric("event_processor_submissions_rejected_total", {"reason": "invalid_body"})
+        == 1
+    )
     assert await asyncio.to_thread(drain_queue, emulator, world.dlq_url) == []
 
 

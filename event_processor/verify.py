@@ -1,0 +1,105 @@
+"""Read-back verification: is every valid event in the stream, once, in order per submission?
+
+Shared by the demo, the benchmark and the tests, so that "no loss, in order" means one thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from event_processor.models import Submission, parse_submission
+
+
+def expected_sequences(bodies: list[str]) -> dict[str, list[int]]:
+    """Each valid submission's accepted event sequences, in order, by submission id."""
+    expected: dict[str, list[int]] = {}
+    for body in bodies:
+        parsed = parse_submission(body)
+        if isinstance(parsed, Submission) and parsed.events:
+            expected[parsed.submission_id] = [e.sequence for e in parsed.events]
+    return expected
+
+
+def decode_records(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stream records (as emulator.read_stream returns them) as dicts, with their position."""
+    return [
+        {
+            **orjson.loads(r["data"]),
+            "_shard": r["shard_id"],
+            "_seq": int(r["sequence_number"]),
+            "_key": r["partition_key"],
+        }
+        for r in raw
+    ]
+
+
+@dataclass
+class Verification:
+    expected_events: int = 0
+    records: int = 0
+    duplicates: int = 0
+    missing: list[tuple[str, int]] = field(default_factory=list)
+    unexpected: list[tuple[str, int]] = field(default_factory=list)
+    out_of_order: list[str] = field(default_factory=list)
+    split_across_shards: list[str] = field(default_factory=list)
+    changed_ids: list[str] = field(default_factory=list)
+    # First occurrences per submission, in stream order.
+    firsts: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.missing
+            or self.unexpected
+            or self.out_of_order
+            or self.split_across_shards
+            or self.changed_ids
+        )
+
+    def summary(self) -> str:
+        return (
+            f"expected {self.expected_events} events, stream has {self.records} records "
+            f"({self.duplicates} duplicates); missing {len(self.missing)}, unexpected "
+            f"{len(self.unexpected)}, out of order {len(self.out_of_order)}, split across "
+            f"shards {len(self.split_across_shards)}, duplicates with a new id {len(self.changed_ids)}"
+        )
+
+
+def verify(records: list[dict[str, Any]], expected: dict[str, list[int]]) -> Verification:
+    """Check decoded records against what was sent.
+
+    Duplicates are allowed (delivery is at least once) but must repeat their first copy's
+    event_id; order is judged on first occurrences, in shard sequence order.
+    """
+    result = Verification(
+        expected_events=sum(len(s) for s in expected.values()), records=len(records)
+    )
+    by_submission: dict[str, list[dict[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: (r["_shard"], r["_seq"])):
+        by_submission.setdefault(record["submission_id"], []).append(record)
+    for submission_id, recs in by_submission.items():
+        if len({r["_shard"] for r in recs}) > 1:
+            result.split_across_shards.append(submission_id)
+        seen: dict[int, str] = {}
+        order: list[int] = []
+        for r in recs:
+            if r["sequence"] in seen:
+                result.duplicates += 1
+                if seen[r["sequence"]] != r["event_id"]:
+                    result.changed_ids.append(r["event_id"])
+                continue
+            seen[r["sequence"]] = r["event_id"]
+            order.append(r["sequence"])
+        if order != sorted(order):
+            result.out_of_order.append(submission_id)
+        result.firsts[submission_id] = order
+    for submission_id, sequences in expected.items():
+        found = set(result.firsts.get(submission_id, []))
+        result.missing.extend((submission_id, s) for s in sequences if s not in found)
+    for submission_id, order in result.firsts.items():
+        wanted = set(expected.get(submission_id, []))
+        result.unexpected.extend((submission_id, s) for s in order if s not in wanted)
+    return result

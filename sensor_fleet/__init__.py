@@ -1,0 +1,1 @@
+"""sensor_fleet: emulated EDR agents that send submissions in the input contract."""

@@ -1,0 +1,413 @@
+"""An HTTP fault proxy between the daemon and the emulator, in the style of aiobotocore's tests.
+
+An aiohttp server runs in a background thread with its own event loop, on 127.0.0.1 and a
+free port. Every request is forwarded to the emulator (moto) and the response relayed, unless
+a fault says otherwise. botocore speaks the JSON protocol to SQS and Kinesis, so the operation
+is the `X-Amz-Target` header (`Kinesis_20131202.PutRecords`, `AmazonSQS.ReceiveMessage`...).
+
+Faults can be changed at any time from any thread:
+
+* `put_records_entry_failure_rate`: before forwarding a PutRecords, a random subset of its
+  entries is cut out of the request; the rest is forwarded and the cut entries are spliced back
+  into the response as ProvisionedThroughputExceededException entries. A "failed" entry is
+  therefore really not stored, as with Kinesis.
+* `throttle_rate`: a whole Kinesis call is answered with HTTP 400 throttling, not forwarded.
+* `sqs_error_rate`: an SQS call is answered with HTTP 500 InternalError, not forwarded (the
+  request never reaches the queue, so a failed receive hides no message).
+* `kinesis_down` / `sqs_down`: every call of that service fails, with HTTP 500 or, if
+  `down_mode` is "reset", with the connection dropped without an answer.
+
+Counters (`calls`, `injected`, `forwarded`) let a test assert that the faults really happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass, fields, replace
+from types import TracebackType
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+
+# Injected-fault kinds, the keys of `FaultProxy.injected()`.
+ENTRY_FAILURE = "put_records_entry_failure"  # counted per entry, not per call
+THROTTLE = "kinesis_throttle"
+SQS_ERROR = "sqs_error"
+KINESIS_DOWN = "kinesis_down"
+SQS_DOWN = "sqs_down"
+
+KINESIS_PREFIX = "Kinesis_20131202."
+SQS_PREFIX = "AmazonSQS."
+_KINESIS_CONTENT_TYPE = "application/x-amz-json-1.1"
+_SQS_CONTENT_TYPE = "application/x-amz-json-1.0"
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp recomputes for the bytes it sends.
+_SKIP_REQUEST_HEADERS = frozenset(
+    {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade"}
+)
+_SKIP_RESPONSE_HEADERS = frozenset(
+    {
+        "content-length",
+        "content-encoding",  # the client session decompresses what it relays
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "date",
+        "server",
+    }
+)
+
+_START_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 15.0
+# Long polls last up to 20 s; give the upstream call that and some room.
+_UPSTREAM_TIMEOUT_S = 60.0
+# In-flight handlers get this long to finish on stop (long polls in tests wait 1 s).
+_SHUTDOWN_TIMEOUT_S = 5.0
+
+DownMode = Literal["500", "reset"]
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """The fault settings; a proxy holds one immutable value and swaps it under a lock."""
+
+    put_records_entry_failure_rate: float = 0.0
+    throttle_rate: float = 0.0
+    sqs_error_rate: float = 0.0
+    kinesis_down: bool = False
+    sqs_down: bool = False
+    down_mode: DownMode = "500"
+
+
+_FAULT_NAMES = frozenset(f.name for f in fields(Faults))
+
+
+class _Reset(Exception):
+    """Raised inside the handler to drop the client's connection without an answer."""
+
+
+class FaultProxy:
+    """Forward AWS JSON-protocol calls to `target_url`, injecting the configured faults."""
+
+    def __init__(self, target_url: str, *, seed: int = 0) -> None:
+        self._target_url = target_url.rstrip("/")
+        self._lock = threading.Lock()
+        self._faults = Faults()
+        self._rng = random.Random(seed)
+        self._calls: Counter[str] = Counter()
+        self._forwarded: Counter[str] = Counter()
+        self._injected: Counter[str] = Counter()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._port: int | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- faults, settable from any thread ---------------------------------------------
+
+    @property
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._faults
+
+    def configure(self, **changes: Any) -> None:
+        """Change several faults at once, e.g. configure(throttle_rate=0.1, sqs_down=True)."""
+        unknown = set(changes) - _FAULT_NAMES
+        if unknown:
+            raise TypeError(f"unknown faults: {sorted(unknown)}")
+        with self._lock:
+            self._faults = replace(self._faults, **changes)
+
+    def clear(self) -> None:
+        """No faults from now on; the counters are kept."""
+        with self._lock:
+            self._faults = Faults()
+
+    @property
+    def put_records_entry_failure_rate(self) -> float:
+        return self.faults.put_records_entry_failure_rate
+
+    @put_records_entry_failure_rate.setter
+    def put_records_entry_failure_rate(self, value: float) -> None:
+        self.configure(put_records_entry_failure_rate=value)
+
+    @property
+    def throttle_rate(self) -> float:
+        return self.faults.throttle_rate
+
+    @throttle_rate.setter
+    def throttle_rate(self, value: float) -> None:
+        self.configure(throttle_rate=value)
+
+    @property
+    def sqs_error_rate(self) -> float:
+        return self.faults.sqs_error_rate
+
+    @sqs_error_rate.setter
+    def sqs_error_rate(self, value: float) -> None:
+        self.configure(sqs_error_rate=value)
+
+    @property
+    def kinesis_down(self) -> bool:
+        return self.faults.kinesis_down
+
+    @kinesis_down.setter
+    def kinesis_down(self, value: bool) -> None:
+        self.configure(kinesis_down=value)
+
+    @property
+    def sqs_down(self) -> bool:
+        return self.faults.sqs_down
+
+    @sqs_down.setter
+    def sqs_down(self, value: bool) -> None:
+        self.configure(sqs_down=value)
+
+    # --- counters ---------------------------------------------------------------------
+
+    def calls(self, operation: str | None = None) -> int:
+        """Requests received for `operation` (e.g. "PutRecords"), or in total."""
+        with self._lock:
+            return self._calls[operation] if operation else sum(self._calls.values())
+
+    def forwarded(self, operation: str | None = None) -> int:
+        """Requests that reached the emulator for `operation`, or in total."""
+        with self._lock:
+            return self._forwarded[operation] if operation else sum(self._forwarded.values())
+
+    def injected(self, kind: str | None = None) -> int:
+        """Faults injected of `kind` (see the module's constants), or in total."""
+        with self._lock:
+            return self._injected[kind] if kind else sum(self._injected.values())
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """A copy of every counter, for reports and assertion messages."""
+        with self._lock:
+            return {
+                "calls": dict(self._calls),
+                "forwarded": dict(self._forwarded),
+                "injected": dict(self._injected),
+            }
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("fault proxy is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> None:
+        """Start serving in a background thread; returns once the port is bound."""
+        if self._thread is not None:
+            return
+        self._started.clear()
+        self._startup_error = None
+        thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self._thread = thread
+        thread.start()
+        if not self._started.wait(_START_TIMEOUT_S):
+            raise RuntimeError("fault proxy did not start")
+        if self._startup_error is not None:
+            thread.join(_STOP_TIMEOUT_S)
+            self._thread = None
+            raise RuntimeError("fault proxy failed to start") from self._startup_error
+
+    def stop(self) -> None:
+        """Stop serving, close the upstream session and the loop; safe when not started."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stopping.set)
+        thread.join(_STOP_TIMEOUT_S)
+        if thread.is_alive():
+            raise RuntimeError("fault proxy did not stop")
+        self._port = None
+
+    def __enter__(self) -> FaultProxy:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # surfaced by start(), or lost with the thread
+            self._startup_error = exc
+        finally:
+            self._started.set()  # never leave start() waiting
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        timeout = aiohttp.ClientTimeout(total=_UPSTREAM_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            self._session = session
+            app = web.Application(client_max_size=16 * 1024 * 1024)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
+            await runner.setup()
+            try:
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                self._port = int(runner.addresses[0][1])
+                self._started.set()
+                await self._stopping.wait()
+            finally:
+                await runner.cleanup()
+
+    # --- the handler ------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        target = request.headers.get("X-Amz-Target", "")
+        try:
+            if target.startswith(KINESIS_PREFIX):
+                return await self._kinesis(request, target.removeprefix(KINESIS_PREFIX), body)
+            if target.startswith(SQS_PREFIX):
+                return await self._sqs(request, target.removeprefix(SQS_PREFIX), body)
+            return await self._forward(request, target or request.path, body)
+        except _Reset:
+            if request.transport is not None:
+                request.transport.abort()
+            # Nothing reaches the client: its connection is already gone.
+            return web.Response(status=500)
+
+    async def _kinesis(self, request: web.Request, operation: str, body: bytes) -> web.Response:
+        with self._lock:
+            self._calls[operation] += 1
+            faults = self._faults
+            if faults.kinesis_down:
+                self._injected[KINESIS_DOWN] += 1
+                kind = KINESIS_DOWN
+            elif faults.throttle_rate and self._rng.random() < faults.throttle_rate:
+                self._injected[THROTTLE] += 1
+                kind = THROTTLE
+            else:
+                kind = None
+        if kind == KINESIS_DOWN:
+            if faults.down_mode == "reset":
+                raise _Reset
+            return _error(500, "InternalFailure", "Kinesis is down (fault proxy)", kinesis=True)
+        if kind == THROTTLE:
+            code = (
+                "ProvisionedThroughputExceededException"
+                if operation == "PutRecords"
+                else "LimitExceededException"
+            )
+            return _error(400, code, "Rate exceeded (fault proxy)", kinesis=True)
+        if operation == "PutRecords" and faults.put_records_entry_failure_rate:
+            return await self._put_records(request, body, faults.put_records_entry_failure_rate)
+        return await self._forward(request, operation, body)
+
+    async def _sqs(self, request: web.Request, operation: str, body: bytes) -> web.Response:
+        with self._lock:
+            self._calls[operation] += 1
+            faults = self._faults
+            if faults.sqs_down:
+                self._injected[SQS_DOWN] += 1
+                kind = SQS_DOWN
+            elif faults.sqs_error_rate and self._rng.random() < faults.sqs_error_rate:
+                self._injected[SQS_ERROR] += 1
+                kind = SQS_ERROR
+            else:
+                kind = None
+        if kind == SQS_DOWN and faults.down_mode == "reset":
+            raise _Reset
+        if kind is not None:
+            return _error(500, "InternalError", "We encountered an internal error (fault proxy)")
+        return await self._forward(request, operation, body)
+
+    async def _put_records(self, request: web.Request, body: bytes, rate: float) -> web.Response:
+        """Forward a random part of the entries; answer the rest as throttled entries."""
+        doc = json.loads(body)
+        entries: list[Any] = doc.get("Records", [])
+        with self._lock:
+            failed = {i for i in range(len(entries)) if self._rng.random() < rate}
+            self._injected[ENTRY_FAILURE] += len(failed)
+        if not failed:
+            return await self._forward(request, "PutRecords", body)
+        kept = [entry for i, entry in enumerate(entries) if i not in failed]
+        stream = str(doc.get("StreamName") or doc.get("StreamARN") or "?")
+        failure = {
+            "ErrorCode": "ProvisionedThroughputExceededException",
+            "ErrorMessage": f"Rate exceeded for shard shardId-000000000000 in stream {stream} "
+            "under account 123456789012 (fault proxy).",
+        }
+        if kept:
+            upstream = await self._forward(request, "PutRecords", json.dumps({**doc, "Records": kept}).encode())
+            if upstream.status != 200 or upstream.body is None:
+                return upstream  # a whole-call failure: relayed as it came
+            assert isinstance(upstream.body, bytes)
+            answer: dict[str, Any] = json.loads(upstream.body)
+            headers = upstream.headers
+        else:
+            answer = {"FailedRecordCount": 0, "Records": [], "EncryptionType": "NONE"}
+            headers = _json_headers(kinesis=True)
+        stored = iter(answer.get("Records", []))
+        answer["Records"] = [failure if i in failed else next(stored) for i in range(len(entries))]
+        answer["FailedRecordCount"] = int(answer.get("FailedRecordCount", 0)) + len(failed)
+        return web.Response(
+            status=200,
+            body=json.dumps(answer).encode(),
+            headers={k: v for k, v in headers.items() if k.lower() not in _SKIP_RESPONSE_HEADERS},
+        )
+
+    async def _forward(self, request: web.Request, operation: str, body: bytes) -> web.Response:
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST_HEADERS
+        }
+        session = self._session
+        assert session is not None, "the handler runs only while the session is open"
+        url = self._target_url + request.path_qs
+        async with session.request(
+            request.method, url, data=body, headers=headers, allow_redirects=False
+        ) as upstream:
+            payload = await upstream.read()
+            relayed = {
+                k: v for k, v in upstream.headers.items() if k.lower() not in _SKIP_RESPONSE_HEADERS
+            }
+            status = upstream.status
+        with self._lock:
+            self._forwarded[operation] += 1
+        return web.Response(status=status, body=payload, headers=relayed)
+
+
+def _json_headers(*, kinesis: bool) -> dict[str, str]:
+    return {
+        "Content-Type": _KINESIS_CONTENT_TYPE if kinesis else _SQS_CONTENT_TYPE,
+        "x-amzn-RequestId": str(uuid.uuid4()),
+    }
+
+
+def _error(status: int, code: str, message: str, *, kinesis: bool = False) -> web.Response:
+    """An AWS JSON-protocol error: botocore reads the code from `__type`."""
+    headers = _json_headers(kinesis=kinesis)
+    if not kinesis:
+        # SQS's JSON protocol also names the query-compatible code; botocore prefers it.
+        headers["x-amzn-query-error"] = f"{code};Receiver"
+    return web.Response(
+        status=status,
+        body=json.dumps({"__type": code, "message": message}).encode(),
+        headers=headers,
+    )

@@ -1,0 +1,168 @@
+"""The in-process daemon behind the fault proxy: no loss and no reordering under AWS faults."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from event_processor.emulator import Emulator, World
+from event_processor.models import Submission, parse_submission
+from tests import faultproxy
+from tests.conftest import settings_for
+from tests.factories import encode, fleet_like
+from tests.faultproxy import FaultProxy
+from tests.helpers import check_order, eventually, queue_depth, send_bodies, stream_records
+
+# Each scenario normally takes a few seconds; this bounds every wait of one.
+SCENARIO_TIMEOUT_S = 45.0
+
+
+@pytest.fixture
+def proxy(emulator: Emulator) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the emulator, without faults until the test sets them."""
+    with FaultProxy(emulator.endpoint_url, seed=20261122) as started:
+        yield started
+
+
+def expected_sequences(bodies: list[str]) -> dict[str, list[int]]:
+    """What the stream must hold: each valid submission's accepted sequences, in order."""
+    expected: dict[str, list[int]] = {}
+    for body in bodies:
+        parsed = parse_submission(body)
+        if isinstance(parsed, Submission) and parsed.events:
+            expected[parsed.submission_id] = [e.sequence for e in parsed.events]
+    return expected
+
+
+def metric_total(registry: CollectorRegistry, name: str) -> float:
+    """The sum of a metric's samples over every label set (0 when it has none yet)."""
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def queue_counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of a queue."""
+    attrs = emulator.boto3_client("sqs").get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+async def test_no_loss_no_reorder_under_entry_failures_throttles_and_sqs_errors(
+    emulator: Emulator, world: World, proxy: FaultProxy, daemon: Any
+) -> None:
+    """30% failed entries, 10% throttled Kinesis calls, 10% SQS 500s: all events land, in order."""
+    rng = random.Random(31)
+    bodies = [encode(fleet_like(rng)) for _ in range(100)]
+    expected = expected_sequences(bodies)
+    running = await daemon(settings_for(world, endpoint_url=proxy.endpoint_url))
+    # Faults from here on: start-up itself is not under test.
+    proxy.configure(put_records_entry_failure_rate=0.3, throttle_rate=0.1, sqs_error_rate=0.1)
+    await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
+
+    await eventually(
+        lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0),
+        timeout_s=SCENARIO_TIMEOUT_S,
+    )
+    assert await running.stop() == 0
+    proxy.clear()
+
+    records = await asyncio.to_thread(stream_records, emulator, world)
+    assert check_order(records) == expected
+    # None of these faults can store a record twice (failed entries and throttled or failed
+    # calls never reach the emulator), and nothing was redelivered: no duplicates either.
+    assert len(records) == sum(len(s) for s in expected.values())
+
+    stats = proxy.stats()
+    entry_failures = proxy.injected(faultproxy.ENTRY_FAILURE)
+    assert entry_failures > 0, stats
+    assert proxy.injected(faultproxy.THROTTLE) > 0, stats
+    assert proxy.injected(faultproxy.SQS_ERROR) > 0, stats
+    registry = running.registry
+    failed_records = metric_total(registry, "event_processor_put_records_failed_records_total")
+    put_retries = running.metric("event_processor_retries_total", {"operation": "PutRecords"})
+    # Every injected entry failure reached the daemon as a failed entry and was retried.
+    assert failed_records >= entry_failures, (failed_records, stats)
+    assert put_retries >= entry_failures, (put_retries, stats)
+    assert running.metric("event_processor_submissions_total", {"outcome": "published"}) == 100
+    assert running.metric("event_processor_submissions_total", {"outcome": "failed"}) == 0
+    print(  # the measurements, for the report (pytest -s)
+        f"\nfaults: {stats}\nrecords={len(records)} failed_records={failed_records:g} "
+        f"retries={metric_total(registry, 'event_processor_retries_total'):g} "
+        f"put_retries={put_retries:g}"
+    )
+
+
+async def test_kinesis_outage_holds_messages_then_publishes_everything_in_order(
+    emulator: Emulator, world: World, proxy: FaultProxy, daemon: Any
+) -> None:
+    """Kinesis down: nothing deleted, messages kept in flight, not ready; back up: all in order."""
+    rng = random.Random(32)
+    bodies = [encode(fleet_like(rng)) for _ in range(30)]
+    expected = expected_sequences(bodies)
+    running = await daemon(settings_for(world, endpoint_url=proxy.endpoint_url))
+    worker = running.worker
+    assert worker.ready
+
+    proxy.kinesis_down = True
+    await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
+    await eventually(
+        lambda: asyncio.sleep(0, result=not worker.ready), timeout_s=SCENARIO_TIMEOUT_S
+    )
+
+    async def held() -> bool:
+        """Every message is still in SQS and the received ones are all still in flight."""
+        visible, in_flight = await asyncio.to_thread(queue_counts, emulator, world.queue_url)
+        return visible + in_flight == len(bodies) and in_flight == worker.in_flight > 0
+
+    # Receivers stop once the sink is down; let the last receive land before comparing.
+    await eventually(held, timeout_s=SCENARIO_TIMEOUT_S)
+    down_since = time.monotonic()
+    failed_calls_before = proxy.injected(faultproxy.KINESIS_DOWN)
+
+    async def outage_lasted() -> bool:
+        """The invariants of an outage hold at every look; done after 3 s and more failures."""
+        assert await held(), "a message left SQS or flight while Kinesis was down"
+        assert not worker.ready, "ready while Kinesis is down"
+        assert proxy.forwarded("DeleteMessageBatch") == 0, "a message was deleted"
+        assert proxy.forwarded("PutRecords") == 0
+        return (
+            time.monotonic() - down_since >= 3.0
+            and proxy.injected(faultproxy.KINESIS_DOWN) >= failed_calls_before + 5
+        )
+
+    await eventually(outage_lasted, timeout_s=SCENARIO_TIMEOUT_S, interval_s=0.2)
+    assert await asyncio.to_thread(stream_records, emulator, world) == []
+    assert running.metric("event_processor_submissions_total", {"outcome": "failed"}) == 0
+    held_in_flight = worker.in_flight
+    outage_calls = proxy.injected(faultproxy.KINESIS_DOWN)
+
+    proxy.kinesis_down = False
+    await eventually(
+        lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0),
+        timeout_s=SCENARIO_TIMEOUT_S,
+    )
+    await eventually(lambda: asyncio.sleep(0, result=worker.ready), timeout_s=SCENARIO_TIMEOUT_S)
+    assert await running.stop() == 0
+
+    records = await asyncio.to_thread(stream_records, emulator, world)
+    assert check_order(records) == expected
+    assert len(records) == sum(len(s) for s in expected.values()), "duplicates"
+    assert running.metric("event_processor_submissions_total", {"outcome": "published"}) == 30
+    print(
+        f"\noutage: {outage_calls} Kinesis calls failed, {held_in_flight} messages held in "
+        f"flight, retries={metric_total(running.registry, 'event_processor_retries_total'):g}"
+    )

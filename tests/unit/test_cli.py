@@ -1,0 +1,87 @@
+"""Settings from env and flags; bad settings are a clear error with exit code 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from event_processor import cli
+from event_processor.config import Settings
+from event_processor.models import PartitionKey
+
+
+def test_defaults_match_the_documented_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without env or flags, the documented defaults apply."""
+    for name in (
+        "QUEUE_URL",
+        "QUEUE_NAME",
+        "STREAM_NAME",
+        "DLQ_URL",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert (settings.queue_name, settings.stream_name, settings.dlq_url) == (
+        "submissions",
+        "events",
+        None,
+    )
+    assert (settings.batch_size, settings.visibility_timeout, settings.wait_time_seconds) == (
+        10,
+        30,
+        20,
+    )
+    assert (settings.metrics_port, settings.shutdown_grace_seconds) == (9100, 20.0)
+    assert settings.partition_key is PartitionKey.DEVICE_ID
+    assert settings.aws_region == "eu-west-1"
+
+
+def test_env_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Environment variables set values; CLI flags override them."""
+    monkeypatch.setenv("BATCH_SIZE", "5")
+    monkeypatch.setenv("STREAM_NAME", "from-env")
+    monkeypatch.setenv("AWS_REGION", "us-east-2")
+    settings = cli.load_settings({"stream_name": "from-flag"})
+    assert (settings.batch_size, settings.stream_name, settings.aws_region) == (
+        5,
+        "from-flag",
+        "us-east-2",
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--batch-size", "11"),
+        ("--batch-size", "0"),
+        ("--wait-time-seconds", "21"),
+        ("--partition-key", "event_id"),
+        ("--metrics-port", "70000"),
+        ("--log-format", "xml"),
+        ("--max-in-flight", "lots"),
+    ],
+)
+def test_invalid_setting_exits_2_with_a_clear_message(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid setting stops start-up with exit code 2 and names the setting."""
+    assert cli.main(["run", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert "invalid settings" in err
+    assert flag.removeprefix("--") in err
+
+
+def test_invalid_env_setting_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Environment values are validated the same way."""
+    monkeypatch.setenv("VISIBILITY_TIMEOUT", "-3")
+    assert cli.main(["run"]) == 2
+    assert "VISIBILITY_TIMEOUT" in capsys.readouterr().err
+
+
+def test_unknown_flag_is_a_usage_error() -> None:
+    """argparse rejects unknown flags with exit code 2."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--no-such-flag", "1"])
+    assert exit_.value.code == 2

@@ -1,0 +1,189 @@
+"""The lane batcher's rules, driven by a fake Kinesis client (pure logic, no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from prometheus_client import CollectorRegistry
+
+from event_processor import constants
+from event_processor.errors import PublishFailed
+from event_processor.metrics import Metrics
+from event_processor.models import EventType, Record
+from event_processor.retry import RetryPolicy
+from event_processor.sink import KinesisSink
+from tests.helpers import eventually
+
+NO_WAIT = RetryPolicy(initial_s=0.0, max_backoff_s=0.0)
+
+
+class FakeKinesis:
+    """Stores what PutRecords accepted; fails entries or whole calls as told."""
+
+    def __init__(self, entry_failure_rate: float = 0.0, seed: int = 1) -> None:
+        self.stored: list[tuple[str, bytes]] = []
+        self.requests: list[list[dict[str, Any]]] = []
+        self.entry_failure_rate = entry_failure_rate
+        self.fail_calls: BaseException | None = None
+        self.rng = random.Random(seed)
+        self.gate: asyncio.Event | None = None
+
+    async def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        self.requests.append(Records)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_calls is not None:
+            raise self.fail_calls
+        results: list[dict[str, Any]] = []
+        for entry in Records:
+            if self.rng.random() < self.entry_failure_rate:
+                results.append(
+                    {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "x"}
+                )
+            else:
+                self.stored.append((entry["PartitionKey"], entry["Data"]))
+                results.append({"SequenceNumber": str(len(self.stored)), "ShardId": "shardId-0"})
+        return {"FailedRecordCount": sum("ErrorCode" in r for r in results), "Records": results}
+
+    async def describe_stream_summary(self, StreamName: str) -> dict[str, Any]:
+        if self.fail_calls is not None:
+            raise self.fail_calls
+        return {}
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def records(lane: str, count: int, size: int = 10) -> list[Record]:
+    return [
+        Record(f"{lane}:{i}:".encode().ljust(size, b"."), lane, i, EventType.NEW_PROCESS)
+        for i in range(count)
+    ]
+
+
+def make_sink(
+    client: FakeKinesis, max_requests: int = 4, policy: RetryPolicy = NO_WAIT
+) -> tuple[KinesisSink, Metrics]:
+    metrics = Metrics(CollectorRegistry())
+    return KinesisSink(client, "events", metrics, policy, max_requests), metrics  # type: ignore[arg-type]
+
+
+def sequences_by_lane(stored: list[tuple[str, bytes]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for key, data in stored:
+        out.setdefault(key, []).append(int(data.split(b":")[1]))
+    return out
+
+
+async def test_one_record_per_lane_per_request_and_order_under_failures() -> None:
+    """With 30% of entries failing, every lane lands complete and in order, never twice in a request."""
+    client = FakeKinesis(entry_failure_rate=0.3)
+    sink, metrics = make_sink(client)
+    lanes = {f"lane-{n}": records(f"lane-{n}", 8) for n in range(50)}
+    await asyncio.gather(*(sink.publish(r) for r in lanes.values()))
+    assert sequences_by_lane(client.stored) == {k: list(range(8)) for k in lanes}
+    for request in client.requests:
+        keys = Counter(entry["PartitionKey"] for entry in request)
+        assert max(keys.values()) == 1
+    assert metrics.registry.get_sample_value(
+        "event_processor_retries_total", {"operation": "PutRecords"}
+    )
+
+
+async def test_requests_batch_across_lanes() -> None:
+    """Concurrent lanes share requests: 600 one-record lanes need two requests, not 600."""
+    client = FakeKinesis()
+    sink, _ = make_sink(client, max_requests=1)
+    client.gate = asyncio.Event()
+    futures = [sink.publish(records(f"l{n}", 1)) for n in range(600)]
+    await asyncio.sleep(0)  # let the first request start and block on the gate
+    client.gate.set()
+    await asyncio.gather(*futures)
+    assert [len(r) for r in client.requests] == [1, 500, 99]
+
+
+async def test_request_respects_five_mib() -> None:
+    """A request never carries more than 5 MiB of data plus keys."""
+    client = FakeKinesis()
+    sink, _ = make_sink(client, max_requests=1)
+    size = 600 * 1024
+    await asyncio.gather(*(sink.publish(records(f"l{n}", 1, size=size)) for n in range(20)))
+    for request in client.requests:
+        total = sum(len(e["Data"]) + len(e["PartitionKey"]) for e in request)
+        assert total <= constants.PUT_RECORDS_MAX_BYTES
+    assert len(client.stored) == 20
+
+
+async def test_non_retriable_error_fails_the_lane() -> None:
+    """A ValidationException fails the lane with PublishFailed instead of spinning."""
+    client = FakeKinesis()
+    client.fail_calls = ClientError(
+        {"Error": {"Code": "ValidationException", "Message": "no"}}, "PutRecords"
+    )
+    sink, _ = make_sink(client)
+    with pytest.raises(PublishFailed, match="ValidationException"):
+        await sink.publish(records("a", 2))
+
+
+async def test_retry_policy_gives_up_after_its_attempts() -> None:
+    """A record that keeps failing ends with PublishFailed once the policy's cap is hit."""
+    client = FakeKinesis(entry_failure_rate=1.0)
+    sink, _ = make_sink(client)
+    sink._policy = NO_WAIT.with_limits(max_attempts=3, deadline_s=60)
+    with pytest.raises(PublishFailed) as failure:
+        await sink.publish(records("a", 1))
+    assert failure.value.attempts == 3
+    assert len(client.requests) == 3
+
+
+async def test_abandoned_lane_stops_sending() -> None:
+    """Cancelling a lane's future means its remaining records are never sent."""
+    client = FakeKinesis()
+    sink, metrics = make_sink(client, max_requests=1)
+    client.gate = asyncio.Event()
+    done = sink.publish(records("a", 5))
+    await asyncio.sleep(0)
+    done.cancel()
+    client.gate.set()
+    await sink.close()
+    assert [k for k, _ in client.stored] == ["a"]  # only the head that was already on the wire
+    assert metrics.registry.get_sample_value("event_processor_in_flight_records") == 0
+
+
+async def test_health_follows_whole_call_failures_and_recovers() -> None:
+    """Consecutive failed calls mark Kinesis down; the first success marks it up again."""
+    client = FakeKinesis()
+    client.fail_calls = EndpointConnectionError(endpoint_url="http://kinesis")
+    sink, _ = make_sink(
+        client, max_requests=1, policy=RetryPolicy(initial_s=0.001, max_backoff_s=0.001)
+    )
+    done = sink.publish(records("a", 3))
+    await eventually(lambda: _true(not sink.healthy), timeout_s=5, interval_s=0.001)
+    assert not done.done()
+    client.fail_calls = None
+    await done
+    assert sink.healthy
+    assert sequences_by_lane(client.stored) == {"a": [0, 1, 2]}
+
+
+async def test_wait_healthy_probes_when_idle() -> None:
+    """With no lane left to find out, wait_healthy probes the stream itself."""
+    client = FakeKinesis()
+    sink, _ = make_sink(client)
+    sink._healthy.clear()
+    await asyncio.wait_for(sink.wait_healthy(probe_interval_s=0.01), timeout=5)
+    assert sink.healthy
+
+
+async def test_empty_publish_resolves_at_once() -> None:
+    """A submission with no valid events is done without a call."""
+    client = FakeKinesis()
+    sink, _ = make_sink(client)
+    await sink.publish([])
+    assert client.requests == []
