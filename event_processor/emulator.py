@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
+import boto3
 from botocore.config import Config
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,11 @@ class Emulator:
             return
         patch_moto()
         from moto.server import ThreadedMotoServer  # noqa: PLC0415 - heavy import, only when used
+
+        werkzeug_log = logging.getLogger("werkzeug")
+        if werkzeug_log.level == logging.NOTSET:
+            # The server's werkzeug logs every request at INFO; keep only its warnings.
+            werkzeug_log.setLevel(logging.WARNING)
 
         server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
         server.start()

@@ -1,10 +1,16 @@
-"""The embedded emulator: the world it builds, and moto's thread-safety patches under real load."""
+"""The embedded emulator: the world it builds, and moto's thread-safety patches under real load.
+
+Uses the session `emulator` fixture from tests/conftest.py; every world gets unique names.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,20 +27,38 @@ PUT_CALLS_PER_THREAD = 10
 RECORDS_PER_CALL = 100
 
 SQS_PRODUCERS = 8
-SQS_CONSUMERS = 8
-SQS_BATCHES_PER_PRODUCER = 40
+SQS_CONSUMERS = 16
+# Batches each producer sends before the consumers start (a deep queue makes moto's O(depth)
+# list rebuilds slow, widening the race windows), then while they run.
+SQS_PRELOAD_BATCHES = 30
+SQS_LIVE_BATCHES = 10
 SQS_BATCH = 10
 # Long enough that no message can become visible again during the test: a redelivery is a bug.
 SQS_VISIBILITY_S = 300
 # Upper bound for any one concurrency scenario; each normally takes a few seconds.
 SCENARIO_DEADLINE_S = 60.0
+# CPython switches threads every 5 ms by default; switching every 0.1 ms makes moto's races show
+# up on every run instead of now and then (unlocked: ~560 lost deletes and duplicate receives).
+RACY_SWITCH_INTERVAL_S = 1e-4
+
+
+def make_world(emulator: Emulator, **options: Any) -> World:
+    """create_world with names no other test uses (the session emulator is shared)."""
+    suffix = uuid.uuid4().hex[:8]
+    return emulator.create_world(
+        queue_name=f"q-{suffix}", dlq_name=f"dlq-{suffix}", stream_name=f"s-{suffix}", **options
+    )
 
 
 @pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    """A started emulator on a free port, stopped afterwards."""
-    with Emulator() as emu:
-        yield emu
+def frequent_thread_switches() -> Iterator[None]:
+    """Make the interpreter switch threads often, so unsynchronised code loses updates reliably."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(RACY_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def run_together(workers: list[Callable[[], None]]) -> None:
@@ -48,12 +72,19 @@ def run_together(workers: list[Callable[[], None]]) -> None:
     with ThreadPoolExecutor(max_workers=len(workers)) as pool:
         futures = [pool.submit(start, worker) for worker in workers]
         for future in futures:
-            future.result(timeout=SCENARIO_DEADLINE_S)
+            future.result(timeout=2 * SCENARIO_DEADLINE_S)
 
 
 def test_create_world_builds_queue_dlq_and_active_stream(emulator: Emulator) -> None:
     """create_world makes a queue redriving to the DLQ and an ACTIVE stream with the shards asked."""
-    world = emulator.create_world(shard_count=3, max_receive_count=4, visibility_timeout_s=45)
+    world = emulator.create_world(
+        queue_name="cw-queue",
+        dlq_name="cw-dlq",
+        stream_name="cw-stream",
+        shard_count=3,
+        max_receive_count=4,
+        visibility_timeout_s=45,
+    )
     sqs = emulator.boto3_client("sqs")
     kinesis = emulator.boto3_client("kinesis")
 
@@ -62,10 +93,10 @@ def test_create_world_builds_queue_dlq_and_active_stream(emulator: Emulator) -> 
         region="eu-west-1",
         queue_url=world.queue_url,
         dlq_url=world.dlq_url,
-        stream_name="events",
+        stream_name="cw-stream",
     )
-    assert world.queue_url.endswith("/submissions")
-    assert world.dlq_url.endswith("/submissions-dlq")
+    assert world.queue_url.endswith("/cw-queue")
+    assert world.dlq_url.endswith("/cw-dlq")
     attributes = sqs.get_queue_attributes(QueueUrl=world.queue_url, AttributeNames=["All"])[
         "Attributes"
     ]
@@ -77,10 +108,10 @@ def test_create_world_builds_queue_dlq_and_active_stream(emulator: Emulator) -> 
     assert int(redrive["maxReceiveCount"]) == 4
     assert attributes["VisibilityTimeout"] == "45"
 
-    summary = kinesis.describe_stream_summary(StreamName="events")["StreamDescriptionSummary"]
+    summary = kinesis.describe_stream_summary(StreamName="cw-stream")["StreamDescriptionSummary"]
     assert summary["StreamStatus"] == "ACTIVE"
     assert summary["OpenShardCount"] == 3
-    assert len(kinesis.list_shards(StreamName="events")["Shards"]) == 3
+    assert len(kinesis.list_shards(StreamName="cw-stream")["Shards"]) == 3
 
 
 def test_client_env_points_at_the_emulator(emulator: Emulator) -> None:
@@ -97,7 +128,7 @@ def test_client_env_points_at_the_emulator(emulator: Emulator) -> None:
 
 
 def test_restart_starts_from_an_empty_state() -> None:
-    """A new emulator resets moto's process-global state, so the same world can be created again."""
+    """A new emulator resets moto's process-global state, so the default world can be made again."""
     for _ in range(2):
         with Emulator() as emu:
             world = emu.create_world(shard_count=1)
@@ -120,9 +151,10 @@ def test_patch_moto_is_idempotent() -> None:
     assert emulator_module._PATCHED.is_set()
 
 
+@pytest.mark.usefixtures("frequent_thread_switches")
 def test_concurrent_put_records_to_one_shard_are_all_stored(emulator: Emulator) -> None:
     """32 threads of PutRecords into one shard: every record stored, sequence numbers increasing."""
-    world = emulator.create_world(shard_count=1)
+    world = make_world(emulator, shard_count=1)
     sent: dict[int, list[bytes]] = {}
 
     def producer(thread_no: int) -> Callable[[], None]:
@@ -148,28 +180,30 @@ def test_concurrent_put_records_to_one_shard_are_all_stored(emulator: Emulator) 
     records = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
     expected = PUT_THREADS * PUT_CALLS_PER_THREAD * RECORDS_PER_CALL
     assert len(records) == expected
-    assert Counter(r["data"] for r in records) == Counter(d for batch in sent.values() for d in batch)
+    assert Counter(r["data"] for r in records) == Counter(
+        d for batch in sent.values() for d in batch
+    )
     sequence_numbers = [int(r["sequence_number"]) for r in records]
     assert len(set(sequence_numbers)) == expected
-    assert all(a < b for a, b in zip(sequence_numbers, sequence_numbers[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(sequence_numbers))
     # One shard keeps each producer's records in the order that producer sent them.
     for thread_no, batch in sent.items():
         assert [r["data"] for r in records if r["partition_key"] == f"t{thread_no}"] == batch
 
 
+@pytest.mark.usefixtures("frequent_thread_switches")
 def test_concurrent_send_receive_delete_delivers_each_message_once(emulator: Emulator) -> None:
     """Concurrent SendMessageBatch, ReceiveMessage and DeleteMessageBatch: once each, none left."""
-    world = emulator.create_world(visibility_timeout_s=SQS_VISIBILITY_S)
-    expected = SQS_PRODUCERS * SQS_BATCHES_PER_PRODUCER * SQS_BATCH
+    world = make_world(emulator, visibility_timeout_s=SQS_VISIBILITY_S)
+    expected = SQS_PRODUCERS * (SQS_PRELOAD_BATCHES + SQS_LIVE_BATCHES) * SQS_BATCH
     received: Counter[str] = Counter()
     received_lock = threading.Lock()
     all_received = threading.Event()
-    deadline = time.monotonic() + SCENARIO_DEADLINE_S
 
-    def producer(producer_no: int) -> Callable[[], None]:
+    def producer(producer_no: int, first_batch: int, batches: int) -> Callable[[], None]:
         def run() -> None:
             sqs = emulator.boto3_client("sqs")
-            for batch_no in range(SQS_BATCHES_PER_PRODUCER):
+            for batch_no in range(first_batch, first_batch + batches):
                 entries = [
                     {"Id": str(i), "MessageBody": f"{producer_no}:{batch_no}:{i}"}
                     for i in range(SQS_BATCH)
@@ -181,6 +215,7 @@ def test_concurrent_send_receive_delete_delivers_each_message_once(emulator: Emu
 
     def consumer() -> None:
         sqs = emulator.boto3_client("sqs")
+        deadline = time.monotonic() + SCENARIO_DEADLINE_S
         while not all_received.is_set() and time.monotonic() < deadline:
             messages = sqs.receive_message(
                 QueueUrl=world.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
@@ -189,7 +224,7 @@ def test_concurrent_send_receive_delete_delivers_each_message_once(emulator: Emu
                 continue
             with received_lock:
                 received.update(m["Body"] for m in messages)
-                if sum(received.values()) >= expected:
+                if len(received) >= expected:
                     all_received.set()
             response = sqs.delete_message_batch(
                 QueueUrl=world.queue_url,
@@ -201,12 +236,15 @@ def test_concurrent_send_receive_delete_delivers_each_message_once(emulator: Emu
             assert not response.get("Failed")
             assert len(response["Successful"]) == len(messages)
 
-    run_together([producer(n) for n in range(SQS_PRODUCERS)] + [consumer] * SQS_CONSUMERS)
+    run_together([producer(n, 0, SQS_PRELOAD_BATCHES) for n in range(SQS_PRODUCERS)])
+    run_together(
+        [producer(n, SQS_PRELOAD_BATCHES, SQS_LIVE_BATCHES) for n in range(SQS_PRODUCERS)]
+        + [consumer] * SQS_CONSUMERS
+    )
 
-    assert all_received.is_set(), f"only {sum(received.values())} of {expected} received"
-    assert len(received) == expected
     duplicates = {body: n for body, n in received.items() if n > 1}
     assert not duplicates
+    assert len(received) == expected
     attributes = emulator.boto3_client("sqs").get_queue_attributes(
         QueueUrl=world.queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
@@ -219,9 +257,9 @@ def test_long_poll_waits_outside_the_lock(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a 2 s long poll waits, a SendMessage completes at once and the poll returns it."""
-    world: World = emulator.create_world()
+    world = make_world(emulator)
     waiting = threading.Event()
-    original_wait = Queue.wait_for_messages
+    original_wait: Any = Queue.wait_for_messages
 
     def observed_wait(self: Any, timeout: float) -> None:
         waiting.set()
@@ -251,7 +289,7 @@ def test_long_poll_waits_outside_the_lock(
 
 def test_long_poll_on_an_empty_queue_waits_its_full_time(emulator: Emulator) -> None:
     """A long poll that gets nothing still returns empty only after WaitTimeSeconds."""
-    world = emulator.create_world()
+    world = make_world(emulator)
     sqs = emulator.boto3_client("sqs")
     started = time.monotonic()
     response = sqs.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=1)
@@ -262,7 +300,7 @@ def test_long_poll_on_an_empty_queue_waits_its_full_time(emulator: Emulator) -> 
 
 def test_read_stream_orders_by_shard_then_sequence(emulator: Emulator) -> None:
     """read_stream returns every shard's records, shard by shard, each in sequence order."""
-    world = emulator.create_world(shard_count=3)
+    world = make_world(emulator, shard_count=3)
     kinesis = emulator.boto3_client("kinesis")
     for i in range(60):
         kinesis.put_record(StreamName=world.stream_name, Data=f"{i}".encode(), PartitionKey=f"k{i}")
