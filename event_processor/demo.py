@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from aiobotocore.session import get_session
 from prometheus_client import CollectorRegistry
@@ -26,6 +26,7 @@ from event_processor.emulator import (
     DUMMY_SECRET_ACCESS_KEY,
     Emulator,
     World,
+    queue_depth,
     read_stream,
 )
 from event_processor.verify import decode_records, expected_sequences, verify
@@ -108,16 +109,6 @@ async def _fleet(
                     await stop.wait()
 
 
-def _queue_depth(emulator_client: Any, queue_url: str) -> int:
-    attrs = emulator_client.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     # The embedded emulator takes any credentials; the daemon's SDK still wants some.
     for key, value in emulator_credentials().items():
@@ -171,7 +162,7 @@ async def _run(emulator: Emulator, world: World, options: DemoOptions, out: Text
     sqs = emulator.boto3_client("sqs")
     deadline = time.monotonic() + _DRAIN_TIMEOUT_S
     while not worker.stop.is_set() and time.monotonic() < deadline:
-        if await asyncio.to_thread(_queue_depth, sqs, world.queue_url) == 0:
+        if await asyncio.to_thread(queue_depth, sqs, world.queue_url) == 0:
             break
         await asyncio.sleep(0.2)
     worker.stop.set()

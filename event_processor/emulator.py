@@ -378,3 +378,14 @@ def read_stream(client: Any, stream_name: str) -> list[dict[str, Any]]:
         shard_records.sort(key=lambda record: int(record["sequence_number"]))
         records.extend(shard_records)
     return records
+
+
+def queue_depth(sqs: Any, queue_url: str) -> int:
+    """Visible plus in-flight messages: 0 means every message was deleted."""
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )

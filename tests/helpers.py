@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 
 from event_processor.emulator import Emulator, World, read_stream
+from event_processor.emulator import queue_depth as emulator_queue_depth
 
 
 def free_port() -> int:
@@ -32,7 +34,7 @@ async def eventually(
 
 
 def send_bodies(emulator: Emulator, queue_url: str, bodies: list[str]) -> None:
-    sqs = emulator.boto3_client("sqs")
+    sqs = client(emulator, "sqs")
     for start in range(0, len(bodies), 10):
         chunk = bodies[start : start + 10]
         response = sqs.send_message_batch(
@@ -42,20 +44,20 @@ def send_bodies(emulator: Emulator, queue_url: str, bodies: list[str]) -> None:
         assert not response.get("Failed"), response
 
 
+@functools.cache
+def client(emulator: Emulator, service: str) -> Any:
+    """One boto3 client per emulator and service: building one costs tens of milliseconds."""
+    return emulator.boto3_client(service)
+
+
 def queue_depth(emulator: Emulator, queue_url: str) -> int:
     """Visible plus in-flight messages."""
-    attrs = emulator.boto3_client("sqs").get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
+    return emulator_queue_depth(client(emulator, "sqs"), queue_url)
 
 
 def drain_queue(emulator: Emulator, queue_url: str) -> list[dict[str, Any]]:
     """Receive (and delete) every message of a queue, with its attributes."""
-    sqs = emulator.boto3_client("sqs")
+    sqs = client(emulator, "sqs")
     messages: list[dict[str, Any]] = []
     while True:
         batch = sqs.receive_message(
@@ -78,7 +80,7 @@ def drain_queue(emulator: Emulator, queue_url: str) -> list[dict[str, Any]]:
 
 def stream_records(emulator: Emulator, world: World) -> list[dict[str, Any]]:
     """Every record of the stream, decoded, with its shard and sequence number."""
-    raw = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
+    raw = read_stream(client(emulator, "kinesis"), world.stream_name)
     return [
         {
             **orjson.loads(r["data"]),

@@ -10,7 +10,8 @@ import aiohttp
 import orjson
 
 from event_processor.emulator import Emulator, World
-from event_processor.models import EventType, Submission, parse_submission
+from event_processor.models import EventType
+from event_processor.verify import expected_sequences
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, network_connection, new_process, submission
 from tests.helpers import (
@@ -22,16 +23,6 @@ from tests.helpers import (
     send_bodies,
     stream_records,
 )
-
-
-def expected_sequences(bodies: list[str]) -> dict[str, list[int]]:
-    """What the stream must hold: each valid submission's accepted sequences, in order."""
-    expected: dict[str, list[int]] = {}
-    for body in bodies:
-        parsed = parse_submission(body)
-        if isinstance(parsed, Submission) and parsed.events:
-            expected[parsed.submission_id] = [e.sequence for e in parsed.events]
-    return expected
 
 
 async def test_fleet_batch_is_published_in_order_and_rejections_reach_the_dlq(
