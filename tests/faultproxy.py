@@ -16,8 +16,13 @@ Faults can be changed at any time from any thread:
   request never reaches the queue, so a failed receive hides no message).
 * `kinesis_down` / `sqs_down`: every call of that service fails, with HTTP 500 or, if
   `down_mode` is "reset", with the connection dropped without an answer.
+* `fail_operations`: calls of these operations (e.g. {"ReceiveMessage"}) fail with HTTP 500,
+  not forwarded.
+* `receive_delay_s`: a ReceiveMessage answer is held this long after the emulator gave it (its
+  messages are already invisible), as a slow network would.
 
-Counters (`calls`, `injected`, `forwarded`) let a test assert that the faults really happened.
+Counters (`calls`, `injected`, `forwarded`) let a test assert that the faults really happened;
+`pending` tells which forwarded calls have not been answered yet.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import random
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from types import TracebackType
 from typing import Any, Literal
@@ -41,6 +47,8 @@ THROTTLE = "kinesis_throttle"
 SQS_ERROR = "sqs_error"
 KINESIS_DOWN = "kinesis_down"
 SQS_DOWN = "sqs_down"
+OPERATION_FAILED = "operation_failed"
+RECEIVE_DELAYED = "receive_delayed"
 
 KINESIS_PREFIX = "Kinesis_20131202."
 SQS_PREFIX = "AmazonSQS."
@@ -83,6 +91,8 @@ class Faults:
     kinesis_down: bool = False
     sqs_down: bool = False
     down_mode: DownMode = "500"
+    fail_operations: frozenset[str] = frozenset()
+    receive_delay_s: float = 0.0
 
 
 _FAULT_NAMES = frozenset(f.name for f in fields(Faults))
@@ -103,11 +113,12 @@ class FaultProxy:
         self._calls: Counter[str] = Counter()
         self._forwarded: Counter[str] = Counter()
         self._injected: Counter[str] = Counter()
+        self._pending: Counter[str] = Counter()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._started = threading.Event()
-        self._startup_error: BaseException | None = None
+        self._error: BaseException | None = None
         self._port: int | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -171,6 +182,14 @@ class FaultProxy:
     def sqs_down(self, value: bool) -> None:
         self.configure(sqs_down=value)
 
+    @property
+    def receive_delay_s(self) -> float:
+        return self.faults.receive_delay_s
+
+    @receive_delay_s.setter
+    def receive_delay_s(self, value: float) -> None:
+        self.configure(receive_delay_s=value)
+
     # --- counters ---------------------------------------------------------------------
 
     def calls(self, operation: str | None = None) -> int:
@@ -187,6 +206,11 @@ class FaultProxy:
         """Faults injected of `kind` (see the module's constants), or in total."""
         with self._lock:
             return self._injected[kind] if kind else sum(self._injected.values())
+
+    def pending(self, operation: str | None = None) -> int:
+        """Calls of `operation` (or all) forwarded to the emulator and not answered yet."""
+        with self._lock:
+            return self._pending[operation] if operation else sum(self._pending.values())
 
     def stats(self) -> dict[str, dict[str, int]]:
         """A copy of every counter, for reports and assertion messages."""
@@ -210,16 +234,16 @@ class FaultProxy:
         if self._thread is not None:
             return
         self._started.clear()
-        self._startup_error = None
+        self._error = None
         thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
         self._thread = thread
         thread.start()
         if not self._started.wait(_START_TIMEOUT_S):
             raise RuntimeError("fault proxy did not start")
-        if self._startup_error is not None:
+        if self._error is not None:
             thread.join(_STOP_TIMEOUT_S)
             self._thread = None
-            raise RuntimeError("fault proxy failed to start") from self._startup_error
+            raise RuntimeError("fault proxy failed to start") from self._error
 
     def stop(self) -> None:
         """Stop serving, close the upstream session and the loop; safe when not started."""
@@ -233,6 +257,8 @@ class FaultProxy:
         if thread.is_alive():
             raise RuntimeError("fault proxy did not stop")
         self._port = None
+        if self._error is not None:
+            raise RuntimeError("fault proxy failed while serving") from self._error
 
     def __enter__(self) -> FaultProxy:
         self.start()
@@ -251,11 +277,12 @@ class FaultProxy:
         self._loop = loop
         try:
             loop.run_until_complete(self._serve())
-        except BaseException as exc:  # surfaced by start(), or lost with the thread
-            self._startup_error = exc
+        except BaseException as exc:  # re-raised in the test's thread by start() or stop()
+            self._error = exc
         finally:
             self._started.set()  # never leave start() waiting
             loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
     async def _serve(self) -> None:
@@ -300,6 +327,9 @@ class FaultProxy:
             if faults.kinesis_down:
                 self._injected[KINESIS_DOWN] += 1
                 kind = KINESIS_DOWN
+            elif operation in faults.fail_operations:
+                self._injected[OPERATION_FAILED] += 1
+                kind = OPERATION_FAILED
             elif faults.throttle_rate and self._rng.random() < faults.throttle_rate:
                 self._injected[THROTTLE] += 1
                 kind = THROTTLE
@@ -309,6 +339,8 @@ class FaultProxy:
             if faults.down_mode == "reset":
                 raise _Reset
             return _error(500, "InternalFailure", "Kinesis is down (fault proxy)", kinesis=True)
+        if kind == OPERATION_FAILED:
+            return _error(500, "InternalFailure", "Internal failure (fault proxy)", kinesis=True)
         if kind == THROTTLE:
             code = (
                 "ProvisionedThroughputExceededException"
@@ -327,6 +359,9 @@ class FaultProxy:
             if faults.sqs_down:
                 self._injected[SQS_DOWN] += 1
                 kind = SQS_DOWN
+            elif operation in faults.fail_operations:
+                self._injected[OPERATION_FAILED] += 1
+                kind = OPERATION_FAILED
             elif faults.sqs_error_rate and self._rng.random() < faults.sqs_error_rate:
                 self._injected[SQS_ERROR] += 1
                 kind = SQS_ERROR
@@ -336,6 +371,8 @@ class FaultProxy:
             raise _Reset
         if kind is not None:
             return _error(500, "InternalError", "We encountered an internal error (fault proxy)")
+        if operation == "ReceiveMessage" and faults.receive_delay_s > 0:
+            return await self._forward(request, operation, body, faults.receive_delay_s)
         return await self._forward(request, operation, body)
 
     async def _put_records(self, request: web.Request, body: bytes, rate: float) -> web.Response:
@@ -355,12 +392,14 @@ class FaultProxy:
             "under account 123456789012 (fault proxy).",
         }
         if kept:
-            upstream = await self._forward(request, "PutRecords", json.dumps({**doc, "Records": kept}).encode())
+            upstream = await self._forward(
+                request, "PutRecords", json.dumps({**doc, "Records": kept}).encode()
+            )
             if upstream.status != 200 or upstream.body is None:
                 return upstream  # a whole-call failure: relayed as it came
             assert isinstance(upstream.body, bytes)
             answer: dict[str, Any] = json.loads(upstream.body)
-            headers = upstream.headers
+            headers: Mapping[str, str] = upstream.headers
         else:
             answer = {"FailedRecordCount": 0, "Records": [], "EncryptionType": "NONE"}
             headers = _json_headers(kinesis=True)
@@ -373,7 +412,21 @@ class FaultProxy:
             headers={k: v for k, v in headers.items() if k.lower() not in _SKIP_RESPONSE_HEADERS},
         )
 
-    async def _forward(self, request: web.Request, operation: str, body: bytes) -> web.Response:
+    async def _forward(
+        self, request: web.Request, operation: str, body: bytes, delay_s: float = 0.0
+    ) -> web.Response:
+        """Send the call to the emulator and relay its answer (after `delay_s`)."""
+        with self._lock:
+            self._pending[operation] += 1
+        try:
+            return await self._relay(request, operation, body, delay_s)
+        finally:
+            with self._lock:
+                self._pending[operation] -= 1
+
+    async def _relay(
+        self, request: web.Request, operation: str, body: bytes, delay_s: float
+    ) -> web.Response:
         headers = {
             k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST_HEADERS
         }
@@ -390,6 +443,10 @@ class FaultProxy:
             status = upstream.status
         with self._lock:
             self._forwarded[operation] += 1
+            if delay_s > 0:
+                self._injected[RECEIVE_DELAYED] += 1
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)  # the fault itself: an answer that is slow to arrive
         return web.Response(status=status, body=payload, headers=relayed)
 
 

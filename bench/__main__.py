@@ -1,0 +1,186 @@
+"""`make bench` / `python -m bench`: drain the same backlog three ways and print a table.
+
+World: moto's server (event_processor.emulator, patched: locks + O(1) speed-ups) behind an
+HTTP proxy that adds a fixed latency to every AWS call, because on loopback every strategy
+looks the same. Each strategy runs as its own process, timed from its start until the queue
+is empty; CPU time and peak RSS come from the OS (wait4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from event_processor.faultproxy import FaultProxy
+
+from event_processor.emulator import Emulator, World, queue_depth, read_stream
+from event_processor.models import PartitionKey, Submission, build_records, parse_submission
+from event_processor.verify import decode_records, expected_sequences, verify
+from sensor_fleet.generator import device_ids, encode, make_submission
+
+# How often the runner looks at the queue depth while a strategy drains it.
+_POLL_S = 0.02
+_STRATEGY_TIMEOUT_S = 900.0
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    events: int
+    cpu_s: float
+    peak_rss_mb: float
+    verified: str = ""
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.cpu_s / self.events * 1e6 if self.events else 0.0
+
+
+def backlog(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    devices = device_ids(100, seed)
+    # Fleet-like: 3-5 events of each type, 1% broken fields, as the simulated fleet sends.
+    return [encode(make_submission(rng, rng.choice(devices), 0.01)) for _ in range(count)]
+
+
+def load(emulator: Emulator, world: World, bodies: list[str]) -> None:
+    sqs = emulator.boto3_client("sqs")
+    for start in range(0, len(bodies), 10):
+        chunk = bodies[start : start + 10]
+        sqs.send_message_batch(
+            QueueUrl=world.queue_url,
+            Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
+        )
+
+
+def run_strategy(
+    name: str, argv: list[str], env: dict[str, str], emulator: Emulator, world: World
+) -> tuple[float, float, float]:
+    """Start the process, wait for an empty queue, stop it; (seconds, cpu_s, peak_rss_mb)."""
+    sqs = emulator.boto3_client("sqs")
+    began = time.monotonic()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
+    while queue_depth(sqs, world.queue_url) > 0:
+        if process.poll() is not None and queue_depth(sqs, world.queue_url) > 0:
+            raise RuntimeError(f"{name} exited with {process.returncode} before draining")
+        if time.monotonic() - began > _STRATEGY_TIMEOUT_S:
+            process.kill()
+            raise RuntimeError(f"{name} did not drain in {_STRATEGY_TIMEOUT_S:g} s")
+        time.sleep(_POLL_S)
+    seconds = time.monotonic() - began
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    # ru_maxrss is in KiB on Linux.
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def hot_path_us(bodies: list[str]) -> float:
+    """decode + validate + build + serialize, per accepted event."""
+    events = 0
+    began = time.perf_counter()
+    for body in bodies:
+        parsed = parse_submission(body)
+        if isinstance(parsed, Submission):
+            events += len(
+                build_records(parsed, "2026-01-01T00:00:00.000000Z", PartitionKey.DEVICE_ID)
+            )
+    return (time.perf_counter() - began) / events * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--submissions", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--only", nargs="*", default=["daemon", "naive", "ceiling"], help="strategies to run"
+    )
+    args = parser.parse_args()
+
+    bodies = backlog(args.submissions, args.seed)
+    expected = expected_sequences(bodies)
+    valid_events = sum(len(s) for s in expected.values())
+    print(f"hot path (decode+validate+build+serialize): {hot_path_us(bodies * 5):.2f} µs/event")
+
+    results: list[Result] = []
+    with Emulator() as emulator, FaultProxy(emulator.endpoint_url) as proxy:
+        proxy.latency_s = args.latency_ms / 1000
+        print(
+            f"world: moto {emulator.endpoint_url} (patched: locked mutations, O(1) receive/put), "
+            f"proxy {proxy.endpoint_url} adding {args.latency_ms:g} ms per AWS call"
+        )
+        print(f"backlog: {len(bodies)} submissions, {valid_events} valid events\n")
+        for name in args.only:
+            world = emulator.create_world(
+                queue_name=f"bench-{name}",
+                dlq_name=f"bench-{name}-dlq",
+                stream_name=f"bench-{name}",
+            )
+            load(emulator, world, bodies)
+            env = {
+                **os.environ,
+                **emulator.client_env(),
+                "AWS_ENDPOINT_URL": proxy.endpoint_url,
+            }
+            if name == "daemon":
+                env |= {
+                    "QUEUE_URL": world.queue_url,
+                    "DLQ_URL": world.dlq_url,
+                    "STREAM_NAME": world.stream_name,
+                    "METRICS_PORT": "0",
+                    "LOG_LEVEL": "WARNING",
+                }
+                argv = [sys.executable, "-m", "event_processor", "run"]
+            else:
+                argv = [sys.executable, "-m", f"bench.{name}", world.queue_url, world.stream_name]
+            seconds, cpu_s, rss = run_strategy(name, argv, env, emulator, world)
+            records = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
+            result = Result(name, seconds, valid_events, cpu_s, rss)
+            if name == "daemon":
+                check = verify(decode_records(records), expected)
+                result.verified = "ok" if check.ok else "FAILED: " + check.summary()
+            else:
+                result.verified = f"{len(records)} records, unordered"
+            results.append(result)
+            print(f"  {name}: {seconds:.2f} s", flush=True)
+
+    by_name = {r.name: r for r in results}
+    print(
+        f"\n{'strategy':<10}{'events/s':>10}{'x naive':>9}{'x ceiling':>10}"
+        f"{'CPU µs/ev':>11}{'peak RSS MB':>13}  verified"
+    )
+    for r in results:
+        naive = by_name.get("naive")
+        ceiling = by_name.get("ceiling")
+        x_naive = f"{r.events_per_s / naive.events_per_s:.1f}" if naive else "-"
+        x_ceiling = f"{r.events_per_s / ceiling.events_per_s:.2f}" if ceiling else "-"
+        print(
+            f"{r.name:<10}{r.events_per_s:>10.0f}{x_naive:>9}{x_ceiling:>10}"
+            f"{r.cpu_us_per_event:>11.1f}{r.peak_rss_mb:>13.1f}  {r.verified}"
+        )
+    print(
+        f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, bench process peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
+    return 0 if all(not r.verified.startswith("FAILED") for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# LocalStack READY hook: the resources event-processor works on.
+#
+#   SQS queue  $QUEUE_NAME (submissions), redriving to $DLQ_NAME after $MAX_RECEIVE_COUNT receives
+#   SQS queue  $DLQ_NAME (submissions-dlq), keeping messages $DLQ_RETENTION_SECONDS (14 days)
+#   Kinesis    $STREAM_NAME (events), $SHARD_COUNT shards (2)
+#
+# Idempotent: what exists is kept, attributes are set to the values above on every run (so a
+# changed MAX_RECEIVE_COUNT is applied), a stream that exists keeps its shards (a mismatch is
+# reported, not changed). Runs with `awslocal` (inside LocalStack) or any `awslocal` on PATH that
+# takes AWS CLI arguments. Exits 2 on an invalid setting, non-zero if a call fails.
+set -euo pipefail
+
+QUEUE_NAME="${QUEUE_NAME:-submissions}"
+DLQ_NAME="${DLQ_NAME:-submissions-dlq}"
+STREAM_NAME="${STREAM_NAME:-events}"
+SHARD_COUNT="${SHARD_COUNT:-2}"
+MAX_RECEIVE_COUNT="${MAX_RECEIVE_COUNT:-5}"
+# SQS's maximum: dead letters should outlive the source queue's messages (4 days by default).
+DLQ_RETENTION_SECONDS="${DLQ_RETENTION_SECONDS:-1209600}"
+STREAM_ACTIVE_TIMEOUT_SECONDS="${STREAM_ACTIVE_TIMEOUT_SECONDS:-60}"
+
+# LocalStack keeps resources per region: use the one the daemon and the fleet use.
+export AWS_DEFAULT_REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-eu-west-1}}"
+# LocalStack takes any credentials; "test" is its default account, 000000000000.
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+
+log() {
+    printf 'init-aws: %s\n' "$*" >&2
+}
+
+die() {
+    log "error: $*"
+    exit 2
+}
+
+# require NAME VALUE REGEX WHAT: stop with a message naming the setting unless VALUE matches.
+require() {
+    [[ $2 =~ $3 ]] || die "$1='$2' is not $4"
+}
+
+require QUEUE_NAME "$QUEUE_NAME" '^[A-Za-z0-9_-]{1,80}$' 'a queue name (1-80 of A-Z a-z 0-9 _ -)'
+require DLQ_NAME "$DLQ_NAME" '^[A-Za-z0-9_-]{1,80}$' 'a queue name (1-80 of A-Z a-z 0-9 _ -)'
+require STREAM_NAME "$STREAM_NAME" '^[A-Za-z0-9_.-]{1,128}$' 'a stream name (1-128 of A-Z a-z 0-9 _ . -)'
+require SHARD_COUNT "$SHARD_COUNT" '^[1-9][0-9]{0,3}$' 'a shard count (1-9999)'
+require MAX_RECEIVE_COUNT "$MAX_RECEIVE_COUNT" '^([1-9][0-9]{0,2}|1000)$' 'a maxReceiveCount (1-1000)'
+require DLQ_RETENTION_SECONDS "$DLQ_RETENTION_SECONDS" '^[1-9][0-9]{1,6}$' 'a number of seconds'
+((DLQ_RETENTION_SECONDS >= 60 && DLQ_RETENTION_SECONDS <= 1209600)) ||
+    die "DLQ_RETENTION_SECONDS='$DLQ_RETENTION_SECONDS' is not in 60-1209600"
+require STREAM_ACTIVE_TIMEOUT_SECONDS "$STREAM_ACTIVE_TIMEOUT_SECONDS" '^[1-9][0-9]{0,3}$' 'a number of seconds'
+
+# --- SQS -------------------------------------------------------------------------------------
+# CreateQueue without attributes returns the URL of a queue that already exists (it only fails
+# when asked for attributes that differ), so attributes are set separately, on every run.
+dlq_url=$(awslocal sqs create-queue --queue-name "$DLQ_NAME" --query QueueUrl --output text)
+awslocal sqs set-queue-attributes --queue-url "$dlq_url" \
+    --attributes "{\"MessageRetentionPeriod\": \"$DLQ_RETENTION_SECONDS\"}"
+dlq_arn=$(awslocal sqs get-queue-attributes --queue-url "$dlq_url" \
+    --attribute-names QueueArn --query Attributes.QueueArn --output text)
+
+queue_url=$(awslocal sqs create-queue --queue-name "$QUEUE_NAME" --query QueueUrl --output text)
+redrive_policy="{\"deadLetterTargetArn\": \"$dlq_arn\", \"maxReceiveCount\": $MAX_RECEIVE_COUNT}"
+# --attributes is a JSON object of strings: the policy (JSON itself) goes in with quotes escaped.
+awslocal sqs set-queue-attributes --queue-url "$queue_url" \
+    --attributes "{\"RedrivePolicy\": \"${redrive_policy//\"/\\\"}\"}"
+log "queue $QUEUE_NAME ($queue_url) redrives to $DLQ_NAME after $MAX_RECEIVE_COUNT receives"
+
+# --- Kinesis ---------------------------------------------------------------------------------
+# A long read timeout: LocalStack may fetch its Kinesis backend on this first Kinesis call.
+if ! create_error=$(awslocal kinesis create-stream --stream-name "$STREAM_NAME" \
+    --shard-count "$SHARD_COUNT" --cli-read-timeout 300 2>&1 >/dev/null); then
+    # The one failure that means "already there" (or still being created by an earlier run).
+    if [[ $create_error != *ResourceInUseException* ]]; then
+        log "error: create-stream $STREAM_NAME failed: $create_error"
+        exit 1
+    fi
+    log "stream $STREAM_NAME exists: kept as it is"
+fi
+
+# Poll rather than `kinesis wait stream-exists`, whose first retry comes after 10 s.
+deadline=$((SECONDS + STREAM_ACTIVE_TIMEOUT_SECONDS))
+while :; do
+    summary=$(awslocal kinesis describe-stream-summary --stream-name "$STREAM_NAME" \
+        --query 'StreamDescriptionSummary.[StreamStatus, OpenShardCount]' --output text)
+    read -r status open_shards <<<"$summary"
+    [[ $status == ACTIVE ]] && break
+    if ((SECONDS >= deadline)); then
+        log "error: stream $STREAM_NAME still $status after $STREAM_ACTIVE_TIMEOUT_SECONDS s"
+        exit 1
+    fi
+    sleep 0.5
+done
+if [[ $open_shards != "$SHARD_COUNT" ]]; then
+    log "warning: stream $STREAM_NAME has $open_shards open shards, not SHARD_COUNT=$SHARD_COUNT"
+fi
+log "stream $STREAM_NAME is ACTIVE with $open_shards open shards"
+log "ready"
