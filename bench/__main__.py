@@ -20,9 +20,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from event_processor.faultproxy import FaultProxy
-
 from event_processor.emulator import Emulator, World, queue_depth, read_stream
+from event_processor.faultproxy import FaultProxy
 from event_processor.models import PartitionKey, Submission, build_records, parse_submission
 from event_processor.verify import decode_records, expected_sequences, verify
 from sensor_fleet.generator import device_ids, encode, make_submission

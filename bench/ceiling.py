@@ -27,7 +27,7 @@ async def worker(sqs: object, kinesis: object, queue_url: str, stream_name: str)
         ).get("Messages", [])
         if not messages:
             return
-        records = []
+        records: list[dict[str, object]] = []
         for message in messages:
             try:
                 doc = orjson.loads(base64.b64decode(message["Body"]))

@@ -23,6 +23,15 @@ SQS_MAX_VISIBILITY_S = 12 * 60 * 60
 # Long polls wait at most 20 s.
 SQS_MAX_WAIT_TIME_S = 20
 
+# --- Shutdown ---
+# On stop, a ReceiveMessage already under way may carry messages SQS has just hidden for us;
+# cancelling it would leave them invisible for a whole visibility timeout. Receives get this
+# long to land (their messages are then drained or released) before the rest are cut off.
+RECEIVE_STOP_WINDOW_S = 1.0
+# PutRecords calls still on the wire at shutdown get this long to answer before they are
+# cancelled: botocore's own retries could otherwise hold the exit well past the grace.
+SINK_CLOSE_TIMEOUT_S = 5.0
+
 # --- Heartbeat ---
 # A submission is extended when half its visibility window is gone, so one lost or slow
 # ChangeMessageVisibility call still leaves half a window of slack.

@@ -123,13 +123,21 @@ class KinesisSink:
             except TimeoutError:
                 continue
 
-    async def close(self) -> None:
-        """Stop sending; wait for requests already on the wire so nothing lands after us."""
+    async def close(self, timeout_s: float = constants.SINK_CLOSE_TIMEOUT_S) -> None:
+        """Stop sending; give requests on the wire `timeout_s` to answer, then cancel them.
+
+        Waiting first keeps duplicates down after a release. Cancelling after the timeout
+        cannot break order: a record of ours that still lands was sent after its
+        predecessor was acknowledged, so first occurrences stay in order.
+        """
         self._closed = True  # pending backoff timers find it and do nothing
         while self._ready:
             self._ready.popleft().done.cancel()
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     # --- sending ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ into a duplicate after the visibility timeout.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -101,12 +102,19 @@ class SqsSource:
 
     async def change_visibility(self, messages: list[Message], timeout_s: int) -> list[Message]:
         """Set the visibility of up to any number of messages; returns those that took it."""
-        changed: list[Message] = []
-        for start in range(0, len(messages), constants.SQS_MAX_BATCH_ENTRIES):
-            chunk = messages[start : start + constants.SQS_MAX_BATCH_ENTRIES]
-            outcomes = await self._visibility_batch(chunk, timeout_s)
-            changed.extend(m for m, outcome in zip(chunk, outcomes, strict=True) if outcome is None)
-        return changed
+        chunks = [
+            messages[start : start + constants.SQS_MAX_BATCH_ENTRIES]
+            for start in range(0, len(messages), constants.SQS_MAX_BATCH_ENTRIES)
+        ]
+        # Concurrently: with hundreds in flight, one call after another would take longer
+        # than the half visibility window the heartbeat leaves itself.
+        results = await asyncio.gather(*(self._visibility_batch(c, timeout_s) for c in chunks))
+        return [
+            m
+            for chunk, outcomes in zip(chunks, results, strict=True)
+            for m, outcome in zip(chunk, outcomes, strict=True)
+            if outcome is None
+        ]
 
     async def close(self) -> None:
         await self._deleter.close()

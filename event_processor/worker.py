@@ -82,6 +82,7 @@ class Worker:
         self.force = asyncio.Event()  # second signal: stop waiting for the drain
         self.running = False
         self._source_ok = True
+        self._receiving: set[asyncio.Task[object]] = set()  # receivers inside ReceiveMessage
 
     @property
     def ready(self) -> bool:
@@ -116,8 +117,14 @@ class Worker:
         )
         if failure is not None:
             log.error("side task failed, draining", extra={"action": "side_task_failed"})
-        # 1. Stop receiving; cancelling interrupts the long polls at once.
+        # 1. Stop receiving. Long polls waiting for messages are interrupted; a receive whose
+        # answer may already be on its way gets a short window to land first.
         stop.cancel()
+        self.stop.set()
+        for task in receivers:
+            if task not in self._receiving:
+                task.cancel()
+        await asyncio.wait(receivers, timeout=constants.RECEIVE_STOP_WINDOW_S)
         for task in receivers:
             task.cancel()
         await asyncio.gather(*receivers, return_exceptions=True)
@@ -168,10 +175,16 @@ class Worker:
     async def _receive_loop(self) -> None:
         backoff: Backoff | None = None
         forever = self._policy.with_limits(max_attempts=2**62, deadline_s=float("inf"))
-        while True:
+        me = asyncio.current_task()
+        assert me is not None
+        while not self.stop.is_set():
             # Backpressure: no new work while Kinesis is down or the bound is reached.
             await self._sink.wait_healthy(constants.RETRY_MAX_BACKOFF_S)
             wanted = await self._capacity.acquire(self._batch_size)
+            if self.stop.is_set():
+                self._capacity.release(wanted)
+                return
+            self._receiving.add(me)
             try:
                 messages = await self._source.receive(wanted)
             except (BotoCoreError, ClientError) as exc:
@@ -189,6 +202,8 @@ class Worker:
             except BaseException:
                 self._capacity.release(wanted)
                 raise
+            finally:
+                self._receiving.discard(me)
             if not self._source_ok:
                 log.warning("sqs available again", extra={"action": "source_up"})
                 self._source_ok = True
@@ -233,6 +248,7 @@ class Worker:
             ]
             if not due:
                 continue
+            # All batches at once: a sweep must finish well inside the half window it has.
             extended = await self._source.change_visibility(due, visibility)
             for message in extended:
                 message.visible_until = now + visibility

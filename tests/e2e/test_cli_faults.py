@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 import pytest
 
+from event_processor import faultproxy
 from event_processor.emulator import Emulator, World
+from event_processor.faultproxy import FaultProxy
 from event_processor.verify import expected_sequences, verify
-from tests import faultproxy
 from tests.factories import encode, fleet_like
-from tests.faultproxy import FaultProxy
 from tests.helpers import check_order, queue_depth, send_bodies, stream_records
 
 SUBMISSIONS = 300

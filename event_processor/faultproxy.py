@@ -1,5 +1,8 @@
 """An HTTP fault proxy between the daemon and the emulator, in the style of aiobotocore's tests.
 
+Development tooling, like emulator.py: the tests use it to inject faults and the benchmark
+(`bench/`) to add a fixed per-call latency, because on loopback every strategy looks the same.
+
 An aiohttp server runs in a background thread with its own event loop, on 127.0.0.1 and a
 free port. Every request is forwarded to the emulator (moto) and the response relayed, unless
 a fault says otherwise. botocore speaks the JSON protocol to SQS and Kinesis, so the operation
@@ -18,6 +21,7 @@ Faults can be changed at any time from any thread:
   `down_mode` is "reset", with the connection dropped without an answer.
 * `fail_operations`: calls of these operations (e.g. {"ReceiveMessage"}) fail with HTTP 500,
   not forwarded.
+* `latency_s`: every call waits this long before it is handled, like an in-region round trip.
 * `receive_delay_s`: a ReceiveMessage answer is held this long after the emulator gave it (its
   messages are already invisible), as a slow network would.
 
@@ -93,6 +97,7 @@ class Faults:
     down_mode: DownMode = "500"
     fail_operations: frozenset[str] = frozenset()
     receive_delay_s: float = 0.0
+    latency_s: float = 0.0
 
 
 _FAULT_NAMES = frozenset(f.name for f in fields(Faults))
@@ -189,6 +194,14 @@ class FaultProxy:
     @receive_delay_s.setter
     def receive_delay_s(self, value: float) -> None:
         self.configure(receive_delay_s=value)
+
+    @property
+    def latency_s(self) -> float:
+        return self.faults.latency_s
+
+    @latency_s.setter
+    def latency_s(self, value: float) -> None:
+        self.configure(latency_s=value)
 
     # --- counters ---------------------------------------------------------------------
 
@@ -288,7 +301,9 @@ class FaultProxy:
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
         timeout = aiohttp.ClientTimeout(total=_UPSTREAM_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        # No connection cap: the proxy must never be the bottleneck it is measuring.
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             app = web.Application(client_max_size=16 * 1024 * 1024)
             app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -307,6 +322,9 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        latency_s = self.faults.latency_s
+        if latency_s:
+            await asyncio.sleep(latency_s)  # the simulated network, not a synchronisation
         target = request.headers.get("X-Amz-Target", "")
         try:
             if target.startswith(KINESIS_PREFIX):
