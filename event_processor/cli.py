@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from event_processor import __version__, app, demo, logs
+from event_processor import __version__, app, logs
 from event_processor.config import Settings
 
 # argparse's own exit code for bad usage; invalid settings use it too.
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--metrics-port", type=int, default=9100, help="serve /metrics here; 0 disables"
     )
+    demo.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="use this AWS endpoint (e.g. LocalStack at http://localhost:4566) "
+        "instead of the embedded emulator",
+    )
     return parser
 
 
@@ -85,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
     if command == "demo":
+        # Imported here: the demo brings boto3 and rich, which `run` never needs.
+        from event_processor import demo  # noqa: PLC0415
+
         logs.configure("WARNING", "text")
         options = demo.DemoOptions(
             duration_s=args["duration"],
@@ -92,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             round_interval_s=args["round_interval"],
             invalid_probability=args["invalid_probability"],
             metrics_port=args["metrics_port"],
+            endpoint_url=args["endpoint_url"],
         )
         return asyncio.run(demo.run_demo(options))
     try:

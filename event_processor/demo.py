@@ -1,23 +1,30 @@
 """`event-processor demo`: the whole pipeline on the embedded emulator, verified at the end.
 
-Starts moto in-process, creates the queue, DLQ and a 2-shard stream, runs a sped-up fleet
-and the daemon together, then reads the stream back and checks that nothing valid was lost
-and that order held per submission. Exit 0 only if that verification passed.
+Starts moto in-process (or uses `--endpoint-url`, e.g. a LocalStack), creates the queue, DLQ
+and a 2-shard stream, runs a sped-up fleet and the daemon together under a live view, then
+reads the stream back and checks that nothing valid was lost and that order held per
+submission. Exit 0 only if that verification passed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+import boto3
 from aiobotocore.session import get_session
 from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from event_processor import app, constants
 from event_processor.config import Settings
@@ -26,6 +33,7 @@ from event_processor.emulator import (
     DUMMY_SECRET_ACCESS_KEY,
     Emulator,
     World,
+    create_world,
     queue_depth,
     read_stream,
 )
@@ -37,6 +45,12 @@ if TYPE_CHECKING:
 
 # How long the end of the demo waits for the daemon to empty the queue.
 _DRAIN_TIMEOUT_S = 60.0
+# The live view's refresh; without a terminal, a plain status line this often instead.
+_REFRESH_S = 0.5
+_PLAIN_STATUS_EVERY_S = 5.0
+# events/s is measured over this trailing window.
+_RATE_WINDOW_S = 3.0
+_PREFIX = "event_processor_"
 
 
 @dataclass(frozen=True)
@@ -46,47 +60,88 @@ class DemoOptions:
     round_interval_s: float = 1.0  # the real fleet waits 30-45 s; the demo is sped up
     invalid_probability: float = 0.01
     metrics_port: int = 9100
+    endpoint_url: str | None = None  # an existing LocalStack instead of the embedded emulator
     seed: int = 1
 
 
-def emulator_credentials() -> dict[str, str]:
-    return {
-        "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
-        "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
-    }
+class Snapshot:
+    """The registry's samples by (name, labels), read once per refresh."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for family in registry.collect():
+            for sample in family.samples:
+                key = (sample.name.removeprefix(_PREFIX), tuple(sorted(sample.labels.items())))
+                self.samples[key] = sample.value
+
+    def total(self, name: str) -> float:
+        return sum(v for (n, _), v in self.samples.items() if n == name)
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        return {
+            dict(labels)[label]: v
+            for (n, labels), v in self.samples.items()
+            if n == name and label in dict(labels)
+        }
+
+    def quantile(self, histogram: str, q: float) -> float:
+        """Estimated from the buckets, as Prometheus's histogram_quantile does it."""
+        buckets = sorted(
+            (float(dict(labels)["le"]), v)
+            for (n, labels), v in self.samples.items()
+            if n == histogram + "_bucket"
+        )
+        if not buckets or buckets[-1][1] == 0:
+            return math.nan
+        rank = q * buckets[-1][1]
+        lower_bound, lower_count = 0.0, 0.0
+        for bound, count in buckets:
+            if count >= rank:
+                if math.isinf(bound):
+                    return lower_bound
+                share = (rank - lower_count) / (count - lower_count) if count > lower_count else 0
+                return lower_bound + (bound - lower_bound) * share
+            lower_bound, lower_count = bound, count
+        return lower_bound
 
 
-def _metric(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
-    return registry.get_sample_value(name, labels or {}) or 0.0
+def _view(snap: Snapshot, elapsed_s: float, sent: int, rate: float) -> Table:
+    table = Table(title=f"event-processor demo · {elapsed_s:5.1f} s", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("submissions sent by the fleet", str(sent))
+    table.add_row("received from SQS", f"{snap.total('messages_received_total'):.0f}")
+    for event_type, count in sorted(snap.by("events_published_total", "event_type").items()):
+        table.add_row(f"published · {event_type}", f"{count:.0f}")
+    for reason, count in sorted(snap.by("submissions_rejected_total", "reason").items()):
+        table.add_row(f"rejected submissions · {reason}", f"{count:.0f}")
+    for reason, count in sorted(snap.by("events_rejected_total", "reason").items()):
+        table.add_row(f"rejected events · {reason}", f"{count:.0f}")
+    table.add_row("sent to the DLQ", f"{snap.total('dlq_messages_sent_total'):.0f}")
+    table.add_row("in flight", f"{snap.total('in_flight_submissions'):.0f}")
+    table.add_row("events/s", f"{rate:.0f}")
+    p50 = snap.quantile("submission_latency_seconds", 0.5)
+    p99 = snap.quantile("submission_latency_seconds", 0.99)
+    table.add_row("SQS → Kinesis p50 / p99", f"{p50 * 1000:.0f} ms / {p99 * 1000:.0f} ms")
+    return table
 
 
-def _sum(registry: CollectorRegistry, name: str) -> float:
-    total = 0.0
-    for family in registry.collect():
-        for sample in family.samples:
-            if sample.name == name:
-                total += sample.value
-    return total
-
-
-def _status(registry: CollectorRegistry, elapsed_s: float, sent: int) -> str:
-    published = _sum(registry, "event_processor_events_published_total")
-    rate = published / elapsed_s if elapsed_s > 0 else 0.0
+def _plain(snap: Snapshot, elapsed_s: float, sent: int, rate: float) -> str:
     return (
-        f"[{elapsed_s:5.1f}s] sent {sent} | received "
-        f"{_metric(registry, 'event_processor_messages_received_total'):.0f} | published "
-        f"{published:.0f} events ({rate:.0f}/s) | rejected submissions "
-        f"{_sum(registry, 'event_processor_submissions_rejected_total'):.0f}, events "
-        f"{_sum(registry, 'event_processor_events_rejected_total'):.0f} | DLQ "
-        f"{_sum(registry, 'event_processor_dlq_messages_sent_total'):.0f} | in flight "
-        f"{_metric(registry, 'event_processor_in_flight_submissions'):.0f}"
+        f"[{elapsed_s:5.1f}s] sent {sent} | received {snap.total('messages_received_total'):.0f}"
+        f" | published {snap.total('events_published_total'):.0f} ({rate:.0f}/s)"
+        f" | rejected submissions {snap.total('submissions_rejected_total'):.0f}, events "
+        f"{snap.total('events_rejected_total'):.0f} | DLQ {snap.total('dlq_messages_sent_total'):.0f}"
+        f" | in flight {snap.total('in_flight_submissions'):.0f}"
+        f" | p50/p99 {snap.quantile('submission_latency_seconds', 0.5) * 1000:.0f}/"
+        f"{snap.quantile('submission_latency_seconds', 0.99) * 1000:.0f} ms"
     )
 
 
 async def _fleet(
     world: World, options: DemoOptions, stop: asyncio.Event, bodies: list[str]
 ) -> None:
-    """Every round, each device sends one submission; SendMessageBatch, ten at a time."""
+    """The simulated fleet, sped up: every round each device sends one submission."""
     rng = random.Random(options.seed)
     devices = device_ids(options.devices, options.seed)
     session = get_session()
@@ -99,35 +154,120 @@ async def _fleet(
             ]
             for start in range(0, len(round_bodies), constants.SQS_MAX_BATCH_ENTRIES):
                 chunk = round_bodies[start : start + constants.SQS_MAX_BATCH_ENTRIES]
-                await sqs.send_message_batch(
+                response = await sqs.send_message_batch(
                     QueueUrl=world.queue_url,
                     Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
                 )
-                bodies.extend(chunk)
+                # Only what SQS accepted is expected in the stream.
+                bodies.extend(chunk[int(ok["Id"])] for ok in response.get("Successful", []))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(options.round_interval_s):
                     await stop.wait()
 
 
+def _credentials() -> None:
+    # Emulators take any credentials; the SDK still wants some. Real ones are left alone.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY_ID)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET_ACCESS_KEY)
+
+
 async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
-    # The embedded emulator takes any credentials; the daemon's SDK still wants some.
-    for key, value in emulator_credentials().items():
-        os.environ.setdefault(key, value)
+    _credentials()
+    console = Console(file=out)
+    if options.endpoint_url is not None:
+        session = boto3.session.Session(
+            region_name=os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "eu-west-1"
+        )
+        sqs = session.client("sqs", endpoint_url=options.endpoint_url)
+        kinesis = session.client("kinesis", endpoint_url=options.endpoint_url)
+        world = await asyncio.to_thread(create_world, sqs, kinesis)
+        console.print(f"using the AWS endpoint at {world.endpoint_url}")
+        return await _run(world, sqs, kinesis, options, console)
     emulator = Emulator()
     await asyncio.to_thread(emulator.start)
     try:
         world = await asyncio.to_thread(emulator.create_world)
-        print(f"embedded AWS emulator (moto, patched) at {world.endpoint_url}", file=out)
-        print(
-            f"queue {world.queue_url}\nDLQ   {world.dlq_url}\nstream {world.stream_name} (2 shards)",
-            file=out,
+        console.print(
+            f"embedded AWS emulator (moto, patched for thread safety) at {world.endpoint_url}"
         )
-        return await _run(emulator, world, options, out)
+        sqs, kinesis = emulator.boto3_client("sqs"), emulator.boto3_client("kinesis")
+        return await _run(world, sqs, kinesis, options, console)
     finally:
         await asyncio.to_thread(emulator.stop)
 
 
-async def _run(emulator: Emulator, world: World, options: DemoOptions, out: TextIO) -> int:
+class _Progress:
+    """Samples the registry for the live view and keeps a trailing events/s."""
+
+    def __init__(self, registry: CollectorRegistry, bodies: list[str]) -> None:
+        self._registry = registry
+        self._bodies = bodies
+        self._began = time.monotonic()
+        self._published: deque[tuple[float, float]] = deque()
+
+    def frame(self) -> tuple[Snapshot, float, int, float]:
+        snap = Snapshot(self._registry)
+        now = time.monotonic()
+        self._published.append((now, snap.total("events_published_total")))
+        while now - self._published[0][0] > _RATE_WINDOW_S:
+            self._published.popleft()
+        (t0, n0), (t1, n1) = self._published[0], self._published[-1]
+        rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        return snap, now - self._began, len(self._bodies), rate
+
+
+async def _start_daemon(
+    settings: Settings, registry: CollectorRegistry
+) -> tuple[asyncio.Task[int], Worker | None]:
+    started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+    hooks = app.Hooks(registry=registry, on_started=lambda w, _: started.set_result(w))
+    daemon = asyncio.create_task(app.run(settings, hooks))
+    waiters: list[asyncio.Future[Any]] = [daemon, started]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    return daemon, started.result() if started.done() else None
+
+
+async def _watch(
+    *,
+    worker: Worker,
+    progress: _Progress,
+    options: DemoOptions,
+    console: Console,
+    drained: Any,
+    fleet_stop: asyncio.Event,
+) -> None:
+    """Live view for the duration (or until Ctrl-C), then until the daemon drained the queue."""
+
+    async def tick() -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_REFRESH_S):
+                await worker.stop.wait()  # Ctrl-C stops the daemon; the demo ends with it
+
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    last_plain = -_PLAIN_STATUS_EVERY_S
+    drain_deadline: float | None = None
+    with live or contextlib.nullcontext():
+        while not worker.stop.is_set():
+            await tick()
+            snap, elapsed, sent, rate = progress.frame()
+            if live is not None:
+                live.update(_view(snap, elapsed, sent, rate), refresh=True)
+            elif elapsed - last_plain >= _PLAIN_STATUS_EVERY_S:
+                last_plain = elapsed
+                console.print(_plain(snap, elapsed, sent, rate), highlight=False)
+            if drain_deadline is None and elapsed >= options.duration_s:
+                fleet_stop.set()  # the fleet stops; the daemon gets to finish what it sent
+                drain_deadline = time.monotonic() + _DRAIN_TIMEOUT_S
+            if drain_deadline is not None and (
+                time.monotonic() > drain_deadline or await drained()
+            ):
+                return
+
+
+async def _run(world: World, sqs: Any, kinesis: Any, options: DemoOptions, console: Console) -> int:
+    console.print(f"queue  {world.queue_url}\nDLQ    {world.dlq_url}\nstream {world.stream_name}")
     settings = Settings(
         endpoint_url=world.endpoint_url,
         aws_region=world.region,
@@ -139,43 +279,46 @@ async def _run(emulator: Emulator, world: World, options: DemoOptions, out: Text
         metrics_host="127.0.0.1",
     )
     registry = CollectorRegistry()
-    started: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-    hooks = app.Hooks(registry=registry, on_started=lambda w, _: started.set_result(w))
-    daemon = asyncio.create_task(app.run(settings, hooks))
-    worker = await started
+    daemon, worker = await _start_daemon(settings, registry)
+    if worker is None:
+        console.print(f"the daemon did not start (exit {daemon.result()})")
+        return 1
     if options.metrics_port:
-        print(f"metrics at http://127.0.0.1:{options.metrics_port}/metrics", file=out)
+        console.print(f"metrics at http://127.0.0.1:{options.metrics_port}/metrics")
 
     bodies: list[str] = []
     fleet_stop = asyncio.Event()
     fleet = asyncio.create_task(_fleet(world, options, fleet_stop, bodies))
-    began = time.monotonic()
-    # Run for the duration, or until Ctrl-C (which also stops the daemon).
-    while time.monotonic() - began < options.duration_s and not worker.stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await worker.stop.wait()
-        print(_status(registry, time.monotonic() - began, len(bodies)), file=out, flush=True)
+    progress = _Progress(registry, bodies)
+
+    async def drained() -> bool:
+        return await asyncio.to_thread(queue_depth, sqs, world.queue_url) == 0
+
+    await _watch(
+        worker=worker,
+        progress=progress,
+        options=options,
+        console=console,
+        drained=drained,
+        fleet_stop=fleet_stop,
+    )
+    interrupted = worker.stop.is_set()
     fleet_stop.set()
     await fleet
-
-    sqs = emulator.boto3_client("sqs")
-    deadline = time.monotonic() + _DRAIN_TIMEOUT_S
-    while not worker.stop.is_set() and time.monotonic() < deadline:
-        if await asyncio.to_thread(queue_depth, sqs, world.queue_url) == 0:
-            break
-        await asyncio.sleep(0.2)
     worker.stop.set()
     code = await daemon
-    print(_status(registry, time.monotonic() - began, len(bodies)), file=out)
+    console.print(_view(*progress.frame()))
 
-    raw = await asyncio.to_thread(read_stream, emulator.boto3_client("kinesis"), world.stream_name)
+    raw = await asyncio.to_thread(read_stream, kinesis, world.stream_name)
     records = decode_records(raw)
     result = verify(records, expected_sequences(bodies))
-    print("\nverification: " + result.summary(), file=out)
-    for record in records[:3]:
+    console.print("verification: " + result.summary(), highlight=False)
+    ours = [r for r in records if r["submission_id"] in result.firsts]
+    for record in ours[:3]:
         sample = {k: v for k, v in record.items() if not k.startswith("_")}
-        print(f"sample record: {sample}", file=out)
+        console.print(f"sample record: {sample}", highlight=False, soft_wrap=True)
     passed = code == 0 and result.ok and result.records > 0
-    print("RESULT: " + ("PASS" if passed else "FAIL"), file=out)
+    if interrupted:
+        console.print("interrupted: what was still queued is not verified as published")
+    console.print("RESULT: " + ("PASS" if passed else "FAIL"))
     return 0 if passed else 1

@@ -5,6 +5,7 @@ Owns starting/stopping the server, building a queue + DLQ + stream "world", and 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -282,31 +283,15 @@ class Emulator:
         visibility_timeout_s: int = 30,
     ) -> World:
         """Create the DLQ, the queue redriving to it, and an ACTIVE `shard_count`-shard stream."""
-        sqs = self.boto3_client("sqs")
-        kinesis = self.boto3_client("kinesis")
-
-        dlq_url: str = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
-        dlq_arn: str = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
-        redrive_policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
-        queue_url: str = sqs.create_queue(
-            QueueName=queue_name,
-            Attributes={
-                "RedrivePolicy": json.dumps(redrive_policy),
-                "VisibilityTimeout": str(visibility_timeout_s),
-            },
-        )["QueueUrl"]
-
-        kinesis.create_stream(StreamName=stream_name, ShardCount=shard_count)
-        _wait_stream_active(kinesis, stream_name)
-
-        return World(
-            endpoint_url=self.endpoint_url,
-            region=self.region,
-            queue_url=queue_url,
-            dlq_url=dlq_url,
+        return create_world(
+            self.boto3_client("sqs"),
+            self.boto3_client("kinesis"),
+            queue_name=queue_name,
+            dlq_name=dlq_name,
             stream_name=stream_name,
+            shard_count=shard_count,
+            max_receive_count=max_receive_count,
+            visibility_timeout_s=visibility_timeout_s,
         )
 
     def __enter__(self) -> Emulator:
@@ -320,6 +305,51 @@ class Emulator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def create_world(
+    sqs: Any,
+    kinesis: Any,
+    *,
+    queue_name: str = "submissions",
+    dlq_name: str = "submissions-dlq",
+    stream_name: str = "events",
+    shard_count: int = 2,
+    max_receive_count: int = 5,
+    visibility_timeout_s: int = 30,
+) -> World:
+    """Create (or find) the DLQ, the queue redriving to it, and an ACTIVE stream.
+
+    Idempotent, so that it also serves an existing LocalStack: CreateQueue returns the
+    queue that exists, and an existing stream is used as it is.
+    """
+    dlq_url: str = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
+    dlq_arn: str = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    redrive_policy = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
+    attributes = {
+        "RedrivePolicy": json.dumps(redrive_policy),
+        "VisibilityTimeout": str(visibility_timeout_s),
+    }
+    try:
+        queue_url: str = sqs.create_queue(QueueName=queue_name, Attributes=attributes)["QueueUrl"]
+    except sqs.exceptions.QueueNameExists:
+        # Created before with other attributes (e.g. by the LocalStack init hook): keep it.
+        queue_url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
+
+    # Already there (a LocalStack that has run before): use it as it is.
+    with contextlib.suppress(kinesis.exceptions.ResourceInUseException):
+        kinesis.create_stream(StreamName=stream_name, ShardCount=shard_count)
+    _wait_stream_active(kinesis, stream_name)
+
+    return World(
+        endpoint_url=str(sqs.meta.endpoint_url),
+        region=str(sqs.meta.region_name),
+        queue_url=queue_url,
+        dlq_url=dlq_url,
+        stream_name=stream_name,
+    )
 
 
 def _wait_stream_active(kinesis: Any, stream_name: str) -> None:
