@@ -14,6 +14,7 @@ import platform
 import random
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from event_processor.verify import decode_records, expected_sequences, verify
 from sensor_fleet.generator import device_ids, encode, make_submission
 
 # How often the runner looks at the queue depth while a strategy drains it.
-_POLL_S = 0.02
+_POLL_S = 0.05
 _STRATEGY_TIMEOUT_S = 900.0
 
 
@@ -66,11 +67,23 @@ def load(emulator: Emulator, world: World, bodies: list[str]) -> None:
         )
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_strategy(
     name: str, argv: list[str], env: dict[str, str], emulator: Emulator, world: World
 ) -> tuple[float, float, float]:
     """Start the process, wait for an empty queue, stop it; (seconds, cpu_s, peak_rss_mb)."""
     sqs = emulator.boto3_client("sqs")
+    world_cpu_before = _self_cpu()
     began = time.monotonic()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
     while queue_depth(sqs, world.queue_url) > 0:
@@ -81,6 +94,12 @@ def run_strategy(
             raise RuntimeError(f"{name} did not drain in {_STRATEGY_TIMEOUT_S:g} s")
         time.sleep(_POLL_S)
     seconds = time.monotonic() - began
+    world_cpu = _self_cpu() - world_cpu_before
+    print(
+        f"  {name}: drained in {seconds:.2f} s; the world (moto + proxy) used "
+        f"{world_cpu:.2f} s CPU = {world_cpu / seconds:.0%} of one core",
+        flush=True,
+    )
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     _, status, usage = os.wait4(process.pid, 0)
@@ -142,13 +161,22 @@ def main() -> int:
                     "QUEUE_URL": world.queue_url,
                     "DLQ_URL": world.dlq_url,
                     "STREAM_NAME": world.stream_name,
-                    "METRICS_PORT": "0",
+                    # As shipped, metrics server included; on a free port, not 9100.
+                    "METRICS_PORT": str(free_port()),
+                    "METRICS_HOST": "127.0.0.1",
                     "LOG_LEVEL": "WARNING",
                 }
                 argv = [sys.executable, "-m", "event_processor", "run"]
             else:
                 argv = [sys.executable, "-m", f"bench.{name}", world.queue_url, world.stream_name]
+            calls_before = proxy.stats()["calls"]
             seconds, cpu_s, rss = run_strategy(name, argv, env, emulator, world)
+            calls = {
+                op: n - calls_before.get(op, 0)
+                for op, n in proxy.stats()["calls"].items()
+                if n > calls_before.get(op, 0)
+            }
+            print(f"    AWS calls: {sum(calls.values())} {dict(sorted(calls.items()))}")
             records = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
             result = Result(name, seconds, valid_events, cpu_s, rss)
             if name == "daemon":
@@ -157,7 +185,6 @@ def main() -> int:
             else:
                 result.verified = f"{len(records)} records, unordered"
             results.append(result)
-            print(f"  {name}: {seconds:.2f} s", flush=True)
 
     by_name = {r.name: r for r in results}
     print(

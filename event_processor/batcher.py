@@ -1,8 +1,9 @@
 """Coalesce concurrent single-entry requests into SQS batch calls, without timers.
 
-"Natural" batching: an entry is sent at once if a call slot is free; while every slot is
-busy, entries pile up and the next free slot takes up to a full batch. Under load batches
-fill by themselves; when idle nothing waits on a linger timer.
+"Natural" batching: full batches go at once, up to `max_concurrent` calls; a partial batch
+goes only while fewer than `partial_concurrent` calls are out. So when idle an entry leaves
+at once, and under load entries pile up behind the calls in flight and leave in full
+batches: fewer, fuller calls, and nothing waits on a linger timer.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ class Batcher(Generic[T]):
         max_bytes: int | None = None,
         size_of: Callable[[T], int] | None = None,
         max_concurrent: int = 4,
+        partial_concurrent: int = 1,
     ) -> None:
         self._send = send
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._size_of = size_of
         self._max_concurrent = max_concurrent
+        self._partial_concurrent = partial_concurrent
         self._pending: deque[tuple[T, asyncio.Future[None]]] = deque()
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -75,6 +78,8 @@ class Batcher(Generic[T]):
 
     def _kick(self) -> None:
         while self._pending and self._active < self._max_concurrent:
+            if len(self._pending) < self._max_entries and self._active >= self._partial_concurrent:
+                return  # a partial batch waits for a call to come back, and grows meanwhile
             batch = self._take()
             if not batch:
                 return

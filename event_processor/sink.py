@@ -11,8 +11,10 @@ per event is ordered but costs one round trip per event. The sink does better th
 * on success the head is popped and the lane becomes ready again; on failure the head stays
   where it is and the lane sits out a backoff (tenacity's exponential jitter), then rejoins
   the front of the ready queue. Only failed lanes wait: the others keep moving;
-* requests take ready lanes up to Kinesis's 500 records / 5 MiB and up to
-  `max_requests` requests are in flight at once.
+* requests take ready lanes up to Kinesis's 500 records / 5 MiB; full requests go at once,
+  up to `max_requests` in flight, and a partial one only while fewer than
+  PUT_PARTIAL_REQUESTS are out: meanwhile ready lanes pile up, so calls stay few and full
+  under load, and an idle sink still sends a lone record at once (no linger timer).
 
 So a record is sent only after its predecessor is acknowledged, which is what makes the
 stream order per submission hold, and each request still carries hundreds of records when
@@ -143,6 +145,13 @@ class KinesisSink:
 
     def _kick(self) -> None:
         while self._ready and self._active < self._max_requests and not self._closed:
+            if (
+                len(self._ready) < constants.PUT_RECORDS_MAX_RECORDS
+                and self._active >= constants.PUT_PARTIAL_REQUESTS
+            ):
+                # Fewer, fuller calls: a partial request waits for one in flight to return;
+                # the lanes it brings back join the next request.
+                return
             batch = self._take()
             if not batch:
                 return
