@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -108,6 +109,24 @@ def run_strategy(
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
+def startup_cpu(env: dict[str, str], metrics_port: int) -> float:
+    """CPU seconds the daemon spends to become ready (imports, clients, checks), idle queue."""
+    argv = [sys.executable, "-m", "event_processor", "run"]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
+    url = f"http://127.0.0.1:{metrics_port}/readyz"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(_POLL_S)
+    process.send_signal(signal.SIGTERM)
+    _, _, usage = os.wait4(process.pid, 0)
+    return usage.ru_utime + usage.ru_stime
+
+
 def hot_path_us(bodies: list[str]) -> float:
     """decode + validate + build + serialize, per accepted event."""
     events = 0
@@ -167,6 +186,15 @@ def main() -> int:
                     "LOG_LEVEL": "WARNING",
                 }
                 argv = [sys.executable, "-m", "event_processor", "run"]
+                idle = emulator.create_world(
+                    queue_name="bench-idle", dlq_name="bench-idle-dlq", stream_name="bench-idle"
+                )
+                idle_env = env | {
+                    "QUEUE_URL": idle.queue_url,
+                    "DLQ_URL": idle.dlq_url,
+                    "STREAM_NAME": idle.stream_name,
+                }
+                startup = startup_cpu(idle_env, int(env["METRICS_PORT"]))
             else:
                 argv = [sys.executable, "-m", f"bench.{name}", world.queue_url, world.stream_name]
             calls_before = proxy.stats()["calls"]
@@ -182,6 +210,11 @@ def main() -> int:
             if name == "daemon":
                 check = verify(decode_records(records), expected)
                 result.verified = "ok" if check.ok else "FAILED: " + check.summary()
+                steady = (cpu_s - startup) / valid_events * 1e6
+                print(
+                    f"    start-up (idle queue, until /readyz): {startup:.2f} s CPU; "
+                    f"the rest: {steady:.1f} µs/event"
+                )
             else:
                 result.verified = f"{len(records)} records, unordered"
             results.append(result)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -87,6 +88,15 @@ def _explain(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed: its C event loop and transports cut the loop's share."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
@@ -111,5 +121,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logs.configure(settings.log_level.value, settings.log_format.value)
     if command == "run":
-        return asyncio.run(app.run(settings))
+        return run_loop(app.run(settings))
     return EXIT_USAGE  # argparse rejects unknown commands before this
