@@ -1,4 +1,8 @@
-"""Command line: `event-processor run` (the daemon). Every setting is an env var and a flag."""
+"""Command line: `event-processor run` (the daemon). Every setting is an env var and a flag.
+
+`demo` runs the daemon on the embedded emulator; `dlq inspect`, `dlq redrive` and `tail` are
+the operator tools of `ops.py` (docs/operations.md).
+"""
 
 from __future__ import annotations
 
@@ -72,7 +76,163 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this AWS endpoint (e.g. LocalStack at http://localhost:4566) "
         "instead of the embedded emulator",
     )
+    _add_ops_commands(commands)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _add_aws_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint-url", default=None, help="AWS endpoint (else botocore reads AWS_ENDPOINT_URL)"
+    )
+    parser.add_argument(
+        "--aws-region",
+        default=None,
+        help="region [env AWS_REGION or AWS_DEFAULT_REGION; default eu-west-1]",
+    )
+
+
+def _add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`dlq inspect`, `dlq redrive` and `tail` (event_processor/ops.py)."""
+    dlq = commands.add_parser("dlq", help="inspect or redrive the dead-letter queue")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_url_help = "dead-letter queue URL [env DLQ_URL]"
+
+    inspect = dlq_commands.add_parser(
+        "inspect",
+        help="count DLQ messages by reason and show examples, consuming nothing",
+        description="Read DLQ messages with VisibilityTimeout=0 (nothing hidden, nothing "
+        "deleted), count them by reason and kind, and show examples. Beyond what SQS hands "
+        "out, the counts are a sample; the report says so.",
+    )
+    _add_aws_flags(inspect)
+    inspect.add_argument("--dlq-url", default=None, help=dlq_url_help)
+    inspect.add_argument(
+        "--max", type=_positive_int, default=1000, help="read at most N messages (default 1000)"
+    )
+    inspect.add_argument(
+        "--examples", type=_non_negative_int, default=3, help="examples per reason (default 3)"
+    )
+    inspect.add_argument("--json", action="store_true", help="print one JSON document")
+
+    redrive = dlq_commands.add_parser(
+        "redrive",
+        help="move rejected submissions from the DLQ back to the source queue",
+        description="Move rejected submissions back to the source queue, deleting each from "
+        "the DLQ only after it was sent. Rejected-event letters are not submissions and are "
+        "never moved. Reason `none` means messages SQS's redrive policy moved.",
+    )
+    _add_aws_flags(redrive)
+    redrive.add_argument("--dlq-url", default=None, help=dlq_url_help)
+    redrive.add_argument(
+        "--queue-url", default=None, help="source queue URL (wins over the name) [env QUEUE_URL]"
+    )
+    redrive.add_argument(
+        "--queue-name", default=None, help="source queue name [env QUEUE_NAME; default submissions]"
+    )
+    redrive.add_argument("--reason", default=None, help="move only messages with this reason")
+    redrive.add_argument(
+        "--rate", type=_positive_float, default=None, help="at most N messages per second"
+    )
+    redrive.add_argument(
+        "--dry-run", action="store_true", help="print what would move; change nothing"
+    )
+    redrive.add_argument("--max", type=_positive_int, default=None, help="move at most N messages")
+
+    tail = commands.add_parser("tail", help="print stream records as JSON lines")
+    _add_aws_flags(tail)
+    tail.add_argument(
+        "--stream-name", default=None, help="stream [env STREAM_NAME; default events]"
+    )
+    tail.add_argument(
+        "--from",
+        dest="start",
+        choices=["latest", "trim-horizon"],
+        default="latest",
+        help="start at new records (default) or at the oldest kept",
+    )
+    tail.add_argument(
+        "--shard",
+        dest="shards",
+        action="append",
+        default=None,
+        metavar="SHARD_ID",
+        help="read this shard (repeatable; default: every shard)",
+    )
+    tail.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep polling for new records until Ctrl-C/SIGTERM (default), or stop at the tip",
+    )
+    tail.add_argument("--limit", type=_positive_int, default=None, help="stop after N records")
+    tail.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        help="seconds between polls when idle (default 1)",
+    )
+
+
+def _run_ops(command: str, args: dict[str, Any]) -> int:
+    # Imported here: boto3 and the tools are not needed by `run`.
+    from event_processor import ops  # noqa: PLC0415
+
+    aws = ops.AwsOptions(endpoint_url=args["endpoint_url"], region=args["aws_region"])
+    if command == "tail":
+        return ops.tail_command(
+            ops.TailOptions(
+                aws=aws,
+                stream_name=args["stream_name"],
+                start=args["start"],
+                shards=args["shards"],
+                follow=args["follow"],
+                limit=args["limit"],
+                interval_s=args["interval"],
+            )
+        )
+    if args["dlq_command"] == "inspect":
+        return ops.inspect_command(
+            ops.InspectOptions(
+                aws=aws,
+                dlq_url=args["dlq_url"],
+                max_messages=args["max"],
+                examples=args["examples"],
+                as_json=args["json"],
+            )
+        )
+    return ops.redrive_command(
+        ops.RedriveOptions(
+            aws=aws,
+            dlq_url=args["dlq_url"],
+            queue_url=args["queue_url"],
+            queue_name=args["queue_name"],
+            reason=args["reason"],
+            rate=args["rate"],
+            dry_run=args["dry_run"],
+            max_messages=args["max"],
+        )
+    )
 
 
 def load_settings(overrides: dict[str, str]) -> Settings:
@@ -114,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             endpoint_url=args["endpoint_url"],
         )
         return asyncio.run(demo.run_demo(options))
+    if command in {"dlq", "tail"}:
+        return _run_ops(command, args)
     try:
         settings = load_settings(args)
     except ValidationError as exc:

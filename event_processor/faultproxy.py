@@ -22,6 +22,9 @@ Faults can be changed at any time from any thread:
 * `fail_operations`: calls of these operations (e.g. {"ReceiveMessage"}) fail with HTTP 500,
   not forwarded.
 * `latency_s`: every call waits this long before it is handled, like an in-region round trip.
+* `shard_records_per_s` / `shard_bytes_per_s`: per-shard token buckets (burst = one second's
+  worth). A PutRecords entry whose shard has no token left is answered, per record, with
+  ProvisionedThroughputExceededException, as Kinesis does; the others are forwarded.
 * `receive_delay_s`: a ReceiveMessage answer is held this long after the emulator gave it (its
   messages are already invisible), as a slow network would.
 
@@ -32,9 +35,12 @@ Counters (`calls`, `injected`, `forwarded`) let a test assert that the faults re
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import random
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -53,6 +59,7 @@ KINESIS_DOWN = "kinesis_down"
 SQS_DOWN = "sqs_down"
 OPERATION_FAILED = "operation_failed"
 RECEIVE_DELAYED = "receive_delayed"
+SHARD_THROTTLED = "shard_throttled"  # counted per entry
 
 KINESIS_PREFIX = "Kinesis_20131202."
 SQS_PREFIX = "AmazonSQS."
@@ -98,6 +105,11 @@ class Faults:
     fail_operations: frozenset[str] = frozenset()
     receive_delay_s: float = 0.0
     latency_s: float = 0.0
+    # Per-shard token buckets, as Kinesis enforces them (1,000 records/s and 1 MiB/s per
+    # shard in AWS); 0 turns a limit off. Needs the stream's shard count to map keys.
+    shard_records_per_s: float = 0.0
+    shard_bytes_per_s: float = 0.0
+    shard_count: int = 2
 
 
 _FAULT_NAMES = frozenset(f.name for f in fields(Faults))
@@ -119,6 +131,8 @@ class FaultProxy:
         self._forwarded: Counter[str] = Counter()
         self._injected: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
+        # shard index -> (record tokens, byte tokens, last refill on the monotonic clock)
+        self._buckets: dict[int, tuple[float, float, float]] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -366,8 +380,12 @@ class FaultProxy:
                 else "LimitExceededException"
             )
             return _error(400, code, "Rate exceeded (fault proxy)", kinesis=True)
-        if operation == "PutRecords" and faults.put_records_entry_failure_rate:
-            return await self._put_records(request, body, faults.put_records_entry_failure_rate)
+        if operation == "PutRecords" and (
+            faults.put_records_entry_failure_rate
+            or faults.shard_records_per_s
+            or faults.shard_bytes_per_s
+        ):
+            return await self._put_records(request, body, faults)
         return await self._forward(request, operation, body)
 
     async def _sqs(self, request: web.Request, operation: str, body: bytes) -> web.Response:
@@ -393,13 +411,43 @@ class FaultProxy:
             return await self._forward(request, operation, body, faults.receive_delay_s)
         return await self._forward(request, operation, body)
 
-    async def _put_records(self, request: web.Request, body: bytes, rate: float) -> web.Response:
-        """Forward a random part of the entries; answer the rest as throttled entries."""
+    def _shard_throttled(self, entry: dict[str, Any], faults: Faults, now: float) -> bool:
+        """Take one record's tokens from its shard's buckets; True when there were none.
+
+        Called with the lock held. Shards split the 128-bit MD5 key space evenly, as
+        moto and Kinesis do for a stream created with ShardCount.
+        """
+        digest = int(hashlib.md5(str(entry["PartitionKey"]).encode()).hexdigest(), 16)  # noqa: S324 - Kinesis's own hash
+        shard = min(digest // (2**128 // faults.shard_count), faults.shard_count - 1)
+        size = len(base64.b64decode(entry.get("Data", ""))) + len(str(entry["PartitionKey"]))
+        records_cap = faults.shard_records_per_s or float("inf")
+        bytes_cap = faults.shard_bytes_per_s or float("inf")
+        records, data, last = self._buckets.get(shard, (records_cap, bytes_cap, now))
+        records = min(records_cap, records + (now - last) * records_cap)
+        data = min(bytes_cap, data + (now - last) * bytes_cap)
+        if records < 1 or data < size:
+            self._buckets[shard] = (records, data, now)
+            return True
+        self._buckets[shard] = (records - 1, data - size, now)
+        return False
+
+    async def _put_records(self, request: web.Request, body: bytes, faults: Faults) -> web.Response:
+        """Forward the entries that pass; answer the others as throttled entries."""
         doc = json.loads(body)
         entries: list[Any] = doc.get("Records", [])
+        rate = faults.put_records_entry_failure_rate
         with self._lock:
-            failed = {i for i in range(len(entries)) if self._rng.random() < rate}
+            failed = {i for i in range(len(entries)) if rate and self._rng.random() < rate}
             self._injected[ENTRY_FAILURE] += len(failed)
+            if faults.shard_records_per_s or faults.shard_bytes_per_s:
+                now = time.monotonic()
+                throttled = {
+                    i
+                    for i, entry in enumerate(entries)
+                    if i not in failed and self._shard_throttled(entry, faults, now)
+                }
+                self._injected[SHARD_THROTTLED] += len(throttled)
+                failed |= throttled
         if not failed:
             return await self._forward(request, "PutRecords", body)
         kept = [entry for i, entry in enumerate(entries) if i not in failed]

@@ -11,6 +11,9 @@ per event is ordered but costs one round trip per event. The sink does better th
 * on success the head is popped and the lane becomes ready again; on failure the head stays
   where it is and the lane sits out a backoff (tenacity's exponential jitter), then rejoins
   the front of the ready queue. Only failed lanes wait: the others keep moving;
+* records in flight are bounded by a congestion window, as TCP bounds bytes in flight:
+  it halves on ProvisionedThroughputExceeded and grows back while requests go through, so
+  under throttling the sink settles at the shards' rate rather than retrying into it;
 * requests take ready lanes up to Kinesis's 500 records / 5 MiB; full requests go at once,
   up to `max_requests` in flight, and a partial one only while fewer than
   PUT_PARTIAL_REQUESTS are out: meanwhile ready lanes pile up, so calls stay few and full
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -43,6 +47,16 @@ if TYPE_CHECKING:
     from event_processor.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# Error codes that mean "slow down", per entry or for the whole call.
+THROTTLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "KMSThrottlingException",
+    }
+)
 
 
 class Lane:
@@ -79,6 +93,13 @@ class KinesisSink:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._failed_calls = 0
+        # Records in flight, bounded by a congestion window (see _adapt): it halves when
+        # Kinesis answers ProvisionedThroughputExceeded and grows back while requests go
+        # through, so the sink settles at the shards' rate instead of retrying into it.
+        self._max_window = float(constants.PUT_RECORDS_MAX_RECORDS * max_requests)
+        self._window = self._max_window
+        self._records_in_flight = 0
+        self._last_cut = 0.0
         self._healthy = asyncio.Event()
         self._healthy.set()
         # Labelled children resolved once: labels() takes a lock and a dict lookup per call.
@@ -145,27 +166,30 @@ class KinesisSink:
 
     def _kick(self) -> None:
         while self._ready and self._active < self._max_requests and not self._closed:
-            if (
-                len(self._ready) < constants.PUT_RECORDS_MAX_RECORDS
-                and self._active >= constants.PUT_PARTIAL_REQUESTS
-            ):
+            # Room left in the congestion window; one record may always go when none is out.
+            room = max(int(self._window) - self._records_in_flight, int(self._active == 0))
+            full = min(room, constants.PUT_RECORDS_MAX_RECORDS)
+            if full < 1:
+                return
+            if len(self._ready) < full and self._active >= constants.PUT_PARTIAL_REQUESTS:
                 # Fewer, fuller calls: a partial request waits for one in flight to return;
                 # the lanes it brings back join the next request.
                 return
-            batch = self._take()
+            batch = self._take(full)
             if not batch:
                 return
             self._active += 1
-            task = asyncio.create_task(self._send(batch))
+            self._records_in_flight += len(batch)
+            task = asyncio.create_task(self._send(batch, window_limited=room <= len(batch)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[Lane]:
-        """Heads of ready lanes, one per lane, within Kinesis's request limits."""
+    def _take(self, limit: int) -> list[Lane]:
+        """Heads of ready lanes, one per lane, within `limit` and the 5 MiB request limit."""
         batch: list[Lane] = []
         total = 0
         ready = self._ready
-        while ready and len(batch) < constants.PUT_RECORDS_MAX_RECORDS:
+        while ready and len(batch) < limit:
             lane = ready[0]
             if lane.done.done():  # abandoned (shutdown) while waiting: drop it
                 ready.popleft()
@@ -177,7 +201,8 @@ class KinesisSink:
             batch.append(ready.popleft())
         return batch
 
-    async def _send(self, batch: list[Lane]) -> None:
+    async def _send(self, batch: list[Lane], *, window_limited: bool) -> None:
+        sent_at = time.monotonic()
         entries: list[PutRecordsRequestEntryTypeDef] = [
             {"Data": lane.records[0].data, "PartitionKey": lane.records[0].partition_key}
             for lane in batch
@@ -191,21 +216,44 @@ class KinesisSink:
             self._call_failed(exc)
             code = error_code(exc)
             retriable = is_retriable(exc)
+            self._adapt(len(batch), 0, code in THROTTLE_CODES, sent_at, window_limited)
             for lane in batch:
                 self._metrics.put_records_failed.labels(code).inc()
                 self._retry_later(lane, code, retriable)
         else:
             self._call_succeeded()
+            throttled = False
+            accepted = len(batch) - response.get("FailedRecordCount", 0)
             for lane, result in zip(batch, response["Records"], strict=True):
                 failed = result.get("ErrorCode")
                 if failed is None:
                     self._acknowledged(lane)
                 else:
+                    throttled = throttled or failed in THROTTLE_CODES
                     self._metrics.put_records_failed.labels(failed).inc()
                     self._retry_later(lane, failed, retriable=True)
+            self._adapt(len(batch), accepted, throttled, sent_at, window_limited)
         finally:
             self._active -= 1
+            self._records_in_flight -= len(batch)
             self._kick()
+
+    def _adapt(
+        self, size: int, accepted: int, throttled: bool, sent_at: float, window_limited: bool
+    ) -> None:
+        """A congestion window on records in flight, as TCP keeps one on bytes in flight.
+
+        On throttling, cut to what the shards just accepted (at most half the window), at
+        most once per round trip: requests sent before the last cut were sized by the old
+        window and say nothing new. Grow by half of what went through, but only when the
+        window was what held the request back: an idle sink proves nothing about capacity.
+        """
+        if throttled:
+            if sent_at > self._last_cut:
+                self._window = max(1.0, min(self._window / 2, float(accepted)))
+                self._last_cut = time.monotonic()
+        elif window_limited:
+            self._window = min(self._max_window, self._window + size / 2)
 
     def _acknowledged(self, lane: Lane) -> None:
         record = lane.records.popleft()

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from event_processor import app
 from event_processor.config import Settings
 from event_processor.emulator import Emulator, World
+from event_processor.faultproxy import FaultProxy
 from event_processor.retry import RetryPolicy
 from event_processor.worker import Worker
 
@@ -40,6 +41,13 @@ def _aws_credentials() -> Iterator[None]:
 def emulator() -> Iterator[Emulator]:
     with Emulator() as emu:
         yield emu
+
+
+@pytest.fixture
+def proxy(emulator: Emulator) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the emulator, without faults until the test sets them."""
+    with FaultProxy(emulator.endpoint_url, seed=20261122) as started:
+        yield started
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from event_processor.emulator import Emulator, World, read_stream
 from event_processor.emulator import queue_depth as emulator_queue_depth
@@ -114,3 +115,24 @@ def check_order(records: list[dict[str, Any]]) -> dict[str, list[int]]:
         assert order == sorted(order), f"{submission_id} out of order: {order}"
         firsts[submission_id] = order
     return firsts
+
+
+def metric_total(registry: CollectorRegistry, name: str) -> float:
+    """The sum of a metric's samples over every label set (0 when it has none yet)."""
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def queue_counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of a queue."""
+    attrs = client(emulator, "sqs").get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )

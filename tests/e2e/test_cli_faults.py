@@ -82,13 +82,6 @@ class Cli:
 
 
 @pytest.fixture
-def proxy(emulator: Emulator) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the emulator, without faults until the test sets them."""
-    with FaultProxy(emulator.endpoint_url, seed=20261123) as started:
-        yield started
-
-
-@pytest.fixture
 def cli(
     emulator: Emulator, world: World, proxy: FaultProxy, tmp_path: Path
 ) -> Iterator[Callable[..., Cli]]:

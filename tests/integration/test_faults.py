@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from event_processor import faultproxy
 from event_processor.emulator import Emulator, World
@@ -17,38 +15,18 @@ from event_processor.faultproxy import FaultProxy
 from event_processor.verify import expected_sequences
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, submission
-from tests.helpers import check_order, eventually, queue_depth, send_bodies, stream_records
+from tests.helpers import (
+    check_order,
+    eventually,
+    metric_total,
+    queue_counts,
+    queue_depth,
+    send_bodies,
+    stream_records,
+)
 
 # Each scenario normally takes a few seconds; this bounds every wait of one.
 SCENARIO_TIMEOUT_S = 45.0
-
-
-@pytest.fixture
-def proxy(emulator: Emulator) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the emulator, without faults until the test sets them."""
-    with FaultProxy(emulator.endpoint_url, seed=20261122) as started:
-        yield started
-
-
-def metric_total(registry: CollectorRegistry, name: str) -> float:
-    """The sum of a metric's samples over every label set (0 when it has none yet)."""
-    return sum(
-        sample.value
-        for family in registry.collect()
-        for sample in family.samples
-        if sample.name == name
-    )
-
-
-def queue_counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
-    """(visible, in flight) messages of a queue."""
-    attrs = emulator.boto3_client("sqs").get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 async def test_no_loss_no_reorder_under_entry_failures_throttles_and_sqs_errors(
