@@ -622,6 +622,16 @@ def test_prometheus_scrapes_the_daemon(compose: dict[str, Any]) -> None:
     assert jobs["event-processor"].get("metrics_path", "/metrics") == "/metrics"
 
 
+def test_prometheus_loads_the_alert_rules(compose: dict[str, Any]) -> None:
+    """Every rule file prometheus.yml names is mounted beside it (Prometheus skips missing ones)."""
+    volumes = [str(v) for v in service(compose, "prometheus")["volumes"]]
+    for rule_file in load_yaml(PROMETHEUS_CONFIG).get("rule_files", []):
+        source = PROMETHEUS_CONFIG.parent / rule_file
+        assert source.is_file(), source
+        mount = f"./{source.relative_to(ROOT)}:/etc/prometheus/{rule_file}"
+        assert any(v.startswith(mount) for v in volumes), f"{rule_file} is not mounted"
+
+
 def test_grafana_is_provisioned(compose: dict[str, Any]) -> None:
     """Grafana gets the Prometheus datasource and the dashboard folder the provider reads."""
     spec = service(compose, "grafana")
