@@ -34,6 +34,8 @@ _MAX_ATTRIBUTES = 10
 # A rejected event's own JSON is cut to a preview beyond this, so that the dead letter
 # itself always fits in an SQS message (attributes and envelope need the rest).
 _EVENT_PREVIEW_CHARS = 64 * 1024
+# Levels of nesting kept of an event too deep to encode whole.
+_MAX_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,29 @@ def _reason_attributes(message: Message, rejection: Rejection) -> dict[str, Any]
     }
 
 
+def _event_json(event: Any) -> tuple[str, bool]:
+    """The event as ASCII JSON, and whether it had to be cut.
+
+    ensure_ascii: SQS refuses some code points (U+FFFE, lone surrogates) in bodies; escaped,
+    every string an event can hold is a valid SQS body. An event nested deeper than the
+    encoder's recursion allows (orjson parses 1,024 levels) is cut at _MAX_DEPTH levels.
+    """
+    try:
+        return json.dumps(event, ensure_ascii=True), False
+    except RecursionError:
+        return json.dumps(_cut(event, _MAX_DEPTH), ensure_ascii=True), True
+
+
+def _cut(value: Any, depth: int) -> Any:
+    if not isinstance(value, list | dict):
+        return value
+    if depth == 0:
+        return "...(nested deeper, cut)"
+    if isinstance(value, list):
+        return [_cut(v, depth - 1) for v in value]
+    return {k: _cut(v, depth - 1) for k, v in value.items()}
+
+
 def submission_letter(message: Message, rejection: Rejection) -> DeadLetter:
     """The original body and attributes, with the reason added as attributes."""
     attributes = _reason_attributes(message, rejection)
@@ -80,9 +105,7 @@ def event_letters(message: Message, submission: Submission) -> list[DeadLetter]:
     """One dead letter per rejected event; its JSON is ASCII so that any event fits SQS."""
     letters = []
     for rejected in submission.rejected:
-        # ensure_ascii: SQS refuses some code points (U+FFFE, lone surrogates) in bodies;
-        # escaped, every string an event can hold is a valid SQS body.
-        event_json = json.dumps(rejected.event, ensure_ascii=True)
+        event_json, cut = _event_json(rejected.event)
         document: dict[str, Any] = {
             "reason": rejected.rejection.reason.value,
             "field": rejected.rejection.field,
@@ -93,7 +116,7 @@ def event_letters(message: Message, submission: Submission) -> list[DeadLetter]:
             "event_type": rejected.event_type[:256],
             "source_message_id": message.message_id,
         }
-        if len(event_json) > _EVENT_PREVIEW_CHARS:
+        if cut or len(event_json) > _EVENT_PREVIEW_CHARS:
             document["event_truncated"] = True
             document["event_preview"] = event_json[:_EVENT_PREVIEW_CHARS]
             body = json.dumps(document, ensure_ascii=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import random
 from typing import Any
 
@@ -139,3 +141,35 @@ async def test_metrics_and_probes_are_served(emulator: Emulator, world: World, d
             assert "event_processor_in_flight_submissions" in text
             assert "event_processor_messages_received_total" in text
     assert await running.stop() == 0
+
+
+async def test_hostile_bodies_are_rejected_and_the_loop_keeps_going(
+    emulator: Emulator, world: World, daemon: Any
+) -> None:
+    """Deep nesting, invalid UTF-8, huge fields and many events: rejections, never a stall."""
+    huge_cmdl = submission({"new_process": [new_process(cmdl="x" * 200_000)]})
+    many = submission({"network_connection": [network_connection()] * 3000})
+    hostile = [
+        "[" * 50_000 + "]" * 50_000,  # nesting far past any parser's limit
+        base64.b64encode(b'{"submission_id": "\xff\xfe"}').decode(),  # invalid UTF-8
+        "\u0000\u0001\u0002 control characters",
+        '{"submission_id": ' + "9" * 5000 + "}",
+    ]
+    # Parses (orjson allows 1,024 levels) but the event is 1,000 lists deep: it must still
+    # reach the DLQ as a rejected event, not crash the encoder that writes the dead letter.
+    # (Written as text: Python's own encoders refuse that depth.)
+    shell = json.dumps(submission({"new_process": ["DEEP", new_process()]}))
+    deep_event = shell.replace('"DEEP"', "[" * 1000 + "]" * 1000)
+    valid = [encode(huge_cmdl), encode(many), encode(submission()), deep_event]
+    await asyncio.to_thread(send_bodies, emulator, world.queue_url, hostile + valid)
+    running = await daemon(settings_for(world))
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    assert await running.stop() == 0
+    records = await asyncio.to_thread(stream_records, emulator, world)
+    assert check_order(records) == expected_sequences(valid)
+    assert len(records) == 1 + 3000 + 3 + 1
+    dead = await asyncio.to_thread(drain_queue, emulator, world.dlq_url)
+    whole = sorted(m["Body"] for m in dead if m["Body"] in hostile)
+    assert whole == sorted(hostile)
+    [letter] = [orjson.loads(m["Body"]) for m in dead if m["Body"] not in hostile]
+    assert letter["reason"] == "event_not_an_object"
