@@ -58,7 +58,7 @@ def client_config(settings: Settings) -> AioConfig:
     pool = settings.max_put_requests + settings.receivers + 16
     return AioConfig(
         region_name=settings.aws_region,
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "total_max_attempts": 3},
         max_pool_connections=pool,
         connect_timeout=5,
         # A long poll holds the connection for WAIT_TIME_SECONDS; leave it room.
