@@ -4,9 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+TOOLS_VENV := .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+# checkov pins boto3==1.35.49 (botocore<1.36) and packaging<24: it cannot share .venv with
+# aiobotocore's botocore pin, so it gets a venv of its own for the deploy-file checks.
+CHECKOV := checkov==3.3.30
+
+.PHONY: install tools run test lint bench clean
 
 install: $(STAMP)
+
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): Makefile
+	$(PY) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/pip install --quiet '$(CHECKOV)'
+	touch $(TOOLS_STAMP)
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +31,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/event-processor demo
 
-test: install
+test: install tools
 	$(BIN)/pytest -q
 
 lint: install
@@ -29,4 +43,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) .mypy_cache .pytest_cache .ruff_cache

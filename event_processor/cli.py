@@ -1,7 +1,7 @@
 """Command line: `event-processor run` (the daemon). Every setting is an env var and a flag.
 
 `demo` runs the daemon on the embedded emulator; `dlq inspect`, `dlq redrive` and `tail` are
-the operator tools of `ops.py` (docs/operations.md).
+the operator tools of `dlq_tools.py` and `tail.py` (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _add_aws_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`dlq inspect`, `dlq redrive` and `tail` (event_processor/ops.py)."""
+    """`dlq inspect`, `dlq redrive` (event_processor/dlq_tools.py) and `tail` (tail.py)."""
     dlq = commands.add_parser("dlq", help="inspect or redrive the dead-letter queue")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_url_help = "dead-letter queue URL [env DLQ_URL]"
@@ -196,12 +196,14 @@ def _add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _run_ops(command: str, args: dict[str, Any]) -> int:
     # Imported here: boto3 and the tools are not needed by `run`.
-    from event_processor import ops  # noqa: PLC0415
+    from event_processor.ops import AwsOptions  # noqa: PLC0415
 
-    aws = ops.AwsOptions(endpoint_url=args["endpoint_url"], region=args["aws_region"])
+    aws = AwsOptions(endpoint_url=args["endpoint_url"], region=args["aws_region"])
     if command == "tail":
-        return ops.tail_command(
-            ops.TailOptions(
+        from event_processor import tail  # noqa: PLC0415
+
+        return tail.tail_command(
+            tail.TailOptions(
                 aws=aws,
                 stream_name=args["stream_name"],
                 start=args["start"],
@@ -211,9 +213,11 @@ def _run_ops(command: str, args: dict[str, Any]) -> int:
                 interval_s=args["interval"],
             )
         )
+    from event_processor import dlq_tools  # noqa: PLC0415
+
     if args["dlq_command"] == "inspect":
-        return ops.inspect_command(
-            ops.InspectOptions(
+        return dlq_tools.inspect_command(
+            dlq_tools.InspectOptions(
                 aws=aws,
                 dlq_url=args["dlq_url"],
                 max_messages=args["max"],
@@ -221,8 +225,8 @@ def _run_ops(command: str, args: dict[str, Any]) -> int:
                 as_json=args["json"],
             )
         )
-    return ops.redrive_command(
-        ops.RedriveOptions(
+    return dlq_tools.redrive_command(
+        dlq_tools.RedriveOptions(
             aws=aws,
             dlq_url=args["dlq_url"],
             queue_url=args["queue_url"],

@@ -49,7 +49,11 @@ class DeadLetter:
         # SQS counts the body plus every attribute's name, type and value toward the limit.
         size = len(self.body.encode())
         for name, value in self.attributes.items():
-            size += len(name) + len(value["DataType"]) + len(str(value.get("StringValue", "")))
+            size += len(name.encode()) + len(value["DataType"])
+            size += len(str(value.get("StringValue", "")).encode())
+            binary = value.get("BinaryValue")
+            if isinstance(binary, bytes | bytearray):
+                size += len(binary)
         return size
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from event_processor.tail import list_shard_ids
+
 log = logging.getLogger(__name__)
 
 # Dummy credentials: moto accepts anything, botocore just needs something to sign with.
@@ -367,23 +369,13 @@ def _wait_stream_active(kinesis: Any, stream_name: str) -> None:
         time.sleep(_STREAM_ACTIVE_POLL_S)
 
 
-def _list_shard_ids(client: Any, stream_name: str) -> list[str]:
-    """Every shard id of the stream, following ListShards pagination."""
-    page = client.list_shards(StreamName=stream_name)
-    shard_ids = [shard["ShardId"] for shard in page["Shards"]]
-    while page.get("NextToken"):
-        page = client.list_shards(NextToken=page["NextToken"])
-        shard_ids.extend(shard["ShardId"] for shard in page["Shards"])
-    return shard_ids
-
-
 def read_stream(client: Any, stream_name: str) -> list[dict[str, Any]]:
     """Every record of every shard from TRIM_HORIZON, in shard order then sequence order.
 
     Each record is {"shard_id", "sequence_number", "partition_key", "data": bytes}.
     """
     records: list[dict[str, Any]] = []
-    for shard_id in sorted(_list_shard_ids(client, stream_name)):
+    for shard_id in sorted(list_shard_ids(client, stream_name)):
         iterator: str | None = client.get_shard_iterator(
             StreamName=stream_name, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]

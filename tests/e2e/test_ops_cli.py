@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from event_processor import ops
+from event_processor import dlq_tools
 from event_processor.emulator import Emulator, World, read_stream
 from tests.helpers import client, drain_queue, queue_depth
 from tests.integration.test_ops import (
@@ -58,7 +58,7 @@ def cli(
 
 
 def counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
-    return ops.queue_counts(client(emulator, "sqs"), queue_url)
+    return dlq_tools.queue_counts(client(emulator, "sqs"), queue_url)
 
 
 def test_inspect_json_counts_and_consumes_nothing(emulator: Emulator, world: World) -> None:

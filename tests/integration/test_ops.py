@@ -1,4 +1,4 @@
-"""Operator tools (ops.py) against the emulator: dlq inspect, dlq redrive, tail."""
+"""Operator tools (dlq_tools.py, tail.py) against the emulator: dlq inspect, dlq redrive, tail."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import io
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from typing import Any
 
 import orjson
 import pytest
 
-from event_processor import ops
+from event_processor import dlq_tools, ops
 from event_processor.dlq import DeadLetter, event_letters, submission_letter
 from event_processor.emulator import Emulator, World, read_stream
 from event_processor.faultproxy import FaultProxy
 from event_processor.models import Rejection, parse_submission
 from event_processor.source import Message
+from event_processor.tail import tail
 from tests.conftest import settings_for
 from tests.factories import encode, new_process, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth, send_bodies
@@ -91,7 +92,21 @@ def mixed_dlq(emulator: Emulator, world: World) -> dict[str, list[str]]:
 
 def all_visible(emulator: Emulator, queue_url: str, expected: int) -> None:
     """The queue holds `expected` messages and every one is visible."""
-    assert ops.queue_counts(client(emulator, "sqs"), queue_url) == (expected, 0)
+    assert dlq_tools.queue_counts(client(emulator, "sqs"), queue_url) == (expected, 0)
+
+
+def test_letter_kind_is_decided_by_the_whole_shape() -> None:
+    """Only the daemon's event document, with its own source message id, is an event letter."""
+    event = letters_for(BAD_EVENTS)[0]
+    assert dlq_tools.letter_kind(event.body, event.attributes) == "event"
+    other = letters_for(BAD_ID)[0]
+    assert dlq_tools.letter_kind(event.body, other.attributes) == "submission", (
+        "another message's id"
+    )
+    assert dlq_tools.letter_kind(event.body, {}) == "submission", "moved by SQS: no attributes"
+    deep = '{"a":' * 100_000 + "1" + "}" * 100_000
+    for body in (deep, '{"reason": "x"}', "[1]", "{not json", ""):
+        assert dlq_tools.letter_kind(body, event.attributes) == "submission"
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,7 +121,7 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     sqs = client(emulator, "sqs")
     all_visible(emulator, world.dlq_url, 9)
 
-    report = ops.inspect_dlq(sqs, world.dlq_url, max_messages=100, examples=2)
+    report = dlq_tools.inspect_dlq(sqs, world.dlq_url, max_messages=100, examples=2)
 
     all_visible(emulator, world.dlq_url, 9)
     assert not report.sample
@@ -129,11 +144,11 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     assert garbage.body in GARBAGE
     assert garbage.attributes["trace"]["StringValue"] == "trace-1"
 
-    text = ops.format_report(report)
+    text = dlq_tools.format_report(report)
     assert "SAMPLE" not in text
     assert "not json" in text
     assert '"events": {"new_process"' in text, "base64 bodies are shown decoded too"
-    doc = ops.report_json(report)
+    doc = dlq_tools.report_json(report)
     assert doc["reasons"][0] == {"reason": "invalid_body", "total": 3, "by_kind": {"submission": 3}}
     assert doc["examples"]["invalid_body"][0]["attributes"]["reason"] == "invalid_body"
 
@@ -146,26 +161,26 @@ def test_inspect_says_when_counts_are_a_sample(emulator: Emulator, world: World)
     sqs = client(emulator, "sqs")
     put_letters(sqs, world.dlq_url, [x for i in range(25) for x in letters_for(f"junk {i}")])
 
-    small = ops.inspect_dlq(sqs, world.dlq_url, max_messages=7, examples=100)
+    small = dlq_tools.inspect_dlq(sqs, world.dlq_url, max_messages=7, examples=100)
     assert (small.read, small.sample) == (7, True)
-    assert "SAMPLE: 7 of ~25 messages (stopped at --max 7)" in ops.format_report(small)
+    assert "SAMPLE: 7 of ~25 messages (stopped at --max 7)" in dlq_tools.format_report(small)
     all_visible(emulator, world.dlq_url, 25)
 
     # moto hands out the same (oldest) messages to every VisibilityTimeout=0 receive.
-    big = ops.inspect_dlq(sqs, world.dlq_url, max_messages=1000, examples=1000)
+    big = dlq_tools.inspect_dlq(sqs, world.dlq_url, max_messages=1000, examples=1000)
     seen = [letter.message_id for letter in big.examples["invalid_body"]]
     assert len(seen) == len(set(seen)) == big.read == sum(big.counts.values())
     assert big.read < 25
     assert big.sample
-    assert "SQS returned nothing new" in ops.format_report(big)
+    assert "SQS returned nothing new" in dlq_tools.format_report(big)
     all_visible(emulator, world.dlq_url, 25)
 
 
 def test_inspect_of_an_empty_dlq(emulator: Emulator, world: World) -> None:
     """An empty DLQ is reported as such."""
-    report = ops.inspect_dlq(client(emulator, "sqs"), world.dlq_url)
+    report = dlq_tools.inspect_dlq(client(emulator, "sqs"), world.dlq_url)
     assert (report.read, report.sample) == (0, False)
-    assert "looks empty" in ops.format_report(report)
+    assert "looks empty" in dlq_tools.format_report(report)
 
 
 async def test_inspect_reads_what_the_daemon_dead_lettered(
@@ -178,7 +193,7 @@ async def test_inspect_reads_what_the_daemon_dead_lettered(
     await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
     assert await running.stop() == 0
 
-    report = await asyncio.to_thread(ops.inspect_dlq, client(emulator, "sqs"), world.dlq_url)
+    report = await asyncio.to_thread(dlq_tools.inspect_dlq, client(emulator, "sqs"), world.dlq_url)
     assert dict(report.counts) == {
         ("invalid_body", "submission"): 2,
         ("not_an_object", "submission"): 1,
@@ -196,7 +211,7 @@ def test_redrive_moves_only_the_chosen_reason(emulator: Emulator, world: World) 
     ids = mixed_dlq(emulator, world)
     out, err = io.StringIO(), io.StringIO()
 
-    summary = ops.redrive(
+    summary = dlq_tools.redrive(
         client(emulator, "sqs"),
         world.dlq_url,
         world.queue_url,
@@ -226,7 +241,7 @@ def test_redrive_never_moves_rejected_event_letters(emulator: Emulator, world: W
     """Without --reason every submission moves (also SQS-redriven ones); event letters stay."""
     ids = mixed_dlq(emulator, world)
 
-    summary = ops.redrive(
+    summary = dlq_tools.redrive(
         client(emulator, "sqs"), world.dlq_url, world.queue_url, out=io.StringIO()
     )
 
@@ -245,7 +260,7 @@ async def test_redriven_submissions_are_processed_again(
     sqs = client(emulator, "sqs")
     await asyncio.to_thread(sqs.send_message, QueueUrl=world.dlq_url, MessageBody=POISON)
     summary = await asyncio.to_thread(
-        ops.redrive, sqs, world.dlq_url, world.queue_url, out=io.StringIO()
+        dlq_tools.redrive, sqs, world.dlq_url, world.queue_url, out=io.StringIO()
     )
     assert summary.moved == 1
     running = await daemon(settings_for(world))
@@ -255,7 +270,7 @@ async def test_redriven_submissions_are_processed_again(
     assert len(records) == 3
     assert await asyncio.to_thread(queue_depth, emulator, world.dlq_url) == 0
     with pytest.raises(ValueError, match="same queue"):
-        ops.redrive(sqs, world.dlq_url, world.dlq_url)
+        dlq_tools.redrive(sqs, world.dlq_url, world.dlq_url)
 
 
 class FlakySqs:
@@ -316,7 +331,7 @@ def test_redrive_deletes_only_what_was_sent(emulator: Emulator, world: World) ->
     sqs = FlakySqs(client(emulator, "sqs"), fail_send={GARBAGE[1]})
     err = io.StringIO()
 
-    summary = ops.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=err)
+    summary = dlq_tools.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=err)
 
     assert (summary.moved, summary.failed) == (2, 1)
     assert sorted(sqs.deleted_bodies) == [GARBAGE[0], GARBAGE[2]], "deletes only the sent ones"
@@ -337,7 +352,7 @@ def test_redrive_reports_a_failed_delete(emulator: Emulator, world: World) -> No
     sqs = FlakySqs(client(emulator, "sqs"), fail_delete={GARBAGE[0]})
     err = io.StringIO()
 
-    summary = ops.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=err)
+    summary = dlq_tools.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=err)
 
     assert (summary.moved, summary.failed) == (2, 1)
     assert "it is now in both queues" in err.getvalue()
@@ -346,27 +361,22 @@ def test_redrive_reports_a_failed_delete(emulator: Emulator, world: World) -> No
     assert sorted(m["Body"] for m in drain_queue(emulator, world.queue_url)) == GARBAGE
 
 
-@pytest.fixture
-def fault_proxy(emulator: Emulator) -> Iterator[FaultProxy]:
-    """A fault proxy in front of the emulator, without faults until the test sets them."""
-    with FaultProxy(emulator.endpoint_url, seed=7) as started:
-        yield started
-
-
 def test_redrive_stops_without_loss_when_sends_fail(
-    emulator: Emulator, world: World, fault_proxy: FaultProxy
+    emulator: Emulator, world: World, proxy: FaultProxy
 ) -> None:
     """SendMessageBatch down (HTTP 500 after botocore's retries): nothing deleted, all visible."""
     put_letters(
         client(emulator, "sqs"), world.dlq_url, [x for b in GARBAGE for x in letters_for(b)]
     )
-    fault_proxy.configure(fail_operations=frozenset({"SendMessageBatch"}))
-    sqs = ops.aws_client("sqs", endpoint_url=fault_proxy.endpoint_url, region=emulator.region)
+    proxy.configure(fail_operations=frozenset({"SendMessageBatch"}))
+    sqs = ops.aws_client("sqs", endpoint_url=proxy.endpoint_url, region=emulator.region)
 
-    summary = ops.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=io.StringIO())
+    summary = dlq_tools.redrive(
+        sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=io.StringIO()
+    )
 
-    assert fault_proxy.calls("SendMessageBatch") == 3, "botocore's standard mode: 3 attempts"
-    assert fault_proxy.calls("DeleteMessageBatch") == 0
+    assert proxy.calls("SendMessageBatch") == 3, "botocore's standard mode: 3 attempts"
+    assert proxy.calls("DeleteMessageBatch") == 0
     assert (summary.moved, summary.failed) == (0, 3)
     assert summary.aborted is not None
     assert "aborted" in summary.text()
@@ -379,7 +389,7 @@ def test_dry_run_changes_nothing(emulator: Emulator, world: World) -> None:
     ids = mixed_dlq(emulator, world)
     out = io.StringIO()
 
-    summary = ops.redrive(
+    summary = dlq_tools.redrive(
         client(emulator, "sqs"),
         world.dlq_url,
         world.queue_url,
@@ -403,7 +413,7 @@ def test_redrive_respects_the_rate(emulator: Emulator, world: World) -> None:
     put_letters(client(emulator, "sqs"), world.dlq_url, [x for b in bodies for x in letters_for(b)])
 
     started = time.monotonic()
-    summary = ops.redrive(
+    summary = dlq_tools.redrive(
         client(emulator, "sqs"), world.dlq_url, world.queue_url, rate=rate, out=io.StringIO()
     )
     elapsed = time.monotonic() - started
@@ -425,15 +435,15 @@ def test_pacer_spaces_batches_on_its_clock() -> None:
             now[0] += timeout
             return False
 
-    pacer = ops.Pacer(2.5, Stop(), clock=lambda: now[0])
+    pacer = dlq_tools.Pacer(2.5, Stop(), clock=lambda: now[0])
     assert pacer.batch_size == 2
     for _ in range(3):
         assert pacer.wait(2)
         pacer.sent(2)
     # Messages 0..5 due at 0, 0.4, ..., 2.0 s: each batch waits for its last message.
     assert waits == [0.4, 0.8, 0.8]
-    assert ops.Pacer(None, threading.Event()).batch_size == 10
-    assert ops.Pacer(0.5, threading.Event()).batch_size == 1
+    assert dlq_tools.Pacer(None, threading.Event()).batch_size == 10
+    assert dlq_tools.Pacer(0.5, threading.Event()).batch_size == 1
 
 
 def test_redrive_max_moves_at_most_n(emulator: Emulator, world: World) -> None:
@@ -441,7 +451,7 @@ def test_redrive_max_moves_at_most_n(emulator: Emulator, world: World) -> None:
     bodies = [f"junk {i}" for i in range(5)]
     put_letters(client(emulator, "sqs"), world.dlq_url, [x for b in bodies for x in letters_for(b)])
 
-    summary = ops.redrive(
+    summary = dlq_tools.redrive(
         client(emulator, "sqs"), world.dlq_url, world.queue_url, max_messages=2, out=io.StringIO()
     )
 
@@ -458,7 +468,7 @@ def test_redrive_reaches_messages_behind_many_skipped_ones(
     put_letters(sqs, world.dlq_url, [x for i in range(25) for x in letters_for(encode([i]))])
     put_letters(sqs, world.dlq_url, [x for b in GARBAGE for x in letters_for(b)])
 
-    summary = ops.redrive(
+    summary = dlq_tools.redrive(
         sqs, world.dlq_url, world.queue_url, reason="invalid_body", out=io.StringIO()
     )
 
@@ -473,7 +483,7 @@ def test_redrive_stops_when_asked(emulator: Emulator, world: World) -> None:
     )
     stop = threading.Event()
     stop.set()
-    summary = ops.redrive(
+    summary = dlq_tools.redrive(
         client(emulator, "sqs"), world.dlq_url, world.queue_url, out=io.StringIO(), stop=stop
     )
     assert summary.interrupted
@@ -518,7 +528,7 @@ def test_tail_prints_the_stream_as_json_lines(emulator: Emulator, world: World) 
     put_records(emulator, world, 20)
     out = io.StringIO()
 
-    printed = ops.tail(
+    printed = tail(
         client(emulator, "kinesis"), world.stream_name, start="trim-horizon", follow=False, out=out
     )
 
@@ -537,17 +547,15 @@ def test_tail_one_shard_and_a_limit(emulator: Emulator, world: World) -> None:
     kinesis = client(emulator, "kinesis")
 
     out = io.StringIO()
-    ops.tail(
-        kinesis, world.stream_name, start="trim-horizon", shards=[shard], follow=False, out=out
-    )
+    tail(kinesis, world.stream_name, start="trim-horizon", shards=[shard], follow=False, out=out)
     assert out.getvalue().splitlines() == expected
 
     out = io.StringIO()
-    ops.tail(kinesis, world.stream_name, start="trim-horizon", follow=False, limit=3, out=out)
+    tail(kinesis, world.stream_name, start="trim-horizon", follow=False, limit=3, out=out)
     assert out.getvalue().splitlines() == stored_lines(emulator, world)[:3]
 
     with pytest.raises(ops.OpsError, match="no shard shardId-000000000099"):
-        ops.tail(kinesis, world.stream_name, shards=["shardId-000000000099"], follow=False)
+        tail(kinesis, world.stream_name, shards=["shardId-000000000099"], follow=False)
 
 
 def test_tail_skips_records_that_are_not_json(emulator: Emulator, world: World) -> None:
@@ -556,7 +564,7 @@ def test_tail_skips_records_that_are_not_json(emulator: Emulator, world: World) 
     kinesis.put_record(StreamName=world.stream_name, Data=b"plain text", PartitionKey="k")
     kinesis.put_record(StreamName=world.stream_name, Data=b'{"ok": 1}', PartitionKey="k")
     out, err = io.StringIO(), io.StringIO()
-    ops.tail(kinesis, world.stream_name, start="trim-horizon", follow=False, out=out, err=err)
+    tail(kinesis, world.stream_name, start="trim-horizon", follow=False, out=out, err=err)
     assert out.getvalue() == '{"ok": 1}\n'
     assert "is not JSON; skipped" in err.getvalue()
 
@@ -583,7 +591,7 @@ async def test_tail_follows_new_records_until_stopped(emulator: Emulator, world:
     out = io.StringIO()
     stop = threading.Event()
     task = asyncio.create_task(
-        asyncio.to_thread(ops.tail, kinesis, world.stream_name, out=out, stop=stop, interval_s=0.05)
+        asyncio.to_thread(tail, kinesis, world.stream_name, out=out, stop=stop, interval_s=0.05)
     )
 
     async def printed_all() -> bool:
@@ -608,9 +616,7 @@ async def test_tail_follow_stops_at_the_limit(emulator: Emulator, world: World) 
     await asyncio.to_thread(put_records, emulator, world, 4)
     out = io.StringIO()
     printed = await asyncio.wait_for(
-        asyncio.to_thread(
-            ops.tail, kinesis, world.stream_name, start="trim-horizon", limit=3, out=out
-        ),
+        asyncio.to_thread(tail, kinesis, world.stream_name, start="trim-horizon", limit=3, out=out),
         timeout=30,
     )
     assert printed == 3

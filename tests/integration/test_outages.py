@@ -75,17 +75,16 @@ async def test_kinesis_outage_holds_messages_then_publishes_everything(
     assert hidden <= 20, "the in-flight bound holds"
     while time.monotonic() - outage_began < OUTAGE_S:
         await asyncio.sleep(2)  # the outage is the scenario: time passing is the point
-        now_visible, now_hidden = await asyncio.to_thread(
-            queue_counts, emulator, world.queue_url
-        )
+        now_visible, now_hidden = await asyncio.to_thread(queue_counts, emulator, world.queue_url)
         # Nothing was taken, deleted or given back meanwhile.
         assert (now_visible, now_hidden) == (visible, hidden)
         assert await readyz(port) == 503
     # Receivers stopped: at most the long polls already under way when it went down.
     assert proxy.calls("ReceiveMessage") - receives_at_down <= 4
-    assert running.metric("event_processor_visibility_extensions_total") >= hidden * (
-        OUTAGE_S / VISIBILITY_S
-    ) / 2
+    assert (
+        running.metric("event_processor_visibility_extensions_total")
+        >= hidden * (OUTAGE_S / VISIBILITY_S) / 2
+    )
 
     proxy.kinesis_down = False
     recovered = time.monotonic()

@@ -1,0 +1,518 @@
+"""The ECS Fargate CloudFormation template (deploy/ecs), checked without an AWS account.
+
+cfn-lint validates it against the CloudFormation resource specification; checkov scans it; the
+rest are cross-checks with the daemon: the task role's actions are derived from the AWS calls in
+event_processor's code, the environment validates as Settings, the health check is run against
+a fake /healthz, and the scaling target matches the Kubernetes one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from event_processor.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+# The venv's bin dir (not resolved: sys.executable may be a symlink out of the venv).
+BIN = Path(sys.executable).parent
+ECS_DIR = ROOT / "deploy" / "ecs"
+TEMPLATE = ECS_DIR / "event-processor.yaml"
+CHECKOV_CONFIG = ECS_DIR / ".checkov.yaml"
+K8S_SCALEDOBJECT = ROOT / "deploy" / "kubernetes" / "base" / "scaledobject.yaml"
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
+DOCKERFILE = ROOT / "Dockerfile"
+PACKAGE_DIR = ROOT / "event_processor"
+TOOL_TIMEOUT_S = 120
+CHECKOV_PIN = "checkov==3.3.30"
+# cfn-lint checks the resource specification of each region named here.
+LINT_REGIONS = ("us-east-1", "eu-west-1")
+# The container's scratch directory (inside the task, not on this machine).
+CONTAINER_TMP = "/tmp"  # noqa: S108
+# Fargate's ceiling for stopTimeout.
+FARGATE_MAX_STOP_TIMEOUT_S = 120
+# Fargate's task sizes: memory (MiB) allowed with each CPU value the template offers.
+FARGATE_MEMORY = {
+    256: {512, 1024, 2048},
+    512: set(range(1024, 4097, 1024)),
+    1024: set(range(2048, 8193, 1024)),
+}
+# `make bench`: peak RSS 116 MiB, about half a core while draining at ~4,000 events/s.
+BENCH_PEAK_RSS_MIB = 116
+BENCH_CPU_UNITS = 512
+
+# The daemon's modules that call AWS, and the service of the client each one holds as
+# `self._client` (app.py names its clients `sqs` and `kinesis`).
+CLIENT_MODULES = {
+    "app.py": None,
+    "source.py": "sqs",
+    "dlq.py": "sqs",
+    "sink.py": "kinesis",
+    "worker.py": None,
+    "pipeline.py": None,
+    "batcher.py": None,
+}
+AWS_CALL = re.compile(r"await\s+(?P<client>sqs|kinesis|self\._client)\.(?P<method>[a-z_]+)\(")
+# IAM authorises a batch call with the single call's action.
+BATCH_ACTIONS = {
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+}
+# What each resource's statement grants (README, "How is it deployed?").
+EXPECTED_GRANTS = {
+    "QueueName": {
+        "sqs:GetQueueUrl",
+        "sqs:GetQueueAttributes",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+    },
+    "DeadLetterQueueName": {"sqs:GetQueueAttributes", "sqs:SendMessage"},
+    "StreamName": {"kinesis:DescribeStreamSummary", "kinesis:PutRecords"},
+}
+# Pseudo parameters, for reading the template's values as the daemon would see them.
+PSEUDO = {
+    "AWS::Region": "eu-west-1",
+    "AWS::AccountId": "123456789012",
+    "AWS::Partition": "aws",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+
+
+def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False, **kwargs
+    )
+
+
+def tool(name: str, package: str) -> str:
+    """The path of a dev tool installed in this venv by a PyPI package."""
+    path = BIN / name
+    assert path.is_file(), f"{name} missing: it comes with the dev dependency {package}"
+    return str(path)
+
+
+def checkov() -> str:
+    """checkov's executable: $CHECKOV, else the tools venv .venv-tools/, else this venv.
+
+    checkov pins boto3==1.35.49 (so botocore<1.36) and packaging<24, which aiobotocore's
+    botocore pin and this project's dev dependencies exclude: it lives in a venv of its own.
+    """
+    candidates = [os.environ.get("CHECKOV"), ROOT / ".venv-tools" / "bin" / "checkov"]
+    candidates.append(BIN / "checkov")
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    pytest.fail(
+        f"checkov missing: install the PyPI package {CHECKOV_PIN} in its own venv "
+        "(python3.11 -m venv .venv-tools && .venv-tools/bin/pip install "
+        f"'{CHECKOV_PIN}'), or point $CHECKOV at a checkov executable"
+    )
+
+
+# --- CloudFormation YAML -----------------------------------------------------------------------
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short-form intrinsics (!Ref, !Sub, ...) as their long form."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        assert isinstance(node, yaml.MappingNode)
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    data = yaml.load(TEMPLATE.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    assert isinstance(data, dict)
+    return data
+
+
+def resource(template: dict[str, Any], name: str) -> dict[str, Any]:
+    properties = template["Resources"][name]["Properties"]
+    assert isinstance(properties, dict)
+    return properties
+
+
+def resolve(template: dict[str, Any], value: Any) -> str:
+    """A property value as deployed with the parameters' defaults and PSEUDO's account."""
+    if isinstance(value, str | int | float):
+        return str(value)
+    assert isinstance(value, dict), value
+    assert len(value) == 1, value
+    (function, argument), *_ = value.items()
+
+    def lookup(name: str) -> str:
+        if name in PSEUDO:
+            return PSEUDO[name]
+        if "." in name:  # GetAtt
+            return f"<{name}>"
+        default = template["Parameters"][name].get("Default")
+        return str(default) if default is not None else f"<{name}>"
+
+    if function == "Ref":
+        return lookup(argument)
+    if function == "Fn::Sub":
+        return re.sub(r"\$\{([^}!]+)\}", lambda m: lookup(m[1]), argument)
+    pytest.fail(f"cannot resolve {value}")
+
+
+def the_container(template: dict[str, Any]) -> dict[str, Any]:
+    (only,) = resource(template, "TaskDefinition")["ContainerDefinitions"]
+    assert isinstance(only, dict)
+    return only
+
+
+def environment(template: dict[str, Any]) -> dict[str, str]:
+    return {
+        e["Name"]: resolve(template, e["Value"]) for e in the_container(template)["Environment"]
+    }
+
+
+def daemon_aws_actions() -> set[str]:
+    """The IAM actions the daemon's code needs: every awaited client call, by service."""
+    actions: set[str] = set()
+    for module, service in CLIENT_MODULES.items():
+        source = (PACKAGE_DIR / module).read_text(encoding="utf-8")
+        for match in AWS_CALL.finditer(source):
+            client = match["client"]
+            owner = service if client == "self._client" else client
+            assert owner, f"{module} calls {match['method']} on a client of unknown service"
+            operation = "".join(part.capitalize() for part in match["method"].split("_"))
+            action = f"{owner}:{operation}"
+            actions.add(BATCH_ACTIONS.get(action, action))
+    return actions
+
+
+def task_role_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task role's statements, the KMS one (under Fn::If) left out."""
+    return [
+        statement
+        for policy in resource(template, "TaskRole")["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        if "Fn::If" not in statement
+    ]
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+# === linters ====================================================================================
+
+
+def test_cfn_lint_passes() -> None:
+    """cfn-lint reports no error, warning or informational finding on the template."""
+    cfn_lint = tool("cfn-lint", "cfn-lint")
+    result = run([cfn_lint, "--regions", *LINT_REGIONS, "--", str(TEMPLATE)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cfn_lint_rejects_a_misspelled_property(tmp_path: Path) -> None:
+    """cfn-lint bites: a misspelled container property fails it."""
+    cfn_lint = tool("cfn-lint", "cfn-lint")
+    text = TEMPLATE.read_text(encoding="utf-8")
+    assert "StopTimeout:" in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("StopTimeout:", "StopTimout:"), encoding="utf-8")
+    result = run([cfn_lint, "--", str(bad)])
+    assert result.returncode != 0
+    assert "StopTimout" in result.stdout
+
+
+def test_checkov_passes_on_the_template() -> None:
+    """checkov finds nothing on the template, with no skip beyond those the docs justify."""
+    args = ["--config-file", str(CHECKOV_CONFIG), "-f", str(TEMPLATE), "--output", "json"]
+    result = run([checkov(), *args, "--compact", "--skip-download"], cwd=ECS_DIR)
+    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert isinstance(report, dict), "one framework: cloudformation"
+    assert report["check_type"] == "cloudformation"
+    failed = [
+        f"{c['check_id']} {c['check_name']}: {c['resource']}"
+        for c in report["results"]["failed_checks"]
+    ]
+    assert not failed
+    assert report["summary"]["parsing_errors"] == 0
+    assert report["summary"]["passed"] > 10
+    config = yaml.safe_load(CHECKOV_CONFIG.read_text(encoding="utf-8"))
+    skips = set(config.get("skip-check") or [])
+    skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
+    assert skipped <= skips
+    text = DEPLOYMENT_DOC.read_text(encoding="utf-8")
+    section = text.partition("checkov skips: ECS")[2]
+    assert section, "docs/deployment.md has a 'checkov skips: ECS' section"
+    for check_id in skips:
+        assert f"`{check_id}`" in section, f"{check_id} skipped without a reason in the docs"
+
+
+# === the task role ==============================================================================
+
+
+def test_task_role_allows_exactly_what_the_code_calls(template: dict[str, Any]) -> None:
+    """The task role's actions are those of the daemon's AWS calls, derived from its code."""
+    code = daemon_aws_actions()
+    assert code == set().union(*EXPECTED_GRANTS.values()), (
+        "the daemon's AWS calls changed: update EXPECTED_GRANTS and the task role"
+    )
+    granted = {
+        action
+        for statement in task_role_statements(template)
+        for action in as_list(statement["Action"])
+    }
+    assert granted == code
+
+
+def test_task_role_grants_each_resource_only_its_actions(template: dict[str, Any]) -> None:
+    """One statement per queue/stream, each scoped to that ARN; no wildcard anywhere."""
+    arns = {
+        "QueueName": "arn:aws:sqs:eu-west-1:123456789012:submissions",
+        "DeadLetterQueueName": "arn:aws:sqs:eu-west-1:123456789012:submissions-dlq",
+        "StreamName": "arn:aws:kinesis:eu-west-1:123456789012:stream/events",
+    }
+    grants: dict[str, set[str]] = {}
+    for statement in task_role_statements(template):
+        assert statement["Effect"] == "Allow"
+        assert "NotAction" not in statement
+        assert "NotResource" not in statement
+        (arn,) = (resolve(template, r) for r in as_list(statement["Resource"]))
+        grants.setdefault(arn, set()).update(as_list(statement["Action"]))
+    assert grants == {arns[parameter]: actions for parameter, actions in EXPECTED_GRANTS.items()}
+    policies = json.dumps(resource(template, "TaskRole")["Policies"])
+    assert "*" not in policies, "no wildcard action or resource"
+
+
+def test_kms_statement_is_optional_and_scoped(template: dict[str, Any]) -> None:
+    """With KmsKeyArn set, only Decrypt and GenerateDataKey on that key; unset, nothing."""
+    (policy,) = resource(template, "TaskRole")["Policies"]
+    conditional = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
+    (statement,) = conditional
+    condition, when_set, when_unset = statement["Fn::If"]
+    assert template["Conditions"][condition] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "KmsKeyArn"}, ""]}]
+    }
+    assert set(when_set["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey"}
+    assert when_set["Resource"] == {"Ref": "KmsKeyArn"}
+    assert when_unset == {"Ref": "AWS::NoValue"}
+
+
+# === the container ==============================================================================
+
+
+def test_container_stops_after_the_drain(template: dict[str, Any]) -> None:
+    """stopTimeout exceeds SHUTDOWN_GRACE_SECONDS with room to close, within Fargate's 120 s."""
+    grace = float(environment(template)["SHUTDOWN_GRACE_SECONDS"])
+    assert grace == Settings().shutdown_grace_seconds
+    stop_timeout = the_container(template)["StopTimeout"]
+    assert grace + 10 <= stop_timeout <= FARGATE_MAX_STOP_TIMEOUT_S
+    assert the_container(template)["Command"] == ["event-processor", "run"]
+
+
+def test_container_is_locked_down(template: dict[str, Any]) -> None:
+    """The image's non-root uid, read-only root with a scratch /tmp, no capabilities."""
+    spec = the_container(template)
+    users = re.findall(r"^USER\s+(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.M)
+    assert spec["User"] == users[-1]
+    assert not spec["User"].startswith(("0", "root"))
+    assert spec["ReadonlyRootFilesystem"] is True
+    assert spec["LinuxParameters"]["Capabilities"] == {"Drop": ["ALL"]}
+    assert "Privileged" not in spec
+    (mount,) = spec["MountPoints"]
+    assert mount["ContainerPath"] == CONTAINER_TMP
+    volumes = {v["Name"] for v in resource(template, "TaskDefinition")["Volumes"]}
+    assert mount["SourceVolume"] in volumes
+
+
+def test_container_environment_is_valid_settings(template: dict[str, Any]) -> None:
+    """Every variable is a daemon setting; the values validate; the port is the one served."""
+    env = environment(template)
+    settings = {k.lower(): v for k, v in env.items()}
+    unknown = set(settings) - set(Settings.model_fields)
+    assert not unknown, f"not daemon settings: {sorted(unknown)}"
+    parsed = Settings.model_validate(settings)
+    assert parsed.queue_url == "https://sqs.eu-west-1.amazonaws.com/123456789012/submissions"
+    assert parsed.dlq_url == "https://sqs.eu-west-1.amazonaws.com/123456789012/submissions-dlq"
+    assert parsed.metrics_port == Settings().metrics_port
+    (port,) = the_container(template)["PortMappings"]
+    assert port["ContainerPort"] == parsed.metrics_port
+
+
+class _Healthz(BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+class _Unhealthy(_Healthz):
+    status = 503
+
+
+@pytest.fixture
+def healthz_port(request: pytest.FixtureRequest) -> Iterator[int]:
+    handler: type[BaseHTTPRequestHandler] = request.param
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    ("healthz_port", "healthy"), [(_Healthz, True), (_Unhealthy, False)], indirect=["healthz_port"]
+)
+def test_health_check_probes_healthz(
+    template: dict[str, Any], healthz_port: int, healthy: bool
+) -> None:
+    """The container health check passes on a 200 from /healthz on METRICS_PORT, fails otherwise."""
+    check = the_container(template)["HealthCheck"]
+    kind, program, *args = check["Command"]
+    assert kind == "CMD"
+    assert program == "python", "the image has no curl"
+    env = {**os.environ, "METRICS_PORT": str(healthz_port)}
+    result = run([sys.executable, *args], env=env)
+    assert (result.returncode == 0) is healthy, result.stderr
+    assert check["Timeout"] < check["Interval"]
+    assert check["StartPeriod"] >= 30, "start-up checks the queue, DLQ and stream first"
+
+
+def test_logs_go_to_cloudwatch(template: dict[str, Any]) -> None:
+    """awslogs to the stack's log group (with retention), in this region, without blocking."""
+    logging = the_container(template)["LogConfiguration"]
+    assert logging["LogDriver"] == "awslogs"
+    options = logging["Options"]
+    assert options["awslogs-group"] == {"Ref": "LogGroup"}
+    assert options["awslogs-region"] == {"Ref": "AWS::Region"}
+    assert options["awslogs-stream-prefix"]
+    assert options["mode"] == "non-blocking"
+    assert resource(template, "LogGroup")["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    assert environment(template)["LOG_FORMAT"] == "json"
+
+
+def test_task_size_fits_the_benchmark(template: dict[str, Any]) -> None:
+    """Default task size: half a vCPU (the measured drain) and memory well above 116 MiB."""
+    parameters = template["Parameters"]
+    assert resource(template, "TaskDefinition")["Cpu"] == {"Ref": "TaskCpu"}
+    assert resource(template, "TaskDefinition")["Memory"] == {"Ref": "TaskMemory"}
+    assert parameters["TaskCpu"]["Default"] >= BENCH_CPU_UNITS
+    assert parameters["TaskMemory"]["Default"] >= 2 * BENCH_PEAK_RSS_MIB
+
+
+def evaluate_rule(condition: Any, values: dict[str, str]) -> bool:
+    """A CloudFormation rule assertion (Or/And/Not/Equals on parameters), evaluated."""
+    ((function, argument),) = condition.items()
+    if function == "Fn::Or":
+        return any(evaluate_rule(c, values) for c in argument)
+    if function == "Fn::And":
+        return all(evaluate_rule(c, values) for c in argument)
+    if function == "Fn::Not":
+        return not evaluate_rule(argument[0], values)
+    if function == "Fn::Equals":
+        left, right = (values[a["Ref"]] if isinstance(a, dict) else str(a) for a in argument)
+        return left == right
+    pytest.fail(f"unexpected rule function {function}")
+
+
+def test_task_size_rule_allows_only_fargate_sizes(template: dict[str, Any]) -> None:
+    """The template's rule accepts exactly the CPU/memory pairs Fargate offers, defaults included."""
+    parameters = template["Parameters"]
+    (assertion,) = template["Rules"]["FargateTaskSize"]["Assertions"]
+    for cpu in parameters["TaskCpu"]["AllowedValues"]:
+        for memory in parameters["TaskMemory"]["AllowedValues"]:
+            values = {"TaskCpu": str(cpu), "TaskMemory": str(memory)}
+            expected = memory in FARGATE_MEMORY[cpu]
+            assert evaluate_rule(assertion["Assert"], values) is expected, values
+    defaults = {name: str(parameters[name]["Default"]) for name in ("TaskCpu", "TaskMemory")}
+    assert evaluate_rule(assertion["Assert"], defaults)
+
+
+# === service and scaling ========================================================================
+
+
+def test_service_is_private_and_rolls_safely(template: dict[str, Any]) -> None:
+    """No public IP, HTTPS-only egress, new tasks before old ones stop, automatic rollback."""
+    service = resource(template, "Service")
+    assert service["LaunchType"] == "FARGATE"
+    network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED"
+    deployment = service["DeploymentConfiguration"]
+    assert deployment["MinimumHealthyPercent"] == 100
+    assert deployment["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+    group = resource(template, "TaskSecurityGroup")
+    rules = [(r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in group["SecurityGroupEgress"]]
+    assert rules == [("tcp", 443, 443)]
+    assert "SecurityGroupIngress" not in group
+    ingress = resource(template, "PrometheusIngress")
+    assert template["Resources"]["PrometheusIngress"]["Condition"] == "HasPrometheus"
+    assert ingress["FromPort"] == ingress["ToPort"] == Settings().metrics_port
+
+
+def test_scaling_tracks_backlog_per_task(template: dict[str, Any]) -> None:
+    """Target tracking on visible messages / running tasks, at the Kubernetes queueLength."""
+    target = resource(template, "ScalableTarget")
+    assert target["ScalableDimension"] == "ecs:service:DesiredCount"
+    assert target["MinCapacity"] == {"Ref": "MinTasks"}
+    assert target["MaxCapacity"] == {"Ref": "MaxTasks"}
+    policy = resource(template, "BacklogPerTaskScaling")
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert policy["ScalingTargetId"] == {"Ref": "ScalableTarget"}
+    config = policy["TargetTrackingScalingPolicyConfiguration"]
+    metrics = {m["Id"]: m for m in config["CustomizedMetricSpecification"]["Metrics"]}
+    returned = [m for m in metrics.values() if m.get("ReturnData")]
+    (result,) = returned
+    numerator, denominator = (part.strip() for part in result["Expression"].split("/"))
+    visible = metrics[numerator]["MetricStat"]["Metric"]
+    assert (visible["Namespace"], visible["MetricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+    assert visible["Dimensions"] == [{"Name": "QueueName", "Value": {"Ref": "QueueName"}}]
+    running = metrics[denominator]["MetricStat"]["Metric"]
+    assert (running["Namespace"], running["MetricName"]) == (
+        "ECS/ContainerInsights",
+        "RunningTaskCount",
+    )
+    assert {d["Name"]: d["Value"] for d in running["Dimensions"]} == {
+        "ClusterName": {"Ref": "ClusterName"},
+        "ServiceName": {"Fn::GetAtt": ["Service", "Name"]},
+    }
+    assert config["TargetValue"] == {"Ref": "BacklogPerTaskTarget"}
+    assert config["ScaleInCooldown"] > config["ScaleOutCooldown"]
+    scaled = yaml.safe_load(K8S_SCALEDOBJECT.read_text(encoding="utf-8"))
+    (trigger,) = scaled["spec"]["triggers"]
+    default = template["Parameters"]["BacklogPerTaskTarget"]["Default"]
+    assert default == int(trigger["metadata"]["queueLength"]), "same arithmetic as KEDA"
+    assert trigger["metadata"]["scaleOnInFlight"] == "false", "both count visible messages only"
