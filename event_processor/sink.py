@@ -12,8 +12,9 @@ per event is ordered but costs one round trip per event. The sink does better th
   where it is and the lane sits out a backoff (tenacity's exponential jitter), then rejoins
   the front of the ready queue. Only failed lanes wait: the others keep moving;
 * records in flight are bounded by a congestion window, as TCP bounds bytes in flight:
-  it halves on ProvisionedThroughputExceeded and grows back while requests go through, so
-  under throttling the sink settles at the shards' rate rather than retrying into it;
+  it is cut when most of a request comes back ProvisionedThroughputExceeded and grows back
+  while requests go through, so under throttling the sink settles at the shards' rate
+  rather than retrying into it;
 * requests take ready lanes up to Kinesis's 500 records / 5 MiB; full requests go at once,
   up to `max_requests` in flight, and a partial one only while fewer than
   PUT_PARTIAL_REQUESTS are out: meanwhile ready lanes pile up, so calls stay few and full
@@ -216,20 +217,21 @@ class KinesisSink:
             self._call_failed(exc)
             code = error_code(exc)
             retriable = is_retriable(exc)
-            self._adapt(len(batch), 0, code in THROTTLE_CODES, sent_at, window_limited)
+            throttled = len(batch) if code in THROTTLE_CODES else 0
+            self._adapt(len(batch), 0, throttled, sent_at, window_limited)
             for lane in batch:
                 self._metrics.put_records_failed.labels(code).inc()
                 self._retry_later(lane, code, retriable)
         else:
             self._call_succeeded()
-            throttled = False
+            throttled = 0
             accepted = len(batch) - response.get("FailedRecordCount", 0)
             for lane, result in zip(batch, response["Records"], strict=True):
                 failed = result.get("ErrorCode")
                 if failed is None:
                     self._acknowledged(lane)
                 else:
-                    throttled = throttled or failed in THROTTLE_CODES
+                    throttled += failed in THROTTLE_CODES
                     self._metrics.put_records_failed.labels(failed).inc()
                     self._retry_later(lane, failed, retriable=True)
             self._adapt(len(batch), accepted, throttled, sent_at, window_limited)
@@ -239,20 +241,23 @@ class KinesisSink:
             self._kick()
 
     def _adapt(
-        self, size: int, accepted: int, throttled: bool, sent_at: float, window_limited: bool
+        self, size: int, accepted: int, throttled: int, sent_at: float, window_limited: bool
     ) -> None:
         """A congestion window on records in flight, as TCP keeps one on bytes in flight.
 
-        On throttling, cut to what the shards just accepted (at most half the window), at
-        most once per round trip: requests sent before the last cut were sized by the old
-        window and say nothing new. Grow by half of what went through, but only when the
-        window was what held the request back: an idle sink proves nothing about capacity.
+        When most of a request was throttled, the shards are full: cut the window to what
+        they just accepted (at most half of it), at most once per round trip, since
+        requests sent before the last cut were sized by the old window and say nothing
+        new. A few throttled entries (a hot key, a blip) only stop the growth: their lanes
+        back off on their own and the rest keep the window. Grow by half of what went
+        through, and only when the window held the request back: an idle sink proves
+        nothing about capacity.
         """
-        if throttled:
+        if throttled * 2 >= size:
             if sent_at > self._last_cut:
                 self._window = max(1.0, min(self._window / 2, float(accepted)))
                 self._last_cut = time.monotonic()
-        elif window_limited:
+        elif not throttled and window_limited:
             self._window = min(self._max_window, self._window + size / 2)
 
     def _acknowledged(self, lane: Lane) -> None:
