@@ -11,24 +11,25 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from prometheus_client import CollectorRegistry
 
-from event_processor.metrics import Metrics
+from tests.static.support import (
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_DIR,
+    ROOT,
+    exported_metric_names,
+    load_yaml,
+    promql_metric_names,
+    run,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULE_TEST_DIR = PROMETHEUS_DIR / "tests"
 DOCS = ROOT / "docs" / "alerts.md"
 RUNBOOK_PREFIX = "docs/alerts.md#"
 SEVERITIES = {"warning", "critical"}
-PROMTOOL_TIMEOUT_S = 120
 INSTALL_HINT = "apt-get install prometheus"
 
 # Series the rules select that the daemon does not export; docs/alerts.md describes each.
@@ -54,12 +55,6 @@ def rule_test_files() -> list[Path]:
     files = sorted(RULE_TEST_DIR.glob("*.yml"))
     assert files, f"no promtool unit test in {RULE_TEST_DIR}"
     return files
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert isinstance(data, dict), f"{path} is not a mapping"
-    return data
 
 
 def alerting_rules() -> list[dict[str, Any]]:
@@ -88,68 +83,6 @@ def promtool() -> str:
             pytrace=False,
         )
     return path
-
-
-def run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, capture_output=True, text=True, timeout=PROMTOOL_TIMEOUT_S, check=False, cwd=ROOT
-    )
-
-
-# --- PromQL: the metric names an expression selects -------------------------------------------
-
-_PROMQL_KEYWORDS = {
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "inf",
-    "nan",
-    "atan2",
-}
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric names selected by a PromQL expression: every identifier not a function call,
-    keyword, label, number or duration."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', " ", expr)  # strings
-    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges, subqueries
-    text = re.sub(
-        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
-    )  # label lists
-    text = re.sub(r"(?<![\w.])(?:\d+(?:ms|[smhdwy]))+\b", " ", text)  # durations (offset 10m)
-    text = re.sub(r"(?<![\w.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)", " ", text)
-    names: set[str] = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-        is_call = re.match(r"\s*\(", text[match.end() :]) is not None
-        if not is_call and match.group().lower() not in _PROMQL_KEYWORDS:
-            names.add(match.group())
-    return names
-
-
-def exported_metric_names() -> set[str]:
-    """Every series name the daemon exports: counters as <name>_total, histograms as
-    _bucket/_sum/_count, gauges as their name."""
-    registry = CollectorRegistry()
-    Metrics(registry)
-    suffixes = {
-        "counter": ("_total",),
-        "gauge": ("",),
-        "histogram": ("_bucket", "_sum", "_count"),
-    }
-    names: set[str] = set()
-    for family in registry.collect():
-        assert family.type in suffixes, f"{family.name}: no rule for a {family.type}"
-        names.update(family.name + suffix for suffix in suffixes[family.type])
-    return names
 
 
 # --- docs/alerts.md --------------------------------------------------------------------------
@@ -193,13 +126,13 @@ def test_missing_promtool_fails_with_the_install_command(
 
 def test_rule_files_pass_promtool_check() -> None:
     """`promtool check rules` accepts every rule file (syntax, PromQL, templates, duplicates)."""
-    result = run([promtool(), "check", "rules", *map(str, rule_files())])
+    result = run([promtool(), "check", "rules", *map(str, rule_files())], cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_rules_pass_their_promtool_unit_tests() -> None:
     """`promtool test rules` passes every unit test in deploy/prometheus/tests/."""
-    result = run([promtool(), "test", "rules", *map(str, rule_test_files())])
+    result = run([promtool(), "test", "rules", *map(str, rule_test_files())], cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout, result.stdout
 

@@ -16,32 +16,37 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import tomllib
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from prometheus_client import CollectorRegistry
 
-from event_processor.config import Settings
 from event_processor.emulator import Emulator
-from event_processor.metrics import Metrics
+from tests.static.support import (
+    DOCKERFILE,
+    PROMETHEUS_CONFIG,
+    ROOT,
+    Healthz,
+    QuietHandler,
+    Unhealthy,
+    daemon_settings,
+    exported_metric_names,
+    load_yaml,
+    promql_metric_names,
+    run,
+    serve_http,
+    tool,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-# The venv's bin dir (not resolved: sys.executable may be a symlink out of the venv).
-BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
-DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 INIT_SCRIPT = ROOT / "localstack" / "ready.d" / "init-aws.sh"
-PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 CONDA_FILE = ROOT / "conda.yaml"
@@ -50,27 +55,6 @@ SERVICES = {"localstack", "sensor-fleet", "event-processor", "prometheus", "graf
 # Environment the daemon's service gets that botocore (or the fleet's localstack-client) reads,
 # not the daemon's Settings.
 NOT_SETTINGS = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LOCALSTACK_HOST"}
-# What a linter or the init hook may take at most.
-TOOL_TIMEOUT_S = 120
-
-
-def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False, **kwargs
-    )
-
-
-def tool(name: str, package: str) -> str:
-    """The path of a dev tool installed in this venv by a PyPI package."""
-    path = BIN / name
-    assert path.is_file(), f"{name} missing: it comes with the dev dependency {package}"
-    return str(path)
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert isinstance(data, dict), f"{path} is not a mapping"
-    return data
 
 
 @pytest.fixture(scope="module")
@@ -204,64 +188,6 @@ def dockerignore_excludes(path: str) -> bool:
         if any(regex.fullmatch(prefix) for prefix in prefixes):
             excluded = not negated
     return excluded
-
-
-# --- PromQL: the metric names an expression selects -------------------------------------------
-
-_PROMQL_KEYWORDS = {
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "inf",
-    "nan",
-    "atan2",
-}
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric names selected by a PromQL expression (Grafana's $variables allowed)."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', " ", expr)  # strings
-    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges, subqueries
-    text = re.sub(
-        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
-    )  # grouping label lists
-    text = re.sub(r"\$\{?\w+\}?", " ", text)  # Grafana variables
-    text = re.sub(r"(?<![\w.])(?:\d+(?:ms|[smhdwy]))+\b", " ", text)  # durations (offset 5m)
-    text = re.sub(r"(?<![\w.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)", " ", text)
-    names: set[str] = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
-        word = match.group()
-        is_call = re.match(r"\s*\(", text[match.end() :]) is not None
-        if not is_call and word.lower() not in _PROMQL_KEYWORDS:
-            names.add(word)
-    return names
-
-
-def exported_metric_names() -> set[str]:
-    """Every series name the daemon can export, labelled or not, from its own Metrics class."""
-    registry = CollectorRegistry()
-    Metrics(registry)
-    suffixes = {
-        "counter": ("_total", "_created"),
-        "gauge": ("",),
-        "histogram": ("_bucket", "_sum", "_count", "_created"),
-        "summary": ("", "_sum", "_count", "_created"),
-    }
-    names: set[str] = set()
-    for family in registry.collect():
-        # Families without samples yet (labelled metrics before their first .labels()) count too.
-        names.update(family.name + suffix for suffix in suffixes[family.type])
-        names.update(sample.name for sample in family.samples)
-    return names
 
 
 def dashboard_files() -> list[Path]:
@@ -497,7 +423,7 @@ def test_localstack_service(compose: dict[str, Any]) -> None:
     assert defaults["MAX_RECEIVE_COUNT"] == "5"
 
 
-class _FakeLocalStack(BaseHTTPRequestHandler):
+class _FakeLocalStack(QuietHandler):
     """/_localstack/health, and /_localstack/init/ready answering `init_ready`."""
 
     init_ready: ClassVar[dict[str, Any]] = {}
@@ -512,9 +438,6 @@ class _FakeLocalStack(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(json.dumps(body).encode())
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
 
 
 def _init_state(completed: bool, state: str) -> dict[str, Any]:
@@ -540,18 +463,10 @@ def test_localstack_healthcheck_waits_for_the_init_hook(
     kind, command = service(compose, "localstack")["healthcheck"]["test"]
     assert kind == "CMD-SHELL"
     handler = type("Handler", (_FakeLocalStack,), {"init_ready": init_ready})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(handler) as port:
         # As the container's shell gets it: $$ unescaped, LocalStack on our port.
-        port = server.server_address[1]
         script = command.replace("$$", "$").replace("localhost:4566", f"127.0.0.1:{port}")
         result = run(["sh", "-c", script])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert (result.returncode == 0) is healthy, result.stdout + result.stderr
 
 
@@ -579,12 +494,8 @@ def test_event_processor_service(compose: dict[str, Any]) -> None:
 def test_event_processor_environment_is_valid_settings(compose: dict[str, Any]) -> None:
     """Every daemon setting in compose is a real setting, and the values validate."""
     env = environment(service(compose, "event-processor"))
-    field_names = set(Settings.model_fields) | {"aws_default_region"}
-    settings = {k.lower(): v for k, v in env.items() if k not in NOT_SETTINGS}
-    unknown = set(settings) - field_names
-    assert not unknown, f"not daemon settings: {sorted(unknown)}"
-    settings.pop("aws_default_region", None)  # an alias of aws_region, which is also set
-    parsed = Settings.model_validate(settings)
+    # aws_default_region: an alias of aws_region, which is also set.
+    parsed = daemon_settings(env, not_settings=NOT_SETTINGS, aliases={"aws_default_region"})
     assert parsed.metrics_port == 9100
 
 
@@ -715,38 +626,16 @@ def test_dockerfile_runtime_stage() -> None:
     assert json.loads(single(stage, "CMD")) == ["event-processor", "run"]
 
 
-class _Healthz(BaseHTTPRequestHandler):
-    status = 200
-
-    def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/healthz" else 404)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-
-class _Unhealthy(_Healthz):
-    status = 503
-
-
-@pytest.mark.parametrize(("handler", "healthy"), [(_Healthz, True), (_Unhealthy, False)])
+@pytest.mark.parametrize(("handler", "healthy"), [(Healthz, True), (Unhealthy, False)])
 def test_dockerfile_healthcheck_probes_healthz(
     handler: type[BaseHTTPRequestHandler], healthy: bool
 ) -> None:
     """The image's HEALTHCHECK succeeds on a 200 from /healthz on METRICS_PORT, fails otherwise."""
     command = healthcheck_command()
     assert command[0] == "python"
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        env = {**os.environ, "METRICS_PORT": str(server.server_address[1])}
+    with serve_http(handler) as port:
+        env = {**os.environ, "METRICS_PORT": str(port)}
         result = run([sys.executable, *command[1:]], env=env)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert (result.returncode == 0) is healthy, result.stderr
 
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +21,31 @@ import pytest
 import yaml
 
 from event_processor.config import Settings
+from tests.static.support import (
+    BENCH_PEAK_RSS_MIB,
+    CONTAINER_TMP,
+    DEPLOYMENT_DOC,
+    ROOT,
+    Healthz,
+    Unhealthy,
+    checkov_config_skips,
+    checkov_failures,
+    checkov_json,
+    daemon_settings,
+    image_user,
+    load_yaml,
+    run,
+    serve_http,
+    tool,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-# The venv's bin dir (not resolved: sys.executable may be a symlink out of the venv).
-BIN = Path(sys.executable).parent
 ECS_DIR = ROOT / "deploy" / "ecs"
 TEMPLATE = ECS_DIR / "event-processor.yaml"
 CHECKOV_CONFIG = ECS_DIR / ".checkov.yaml"
 K8S_SCALEDOBJECT = ROOT / "deploy" / "kubernetes" / "base" / "scaledobject.yaml"
-DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
-DOCKERFILE = ROOT / "Dockerfile"
 PACKAGE_DIR = ROOT / "event_processor"
-TOOL_TIMEOUT_S = 120
-CHECKOV_PIN = "checkov==3.3.30"
 # cfn-lint checks the resource specification of each region named here.
 LINT_REGIONS = ("us-east-1", "eu-west-1")
-# The container's scratch directory (inside the task, not on this machine).
-CONTAINER_TMP = "/tmp"  # noqa: S108
 # Fargate's ceiling for stopTimeout.
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 # Fargate's task sizes: memory (MiB) allowed with each CPU value the template offers.
@@ -48,8 +54,8 @@ FARGATE_MEMORY = {
     512: set(range(1024, 4097, 1024)),
     1024: set(range(2048, 8193, 1024)),
 }
-# `make bench`: peak RSS 116 MiB, about half a core while draining at ~4,000 events/s.
-BENCH_PEAK_RSS_MIB = 116
+# `make bench`: about half a core while draining at ~4,000 events/s (peak RSS: support's
+# BENCH_PEAK_RSS_MIB).
 BENCH_CPU_UNITS = 512
 
 # The daemon's modules that call AWS, and the service of the client each one holds as
@@ -89,37 +95,6 @@ PSEUDO = {
     "AWS::Partition": "aws",
     "AWS::URLSuffix": "amazonaws.com",
 }
-
-
-def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False, **kwargs
-    )
-
-
-def tool(name: str, package: str) -> str:
-    """The path of a dev tool installed in this venv by a PyPI package."""
-    path = BIN / name
-    assert path.is_file(), f"{name} missing: it comes with the dev dependency {package}"
-    return str(path)
-
-
-def checkov() -> str:
-    """checkov's executable: $CHECKOV, else the tools venv .venv-tools/, else this venv.
-
-    checkov pins boto3==1.35.49 (so botocore<1.36) and packaging<24, which aiobotocore's
-    botocore pin and this project's dev dependencies exclude: it lives in a venv of its own.
-    """
-    candidates = [os.environ.get("CHECKOV"), ROOT / ".venv-tools" / "bin" / "checkov"]
-    candidates.append(BIN / "checkov")
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
-    pytest.fail(
-        f"checkov missing: install the PyPI package {CHECKOV_PIN} in its own venv "
-        "(python3.11 -m venv .venv-tools && .venv-tools/bin/pip install "
-        f"'{CHECKOV_PIN}'), or point $CHECKOV at a checkov executable"
-    )
 
 
 # --- CloudFormation YAML -----------------------------------------------------------------------
@@ -247,21 +222,13 @@ def test_cfn_lint_rejects_a_misspelled_property(tmp_path: Path) -> None:
 
 def test_checkov_passes_on_the_template() -> None:
     """checkov finds nothing on the template, with no skip beyond those the docs justify."""
-    args = ["--config-file", str(CHECKOV_CONFIG), "-f", str(TEMPLATE), "--output", "json"]
-    result = run([checkov(), *args, "--compact", "--skip-download"], cwd=ECS_DIR)
-    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
-    report = json.loads(result.stdout)
+    report = checkov_json(CHECKOV_CONFIG, TEMPLATE)
     assert isinstance(report, dict), "one framework: cloudformation"
     assert report["check_type"] == "cloudformation"
-    failed = [
-        f"{c['check_id']} {c['check_name']}: {c['resource']}"
-        for c in report["results"]["failed_checks"]
-    ]
-    assert not failed
+    assert not checkov_failures(report)
     assert report["summary"]["parsing_errors"] == 0
     assert report["summary"]["passed"] > 10
-    config = yaml.safe_load(CHECKOV_CONFIG.read_text(encoding="utf-8"))
-    skips = set(config.get("skip-check") or [])
+    skips = checkov_config_skips(CHECKOV_CONFIG)
     skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
     assert skipped <= skips
     text = DEPLOYMENT_DOC.read_text(encoding="utf-8")
@@ -336,8 +303,7 @@ def test_container_stops_after_the_drain(template: dict[str, Any]) -> None:
 def test_container_is_locked_down(template: dict[str, Any]) -> None:
     """The image's non-root uid, read-only root with a scratch /tmp, no capabilities."""
     spec = the_container(template)
-    users = re.findall(r"^USER\s+(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.M)
-    assert spec["User"] == users[-1]
+    assert spec["User"] == image_user()
     assert not spec["User"].startswith(("0", "root"))
     assert spec["ReadonlyRootFilesystem"] is True
     assert spec["LinuxParameters"]["Capabilities"] == {"Drop": ["ALL"]}
@@ -350,11 +316,7 @@ def test_container_is_locked_down(template: dict[str, Any]) -> None:
 
 def test_container_environment_is_valid_settings(template: dict[str, Any]) -> None:
     """Every variable is a daemon setting; the values validate; the port is the one served."""
-    env = environment(template)
-    settings = {k.lower(): v for k, v in env.items()}
-    unknown = set(settings) - set(Settings.model_fields)
-    assert not unknown, f"not daemon settings: {sorted(unknown)}"
-    parsed = Settings.model_validate(settings)
+    parsed = daemon_settings(environment(template))
     assert parsed.queue_url == "https://sqs.eu-west-1.amazonaws.com/123456789012/submissions"
     assert parsed.dlq_url == "https://sqs.eu-west-1.amazonaws.com/123456789012/submissions-dlq"
     assert parsed.metrics_port == Settings().metrics_port
@@ -362,37 +324,15 @@ def test_container_environment_is_valid_settings(template: dict[str, Any]) -> No
     assert port["ContainerPort"] == parsed.metrics_port
 
 
-class _Healthz(BaseHTTPRequestHandler):
-    status = 200
-
-    def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/healthz" else 404)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet."""
-
-
-class _Unhealthy(_Healthz):
-    status = 503
-
-
 @pytest.fixture
 def healthz_port(request: pytest.FixtureRequest) -> Iterator[int]:
     handler: type[BaseHTTPRequestHandler] = request.param
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_http(handler) as port:
+        yield port
 
 
 @pytest.mark.parametrize(
-    ("healthz_port", "healthy"), [(_Healthz, True), (_Unhealthy, False)], indirect=["healthz_port"]
+    ("healthz_port", "healthy"), [(Healthz, True), (Unhealthy, False)], indirect=["healthz_port"]
 )
 def test_health_check_probes_healthz(
     template: dict[str, Any], healthz_port: int, healthy: bool
@@ -511,7 +451,7 @@ def test_scaling_tracks_backlog_per_task(template: dict[str, Any]) -> None:
     }
     assert config["TargetValue"] == {"Ref": "BacklogPerTaskTarget"}
     assert config["ScaleInCooldown"] > config["ScaleOutCooldown"]
-    scaled = yaml.safe_load(K8S_SCALEDOBJECT.read_text(encoding="utf-8"))
+    scaled = load_yaml(K8S_SCALEDOBJECT)
     (trigger,) = scaled["spec"]["triggers"]
     default = template["Parameters"]["BacklogPerTaskTarget"]["Default"]
     assert default == int(trigger["metadata"]["queueLength"]), "same arithmetic as KEDA"

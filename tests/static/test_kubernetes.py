@@ -13,10 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,96 +26,52 @@ from prometheus_client import CollectorRegistry
 
 from event_processor.config import Settings
 from event_processor.http import make_app
+from tests.static.support import (
+    BENCH_PEAK_RSS_MIB,
+    CONTAINER_TMP,
+    DEPLOYMENT_DOC,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_DIR,
+    ROOT,
+    checkov_config_skips,
+    checkov_failures,
+    checkov_json,
+    daemon_settings,
+    image_user,
+    load_yaml,
+    run,
+    tool,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-# The venv's bin dir (not resolved: sys.executable may be a symlink out of the venv).
-BIN = Path(sys.executable).parent
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("local", "aws")
 SCHEMA_DIR = K8S_DIR / "schemas"
 CHECKOV_CONFIG = K8S_DIR / ".checkov.yaml"
-DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
-DOCKERFILE = ROOT / "Dockerfile"
-PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
-TOOL_TIMEOUT_S = 120
+ALERT_RULES = PROMETHEUS_DIR / "alerts.yml"
 
 NAME = "event-processor"
 NAMESPACE = "event-processor"
 # API groups of custom resources: kubernetes-validate has no schema for them, ours do.
 CUSTOM_GROUPS = {"keda.sh", "monitoring.coreos.com"}
 CLUSTER_SCOPED = {"Namespace"}
-# The container's scratch directory (inside the pod, not on this machine).
-CONTAINER_TMP = "/tmp"  # noqa: S108
 # Environment the ConfigMap may carry that botocore reads, not the daemon's Settings.
 NOT_SETTINGS = {"AWS_ENDPOINT_URL"}
 
 # `make bench` (README "How does it scale?", bench/): one daemon drained 1,000 submissions
-# (7,744 events) in ~2 s with 10 ms per AWS call, using ~1 s of CPU, peak RSS 116 MiB.
+# (7,744 events) in ~2 s with 10 ms per AWS call, using ~1 s of CPU (peak RSS: support's
+# BENCH_PEAK_RSS_MIB).
 BENCH_SUBMISSIONS = 1000
 BENCH_SECONDS = 2.0
-BENCH_PEAK_RSS_MIB = 116
 BENCH_CPU_CORES = 0.5
-# CHECKOV overrides where checkov lives; see checkov().
-CHECKOV_PIN = "checkov==3.3.30"
-
-
-def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False, **kwargs
-    )
-
-
-def tool(name: str, package: str) -> str:
-    """The path of a dev tool installed in this venv by a PyPI package."""
-    path = BIN / name
-    assert path.is_file(), f"{name} missing: it comes with the dev dependency {package}"
-    return str(path)
-
-
-def checkov() -> str:
-    """checkov's executable: $CHECKOV, else the tools venv .venv-tools/, else this venv.
-
-    checkov pins boto3==1.35.49 (so botocore<1.36) and packaging<24, which aiobotocore's
-    botocore pin and this project's dev dependencies exclude: it lives in a venv of its own.
-    """
-    candidates = [os.environ.get("CHECKOV"), ROOT / ".venv-tools" / "bin" / "checkov"]
-    candidates.append(BIN / "checkov")
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
-    pytest.fail(
-        f"checkov missing: install the PyPI package {CHECKOV_PIN} in its own venv "
-        "(python3.11 -m venv .venv-tools && .venv-tools/bin/pip install "
-        f"'{CHECKOV_PIN}'), or point $CHECKOV at a checkov executable"
-    )
 
 
 def run_checkov(config: Path, directory: Path) -> dict[str, Any]:
     """checkov's JSON report on the files in `directory`, with `config`."""
-    args = ["--config-file", str(config), "-d", str(directory), "--output", "json"]
-    result = run([checkov(), *args, "--compact", "--skip-download"], cwd=directory)
-    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
-    report = json.loads(result.stdout)
+    report = checkov_json(config, directory)
     reports = report if isinstance(report, list) else [report]
     assert len(reports) == 1, [r.get("check_type") for r in reports]
     assert isinstance(reports[0], dict)
     return reports[0]
-
-
-def checkov_failures(report: dict[str, Any]) -> list[str]:
-    return [
-        f"{c['check_id']} {c['check_name']}: {c['resource']} ({c['file_path']})"
-        for c in report["results"]["failed_checks"]
-    ]
-
-
-def checkov_config_skips(config: Path) -> set[str]:
-    data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    assert isinstance(data, dict)
-    skips = data.get("skip-check") or []
-    assert isinstance(skips, list)
-    return {str(skip) for skip in skips}
 
 
 def doc_section(heading: str) -> str:
@@ -228,9 +181,9 @@ def cpu_cores(quantity: str) -> float:
 
 
 def image_uid() -> int:
-    users = re.findall(r"^USER\s+(\d+)", DOCKERFILE.read_text(encoding="utf-8"), re.M)
-    assert users, "the Dockerfile sets a numeric USER"
-    return int(users[-1])
+    uid = image_user().partition(":")[0]
+    assert uid.isdigit(), "the Dockerfile sets a numeric USER"
+    return int(uid)
 
 
 def sqs_trigger(render: Render) -> dict[str, Any]:
@@ -460,8 +413,7 @@ def test_prometheus_scrapes_what_the_daemon_serves(
 
 def test_podmonitor_job_matches_the_alert_rules(renders: dict[str, Render]) -> None:
     """The PodMonitor's job name is the scrape job the alert rules and prometheus.yml use."""
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
-    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    jobs = {job["job_name"] for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
     assert NAME in jobs
     assert f'up{{job="{NAME}"}}' in ALERT_RULES.read_text(encoding="utf-8")
     for render in renders.values():
@@ -486,11 +438,7 @@ def test_termination_grace_covers_the_drain(renders: dict[str, Render], overlay:
 def test_config_is_valid_daemon_settings(renders: dict[str, Render], overlay: str) -> None:
     """Every ConfigMap key is a daemon setting (or botocore's endpoint) and the values validate."""
     render = renders[overlay]
-    config = render.config()
-    settings = {k.lower(): v for k, v in config.items() if k not in NOT_SETTINGS}
-    unknown = set(settings) - set(Settings.model_fields)
-    assert not unknown, f"not daemon settings: {sorted(unknown)}"
-    parsed = Settings.model_validate(settings)
+    parsed = daemon_settings(render.config(), not_settings=NOT_SETTINGS)
     assert parsed.queue_url, "KEDA watches QUEUE_URL: set it, not only QUEUE_NAME"
     assert parsed.dlq_url
     (env_from,) = [e for e in container(render)["envFrom"] if "configMapRef" in e]

@@ -1,0 +1,234 @@
+"""Helpers the static checks of the deploy files share: paths, tools run as subprocesses, YAML,
+a loopback HTTP server, checkov, the daemon's settings and the metric names PromQL may select."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from event_processor.config import Settings
+from event_processor.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+# The venv's bin dir (not resolved: sys.executable may be a symlink out of the venv).
+BIN = Path(sys.executable).parent
+DOCKERFILE = ROOT / "Dockerfile"
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
+# The container's scratch directory (inside the pod or task, not on this machine).
+CONTAINER_TMP = "/tmp"  # noqa: S108
+# `make bench` (README "How does it scale?", bench/): one daemon's peak RSS while draining.
+BENCH_PEAK_RSS_MIB = 116
+# What a linter, promtool, checkov or the init hook may take at most.
+TOOL_TIMEOUT_S = 120
+# CHECKOV overrides where checkov lives; see checkov().
+CHECKOV_PIN = "checkov==3.3.30"
+
+
+def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion with its output captured, so a test can show it on failure;
+    never hangs the suite (TOOL_TIMEOUT_S) and never raises on a non-zero exit."""
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False, **kwargs
+    )
+
+
+def tool(name: str, package: str) -> str:
+    """The path of a dev tool installed in this venv by a PyPI package; a missing one fails the
+    test naming the package, rather than running whatever is on PATH."""
+    path = BIN / name
+    assert path.is_file(), f"{name} missing: it comes with the dev dependency {package}"
+    return str(path)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file that must be a mapping (every config file checked here is one)."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), f"{path} is not a mapping"
+    return data
+
+
+def image_user() -> str:
+    """The user the image runs as (the Dockerfile's last USER), which the manifests must match."""
+    users = re.findall(r"^USER\s+(\S+)", DOCKERFILE.read_text(encoding="utf-8"), re.M)
+    assert users, "the Dockerfile sets a USER"
+    return str(users[-1])
+
+
+def daemon_settings(
+    env: Mapping[str, str], *, not_settings: Collection[str] = (), aliases: Collection[str] = ()
+) -> Settings:
+    """`env` (a deploy file's environment) parsed as the daemon's Settings.
+
+    Every variable but `not_settings` (read by botocore and the like) must be a setting, named
+    in the failure; `aliases` are accepted alternative names, dropped before validating.
+    """
+    settings = {k.lower(): v for k, v in env.items() if k not in not_settings}
+    unknown = set(settings) - set(Settings.model_fields) - set(aliases)
+    assert not unknown, f"not daemon settings: {sorted(unknown)}"
+    for alias in aliases:
+        settings.pop(alias, None)
+    return Settings.model_validate(settings)
+
+
+# --- a loopback HTTP server, for the health checks ---------------------------------------------
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output free of access logs."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+class Healthz(QuietHandler):
+    """A daemon whose /healthz answers `status` (200: healthy); any other path is a 404."""
+
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status if self.path == "/healthz" else 404)
+        self.end_headers()
+
+
+class Unhealthy(Healthz):
+    """A daemon whose /healthz answers 503."""
+
+    status = 503
+
+
+@contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """`handler` served on a free loopback port (yielded) in a thread, so a health check command
+    can be run against it; the server is shut down and joined on exit."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# --- checkov ----------------------------------------------------------------------------------
+
+
+def checkov() -> str:
+    """checkov's executable: $CHECKOV, else the tools venv .venv-tools/, else this venv.
+
+    checkov pins boto3==1.35.49 (so botocore<1.36) and packaging<24, which aiobotocore's
+    botocore pin and this project's dev dependencies exclude: it lives in a venv of its own.
+    """
+    candidates = [os.environ.get("CHECKOV"), ROOT / ".venv-tools" / "bin" / "checkov"]
+    candidates.append(BIN / "checkov")
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    pytest.fail(
+        f"checkov missing: install the PyPI package {CHECKOV_PIN} in its own venv "
+        "(python3.11 -m venv .venv-tools && .venv-tools/bin/pip install "
+        f"'{CHECKOV_PIN}'), or point $CHECKOV at a checkov executable"
+    )
+
+
+def checkov_json(config: Path, target: Path) -> Any:
+    """checkov's parsed JSON report on `target`, a file or a directory of files, with `config`;
+    exit 1 (findings) is a finished run too, the report says what was found."""
+    scope, cwd = ("-d", target) if target.is_dir() else ("-f", target.parent)
+    args = ["--config-file", str(config), scope, str(target), "--output", "json"]
+    result = run([checkov(), *args, "--compact", "--skip-download"], cwd=cwd)
+    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def checkov_failures(report: dict[str, Any]) -> list[str]:
+    """The failed checks of a report, one readable line each, for an assertion message."""
+    return [
+        f"{c['check_id']} {c['check_name']}: {c['resource']} ({c['file_path']})"
+        for c in report["results"]["failed_checks"]
+    ]
+
+
+def checkov_config_skips(config: Path) -> set[str]:
+    """The check ids a checkov config file skips, each of which the docs must justify."""
+    skips = load_yaml(config).get("skip-check") or []
+    assert isinstance(skips, list)
+    return {str(skip) for skip in skips}
+
+
+# --- PromQL: the metric names an expression selects -------------------------------------------
+
+_PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+    "atan2",
+}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names selected by a PromQL expression (alert rule or Grafana query): every
+    identifier not a function call, keyword, label, number, duration or Grafana $variable."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', " ", expr)  # strings
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges, subqueries
+    text = re.sub(
+        r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
+    )  # grouping label lists
+    text = re.sub(r"\$\{?\w+\}?", " ", text)  # Grafana variables
+    text = re.sub(r"(?<![\w.])(?:\d+(?:ms|[smhdwy]))+\b", " ", text)  # durations (offset 5m)
+    text = re.sub(r"(?<![\w.])(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)", " ", text)
+    names: set[str] = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        word = match.group()
+        is_call = re.match(r"\s*\(", text[match.end() :]) is not None
+        if not is_call and word.lower() not in _PROMQL_KEYWORDS:
+            names.add(word)
+    return names
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the daemon can export, labelled or not, from its own Metrics class:
+    counters as <name>_total (and _created), histograms as _bucket/_sum/_count (and _created),
+    gauges as their name; what a dashboard or rule may select."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("", "_sum", "_count", "_created"),
+    }
+    names: set[str] = set()
+    for family in registry.collect():
+        assert family.type in suffixes, f"{family.name}: no rule for a {family.type}"
+        # Families without samples yet (labelled metrics before their first .labels()) count too.
+        names.update(family.name + suffix for suffix in suffixes[family.type])
+        names.update(sample.name for sample in family.samples)
+    return names
