@@ -187,3 +187,54 @@ async def test_empty_publish_resolves_at_once() -> None:
     sink, _ = make_sink(client)
     await sink.publish([])
     assert client.requests == []
+
+
+class CappedKinesis(FakeKinesis):
+    """Accepts at most `capacity` records per call and throttles the rest, like a full shard."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.throttled = 0
+
+    async def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        self.requests.append(Records)
+        results: list[dict[str, Any]] = []
+        for i, entry in enumerate(Records):
+            if i < self.capacity:
+                self.stored.append((entry["PartitionKey"], entry["Data"]))
+                results.append({"SequenceNumber": str(len(self.stored)), "ShardId": "shardId-0"})
+            else:
+                self.throttled += 1
+                results.append(
+                    {"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "x"}
+                )
+        return {"FailedRecordCount": sum("ErrorCode" in r for r in results), "Records": results}
+
+
+async def test_congestion_window_shrinks_to_the_capacity_and_bounds_retries() -> None:
+    """Under a hard per-call cap, requests shrink to about the cap instead of re-sending 500s."""
+    client = CappedKinesis(capacity=20)
+    sink, _ = make_sink(
+        client, max_requests=1, policy=RetryPolicy(initial_s=0.0, max_backoff_s=0.0)
+    )
+    await asyncio.gather(*(sink.publish(records(f"l{n}", 3)) for n in range(400)))
+    assert sequences_by_lane(client.stored) == {f"l{n}": [0, 1, 2] for n in range(400)}
+    later = client.requests[len(client.requests) // 2 :]
+    assert max(len(r) for r in later) <= 2 * client.capacity
+    # Without the window every request would carry up to 500 records and 480 would fail,
+    # some 28,000 in all; with it, fewer than one retry per record (a minority of a request
+    # throttled holds the window rather than cutting it, so some overshoot remains).
+    assert client.throttled < 1200
+
+
+async def test_a_few_throttled_entries_do_not_collapse_the_window() -> None:
+    """A minority of throttled entries (a hot key) leaves request sizes alone."""
+    client = FakeKinesis(entry_failure_rate=0.1)
+    sink, _ = make_sink(client, max_requests=1)
+    client.gate = asyncio.Event()
+    futures = [sink.publish(records(f"l{n}", 2)) for n in range(1000)]
+    await asyncio.sleep(0)
+    client.gate.set()
+    await asyncio.gather(*futures)
+    assert max(len(r) for r in client.requests[1:4]) == 500
