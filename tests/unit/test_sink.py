@@ -222,9 +222,9 @@ async def test_congestion_window_shrinks_to_the_capacity_and_bounds_retries() ->
     assert sequences_by_lane(client.stored) == {f"l{n}": [0, 1, 2] for n in range(400)}
     later = client.requests[len(client.requests) // 2 :]
     assert max(len(r) for r in later) <= 2 * client.capacity
-    # Without the window every request would carry up to 500 records and 480 would fail,
-    # some 28,000 in all; with it, fewer than one retry per record (a minority of a request
-    # throttled holds the window rather than cutting it, so some overshoot remains).
+    # With the window disabled this run throttles 3,800 entries (every request carries all
+    # ready lanes); with it 930: fewer than one retry per record. A minority of a request
+    # throttled holds the window rather than cutting it, so some overshoot remains.
     assert client.throttled < 1200
 
 
