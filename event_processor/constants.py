@@ -10,8 +10,6 @@ KINESIS_MAX_RECORD_BYTES = 1024 * 1024
 # A PutRecords request that is not full is sent only while fewer than this many requests
 # are in flight; full ones go at once. Most of the client's CPU is per call, not per record.
 PUT_PARTIAL_REQUESTS = 1
-# Partition keys are 1-256 Unicode characters; UUIDs are 36.
-KINESIS_MAX_PARTITION_KEY_CHARS = 256
 
 # --- SQS limits ---
 # Receive, delete, change-visibility and send batches hold at most 10 entries.
