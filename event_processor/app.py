@@ -131,11 +131,22 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
 
         metrics_port = 0
         if settings.metrics_port:
-            runner, metrics_port = await http.serve(
-                http.make_app(hooks.registry, lambda: worker.ready),
-                settings.metrics_host,
-                settings.metrics_port,
-            )
+            try:
+                runner, metrics_port = await http.serve(
+                    http.make_app(hooks.registry, lambda: worker.ready),
+                    settings.metrics_host,
+                    settings.metrics_port,
+                )
+            except OSError as exc:  # the port is taken (node_exporter also likes 9100)
+                log.error(  # noqa: TRY400 - the OS's reason is the whole story
+                    "start-up failed: cannot serve metrics",
+                    extra={
+                        "action": "startup_failed",
+                        "error": str(exc),
+                        "metrics_port": settings.metrics_port,
+                    },
+                )
+                return EXIT_STARTUP_FAILED
             stack.push_async_callback(runner.cleanup)
         if hooks.install_signals:
             signals.install(worker.stop, worker.force)

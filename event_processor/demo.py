@@ -13,10 +13,11 @@ import contextlib
 import math
 import os
 import random
+import socket
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 import boto3
@@ -165,6 +166,12 @@ async def _fleet(
                     await stop.wait()
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _credentials() -> None:
     # Emulators take any credentials; the SDK still wants some. Real ones are left alone.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY_ID)
@@ -280,6 +287,13 @@ async def _run(world: World, sqs: Any, kinesis: Any, options: DemoOptions, conso
     )
     registry = CollectorRegistry()
     daemon, worker = await _start_daemon(settings, registry)
+    if worker is None and options.metrics_port:
+        # Most likely the metrics port is taken (node_exporter uses 9100 too): the demo
+        # does not need that port, so it takes any free one rather than failing.
+        settings = settings.model_copy(update={"metrics_port": _free_port()})
+        options = replace(options, metrics_port=settings.metrics_port)
+        registry = CollectorRegistry()  # the failed start registered its metrics already
+        daemon, worker = await _start_daemon(settings, registry)
     if worker is None:
         console.print(f"the daemon did not start (exit {daemon.result()})")
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -90,3 +91,20 @@ def test_invalid_setting_exit_code(emulator: Emulator, world: World) -> None:
     )
     assert result.returncode == 2
     assert b"BATCH_SIZE" in result.stderr
+
+
+def test_busy_metrics_port_is_a_startup_failure(emulator: Emulator, world: World) -> None:
+    """A metrics port already taken stops start-up with exit code 3 and says why."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "event_processor", "run"],
+            env=cli_env(emulator, world, METRICS_PORT=str(port), METRICS_HOST="127.0.0.1"),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 3
+    assert b"cannot serve metrics" in result.stderr

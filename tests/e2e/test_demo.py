@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -41,3 +42,15 @@ def test_demo_against_an_existing_endpoint_twice(emulator: Emulator) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "RESULT: PASS" in result.stdout
         assert emulator.endpoint_url in result.stdout
+
+
+def test_demo_takes_another_port_when_9100_is_busy() -> None:
+    """With the metrics port taken (node_exporter's 9100, say), the demo still runs and passes."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = demo("--duration", "2", "--metrics-port", str(port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RESULT: PASS" in result.stdout
+    assert f"127.0.0.1:{port}/metrics" not in result.stdout
