@@ -22,6 +22,8 @@ EXIT_USAGE = 2
 
 
 def _env_names(name: str) -> str:
+    if name == "endpoint_url":
+        return "AWS_ENDPOINT_URL, read by botocore"
     field = Settings.model_fields[name]
     alias = field.validation_alias
     choices = getattr(alias, "choices", None)

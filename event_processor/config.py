@@ -8,10 +8,16 @@ them all, as it does in the AWS CLI.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from event_processor import constants
 from event_processor.models import PartitionKey
@@ -29,8 +35,33 @@ class LogLevel(StrEnum):
     ERROR = "ERROR"
 
 
+# Settings that come from flags (or code) only. endpoint_url's environment variables are
+# botocore's own (AWS_ENDPOINT_URL and the per-service ones); reading an ENDPOINT_URL of
+# our own would invent a setting that AWS tooling does not know.
+_FLAG_ONLY = frozenset({"endpoint_url"})
+
+
+class _EnvSource(EnvSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in _FLAG_ONLY:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
 class Settings(BaseSettings):
     """Every knob of the daemon. Field descriptions become the CLI's --help."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags (init) win over the environment; no .env file or secrets directory.
+        return init_settings, _EnvSource(settings_cls)
 
     model_config = SettingsConfigDict(
         case_sensitive=False, extra="forbid", frozen=True, use_enum_values=False
@@ -39,9 +70,8 @@ class Settings(BaseSettings):
     endpoint_url: Annotated[
         str | None,
         Field(
-            description="AWS endpoint for every service (else botocore reads AWS_ENDPOINT_URL)",
-            # Not bound to AWS_ENDPOINT_URL on purpose: see the module docstring.
-            validation_alias=AliasChoices("endpoint_url"),
+            description="AWS endpoint for every service, over botocore's own variables "
+            "(AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_SQS, ..._KINESIS)",
         ),
     ] = None
     aws_region: Annotated[

@@ -85,3 +85,10 @@ def test_unknown_flag_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main(["run", "--no-such-flag", "1"])
     assert exit_.value.code == 2
+
+
+def test_no_endpoint_variable_of_our_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint comes from the flag or from botocore's AWS_ENDPOINT_URL, never ENDPOINT_URL."""
+    monkeypatch.setenv("ENDPOINT_URL", "http://invented:1")
+    assert Settings().endpoint_url is None
+    assert cli.load_settings({"endpoint_url": "http://flag:2"}).endpoint_url == "http://flag:2"
