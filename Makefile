@@ -15,6 +15,11 @@ CHECKOV := checkov==3.3.30
 install: $(STAMP)
 
 tools: $(TOOLS_STAMP)
+	@# promtool runs the alert rules' unit tests; it ships in Debian's prometheus package.
+	@# Installing it needs root (as in CI); elsewhere the rule tests fail and say how to get it.
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
+		echo "warning: promtool is missing and could not be installed (apt-get install prometheus)"
 
 $(TOOLS_STAMP): Makefile
 	$(PY) -m venv $(TOOLS_VENV)
