@@ -14,7 +14,6 @@ import platform
 import random
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from event_processor.emulator import Emulator, World, queue_depth, read_stream
+from event_processor.emulator import Emulator, World, free_port, queue_depth, read_stream
 from event_processor.faultproxy import FaultProxy
 from event_processor.models import PartitionKey, Submission, build_records, parse_submission
 from event_processor.verify import decode_records, expected_sequences, verify
@@ -66,12 +65,6 @@ def load(emulator: Emulator, world: World, bodies: list[str]) -> None:
             QueueUrl=world.queue_url,
             Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _self_cpu() -> float:

@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import random
-import socket
 import sys
 import time
 from collections import deque
@@ -35,6 +34,7 @@ from event_processor.emulator import (
     Emulator,
     World,
     create_world,
+    free_port,
     queue_depth,
     read_stream,
 )
@@ -166,12 +166,6 @@ async def _fleet(
                     await stop.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _credentials() -> None:
     # Emulators take any credentials; the SDK still wants some. Real ones are left alone.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY_ID)
@@ -290,7 +284,7 @@ async def _run(world: World, sqs: Any, kinesis: Any, options: DemoOptions, conso
     if worker is None and options.metrics_port:
         # Most likely the metrics port is taken (node_exporter uses 9100 too): the demo
         # does not need that port, so it takes any free one rather than failing.
-        settings = settings.model_copy(update={"metrics_port": _free_port()})
+        settings = settings.model_copy(update={"metrics_port": free_port()})
         options = replace(options, metrics_port=settings.metrics_port)
         registry = CollectorRegistry()  # the failed start registered its metrics already
         daemon, worker = await _start_daemon(settings, registry)

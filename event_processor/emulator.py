@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.request
@@ -400,6 +401,13 @@ def read_stream(client: Any, stream_name: str) -> list[dict[str, Any]]:
         shard_records.sort(key=lambda record: int(record["sequence_number"]))
         records.extend(shard_records)
     return records
+
+
+def free_port() -> int:
+    """A loopback port free right now (METRICS_PORT=0 means "disabled", not "any")."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def queue_depth(sqs: Any, queue_url: str) -> int:

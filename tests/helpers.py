@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,13 +13,6 @@ from prometheus_client import CollectorRegistry
 
 from event_processor.emulator import Emulator, World, read_stream
 from event_processor.emulator import queue_depth as emulator_queue_depth
-
-
-def free_port() -> int:
-    """A loopback port free right now (METRICS_PORT=0 means "disabled", not "any")."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def eventually(

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from event_processor.emulator import Emulator, World
+from event_processor.emulator import Emulator, World, free_port
 from event_processor.models import Submission, parse_submission
 from sensor_fleet.sender import Sender, sqs_client
-from tests.helpers import drain_queue, free_port
+from tests.helpers import drain_queue
 
 
 def fleet(emulator: Emulator, world: World, *args: str) -> subprocess.CompletedProcess[str]:

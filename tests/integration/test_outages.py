@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from event_processor.emulator import Emulator, World
+from event_processor.emulator import Emulator, World, free_port
 from event_processor.faultproxy import SHARD_THROTTLED, FaultProxy
 from event_processor.verify import expected_sequences
 from tests.conftest import settings_for
@@ -24,7 +24,6 @@ from tests.helpers import (
     check_order,
     drain_queue,
     eventually,
-    free_port,
     metric_total,
     queue_counts,
     queue_depth,

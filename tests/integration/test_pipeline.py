@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from event_processor.emulator import Emulator, World
+from event_processor.emulator import Emulator, World, free_port
 from event_processor.models import EventType
 from event_processor.verify import expected_sequences
 from tests.conftest import settings_for
@@ -20,7 +20,6 @@ from tests.helpers import (
     check_order,
     drain_queue,
     eventually,
-    free_port,
     queue_depth,
     send_bodies,
     stream_records,
