@@ -410,12 +410,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def queue_depth(sqs: Any, queue_url: str) -> int:
-    """Visible plus in-flight messages: 0 means every message was deleted."""
+def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of a queue."""
     attrs = sqs.get_queue_attributes(
         QueueUrl=queue_url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(
+    return int(attrs["ApproximateNumberOfMessages"]), int(
         attrs["ApproximateNumberOfMessagesNotVisible"]
     )
+
+
+def queue_depth(sqs: Any, queue_url: str) -> int:
+    """Visible plus in-flight messages: 0 means every message was deleted."""
+    return sum(queue_counts(sqs, queue_url))

@@ -8,11 +8,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry
 
 from event_processor.emulator import Emulator, World, read_stream
+from event_processor.emulator import queue_counts as emulator_queue_counts
 from event_processor.emulator import queue_depth as emulator_queue_depth
+from event_processor.verify import decode_records, verify
 
 
 async def eventually(
@@ -73,40 +74,23 @@ def drain_queue(emulator: Emulator, queue_url: str) -> list[dict[str, Any]]:
 
 def stream_records(emulator: Emulator, world: World) -> list[dict[str, Any]]:
     """Every record of the stream, decoded, with its shard and sequence number."""
-    raw = read_stream(client(emulator, "kinesis"), world.stream_name)
-    return [
-        {
-            **orjson.loads(r["data"]),
-            "_shard": r["shard_id"],
-            "_seq": int(r["sequence_number"]),
-            "_key": r["partition_key"],
-        }
-        for r in raw
-    ]
+    return decode_records(read_stream(client(emulator, "kinesis"), world.stream_name))
 
 
 def check_order(records: list[dict[str, Any]]) -> dict[str, list[int]]:
     """Assert per-submission order on one shard (first occurrences); return sequences seen.
 
     Duplicates (redeliveries) are allowed, but must carry the event_id of their first copy.
+    The rules are verify()'s, judged against what the records themselves hold.
     """
-    by_submission: dict[str, list[dict[str, Any]]] = {}
-    for record in sorted(records, key=lambda r: (r["_shard"], r["_seq"])):
-        by_submission.setdefault(record["submission_id"], []).append(record)
-    firsts: dict[str, list[int]] = {}
-    for submission_id, recs in by_submission.items():
-        assert len({r["_shard"] for r in recs}) == 1, f"{submission_id} spans shards"
-        seen: dict[int, str] = {}
-        order: list[int] = []
-        for r in recs:
-            if r["sequence"] in seen:
-                assert seen[r["sequence"]] == r["event_id"], "duplicate with a new event_id"
-                continue
-            seen[r["sequence"]] = r["event_id"]
-            order.append(r["sequence"])
-        assert order == sorted(order), f"{submission_id} out of order: {order}"
-        firsts[submission_id] = order
-    return firsts
+    held: dict[str, set[int]] = {}
+    for record in records:
+        held.setdefault(record["submission_id"], set()).add(record["sequence"])
+    result = verify(records, {s: sorted(q) for s, q in held.items()})
+    assert not result.split_across_shards, f"spans shards: {result.split_across_shards}"
+    assert not result.changed_ids, f"duplicates with a new event_id: {result.changed_ids}"
+    assert not result.out_of_order, f"out of order: {result.out_of_order}"
+    return result.firsts
 
 
 def metric_total(registry: CollectorRegistry, name: str) -> float:
@@ -121,10 +105,4 @@ def metric_total(registry: CollectorRegistry, name: str) -> float:
 
 def queue_counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
     """(visible, in flight) messages of a queue."""
-    attrs = client(emulator, "sqs").get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
+    return emulator_queue_counts(client(emulator, "sqs"), queue_url)
