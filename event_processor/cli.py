@@ -15,15 +15,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from event_processor import __version__, app, logs
-from event_processor.config import Settings
+from event_processor.config import FLAG_ONLY, Settings
 
 # argparse's own exit code for bad usage; invalid settings use it too.
 EXIT_USAGE = 2
 
 
 def _env_names(name: str) -> str:
-    if name == "endpoint_url":
-        return "AWS_ENDPOINT_URL, read by botocore"
+    if name in FLAG_ONLY:
+        return "none: botocore reads its own AWS_ENDPOINT_URL*"
     field = Settings.model_fields[name]
     alias = field.validation_alias
     choices = getattr(alias, "choices", None)

@@ -38,12 +38,12 @@ class LogLevel(StrEnum):
 # Settings that come from flags (or code) only. endpoint_url's environment variables are
 # botocore's own (AWS_ENDPOINT_URL and the per-service ones); reading an ENDPOINT_URL of
 # our own would invent a setting that AWS tooling does not know.
-_FLAG_ONLY = frozenset({"endpoint_url"})
+FLAG_ONLY = frozenset({"endpoint_url"})
 
 
 class _EnvSource(EnvSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        if field_name in _FLAG_ONLY:
+        if field_name in FLAG_ONLY:
             return None, field_name, False
         return super().get_field_value(field, field_name)
 
