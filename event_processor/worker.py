@@ -35,10 +35,6 @@ class Capacity:
         self._available = asyncio.Event()
         self._available.set()
 
-    @property
-    def free(self) -> int:
-        return self._free
-
     async def acquire(self, want: int) -> int:
         """Take between 1 and `want` slots, waiting until at least one is free."""
         while self._free == 0:
