@@ -20,13 +20,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 import boto3
-from aiobotocore.session import get_session
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from event_processor import app, constants
+from event_processor import app
 from event_processor.config import Settings
 from event_processor.emulator import (
     DUMMY_ACCESS_KEY_ID,
@@ -40,6 +39,7 @@ from event_processor.emulator import (
 )
 from event_processor.verify import decode_records, expected_sequences, verify
 from sensor_fleet.generator import device_ids, encode, make_submission
+from sensor_fleet.sender import Sender
 
 if TYPE_CHECKING:
     from event_processor.worker import Worker
@@ -140,30 +140,24 @@ def _plain(snap: Snapshot, elapsed_s: float, sent: int, rate: float) -> str:
 
 
 async def _fleet(
-    world: World, options: DemoOptions, stop: asyncio.Event, bodies: list[str]
+    sender: Sender, options: DemoOptions, stop: asyncio.Event, bodies: list[str]
 ) -> None:
-    """The simulated fleet, sped up: every round each device sends one submission."""
+    """The simulated fleet, sped up: every round each device sends one submission.
+
+    It sends with the sensor fleet's own Sender (in a thread: it is boto3), so the demo's
+    fleet behaves as `sensor-fleet simulate` does.
+    """
     rng = random.Random(options.seed)
     devices = device_ids(options.devices, options.seed)
-    session = get_session()
-    async with session.create_client(
-        "sqs", region_name=world.region, endpoint_url=world.endpoint_url
-    ) as sqs:
-        while not stop.is_set():
-            round_bodies = [
-                encode(make_submission(rng, d, options.invalid_probability)) for d in devices
-            ]
-            for start in range(0, len(round_bodies), constants.SQS_MAX_BATCH_ENTRIES):
-                chunk = round_bodies[start : start + constants.SQS_MAX_BATCH_ENTRIES]
-                response = await sqs.send_message_batch(
-                    QueueUrl=world.queue_url,
-                    Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
-                )
-                # Only what SQS accepted is expected in the stream.
-                bodies.extend(chunk[int(ok["Id"])] for ok in response.get("Successful", []))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(options.round_interval_s):
-                    await stop.wait()
+    while not stop.is_set():
+        round_bodies = [
+            encode(make_submission(rng, d, options.invalid_probability)) for d in devices
+        ]
+        # Only what SQS accepted is expected in the stream.
+        bodies.extend(await asyncio.to_thread(sender.send, round_bodies))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(options.round_interval_s):
+                await stop.wait()
 
 
 def _credentials() -> None:
@@ -296,7 +290,7 @@ async def _run(world: World, sqs: Any, kinesis: Any, options: DemoOptions, conso
 
     bodies: list[str] = []
     fleet_stop = asyncio.Event()
-    fleet = asyncio.create_task(_fleet(world, options, fleet_stop, bodies))
+    fleet = asyncio.create_task(_fleet(Sender(sqs, world.queue_url), options, fleet_stop, bodies))
     progress = _Progress(registry, bodies)
 
     async def drained() -> bool:

@@ -78,7 +78,7 @@ def run_simulate(args: argparse.Namespace, sender: Sender, stop: threading.Event
     rounds = 0
     while not stop.is_set():
         bodies = [encode(make_submission(rng, d, args.invalid_probability)) for d in devices]
-        accepted = sender.send(bodies)
+        accepted = len(sender.send(bodies))
         rounds += 1
         log.info("round sent", extra={"action": "round", "round": rounds, "accepted": accepted})
         if args.rounds and rounds >= args.rounds:

@@ -54,16 +54,16 @@ class Sender:
         self.sent = 0
         self.dropped = 0
 
-    def send(self, bodies: list[str]) -> int:
-        """Send every body; return how many SQS accepted. Never raises on AWS faults."""
-        accepted = 0
+    def send(self, bodies: list[str]) -> list[str]:
+        """Send every body; return those SQS accepted. Never raises on AWS faults."""
+        accepted: list[str] = []
         for start in range(0, len(bodies), _BATCH):
             accepted += self._send_batch(bodies[start : start + _BATCH])
-        self.sent += accepted
-        self.dropped += len(bodies) - accepted
+        self.sent += len(accepted)
+        self.dropped += len(bodies) - len(accepted)
         return accepted
 
-    def _send_batch(self, bodies: list[str]) -> int:
+    def _send_batch(self, bodies: list[str]) -> list[str]:
         pending = dict(enumerate(bodies))
         retrying = Retrying(
             wait=wait_random_exponential(multiplier=0.2, max=5),
@@ -87,4 +87,4 @@ class Sender:
                 "dropped submissions after retrying",
                 extra={"action": "dropped", "count": len(pending), "error": type(exc).__name__},
             )
-        return len(bodies) - len(pending)
+        return [body for i, body in enumerate(bodies) if i not in pending]

@@ -86,7 +86,7 @@ def test_sender_survives_unreachable_sqs(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("LOCALSTACK_HOST", raising=False)
     sqs = sqs_client(localstack=False, region="eu-west-1")
     sender = Sender(sqs, "http://127.0.0.1:1/123456789012/q", outage_ride_s=0.5)
-    assert sender.send(["x"] * 3) == 0
+    assert sender.send(["x"] * 3) == []
     assert sender.dropped == 3
 
 
