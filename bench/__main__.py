@@ -26,6 +26,7 @@ from event_processor.faultproxy import FaultProxy
 from event_processor.models import PartitionKey, Submission, build_records, parse_submission
 from event_processor.verify import decode_records, expected_sequences, verify
 from sensor_fleet.generator import device_ids, encode, make_submission
+from sensor_fleet.sender import Sender
 
 # How often the runner looks at the queue depth while a strategy drains it.
 _POLL_S = 0.05
@@ -58,13 +59,9 @@ def backlog(count: int, seed: int) -> list[str]:
 
 
 def load(emulator: Emulator, world: World, bodies: list[str]) -> None:
-    sqs = emulator.boto3_client("sqs")
-    for start in range(0, len(bodies), 10):
-        chunk = bodies[start : start + 10]
-        sqs.send_message_batch(
-            QueueUrl=world.queue_url,
-            Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
-        )
+    accepted = Sender(emulator.boto3_client("sqs"), world.queue_url).send(bodies)
+    if len(accepted) != len(bodies):
+        raise RuntimeError(f"only {len(accepted)} of {len(bodies)} backlog messages were sent")
 
 
 def _self_cpu() -> float:

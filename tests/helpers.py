@@ -14,6 +14,7 @@ from event_processor.emulator import Emulator, World, read_stream
 from event_processor.emulator import queue_counts as emulator_queue_counts
 from event_processor.emulator import queue_depth as emulator_queue_depth
 from event_processor.verify import decode_records, verify
+from sensor_fleet.sender import Sender
 
 
 async def eventually(
@@ -28,14 +29,9 @@ async def eventually(
 
 
 def send_bodies(emulator: Emulator, queue_url: str, bodies: list[str]) -> None:
-    sqs = client(emulator, "sqs")
-    for start in range(0, len(bodies), 10):
-        chunk = bodies[start : start + 10]
-        response = sqs.send_message_batch(
-            QueueUrl=queue_url,
-            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)],
-        )
-        assert not response.get("Failed"), response
+    """Send with the fleet's own Sender; every body must be accepted."""
+    accepted = Sender(client(emulator, "sqs"), queue_url).send(bodies)
+    assert len(accepted) == len(bodies), f"{len(bodies) - len(accepted)} bodies not sent"
 
 
 @functools.cache
