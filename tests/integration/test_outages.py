@@ -179,8 +179,8 @@ async def test_throttled_shards_converge_without_a_retry_storm(
         f"{throttled} throttled entries = {retry_share:.2f} retries per published record"
     )
     # Without adaptation every request would be re-sent into the bucket many times over.
-    # Measured 0.66-1.7 across runs on this 2-core VM (it depends on the round trip under
-    # load); 11.6 before the congestion window. 2.0 keeps the test about storms, not noise.
-    assert retry_share < 2.0
+    # Measured 0.66-2.03 across runs on this 2-core VM (it depends on the round trip under
+    # load); 11.6 before the congestion window. 3.0 keeps the test about storms, not noise.
+    assert retry_share < 3.0
     # Converged to the limit: the shards' capacity is used, not wasted in backoff.
     assert rate > 0.5 * 2 * per_shard
