@@ -2,24 +2,131 @@
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 # Submission latency spans SQS dwell time, so the buckets reach minutes.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 # One AWS call is milliseconds on a good day and botocore's retries on a bad one.
 _CALL_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25)
 
+# The memory limit of the container, as the kernel shows it inside it: cgroup v2 (Kubernetes
+# on current nodes, Docker with the systemd driver) first, then cgroup v1.
+CGROUP_V2_MEMORY_MAX: Final = Path("/sys/fs/cgroup/memory.max")
+CGROUP_V1_MEMORY_LIMIT: Final = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+# cgroup v1 has no "max": an unlimited group reads LONG_MAX rounded down to a page
+# (9223372036854771712 with 4 KiB pages). Any page size leaves that at or above 2**62, and no
+# machine has 4 EiB of memory, so such a value means "no limit".
+_CGROUP_V1_UNLIMITED_FROM: Final = 2**62
+
+
+class _Default(enum.Enum):
+    """Metrics' default memory limit: read it from the cgroup (None already means "none")."""
+
+    READ_CGROUP = enum.auto()
+
+
+READ_CGROUP: Final = _Default.READ_CGROUP
+
+
+def read_memory_limit_bytes(
+    v2_path: Path = CGROUP_V2_MEMORY_MAX, v1_path: Path = CGROUP_V1_MEMORY_LIMIT
+) -> int | None:
+    """The cgroup memory limit the process runs under, or None when there is none or no cgroup
+    file can be read (not Linux, no memory controller, "max", v1's unlimited sentinel)."""
+    for path in (v2_path, v1_path):
+        try:
+            text = path.read_bytes()
+        except OSError:
+            continue  # this cgroup version is not mounted here: try the other
+        # The first file that exists decides, even when it says "no limit".
+        try:
+            limit = int(text)  # int() takes ASCII bytes and strips the newline
+        except ValueError:
+            return None  # "max" (v2), or nothing a limit could be read from
+        return limit if 0 < limit < _CGROUP_V1_UNLIMITED_FROM else None
+    return None
+
+
+class OptionalGauge:
+    """An unlabelled gauge that exports no sample while its value is None: an unknown value is
+    absent from /metrics (its HELP and TYPE stay), never a bogus 0."""
+
+    def __init__(
+        self, name: str, documentation: str, registry: CollectorRegistry, value: float | None
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = value
+        registry.register(self)
+
+    def set(self, value: float | None) -> None:
+        """Set the value; None withdraws the sample."""
+        self.value = value
+
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples, so the registry refuses a second one of the same name."""
+        yield GaugeMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        """The family, with its one sample only if there is a value."""
+        family = GaugeMetricFamily(self.name, self.documentation)
+        if self.value is not None:
+            family.add_metric([], self.value)
+        yield family
+
 
 class Metrics:
     """Every metric the daemon exports; names follow Prometheus conventions."""
 
-    def __init__(self, registry: CollectorRegistry, namespace: str = "event_processor") -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        namespace: str = "event_processor",
+        *,
+        memory_limit_bytes: int | Literal[_Default.READ_CGROUP] | None = READ_CGROUP,
+    ) -> None:
         self.registry = registry
         ns = namespace
+        # process_* (RSS, CPU, fds, start time) and python_info, un-namespaced as every
+        # exporter names them; read from /proc at each scrape (nothing on a system without it).
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        if memory_limit_bytes is READ_CGROUP:
+            # Once, at start-up: a limit resized in place is seen after the next restart.
+            memory_limit_bytes = read_memory_limit_bytes()
+        self.memory_limit_bytes = OptionalGauge(
+            "_".join(filter(None, (ns, "memory_limit_bytes"))),  # as prometheus_client joins
+            "Memory limit of the process's cgroup (absent when it has none)",
+            registry,
+            memory_limit_bytes,
+        )
+        self.budget_limit_bytes = Gauge(
+            "memory_budget_bytes",
+            "Memory budget for in-flight submissions (MEMORY_BUDGET_MB)",
+            namespace=ns,
+            registry=registry,
+        )
+        self.budget_used_bytes = Gauge(
+            "memory_budget_used_bytes",
+            "Bytes held for in-flight submissions: bodies, packed events, dead letters",
+            namespace=ns,
+            registry=registry,
+        )
         self.messages_received = Counter(
             "messages_received", "SQS messages received", namespace=ns, registry=registry
         )

@@ -252,13 +252,19 @@ def test_metric_name_scan_sees_through_promql() -> None:
 
 
 def test_exported_names_carry_the_exposition_suffixes() -> None:
-    """Counters are known by _total, histograms by _bucket/_sum/_count, gauges by their name."""
+    """Counters are known by _total, histograms by _bucket/_sum/_count, gauges by their name;
+    the process collector's series and the memory limit gauge are among them."""
     exported = exported_metric_names()
     assert "event_processor_messages_received_total" in exported
     assert "event_processor_messages_received" not in exported
     assert "event_processor_submission_latency_seconds_bucket" in exported
     assert "event_processor_submission_latency_seconds" not in exported
     assert "event_processor_in_flight_submissions" in exported
+    # The memory rule's: prometheus_client's process collector, and the limit gauge even on a
+    # machine whose cgroup has no limit (its family is there without a sample).
+    assert "process_resident_memory_bytes" in exported
+    assert "process_cpu_seconds_total" in exported
+    assert "event_processor_memory_limit_bytes" in exported
 
 
 def test_github_anchor() -> None:
