@@ -13,7 +13,8 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from event_processor import http, signals
+from event_processor import constants, http, signals
+from event_processor.budget import MemoryBudget
 from event_processor.dlq import DeadLetterQueue
 from event_processor.metrics import Metrics
 from event_processor.pipeline import Pipeline
@@ -69,18 +70,44 @@ def client_config(settings: Settings) -> AioConfig:
     )
 
 
-async def _resolve(settings: Settings, sqs: SQSClient, kinesis: KinesisClient) -> str:
+@dataclass(frozen=True)
+class Resolved:
+    queue_url: str
+    max_message_bytes: int  # the source queue's MaximumMessageSize
+    dlq_max_message_bytes: int  # the DLQ's (packed letters are cut to fit it)
+
+
+async def _max_message_bytes(sqs: SQSClient, queue_url: str) -> int:
+    attributes = (
+        await sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["QueueArn", "MaximumMessageSize"]
+        )
+    ).get("Attributes", {})
+    size = int(attributes.get("MaximumMessageSize", constants.SQS_MAX_MESSAGE_BYTES))
+    return min(max(size, constants.SQS_MIN_MESSAGE_BYTES), constants.SQS_MAX_MESSAGE_BYTES)
+
+
+async def _resolve(settings: Settings, sqs: SQSClient, kinesis: KinesisClient) -> Resolved:
     try:
         queue_url = settings.queue_url
         if queue_url is None:
             queue_url = (await sqs.get_queue_url(QueueName=settings.queue_name))["QueueUrl"]
-        await sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+        max_message_bytes = await _max_message_bytes(sqs, queue_url)
         await kinesis.describe_stream_summary(StreamName=settings.stream_name)
+        dlq_max = max_message_bytes
         if settings.dlq_url is not None:
-            await sqs.get_queue_attributes(QueueUrl=settings.dlq_url, AttributeNames=["QueueArn"])
+            dlq_max = await _max_message_bytes(sqs, settings.dlq_url)
     except (BotoCoreError, ClientError) as exc:
         raise StartupError(str(exc)) from exc
-    return queue_url
+    if dlq_max < max_message_bytes:
+        # A rejected submission goes to the DLQ with its original body: one the source
+        # accepts must fit the DLQ, or rule 4 (every rejection reaches the DLQ) cannot hold.
+        raise StartupError(
+            f"the DLQ's MaximumMessageSize ({dlq_max}) is below the source queue's "
+            f"({max_message_bytes}): a rejected submission could not be dead-lettered; "
+            "raise the DLQ's (sqs set-queue-attributes ... MaximumMessageSize)"
+        )
+    return Resolved(queue_url, max_message_bytes, dlq_max)
 
 
 async def run(settings: Settings, hooks: Hooks | None = None) -> int:
@@ -97,11 +124,14 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             session.create_client("kinesis", config=config, endpoint_url=settings.endpoint_url)
         )
         try:
-            queue_url = await _resolve(settings, sqs, kinesis)
+            resolved = await _resolve(settings, sqs, kinesis)
         except StartupError as exc:
             log.error("start-up failed", extra={"action": "startup_failed", "error": str(exc)})  # noqa: TRY400
             return EXIT_STARTUP_FAILED
 
+        queue_url = resolved.queue_url
+        budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024, metrics.budget_used_bytes)
+        metrics.budget_limit_bytes.set(budget.limit_bytes)
         source = SqsSource(
             sqs,
             queue_url,
@@ -114,15 +144,21 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
         sink = KinesisSink(
             kinesis, settings.stream_name, metrics, hooks.policy, settings.max_put_requests
         )
-        dlq = DeadLetterQueue(sqs, settings.dlq_url, metrics, hooks.policy)
+        dlq = DeadLetterQueue(
+            sqs, settings.dlq_url, metrics, hooks.policy, resolved.dlq_max_message_bytes
+        )
         stack.push_async_callback(dlq.close)
-        pipeline = Pipeline(source, sink, dlq, metrics, settings.partition_key)
+        pipeline = Pipeline(
+            source, sink, dlq, metrics, budget=budget, partition_key=settings.partition_key
+        )
         worker = Worker(
             source,
             sink,
             pipeline,
             metrics,
             hooks.policy,
+            budget=budget,
+            max_message_bytes=resolved.max_message_bytes,
             receivers=settings.receivers,
             batch_size=settings.batch_size,
             max_in_flight=settings.max_in_flight,

@@ -106,6 +106,15 @@ class Settings(BaseSettings):
     max_in_flight: Annotated[
         int, Field(ge=1, le=100_000, description="bound on submissions in flight (backpressure)")
     ] = 1000
+    memory_budget_mb: Annotated[
+        int,
+        Field(
+            ge=8,
+            le=1_000_000,
+            description="MiB that in-flight submissions may hold (bodies, packed events, dead "
+            "letters); receiving pauses beyond it. The default fits a 256 MiB pod (README)",
+        ),
+    ] = 64
     max_put_requests: Annotated[
         int, Field(ge=1, le=64, description="PutRecords requests in flight at once")
     ] = 8

@@ -5,6 +5,11 @@
 PUT_RECORDS_MAX_RECORDS = 500
 # ...and at most 5 MiB, counting data plus partition keys.
 PUT_RECORDS_MAX_BYTES = 5 * 1024 * 1024
+# All PutRecords requests in flight together carry at most this much (one may always go).
+# Ordinary events need ~0.2 MiB per full request, so this binds only for large events; it
+# bounds what requests cost in memory (botocore holds each body about three times over:
+# the data, its base64 and the JSON request).
+PUT_MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024
 # One record's data plus partition key may not exceed 1 MiB; bigger events go to the DLQ.
 KINESIS_MAX_RECORD_BYTES = 1024 * 1024
 # A PutRecords request that is not full is sent only while fewer than this many requests
@@ -17,12 +22,25 @@ SQS_MAX_BATCH_ENTRIES = 10
 # A SendMessageBatch payload may not exceed 1 MiB in total (the 2025 limit; 256 KiB before).
 # We stay under the old limit so the DLQ works on queues that still have it configured.
 SQS_MAX_BATCH_BYTES = 256 * 1024
+# A message (body plus attributes) may be up to 1 MiB; a queue's MaximumMessageSize may lower
+# it to as little as 1 KiB. The daemon reads both queues' settings at start-up; this is the
+# fallback when a queue does not say.
+SQS_MAX_MESSAGE_BYTES = 1024 * 1024
+SQS_MIN_MESSAGE_BYTES = 1024
 # A message attribute value is capped by the message size; we keep `detail` short for readers.
 DLQ_DETAIL_MAX_CHARS = 1024
 # SQS keeps a message invisible for at most 12 h after its first receive.
 SQS_MAX_VISIBILITY_S = 12 * 60 * 60
 # Long polls wait at most 20 s.
 SQS_MAX_WAIT_TIME_S = 20
+
+# --- Memory budget (README, "Memory") ---
+# What a received message costs beyond its body: the Message, its receipt handle and
+# attributes, its task and futures (a few hundred bytes each, rounded up).
+MESSAGE_OVERHEAD_BYTES = 4 * 1024
+# Receivers in a long poll reserve the largest bodies SQS may hand them, but together at most
+# this share of the budget: the rest stays for the work in flight.
+RECEIVE_BUDGET_SHARE = 0.25
 
 # --- Shutdown ---
 # On stop, a ReceiveMessage already under way may carry messages SQS has just hidden for us;

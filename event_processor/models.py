@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import uuid
+from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -230,14 +233,35 @@ def _validate_network_connection(event: dict[str, Any]) -> dict[str, Any] | Reje
     return {"source_ip": source_ip, "destination_ip": destination_ip, "destination_port": port}
 
 
-_VALIDATORS: Final = {
+# Keyed by the type's name as it appears in a body (a StrEnum member hashes as its value).
+_VALIDATORS: Final[dict[str, Callable[[dict[str, Any]], dict[str, Any] | Rejection]]] = {
     EventType.NEW_PROCESS: _validate_new_process,
     EventType.NETWORK_CONNECTION: _validate_network_connection,
 }
 
 
-def parse_submission(body: str) -> Submission | Rejection:
-    """Validate one SQS message body against the input contract (see README)."""
+class EventSink(Protocol):
+    """Where `walk_events` hands each event: accepted ones validated, rejected ones raw."""
+
+    def accepted(self, sequence: int, event_type: EventType, data: dict[str, Any]) -> None: ...
+
+    def rejected(
+        self, sequence: int, event_type: str, event: Any, rejection: Rejection
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A submission's own fields, validated; `events` is still the raw JSON object."""
+
+    submission_id: str
+    device_id: str
+    time_created: str
+    events: dict[str, Any]
+
+
+def parse_header(body: str) -> Header | Rejection:
+    """Decode the body and check everything above the events (see README, input contract)."""
     doc = decode_body(body)
     if isinstance(doc, Rejection):
         return doc
@@ -270,40 +294,274 @@ def parse_submission(body: str) -> Submission | Rejection:
                 name,
                 f"events.{name} must be an array, got {_type_name(items)}",
             )
+    return Header(submission_id, device_id, time_created, events)
 
-    submission = Submission(submission_id, device_id, time_created)
-    # `sequence` counts every event in body order (types as they appear, then list order),
-    # rejected ones included, so rejected events leave gaps and ids stay stable.
+
+def walk_events(events: dict[str, Any], sink: EventSink) -> None:
+    """Validate every event in body order and hand each to `sink`, accepted or rejected.
+
+    `sequence` counts every event in body order (types as they appear, then list order),
+    rejected ones included, so rejected events leave gaps and ids stay stable. Nothing is
+    collected here: the caller decides what to keep, which is what bounds its memory.
+    """
     sequence = 0
+    accepted = sink.accepted
+    rejected = sink.rejected
     for name, items in events.items():
         validator = _VALIDATORS.get(name)
-        # An unknown type's value is still events: each list item (or a lone value) is one.
-        for item in items if isinstance(items, list) else [items]:
-            if validator is None:
-                rejection = Rejection(
-                    Reason.UNKNOWN_EVENT_TYPE, None, f"unknown event type {name[:100]!r}"
-                )
-            elif not isinstance(item, dict):
-                rejection = Rejection(
-                    Reason.EVENT_NOT_AN_OBJECT,
-                    None,
-                    f"event must be an object, got {_type_name(item)}",
+        if validator is None:
+            # An unknown type's value is still events: each list item (or a lone value) is one.
+            unknown = Rejection(
+                Reason.UNKNOWN_EVENT_TYPE, None, f"unknown event type {name[:100]!r}"
+            )
+            for item in items if isinstance(items, list) else [items]:
+                rejected(sequence, name, item, unknown)
+                sequence += 1
+            continue
+        event_type = EventType(name)
+        for item in items:
+            if not isinstance(item, dict):
+                rejected(
+                    sequence,
+                    name,
+                    item,
+                    Rejection(
+                        Reason.EVENT_NOT_AN_OBJECT,
+                        None,
+                        f"event must be an object, got {_type_name(item)}",
+                    ),
                 )
             else:
                 result = validator(item)
                 if isinstance(result, dict):
-                    submission.events.append(Event(sequence, EventType(name), result))
-                    sequence += 1
-                    continue
-                rejection = result
-            submission.rejected.append(RejectedEvent(sequence, name, item, rejection))
+                    accepted(sequence, event_type, result)
+                else:
+                    rejected(sequence, name, item, result)
             sequence += 1
+
+
+class _Collect:
+    """An EventSink that keeps everything, as objects: for tests, tools and the bench."""
+
+    def __init__(self, submission: Submission) -> None:
+        self.submission = submission
+
+    def accepted(self, sequence: int, event_type: EventType, data: dict[str, Any]) -> None:
+        self.submission.events.append(Event(sequence, event_type, data))
+
+    def rejected(self, sequence: int, event_type: str, event: Any, rejection: Rejection) -> None:
+        self.submission.rejected.append(RejectedEvent(sequence, event_type, event, rejection))
+
+
+def parse_submission(body: str) -> Submission | Rejection:
+    """Validate one SQS message body against the input contract (see README).
+
+    Keeps every event as objects; the daemon itself packs them instead (`PackedRecords`).
+    """
+    header = parse_header(body)
+    if isinstance(header, Rejection):
+        return header
+    submission = Submission(header.submission_id, header.device_id, header.time_created)
+    walk_events(header.events, _Collect(submission))
     return submission
+
+
+# uuid5 is SHA-1 over the namespace's bytes and the name; the name is
+# f"{submission_id}:{sequence}", so the hash of everything before the sequence is computed
+# once per submission and copied per event instead of building a uuid.UUID each time.
+_EVENT_ID_PREFIX: Final = _EVENT_ID_NAMESPACE.bytes
+# uuid5's variant bits (RFC 4122: 10xx) on the first hex digit of clock_seq_hi.
+_VARIANT_DIGIT: Final = {f"{n:x}": "89ab"[n & 3] for n in range(16)}
+
+
+def _event_id_hash(submission_id: str) -> Any:
+    return hashlib.sha1(_EVENT_ID_PREFIX + submission_id.encode() + b":", usedforsecurity=False)
+
+
+def _event_id_from(prefix: Any, sequence: int) -> str:
+    digest = prefix.copy()
+    digest.update(str(sequence).encode())
+    h = digest.hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def event_id(submission_id: str, sequence: int) -> str:
     """Deterministic: a redelivered submission gets the same ids, so consumers can dedup."""
-    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, f"{submission_id}:{sequence}"))
+    return _event_id_from(_event_id_hash(submission_id), sequence)
+
+
+_TYPE_BYTES: Final = {t: t.value.encode() for t in EventType}
+_TYPE_CODES: Final = list(EventType)
+
+
+class RecordFormat:
+    """The one writer of output records (README, output record): bytes built from pieces.
+
+    The same bytes orjson would give for the documented dict, in its key order, with the
+    submission's fields encoded once: per event only the id, type, sequence and the
+    already-encoded event data are joined.
+    """
+
+    __slots__ = ("_head", "_id_hash", "_tail", "key", "key_size")
+
+    def __init__(
+        self,
+        submission_id: str,
+        device_id: str,
+        time_created: str,
+        processed_at: str,
+        partition_key: PartitionKey,
+    ) -> None:
+        self.key = device_id if partition_key is PartitionKey.DEVICE_ID else submission_id
+        self.key_size = len(self.key)  # UUIDs are ASCII: characters are bytes
+        self._id_hash = _event_id_hash(submission_id)
+        # Ids are validated lower-case UUIDs and processed_at is ours: neither needs escaping.
+        self._head = (
+            f'","device_id":"{device_id}","submission_id":"{submission_id}","sequence":'.encode()
+        )
+        self._tail = (
+            b',"time_created":'
+            + orjson.dumps(time_created)
+            + f',"processed_at":"{processed_at}","event_data":'.encode()
+        )
+
+    def size(self, sequence: int, event_type: EventType, data_size: int) -> int:
+        """Bytes Kinesis counts for this record (data plus key), without building it."""
+        return (
+            len(b'{"event_id":"","event_type":"') + 36 + len(_TYPE_BYTES[event_type])
+            + len(self._head) + len(str(sequence)) + len(self._tail) + data_size + 1
+            + self.key_size
+        )  # fmt: skip
+
+    def build(self, sequence: int, event_type: EventType, data: bytes) -> bytes:
+        return b"".join(
+            (
+                b'{"event_id":"',
+                _event_id_from(self._id_hash, sequence).encode(),
+                b'","event_type":"',
+                _TYPE_BYTES[event_type],
+                self._head,
+                str(sequence).encode(),
+                self._tail,
+                data,
+                b"}",
+            )
+        )
+
+    def too_large(self, size: int) -> Rejection:
+        return Rejection(
+            Reason.RECORD_TOO_LARGE, None, f"record is {size} bytes, over Kinesis's 1 MiB limit"
+        )
+
+
+class Records(Protocol):
+    """What the sink takes as one lane: records by index, and their sizes without them."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Record: ...
+
+    def size(self, index: int) -> int: ...
+
+
+class PackedRecords:
+    """A submission's accepted events, packed: each event's data encoded once, in one buffer.
+
+    Per event this keeps its encoded data plus 17 bytes (end offset, sequence, type); the
+    record itself is built only when the sink sends it (`record`). Sequence-like for the sink.
+    """
+
+    __slots__ = ("_data", "_ends", "_sequences", "_types", "format")
+
+    def __init__(self, record_format: RecordFormat) -> None:
+        self.format = record_format
+        self._data = bytearray()
+        self._ends = array("q")
+        self._sequences = array("q")
+        self._types = bytearray()
+
+    def append(self, sequence: int, event_type: EventType, data: bytes) -> None:
+        self._data += data
+        self._ends.append(len(self._data))
+        self._sequences.append(sequence)
+        self._types.append(_TYPE_CODES.index(event_type))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @property
+    def nbytes(self) -> int:
+        """What this holds in memory, for the budget."""
+        return len(self._data) + 17 * len(self._ends) + 256
+
+    def _span(self, index: int) -> tuple[int, int]:
+        return (self._ends[index - 1] if index else 0), self._ends[index]
+
+    def size(self, index: int) -> int:
+        start, end = self._span(index)
+        event_type = _TYPE_CODES[self._types[index]]
+        return self.format.size(self._sequences[index], event_type, end - start)
+
+    def __getitem__(self, index: int) -> Record:
+        start, end = self._span(index)
+        sequence = self._sequences[index]
+        event_type = _TYPE_CODES[self._types[index]]
+        data = self.format.build(sequence, event_type, bytes(self._data[start:end]))
+        return Record(data, self.format.key, sequence, event_type)
+
+
+class _Pack:
+    """The daemon's EventSink: accepted events packed, rejected ones handed on at once."""
+
+    __slots__ = ("records", "reject")
+
+    def __init__(
+        self,
+        records: PackedRecords,
+        reject: Callable[[int, str, Any, Rejection], None],
+    ) -> None:
+        self.records = records
+        self.reject = reject
+
+    def accepted(self, sequence: int, event_type: EventType, data: dict[str, Any]) -> None:
+        encoded = orjson.dumps(data)
+        size = self.records.format.size(sequence, event_type, len(encoded))
+        if size > constants.KINESIS_MAX_RECORD_BYTES:
+            self.reject(sequence, event_type.value, data, self.records.format.too_large(size))
+            return
+        self.records.append(sequence, event_type, encoded)
+
+    def rejected(self, sequence: int, event_type: str, event: Any, rejection: Rejection) -> None:
+        self.reject(sequence, event_type, event, rejection)
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    submission_id: str
+    device_id: str
+    records: PackedRecords
+
+
+def parse_packed(
+    body: str,
+    processed_at: str,
+    partition_key: PartitionKey,
+    reject: Callable[[int, str, Any, Rejection], None],
+) -> Packed | Rejection:
+    """The daemon's parse: one decode, one encode per accepted event, nothing kept twice.
+
+    Rejected events go to `reject` as they are found (the dead-letter packer encodes them
+    at once), so the decoded document is garbage as soon as this returns.
+    """
+    header = parse_header(body)
+    if isinstance(header, Rejection):
+        return header
+    record_format = RecordFormat(
+        header.submission_id, header.device_id, header.time_created, processed_at, partition_key
+    )
+    records = PackedRecords(record_format)
+    walk_events(header.events, _Pack(records, reject))
+    return Packed(header.submission_id, header.device_id, records)
 
 
 def build_records(
@@ -313,41 +571,26 @@ def build_records(
 
     An event whose record would break Kinesis's 1 MiB limit moves to `submission.rejected`.
     """
-    key = (
-        submission.device_id
-        if partition_key is PartitionKey.DEVICE_ID
-        else submission.submission_id
+    record_format = RecordFormat(
+        submission.submission_id,
+        submission.device_id,
+        submission.time_created,
+        processed_at,
+        partition_key,
     )
-    key_size = len(key)  # UUIDs are ASCII: characters are bytes
     records: list[Record] = []
     for event in submission.events:
-        data = orjson.dumps(
-            {
-                "event_id": event_id(submission.submission_id, event.sequence),
-                "event_type": event.event_type,
-                "device_id": submission.device_id,
-                "submission_id": submission.submission_id,
-                "sequence": event.sequence,
-                "time_created": submission.time_created,
-                "processed_at": processed_at,
-                "event_data": event.data,
-            }
-        )
-        if len(data) + key_size > constants.KINESIS_MAX_RECORD_BYTES:
+        encoded = orjson.dumps(event.data)
+        size = record_format.size(event.sequence, event.event_type, len(encoded))
+        if size > constants.KINESIS_MAX_RECORD_BYTES:
             submission.rejected.append(
                 RejectedEvent(
-                    event.sequence,
-                    event.event_type,
-                    event.data,
-                    Rejection(
-                        Reason.RECORD_TOO_LARGE,
-                        None,
-                        f"record is {len(data) + key_size} bytes, over Kinesis's 1 MiB limit",
-                    ),
+                    event.sequence, event.event_type, event.data, record_format.too_large(size)
                 )
             )
             continue
-        records.append(Record(data, key, event.sequence, event.event_type))
+        data = record_format.build(event.sequence, event.event_type, encoded)
+        records.append(Record(data, record_format.key, event.sequence, event.event_type))
     return records
 
 

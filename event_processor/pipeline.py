@@ -14,17 +14,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from event_processor.dlq import event_letters, submission_letter
+from event_processor.dlq import submission_letter
 from event_processor.errors import BatchEntryFailed, PublishFailed
-from event_processor.models import (
-    PartitionKey,
-    Rejection,
-    build_records,
-    format_timestamp,
-    parse_submission,
-)
+from event_processor.models import PartitionKey, Rejection, format_timestamp, parse_packed
 
 if TYPE_CHECKING:
+    from event_processor.budget import Hold, MemoryBudget
     from event_processor.dlq import DeadLetterQueue
     from event_processor.metrics import Metrics
     from event_processor.sink import KinesisSink
@@ -46,8 +41,11 @@ class Pipeline:
         sink: KinesisSink,
         dlq: DeadLetterQueue,
         metrics: Metrics,
+        *,
+        budget: MemoryBudget,
         partition_key: PartitionKey,
     ) -> None:
+        self._budget = budget
         self._source = source
         self._sink = sink
         self._dlq = dlq
@@ -55,9 +53,9 @@ class Pipeline:
         self._partition_key = partition_key
         self._outcomes = {o: metrics.submissions.labels(o.value) for o in Outcome}
 
-    async def process(self, message: Message) -> Outcome:
+    async def process(self, message: Message, hold: Hold) -> Outcome:
         try:
-            outcome = await self._process(message)
+            outcome = await self._process(message, hold)
         except (PublishFailed, BatchEntryFailed) as exc:
             # Not deleted: SQS redelivers it once its visibility runs out, and after
             # maxReceiveCount the queue's redrive policy moves it to the DLQ.
@@ -73,23 +71,44 @@ class Pipeline:
         self._outcomes[outcome].inc()
         return outcome
 
-    async def _process(self, message: Message) -> Outcome:
-        parsed = parse_submission(message.body)
+    async def _process(self, message: Message, hold: Hold) -> Outcome:
+        # The body is needed only to parse (and to dead-letter a rejected submission whole);
+        # the Message itself lives on in the worker's in-flight set until it is finished.
+        body, message.body = message.body, ""
+        while True:
+            letters = self._dlq.packer(message)
+            processed_at = format_timestamp(datetime.now(UTC))
+            parsed = parse_packed(body, processed_at, self._partition_key, letters.add)
+            if isinstance(parsed, Rejection):
+                break  # it holds its body, as it did since the receive
+            # What parsing left replaces the body in the budget. If that does not fit, let
+            # go of it, wait in turn for room, and parse again: parsing is deterministic, and
+            # a second parse is cheaper than holding more than the budget allows.
+            if self._budget.try_resize(hold, parsed.records.nbytes + letters.nbytes):
+                break
+            needed = parsed.records.nbytes + letters.nbytes
+            del parsed, letters
+            await self._budget.grow(hold, needed)
+
         if isinstance(parsed, Rejection):
             self._metrics.submissions_rejected.labels(parsed.reason.value).inc()
-            await self._dlq.send([submission_letter(message, parsed)])
+            await self._dlq.send([submission_letter(message, body, parsed)])
             await self._source.delete(message)
             return Outcome.REJECTED
+        del body
 
-        processed_at = format_timestamp(datetime.now(UTC))
-        records = build_records(parsed, processed_at, self._partition_key)
-        published = self._sink.publish(records)
+        records = parsed.records
+        published = self._sink.publish(records, message.received_at)
         try:
             # Dead letters travel while the lane publishes; both must land before the delete.
-            if parsed.rejected:
-                for rejected in parsed.rejected:
-                    self._metrics.events_rejected.labels(rejected.rejection.reason.value).inc()
-                await self._dlq.send(event_letters(message, parsed))
+            if letters.counts:
+                for reason, count in letters.counts.items():
+                    self._metrics.events_rejected.labels(reason).inc(count)
+                dead = letters.letters(parsed.submission_id, parsed.device_id)
+                del letters
+                await self._dlq.send(dead)
+                del dead
+                self._budget.resize(hold, records.nbytes)
             await published
         finally:
             # A failed DLQ send or a cancellation abandons the lane; no-op when it is done.

@@ -29,16 +29,17 @@ is paid once per event position, not once per event.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
 from event_processor.errors import PublishFailed, error_code, is_retriable
-from event_processor.models import EventType, Record
+from event_processor.models import EventType, Record, Records
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
@@ -60,15 +61,49 @@ THROTTLE_CODES = frozenset(
 )
 
 
+class _Listed:
+    """A list of built records seen as `Records` (tests and tools publish lists)."""
+
+    __slots__ = ("_records",)
+
+    def __init__(self, records: list[Record]) -> None:
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self._records[index]
+
+    def size(self, index: int) -> int:
+        return self._records[index].size
+
+
 class Lane:
-    """One submission's records; only its head is ever in flight."""
+    """One submission's records; only its head is ever in flight.
 
-    __slots__ = ("backoff", "done", "records")
+    Lanes are served oldest first: `order` is when the submission was received, and a lane
+    keeps it through retries, so under a slow stream submissions finish one after another
+    instead of all advancing a record per round and finishing together.
+    """
 
-    def __init__(self, records: deque[Record], done: asyncio.Future[None]) -> None:
+    __slots__ = ("backoff", "done", "next", "order", "records")
+
+    def __init__(
+        self, records: Records, done: asyncio.Future[None], order: tuple[float, int]
+    ) -> None:
         self.records = records
+        self.next = 0  # index of the head: records before it are acknowledged
         self.done = done
+        self.order = order
         self.backoff: Backoff | None = None  # created on the first failure only
+
+    def __lt__(self, other: Lane) -> bool:  # the ready heap's order
+        return self.order < other.order
+
+    @property
+    def left(self) -> int:
+        return len(self.records) - self.next
 
 
 class KinesisSink:
@@ -88,7 +123,10 @@ class KinesisSink:
             constants.PUBLISH_RETRY_MAX_ATTEMPTS, constants.PUBLISH_RETRY_DEADLINE_S
         )
         self._max_requests = max_requests
-        self._ready: deque[Lane] = deque()
+        # Ready lanes, oldest submission first (a heap on Lane.order).
+        self._ready: list[Lane] = []
+        self._opened = itertools.count()  # ties between submissions received together
+        self._bytes_in_flight = 0
         self._active = 0
         self._lanes = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -108,8 +146,10 @@ class KinesisSink:
 
     # --- the public face -------------------------------------------------------------
 
-    def publish(self, records: list[Record]) -> asyncio.Future[None]:
-        """Queue a submission's records as one lane.
+    def publish(
+        self, records: Records | list[Record], received_at: float | None = None
+    ) -> asyncio.Future[None]:
+        """Queue a submission's records as one lane, in turn by `received_at` (monotonic).
 
         The future resolves when every record is acknowledged, fails with PublishFailed when
         the retry policy gives up, and cancelling it abandons the lane's unsent records.
@@ -121,8 +161,11 @@ class KinesisSink:
         if self._closed:
             done.set_exception(RuntimeError("sink is closed"))
             return done
-        lane = Lane(deque(records), done)
-        self._ready.append(lane)
+        if isinstance(records, list):
+            records = _Listed(records)
+        order = (time.monotonic() if received_at is None else received_at, next(self._opened))
+        lane = Lane(records, done, order)
+        heapq.heappush(self._ready, lane)
         self._lanes += 1
         self._metrics.in_flight_records.inc(len(records))
         done.add_done_callback(lambda _: self._lane_finished(lane))
@@ -156,7 +199,7 @@ class KinesisSink:
         """
         self._closed = True  # pending backoff timers find it and do nothing
         while self._ready:
-            self._ready.popleft().done.cancel()
+            heapq.heappop(self._ready).done.cancel()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
             for task in late:
@@ -176,37 +219,47 @@ class KinesisSink:
                 # Fewer, fuller calls: a partial request waits for one in flight to return;
                 # the lanes it brings back join the next request.
                 return
-            batch = self._take(full)
+            batch, nbytes = self._take(full)
             if not batch:
                 return
             self._active += 1
             self._records_in_flight += len(batch)
-            task = asyncio.create_task(self._send(batch, window_limited=room <= len(batch)))
+            self._bytes_in_flight += nbytes
+            task = asyncio.create_task(self._send(batch, nbytes, window_limited=room <= len(batch)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self, limit: int) -> list[Lane]:
-        """Heads of ready lanes, one per lane, within `limit` and the 5 MiB request limit."""
+    def _take(self, limit: int) -> tuple[list[Lane], int]:
+        """Heads of the oldest ready lanes, one per lane, within `limit` and the byte limits.
+
+        A request carries at most 5 MiB, and all requests in flight together at most
+        PUT_MAX_BYTES_IN_FLIGHT (one request may always go when none is out).
+        """
         batch: list[Lane] = []
         total = 0
         ready = self._ready
+        room = constants.PUT_MAX_BYTES_IN_FLIGHT - self._bytes_in_flight
+        max_bytes = min(constants.PUT_RECORDS_MAX_BYTES, room if self._active else 1 << 62)
         while ready and len(batch) < limit:
             lane = ready[0]
             if lane.done.done():  # abandoned (shutdown) while waiting: drop it
-                ready.popleft()
+                heapq.heappop(ready)
                 continue
-            size = lane.records[0].size
-            if total + size > constants.PUT_RECORDS_MAX_BYTES:
+            size = lane.records.size(lane.next)
+            if total + size > max_bytes and (batch or self._active):
                 break
             total += size
-            batch.append(ready.popleft())
-        return batch
+            batch.append(heapq.heappop(ready))
+            if total >= constants.PUT_RECORDS_MAX_BYTES:
+                break
+        return batch, total
 
-    async def _send(self, batch: list[Lane], *, window_limited: bool) -> None:
+    async def _send(self, batch: list[Lane], nbytes: int, *, window_limited: bool) -> None:
         sent_at = time.monotonic()
+        # Records are built here, when sent: until then a lane holds only its packed events.
+        heads = [lane.records[lane.next] for lane in batch]
         entries: list[PutRecordsRequestEntryTypeDef] = [
-            {"Data": lane.records[0].data, "PartitionKey": lane.records[0].partition_key}
-            for lane in batch
+            {"Data": record.data, "PartitionKey": record.partition_key} for record in heads
         ]
         try:
             with self._metrics.aws_call("PutRecords"):
@@ -226,10 +279,10 @@ class KinesisSink:
             self._call_succeeded()
             throttled = 0
             accepted = len(batch) - response.get("FailedRecordCount", 0)
-            for lane, result in zip(batch, response["Records"], strict=True):
+            for lane, head, result in zip(batch, heads, response["Records"], strict=True):
                 failed = result.get("ErrorCode")
                 if failed is None:
-                    self._acknowledged(lane)
+                    self._acknowledged(lane, head.event_type)
                 else:
                     throttled += failed in THROTTLE_CODES
                     self._metrics.put_records_failed.labels(failed).inc()
@@ -238,6 +291,7 @@ class KinesisSink:
         finally:
             self._active -= 1
             self._records_in_flight -= len(batch)
+            self._bytes_in_flight -= nbytes
             self._kick()
 
     def _adapt(
@@ -260,15 +314,15 @@ class KinesisSink:
         elif not throttled and window_limited:
             self._window = min(self._max_window, self._window + size / 2)
 
-    def _acknowledged(self, lane: Lane) -> None:
-        record = lane.records.popleft()
-        self._published[record.event_type].inc()
+    def _acknowledged(self, lane: Lane, event_type: EventType) -> None:
+        self._published[event_type].inc()
+        lane.next += 1
         if lane.done.done():  # abandoned meanwhile: the gauge already let go of its records
             return
         self._metrics.in_flight_records.dec()
         lane.backoff = None  # the policy's attempts and deadline are per record
-        if lane.records:
-            self._ready.append(lane)
+        if lane.left:
+            heapq.heappush(self._ready, lane)
         else:
             lane.done.set_result(None)
 
@@ -287,14 +341,15 @@ class KinesisSink:
     def _requeue(self, lane: Lane) -> None:
         if lane.done.done() or self._closed:
             return
-        # The front, not the back: the oldest retried work goes first, as in aiokafka.
-        self._ready.appendleft(lane)
+        # It keeps its age, so it goes before every younger lane (aiokafka puts a failed
+        # batch back at the head of its queue for the same reason).
+        heapq.heappush(self._ready, lane)
         self._kick()
 
     def _lane_finished(self, lane: Lane) -> None:
         self._lanes -= 1
         # Records never acknowledged (failed or abandoned lane) leave the gauge with it.
-        self._metrics.in_flight_records.dec(len(lane.records))
+        self._metrics.in_flight_records.dec(lane.left)
 
     # --- health ----------------------------------------------------------------------
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
+from event_processor.budget import Hold
 from event_processor.errors import error_code
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
+    from event_processor.budget import MemoryBudget
     from event_processor.metrics import Metrics
     from event_processor.pipeline import Pipeline
     from event_processor.sink import KinesisSink
@@ -59,6 +62,8 @@ class Worker:
         metrics: Metrics,
         policy: RetryPolicy,
         *,
+        budget: MemoryBudget,
+        max_message_bytes: int,
         receivers: int,
         batch_size: int,
         max_in_flight: int,
@@ -72,6 +77,17 @@ class Worker:
         self._receivers = receivers
         self._batch_size = batch_size
         self._capacity = Capacity(max_in_flight)
+        self._budget = budget
+        # What one received message may hold before it is parsed: the largest body the
+        # queue accepts (as Python holds it) and the Message around it.
+        self._reserve_each = max_message_bytes + constants.MESSAGE_OVERHEAD_BYTES
+        # Long polls may reserve at most this much together, so that receivers idling on an
+        # empty queue leave the rest of the budget to the work that is in flight.
+        self._receive_share = max(
+            self._reserve_each, int(budget.limit_bytes * constants.RECEIVE_BUDGET_SHARE)
+        )
+        self._receive_reserved = 0
+        self._holds: dict[asyncio.Task[object], Hold] = {}
         self._grace_s = shutdown_grace_s
         self._in_flight: dict[asyncio.Task[object], Message] = {}
         self.stop = asyncio.Event()  # first SIGTERM/SIGINT: drain
@@ -177,14 +193,23 @@ class Worker:
             # Backpressure: no new work while Kinesis is down or the bound is reached.
             await self._sink.wait_healthy(constants.RETRY_MAX_BACKOFF_S)
             wanted = await self._capacity.acquire(self._batch_size)
+            try:
+                reservation, count = await self._reserve(wanted)
+            except BaseException:
+                self._capacity.release(wanted)
+                raise
+            self._capacity.release(wanted - count)
+            wanted = count
             if self.stop.is_set():
                 self._capacity.release(wanted)
+                self._unreserve(reservation)
                 return
             self._receiving.add(me)
             try:
                 messages = await self._source.receive(wanted)
             except (BotoCoreError, ClientError) as exc:
                 self._capacity.release(wanted)
+                self._unreserve(reservation)
                 if self._source_ok:
                     # Logged once per state change, not once per attempt.
                     log.warning(
@@ -197,6 +222,7 @@ class Worker:
                 continue
             except BaseException:
                 self._capacity.release(wanted)
+                self._unreserve(reservation)
                 raise
             finally:
                 self._receiving.discard(me)
@@ -205,17 +231,49 @@ class Worker:
                 self._source_ok = True
             backoff = None
             self._capacity.release(wanted - len(messages))
-            for message in messages:
-                self._start(message)
+            # Each message takes its own share out of the reservation, then the rest goes
+            # back (in this order, so that no waiter is let in on the sum of both).
+            holds = [self._hold_for(message) for message in messages]
+            self._unreserve(reservation)
+            for message, hold in zip(messages, holds, strict=True):
+                self._start(message, hold)
 
-    def _start(self, message: Message) -> None:
-        task = asyncio.create_task(self._pipeline.process(message))
+    async def _reserve(self, wanted: int) -> tuple[Hold, int]:
+        """Reserve the budget for the bodies a receive may bring: at least one, at most
+        `wanted`, within the receivers' share; waits in turn for the first."""
+        reservation = Hold()
+        each = self._reserve_each
+        await self._budget.grow(reservation, each)
+        count = 1
+        while (
+            count < wanted
+            and self._receive_reserved + each * (count + 1) <= self._receive_share
+            and self._budget.try_resize(reservation, each * (count + 1))
+        ):
+            count += 1
+        self._receive_reserved += reservation.nbytes
+        return reservation, count
+
+    def _unreserve(self, reservation: Hold) -> None:
+        self._receive_reserved -= reservation.nbytes
+        self._budget.release(reservation)
+
+    def _hold_for(self, message: Message) -> Hold:
+        hold = Hold()
+        # getsizeof: a str holds 1, 2 or 4 bytes a character, by its widest character.
+        self._budget.resize(hold, sys.getsizeof(message.body) + constants.MESSAGE_OVERHEAD_BYTES)
+        return hold
+
+    def _start(self, message: Message, hold: Hold) -> None:
+        task = asyncio.create_task(self._pipeline.process(message, hold))
         self._in_flight[task] = message
+        self._holds[task] = hold
         self._metrics.in_flight_submissions.inc()
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[object]) -> None:
         del self._in_flight[task]
+        self._budget.release(self._holds.pop(task))
         self._capacity.release(1)
         self._metrics.in_flight_submissions.dec()
         if not task.cancelled() and task.exception() is not None:

@@ -9,8 +9,8 @@ import random
 from typing import Any
 
 import aiohttp
-import orjson
 
+from event_processor.dlq import read_letter
 from event_processor.emulator import Emulator, World, free_port
 from event_processor.models import EventType
 from event_processor.verify import expected_sequences
@@ -81,12 +81,14 @@ async def test_fleet_batch_is_published_in_order_and_rejections_reach_the_dlq(
     for message in whole:
         attrs = message["MessageAttributes"]
         assert {"reason", "detail", "source_message_id", "receive_count"} <= set(attrs)
-    events = [orjson.loads(m["Body"]) for m in dead if m["Body"] not in whole_bad]
-    assert sorted((e["field"], e["sequence"]) for e in events) == [
+    letters = [read_letter(m["Body"]) for m in dead if m["Body"] not in whole_bad]
+    assert all(letter is not None and letter.submission_id for letter in letters)
+    events = [e for letter in letters if letter is not None for e in letter.events]
+    assert sorted((e.field, e.sequence) for e in events) == [
         ("cmdl", 0),
         ("destination_ip", 0),
     ]
-    assert all(e["submission_id"] and "event" in e for e in events)
+    assert all(isinstance(e.event, dict) and not e.truncated for e in events)
 
     published = sum(
         running.metric("event_processor_events_published_total", {"event_type": t.value})
@@ -170,5 +172,7 @@ async def test_hostile_bodies_are_rejected_and_the_loop_keeps_going(
     dead = await asyncio.to_thread(drain_queue, emulator, world.dlq_url)
     whole = sorted(m["Body"] for m in dead if m["Body"] in hostile)
     assert whole == sorted(hostile)
-    [letter] = [orjson.loads(m["Body"]) for m in dead if m["Body"] not in hostile]
-    assert letter["reason"] == "event_not_an_object"
+    [letter] = [read_letter(m["Body"]) for m in dead if m["Body"] not in hostile]
+    assert letter is not None
+    [entry] = letter.events
+    assert entry.reason == "event_not_an_object"

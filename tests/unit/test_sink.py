@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -238,3 +239,56 @@ async def test_a_few_throttled_entries_do_not_collapse_the_window() -> None:
     client.gate.set()
     await asyncio.gather(*futures)
     assert max(len(r) for r in client.requests[1:4]) == 500
+
+
+async def test_oldest_submissions_finish_first_under_a_capped_stream() -> None:
+    """With room for 20 records a call, lanes finish in the order they were received."""
+    client = CappedKinesis(capacity=20)
+    sink, _ = make_sink(client, max_requests=1)
+    stored_at_finish: dict[int, int] = {}
+    futures = []
+
+    def finished(n: int) -> Callable[[object], object]:
+        return lambda _: stored_at_finish.setdefault(n, len(client.stored))
+
+    for n in range(100):
+        future = sink.publish(records(f"l{n}", 5), received_at=float(n))
+        future.add_done_callback(finished(n))
+        futures.append(future)
+    await asyncio.gather(*futures)
+    # Oldest first, lane n is done once about the 5 (n + 1) records of lanes 0..n are stored,
+    # give or take one window of lanes (20) advancing together: 5 x 20, plus a request.
+    # Round-robin would finish every lane within the last 100 of the 500 records.
+    late = {n: at for n, at in stored_at_finish.items() if at > 5 * (n + 1) + 120}
+    assert late == {}
+
+
+async def test_a_retried_lane_keeps_its_age() -> None:
+    """A lane that failed and backed off goes before younger lanes when it is ready again."""
+    client = FakeKinesis()
+    sink, _ = make_sink(client, max_requests=1)
+    client.gate = asyncio.Event()
+    old = sink.publish(records("old", 2), received_at=0.0)
+    await asyncio.sleep(0)  # its first record is on the wire, held by the gate
+    young = [sink.publish(records(f"y{n}", 1), received_at=1.0 + n) for n in range(3)]
+    client.gate.set()
+    await asyncio.gather(old, *young)
+    order = [key for key, _ in client.stored]
+    assert order.index("old") == 0
+    assert order[1] == "old", "the old lane's second record goes before the younger lanes"
+
+
+async def test_bytes_in_flight_are_bounded_across_requests() -> None:
+    """Large records: requests in flight together stay within PUT_MAX_BYTES_IN_FLIGHT."""
+    client = FakeKinesis()
+    sink, _ = make_sink(client, max_requests=8)
+    client.gate = asyncio.Event()
+    size = 900 * 1024
+    futures = [sink.publish(records(f"l{n}", 1, size=size)) for n in range(40)]
+    await asyncio.sleep(0)
+    in_flight = sum(len(e["Data"]) + len(e["PartitionKey"]) for r in client.requests for e in r)
+    assert in_flight <= constants.PUT_MAX_BYTES_IN_FLIGHT
+    assert len(client.requests) >= 1
+    client.gate.set()
+    await asyncio.gather(*futures)
+    assert len(client.stored) == 40

@@ -1,0 +1,108 @@
+"""The memory budget's admission rules (pure logic: no AWS)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from event_processor.budget import Hold, MemoryBudget
+
+
+async def test_grow_within_the_limit_is_immediate() -> None:
+    """Holds that fit are granted at once and counted in used_bytes."""
+    budget = MemoryBudget(100)
+    a, b = Hold(), Hold()
+    await budget.grow(a, 60)
+    await budget.grow(b, 40)
+    assert budget.used_bytes == 100
+    budget.release(a)
+    assert budget.used_bytes == 40
+
+
+async def test_a_waiter_is_let_in_when_room_frees() -> None:
+    """A hold that does not fit waits until another hold shrinks."""
+    budget = MemoryBudget(100)
+    a, b = Hold(), Hold()
+    await budget.grow(a, 80)
+    waiter = asyncio.create_task(budget.grow(b, 50))
+    await asyncio.sleep(0)  # let it queue
+    assert not waiter.done()
+    budget.resize(a, 50)
+    await asyncio.wait_for(waiter, 1)
+    assert budget.used_bytes == 100
+
+
+async def test_waiters_are_served_in_turn() -> None:
+    """A small request does not overtake a large one queued before it."""
+    budget = MemoryBudget(100)
+    a, big, small = Hold(), Hold(), Hold()
+    await budget.grow(a, 90)
+    first = asyncio.create_task(budget.grow(big, 60))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(budget.grow(small, 5))
+    await asyncio.sleep(0)
+    assert not second.done(), "the small one would fit, but it came second"
+    assert not budget.try_resize(Hold(), 1), "nobody jumps the queue"
+    budget.release(a)
+    await asyncio.wait_for(asyncio.gather(first, second), 1)
+    assert (big.nbytes, small.nbytes) == (60, 5)
+
+
+async def test_larger_than_the_budget_goes_alone() -> None:
+    """A hold bigger than the whole budget is granted once nothing else is held."""
+    budget = MemoryBudget(100)
+    a, huge = Hold(), Hold()
+    await budget.grow(a, 10)
+    waiter = asyncio.create_task(budget.grow(huge, 500))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    budget.release(a)
+    await asyncio.wait_for(waiter, 1)
+    assert budget.used_bytes == 500
+
+
+async def test_waiters_holding_bytes_do_not_deadlock() -> None:
+    """Two waiters that each hold a body: the first goes once only waiters hold anything."""
+    budget = MemoryBudget(100)
+    active, a, b = Hold(), Hold(), Hold()
+    await budget.grow(active, 50)
+    await budget.grow(a, 20)
+    await budget.grow(b, 20)
+    grow_a = asyncio.create_task(budget.grow(a, 90))
+    grow_b = asyncio.create_task(budget.grow(b, 90))
+    await asyncio.sleep(0)
+    budget.release(active)
+    await asyncio.wait_for(grow_a, 1)
+    assert not grow_b.done()
+    budget.release(a)
+    await asyncio.wait_for(grow_b, 1)
+
+
+async def test_cancelled_waiter_leaves_its_hold_and_the_queue() -> None:
+    """Cancelling a waiting grow keeps the hold's old size and lets the next waiter in."""
+    budget = MemoryBudget(100)
+    a, b, c = Hold(), Hold(), Hold()
+    await budget.grow(a, 90)
+    await budget.grow(b, 10)
+    stuck = asyncio.create_task(budget.grow(b, 100))
+    await asyncio.sleep(0)
+    behind = asyncio.create_task(budget.grow(c, 5))
+    await asyncio.sleep(0)
+    stuck.cancel()
+    await asyncio.gather(stuck, return_exceptions=True)
+    assert b.nbytes == 10
+    budget.resize(a, 80)
+    await asyncio.wait_for(behind, 1)
+    assert budget.used_bytes == 95
+
+
+async def test_resize_forces_and_shrinking_wakes() -> None:
+    """resize() takes what is already allocated even over the limit; shrinking lets waiters in."""
+    budget = MemoryBudget(100)
+    a, b = Hold(), Hold()
+    budget.resize(a, 150)
+    assert budget.used_bytes == 150
+    waiter = asyncio.create_task(budget.grow(b, 30))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    budget.resize(a, 60)
+    await asyncio.wait_for(waiter, 1)
