@@ -1,5 +1,6 @@
-"""`dlq inspect` and `dlq redrive`: count the DLQ's dead letters by reason without consuming
-them, and move rejected submissions back to the source queue (docs/operations.md).
+"""`dlq inspect` and `dlq redrive`: count the DLQ's dead letters, and the rejected events they
+list, by reason without consuming them, and move rejected submissions back to the source queue
+(docs/operations.md).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from event_processor import constants
+from event_processor import constants, dlq
 from event_processor.config import Settings
 from event_processor.ops import (
     EXIT_FAILED,
@@ -39,21 +40,16 @@ from event_processor.ops import (
 #
 # Dead letters come in two kinds (README, "Dead letters"): a rejected *submission* keeps its
 # original body and attributes plus ours (`reason`, `detail`, `source_message_id`,
-# `receive_count`); a rejected *event* is a JSON document about one event. A message without a
-# `reason` attribute was moved by SQS's own redrive policy (after maxReceiveCount): it is an
-# original submission, listed under the reason `none`.
+# `receive_count`); an *event* letter lists rejected events of one valid submission, in the
+# format dlq.py writes and reads (`dlq.read_letter`: packed letters, and the one-event letters
+# of earlier versions). A message without a `reason` attribute was moved by SQS's own redrive
+# policy (after maxReceiveCount): it is an original submission, listed under the reason `none`.
 
 # --- Dead letters: what the daemon writes (dlq.py) ---
 # The attributes the daemon adds to every dead letter; redrive strips them.
 OUR_ATTRIBUTES = frozenset({"reason", "detail", "source_message_id", "receive_count"})
-KIND_SUBMISSION = "submission"
-KIND_EVENT = "event"
 # The reason shown for messages without our `reason` attribute (SQS's redrive policy moved them).
 NO_REASON = "none"
-# Keys every rejected-event letter has (plus "event", or "event_preview" when truncated).
-_EVENT_LETTER_KEYS = frozenset(
-    {"reason", "field", "detail", "submission_id", "device_id", "sequence", "event_type"}
-)
 
 # --- Reading without consuming ---
 # With VisibilityTimeout=0 SQS may hand out the same messages again and again (moto always
@@ -61,6 +57,8 @@ _EVENT_LETTER_KEYS = frozenset(
 PEEK_IDLE_RECEIVES = 5
 # Characters of a body shown in previews.
 PREVIEW_CHARS = 160
+# Rejected events of an event letter shown in an example: the first ones of the example's reason.
+EXAMPLE_EVENTS = 2
 
 # --- Redrive ---
 # A received message is hidden this long (plus the pacing wait) while it is being moved; if the
@@ -77,28 +75,60 @@ def _string_attribute(attributes: Mapping[str, Any], name: str) -> str | None:
     return str(value["StringValue"])
 
 
-def letter_kind(body: str, attributes: Mapping[str, Any]) -> str:
-    """`event` for a rejected event's JSON document, `submission` for anything else.
+def read_event_letter(body: str, attributes: Mapping[str, Any]) -> dlq.PackedLetter | None:
+    """The rejected events an event letter lists, or None if the message is a submission.
 
-    A rejected submission's body is whatever the sensor sent, so an event letter is recognised
-    by its whole shape: a JSON object with every key the daemon writes and the same
-    `source_message_id` as its attribute.
+    A rejected submission's body is whatever the sensor sent, so an event letter is one that
+    `dlq.read_letter` reads and whose `source_message_id` is that of its attribute.
     """
     source_message_id = _string_attribute(attributes, "source_message_id")
-    if source_message_id is None or not body.startswith("{"):
-        return KIND_SUBMISSION
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):  # rejected bodies can be nested beyond the limit
-        return KIND_SUBMISSION
-    if (
-        isinstance(doc, dict)
-        and _EVENT_LETTER_KEYS.issubset(doc)
-        and ("event" in doc or "event_preview" in doc)
-        and doc.get("source_message_id") == source_message_id
-    ):
-        return KIND_EVENT
-    return KIND_SUBMISSION
+    if source_message_id is None:
+        return None
+    letter = dlq.read_letter(body)
+    if letter is None or letter.source_message_id != source_message_id:
+        return None
+    return letter
+
+
+def letter_kind(body: str, attributes: Mapping[str, Any]) -> str:
+    """`dlq.KIND_EVENTS` for a letter of rejected events, `dlq.KIND_SUBMISSION` otherwise."""
+    if read_event_letter(body, attributes) is None:
+        return dlq.KIND_SUBMISSION
+    return dlq.KIND_EVENTS
+
+
+@dataclass(frozen=True)
+class LetterEvents:
+    """What an event letter lists, without keeping every event (a letter may list 10^5)."""
+
+    submission_id: str
+    device_id: str
+    part: int
+    parts: int
+    by_reason: dict[str, int]  # rejected events by each event's own reason
+    first: dict[str, tuple[dlq.RejectedEventEntry, ...]]  # the first EXAMPLE_EVENTS per reason
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_reason.values())
+
+    @classmethod
+    def of(cls, letter: dlq.PackedLetter) -> LetterEvents:
+        by_reason: Counter[str] = Counter()
+        first: dict[str, list[dlq.RejectedEventEntry]] = {}
+        for entry in letter.events:
+            by_reason[entry.reason] += 1
+            shown = first.setdefault(entry.reason, [])
+            if len(shown) < EXAMPLE_EVENTS:
+                shown.append(entry)
+        return cls(
+            letter.submission_id,
+            letter.device_id,
+            letter.part,
+            letter.parts,
+            dict(by_reason.most_common()),
+            {reason: tuple(entries) for reason, entries in first.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -110,21 +140,24 @@ class Letter:
     body: str
     attributes: dict[str, Any]  # MessageAttributes
     system: dict[str, str]  # Attributes: SentTimestamp, ApproximateReceiveCount...
-    kind: str
-    reason: str
+    kind: str  # dlq.KIND_SUBMISSION or dlq.KIND_EVENTS
+    reason: str  # the `reason` attribute ("mixed" for a letter of events of several reasons)
+    events: LetterEvents | None  # what an event letter lists; None for a submission
 
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> Letter:
         body = str(message.get("Body", ""))
         attributes = dict(message.get("MessageAttributes") or {})
+        packed = read_event_letter(body, attributes)
         return cls(
             message_id=str(message["MessageId"]),
             receipt_handle=str(message["ReceiptHandle"]),
             body=body,
             attributes=attributes,
             system={str(k): str(v) for k, v in (message.get("Attributes") or {}).items()},
-            kind=letter_kind(body, attributes),
+            kind=dlq.KIND_SUBMISSION if packed is None else dlq.KIND_EVENTS,
             reason=_string_attribute(attributes, "reason") or NO_REASON,
+            events=None if packed is None else LetterEvents.of(packed),
         )
 
     def original_attributes(self) -> dict[str, dict[str, Any]]:
@@ -208,6 +241,19 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 # dlq inspect
 
 
+@dataclass(frozen=True)
+class ReasonCounts:
+    """One row of the report: the messages with this `reason` attribute, and the events."""
+
+    reason: str
+    by_kind: dict[str, int]  # DLQ messages whose `reason` attribute is this one, by kind
+    events: int  # rejected events of this reason listed in the event letters read
+
+    @property
+    def messages(self) -> int:
+        return sum(self.by_kind.values())
+
+
 @dataclass
 class InspectReport:
     dlq_url: str
@@ -215,8 +261,15 @@ class InspectReport:
     approximate_not_visible: int
     max_messages: int
     read: int = 0
-    # (reason, kind) -> messages read
+    # (reason attribute, kind) -> messages read; a letter of events of several reasons has the
+    # reason attribute dlq.MIXED_REASONS.
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Each event's own reason -> rejected events listed in the event letters read.
+    events: Counter[str] = field(default_factory=Counter)
+    # submission_id of every event letter read (a submission's events may take several).
+    event_submissions: set[str] = field(default_factory=set)
+    # reason -> examples: submissions by their reason attribute, event letters under every
+    # reason of their events (shown with their first events of that reason).
     examples: dict[str, list[Letter]] = field(default_factory=dict)
 
     @property
@@ -224,26 +277,54 @@ class InspectReport:
         """True when the queue holds more than was read: the counts cover only what was read."""
         return self.approximate_visible > self.read
 
-    def by_reason(self) -> list[tuple[str, dict[str, int]]]:
-        """[(reason, {kind: count})], the most frequent reason first."""
-        reasons: dict[str, dict[str, int]] = {}
+    def by_kind(self) -> dict[str, int]:
+        """Messages read by kind."""
+        kinds = Counter({dlq.KIND_SUBMISSION: 0, dlq.KIND_EVENTS: 0})
+        for (_, kind), count in self.counts.items():
+            kinds[kind] += count
+        return dict(kinds)
+
+    def by_reason(self) -> list[ReasonCounts]:
+        """A row per reason; most rejections (submissions plus events) first."""
+        kinds: dict[str, dict[str, int]] = {}
         for (reason, kind), count in self.counts.items():
-            reasons.setdefault(reason, {})[kind] = count
-        return sorted(reasons.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+            kinds.setdefault(reason, {})[kind] = count
+        rows = [
+            ReasonCounts(reason, kinds.get(reason, {}), self.events[reason])
+            for reason in kinds.keys() | self.events.keys()
+        ]
+        return sorted(
+            rows,
+            key=lambda row: (
+                -(row.by_kind.get(dlq.KIND_SUBMISSION, 0) + row.events),
+                -row.messages,
+                row.reason,
+            ),
+        )
 
 
 def inspect_dlq(
     sqs: Any, dlq_url: str, *, max_messages: int = 1000, examples: int = 3
 ) -> InspectReport:
-    """Read up to `max_messages` DLQ messages without consuming any, and count them by reason."""
+    """Read up to `max_messages` DLQ messages without consuming any, and count them by reason.
+
+    Messages are counted by their `reason` attribute and kind; the rejected events that event
+    letters list are counted too, by each event's own reason.
+    """
     visible, not_visible = queue_counts(sqs, dlq_url)
     report = InspectReport(dlq_url, visible, not_visible, max_messages)
     for letter in peek(sqs, dlq_url):
         report.read += 1
         report.counts[letter.reason, letter.kind] += 1
-        shown = report.examples.setdefault(letter.reason, [])
-        if len(shown) < examples:
-            shown.append(letter)
+        reasons = [letter.reason]
+        if letter.events is not None:
+            report.events.update(letter.events.by_reason)
+            report.event_submissions.add(letter.events.submission_id)
+            reasons = list(letter.events.by_reason)
+        for reason in reasons:
+            shown = report.examples.setdefault(reason, [])
+            if len(shown) < examples:
+                shown.append(letter)
         if report.read >= max_messages:
             break
     return report
@@ -284,8 +365,32 @@ def _sent_at(letter: Letter) -> str | None:
     return datetime.fromtimestamp(int(millis) / 1000, tz=UTC).isoformat(timespec="seconds")
 
 
-def _example_json(letter: Letter) -> dict[str, Any]:
+def _event_preview(entry: dlq.RejectedEventEntry, limit: int = PREVIEW_CHARS) -> str:
+    """The start of a rejected event's JSON (a truncated event is already the start of it)."""
+    if entry.truncated and isinstance(entry.event, str):
+        return _preview(entry.event, limit)
+    try:
+        text = json.dumps(entry.event, ensure_ascii=False)
+    except RecursionError:  # the reader parsed it, the encoder may not go as deep
+        return "(nested too deep to show)"
+    return _preview(text, limit)
+
+
+def _event_json(entry: dlq.RejectedEventEntry) -> dict[str, Any]:
     return {
+        "sequence": entry.sequence,
+        "event_type": _preview(entry.event_type, 80),
+        "reason": entry.reason,
+        "field": entry.field,
+        "detail": _preview(entry.detail),
+        "truncated": entry.truncated,
+        "event_preview": _event_preview(entry),
+    }
+
+
+def _example_json(letter: Letter, reason: str) -> dict[str, Any]:
+    """`letter` as an example of `reason` (for an event letter: its first events of it)."""
+    example: dict[str, Any] = {
         "message_id": letter.message_id,
         "kind": letter.kind,
         "sent_at": _sent_at(letter),
@@ -295,6 +400,18 @@ def _example_json(letter: Letter) -> dict[str, Any]:
         "body_preview": _preview(letter.body),
         "decoded_preview": _decoded_preview(letter.body),
     }
+    if letter.events is not None:
+        events = letter.events
+        example["letter"] = {
+            "submission_id": events.submission_id,
+            "device_id": events.device_id,
+            "part": events.part,
+            "parts": events.parts,
+            "event_count": events.count,
+            "events_by_reason": events.by_reason,
+            "first_events": [_event_json(entry) for entry in events.first.get(reason, ())],
+        }
+    return example
 
 
 def report_json(report: InspectReport) -> dict[str, Any]:
@@ -306,15 +423,48 @@ def report_json(report: InspectReport) -> dict[str, Any]:
         "read": report.read,
         "max": report.max_messages,
         "sample": report.sample,
+        "by_kind": report.by_kind(),
+        "events": sum(report.events.values()),
+        "event_submissions": len(report.event_submissions),
         "reasons": [
-            {"reason": reason, "total": sum(kinds.values()), "by_kind": kinds}
-            for reason, kinds in report.by_reason()
+            {
+                "reason": row.reason,
+                "total": row.messages,
+                "by_kind": row.by_kind,
+                "events": row.events,
+            }
+            for row in report.by_reason()
         ],
         "examples": {
-            reason: [_example_json(letter) for letter in letters]
+            reason: [_example_json(letter, reason) for letter in letters]
             for reason, letters in report.examples.items()
         },
     }
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _event_letter_lines(events: LetterEvents, reason: str) -> list[str]:
+    by_reason = ", ".join(f"{r}: {n}" for r, n in events.by_reason.items())
+    lines = [
+        f"      letter: part {events.part} of {events.parts} of submission"
+        f" {events.submission_id} (device {events.device_id}),"
+        f" {_plural(events.count, 'rejected event')} ({by_reason})"
+    ]
+    first = events.first.get(reason, ())
+    for entry in first:
+        truncated = " (truncated)" if entry.truncated else ""
+        lines.append(
+            f"      event {entry.sequence} {_preview(entry.event_type, 40)}"
+            f" field={entry.field or '-'}: {_preview(entry.detail, 80)}"
+        )
+        lines.append(f"        {_event_preview(entry)}{truncated}")
+    more = events.by_reason.get(reason, 0) - len(first)
+    if more > 0:
+        lines.append(f"      ... and {more} more {reason} events in this letter")
+    return lines
 
 
 def format_report(report: InspectReport) -> str:
@@ -342,20 +492,47 @@ def format_report(report: InspectReport) -> str:
         lines.append("  nothing to show: the DLQ looks empty")
         return "\n".join(lines)
 
-    width = max(len("reason"), *(len(reason) for reason, _ in report.by_reason()))
-    lines += ["", f"  {'reason':<{width}}  {KIND_SUBMISSION:>10}  {KIND_EVENT:>6}  {'total':>6}"]
-    for reason, kinds in report.by_reason():
+    kinds = report.by_kind()
+    lines.append(
+        f"  by kind: {_plural(kinds[dlq.KIND_SUBMISSION], 'submission')},"
+        f" {_plural(kinds[dlq.KIND_EVENTS], 'event letter')} (listing"
+        f" {_plural(sum(report.events.values()), 'rejected event')} of"
+        f" {_plural(len(report.event_submissions), 'submission')})"
+    )
+    rows = report.by_reason()
+    width = max(len("reason"), *(len(row.reason) for row in rows))
+    kind_s, kind_e = dlq.KIND_SUBMISSION, dlq.KIND_EVENTS
+    lines += [
+        "",
+        f"  {'':<{width}}  {'messages':-^{len(kind_s) + 2 + len(kind_e) + 2 + 5}}  rejected",
+        f"  {'reason':<{width}}  {kind_s:>{len(kind_s)}}  {kind_e:>5}  {'total':>5}  {'events':>8}",
+    ]
+    for row in rows:
         lines.append(
-            f"  {reason:<{width}}  {kinds.get(KIND_SUBMISSION, 0):>10}"
-            f"  {kinds.get(KIND_EVENT, 0):>6}  {sum(kinds.values()):>6}"
+            f"  {row.reason:<{width}}  {row.by_kind.get(kind_s, 0):>{len(kind_s)}}"
+            f"  {row.by_kind.get(kind_e, 0):>5}  {row.messages:>5}  {row.events:>8}"
         )
-    for reason, _ in report.by_reason():
-        letters = report.examples.get(reason, [])
+    if kinds[kind_e]:
+        lines += [
+            "  (messages by their `reason` attribute, which is `mixed` for an event letter of",
+            "   several reasons; rejected events by each event's own reason)",
+        ]
+    shown: dict[str, str] = {}  # message id -> the reason it was first shown under
+    for row in rows:
+        letters = report.examples.get(row.reason, [])
         if not letters:
             continue
-        lines += ["", f"  {reason}: {len(letters)} example(s)"]
+        lines += ["", f"  {row.reason}: {len(letters)} example(s)"]
         for letter in letters:
-            example = _example_json(letter)
+            if letter.events is not None and letter.message_id in shown:
+                lines.append(
+                    f"    - {letter.message_id}  kind={letter.kind}  (the letter shown under"
+                    f" {shown[letter.message_id]})"
+                )
+                lines += _event_letter_lines(letter.events, row.reason)[1:]
+                continue
+            shown[letter.message_id] = row.reason
+            example = _example_json(letter, row.reason)
             lines.append(
                 f"    - {letter.message_id}  kind={letter.kind}  sent={example['sent_at']}"
                 f"  dlq_receives={example['dlq_receive_count']}"
@@ -364,6 +541,9 @@ def format_report(report: InspectReport) -> str:
                 f"{name}={_preview(text, 80)}" for name, text in example["attributes"].items()
             )
             lines.append(f"      attributes: {attributes or '-'}")
+            if letter.events is not None:
+                lines += _event_letter_lines(letter.events, row.reason)
+                continue
             lines.append(f"      body ({len(letter.body)} chars): {example['body_preview']}")
             if example["decoded_preview"] is not None:
                 lines.append(f"      base64-decoded: {example['decoded_preview']}")
@@ -425,7 +605,8 @@ class Pacer:
 class RedriveSummary:
     dry_run: bool
     moved: int = 0  # sent to the source queue and deleted from the DLQ (dry run: would move)
-    skipped_events: int = 0  # rejected-event letters: not submissions, never moved
+    skipped_events: int = 0  # event letters: not submissions, never moved
+    skipped_event_count: int = 0  # the rejected events those letters list
     skipped_other: Counter[str] = field(default_factory=Counter)  # reason -> not chosen
     failed: int = 0
     read: int = 0
@@ -437,11 +618,19 @@ class RedriveSummary:
     def skipped(self) -> int:
         return self.skipped_events + sum(self.skipped_other.values())
 
+    def skip_events(self, letter: Letter) -> None:
+        """Count an event letter as skipped, with the rejected events it lists."""
+        self.skipped_events += 1
+        self.skipped_event_count += 0 if letter.events is None else letter.events.count
+
     def text(self) -> str:
         verb = "would move" if self.dry_run else "moved"
         parts = []
         if self.skipped_events:
-            parts.append(f"{self.skipped_events} rejected-event letters (not submissions)")
+            parts.append(
+                f"{_plural(self.skipped_events, 'event letter')} listing"
+                f" {_plural(self.skipped_event_count, 'rejected event')} (not submissions)"
+            )
         if self.skipped_other:
             other = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped_other.items()))
             parts.append(f"other reasons ({other})")
@@ -462,7 +651,7 @@ class RedriveSummary:
 
 def _chosen(letter: Letter, reason: str | None) -> str | None:
     """Why `letter` is not moved, or None if it is."""
-    if letter.kind == KIND_EVENT:
+    if letter.kind == dlq.KIND_EVENTS:
         return "event"
     if reason is not None and letter.reason != reason:
         return "reason"
@@ -577,7 +766,7 @@ class _Redrive:
                 continue
             self.summary.read += 1
             if why == "event":
-                self.summary.skipped_events += 1
+                self.summary.skip_events(letter)
             elif why == "reason":
                 self.summary.skipped_other[letter.reason] += 1
             else:
@@ -684,7 +873,7 @@ def _dry_run(
         summary.read += 1
         why = _chosen(letter, reason)
         if why == "event":
-            summary.skipped_events += 1
+            summary.skip_events(letter)
         elif why == "reason":
             summary.skipped_other[letter.reason] += 1
         else:
@@ -715,7 +904,8 @@ def redrive(
     """Move rejected submissions (of `reason`, if given) from the DLQ back to the source queue.
 
     Each message is deleted from the DLQ only after SendMessageBatch reported its entry sent;
-    rejected-event letters are never moved (they are not submissions). With `dry_run` the DLQ
+    event letters are never moved (they are not submissions): the summary counts them and the
+    rejected events they list. With `dry_run` the DLQ
     is only peeked at (VisibilityTimeout=0) and nothing changes.
     """
     if queue_url == dlq_url:

@@ -19,12 +19,17 @@ from event_processor.emulator import Emulator, World, read_stream
 from tests.helpers import client, drain_queue, queue_depth
 from tests.integration.test_ops import (
     ARRAYS,
+    BAD_EVENTS,
     GARBAGE,
     TRACE,
     letters_for,
     mixed_dlq,
+    packed_dlq,
     put_letters,
     put_records,
+    rejected_by_reason,
+    report_table,
+    v1_letters,
 )
 
 pytestmark = pytest.mark.e2e
@@ -67,15 +72,40 @@ def test_inspect_json_counts_and_consumes_nothing(emulator: Emulator, world: Wor
     result = cli(emulator, world, "dlq", "inspect", "--json", "--examples", "1")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert (doc["read"], doc["sample"]) == (9, False)
+    assert (doc["read"], doc["sample"]) == (8, False)
     assert {r["reason"]: r["by_kind"] for r in doc["reasons"]} == {
         "invalid_body": {"submission": 3},
-        "invalid_field": {"submission": 1, "event": 2},
+        "invalid_field": {"submission": 1, "event": 1},
         "not_an_object": {"submission": 2},
         "none": {"submission": 1},
     }
+    assert {r["reason"]: r["events"] for r in doc["reasons"]} == {
+        "invalid_body": 0,
+        "invalid_field": rejected_by_reason(BAD_EVENTS)["invalid_field"],
+        "not_an_object": 0,
+        "none": 0,
+    }
+    assert (doc["by_kind"], doc["events"]) == ({"submission": 7, "event": 1}, 2)
     assert all(len(examples) == 1 for examples in doc["examples"].values())
-    assert counts(emulator, world.dlq_url) == (9, 0)
+    assert counts(emulator, world.dlq_url) == (8, 0)
+
+
+def test_inspect_text_counts_packed_and_version_1_events(emulator: Emulator, world: World) -> None:
+    """`dlq inspect` prints events by reason over packed and old letters, and their first events."""
+    bodies, letters = packed_dlq(emulator, world)
+    old = v1_letters(BAD_EVENTS)
+    put_letters(client(emulator, "sqs"), world.dlq_url, old)
+    expected = rejected_by_reason(*bodies, BAD_EVENTS)
+    result = cli(emulator, world, "dlq", "inspect", "--examples", "1")
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"by kind: 0 submissions, {len(letters) + len(old)} event letters (listing"
+        f" {expected.total()} rejected events of {len(bodies) + 1} submissions)"
+    ) in result.stdout
+    table = report_table(result.stdout)
+    assert {reason: int(row[-1]) for reason, row in table.items() if int(row[-1])} == expected
+    assert "event 0 new_process field=user: user is empty" in result.stdout
+    assert counts(emulator, world.dlq_url) == (len(letters) + len(old), 0)
 
 
 def test_inspect_text_says_sample(emulator: Emulator, world: World) -> None:
@@ -95,9 +125,10 @@ def test_redrive_by_reason(emulator: Emulator, world: World) -> None:
     mixed_dlq(emulator, world)
     result = cli(emulator, world, "dlq", "redrive", "--reason", "invalid_body")
     assert result.returncode == 0, result.stderr
-    assert "moved 3, skipped 6" in result.stdout
+    assert "moved 3, skipped 5" in result.stdout
+    assert "1 event letter listing 2 rejected events (not submissions)" in result.stdout
     assert "failed 0" in result.stdout
-    assert counts(emulator, world.dlq_url) == (6, 0)
+    assert counts(emulator, world.dlq_url) == (5, 0)
     moved = drain_queue(emulator, world.queue_url)
     assert sorted(m["Body"] for m in moved) == GARBAGE
     assert all(set(m["MessageAttributes"]) == set(TRACE) for m in moved)
@@ -120,8 +151,8 @@ def test_redrive_dry_run(emulator: Emulator, world: World) -> None:
     result = cli(emulator, world, "dlq", "redrive", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("would move ") == 8  # 7 lines + the summary
-    assert "dry run, nothing changed: would move 7, skipped 2" in result.stdout
-    assert counts(emulator, world.dlq_url) == (9, 0)
+    assert "dry run, nothing changed: would move 7, skipped 1" in result.stdout
+    assert counts(emulator, world.dlq_url) == (8, 0)
     assert queue_depth(emulator, world.queue_url) == 0
 
 

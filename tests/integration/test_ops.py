@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
-from event_processor import dlq_tools, ops
-from event_processor.dlq import DeadLetter, event_letters, submission_letter
+from event_processor import constants, dlq, dlq_tools, ops
+from event_processor.dlq import DeadLetter, LetterPacker, submission_letter
 from event_processor.emulator import Emulator, World, read_stream
 from event_processor.faultproxy import FaultProxy
-from event_processor.models import Rejection, parse_submission
+from event_processor.models import (
+    PartitionKey,
+    Rejection,
+    format_timestamp,
+    parse_packed,
+    parse_submission,
+)
 from event_processor.source import Message
 from event_processor.tail import tail
 from tests.conftest import settings_for
@@ -27,9 +36,9 @@ from tests.helpers import client, drain_queue, eventually, queue_depth, send_bod
 TRACE = {"trace": {"DataType": "String", "StringValue": "trace-1"}}
 
 
-def letters_for(body: str, attributes: dict[str, Any] | None = None) -> list[DeadLetter]:
-    """The dead letters the daemon writes for `body`, built by the daemon's own code."""
-    message = Message(
+def message_for(body: str, attributes: dict[str, Any] | None = None) -> Message:
+    """`body` as the daemon receives it from the source queue."""
+    return Message(
         message_id=str(uuid.uuid4()),
         receipt_handle="-",
         body=body,
@@ -39,17 +48,82 @@ def letters_for(body: str, attributes: dict[str, Any] | None = None) -> list[Dea
         received_at=0.0,
         visible_until=0.0,
     )
-    parsed = parse_submission(body)
+
+
+def letters_for(
+    body: str,
+    attributes: dict[str, Any] | None = None,
+    max_message_bytes: int = constants.SQS_MAX_MESSAGE_BYTES,
+) -> list[DeadLetter]:
+    """The dead letters the daemon writes for `body`, built by the daemon's own code."""
+    message = message_for(body, attributes)
+    packer = LetterPacker(message, max_message_bytes)
+    processed_at = format_timestamp(datetime.now(UTC))
+    parsed = parse_packed(body, processed_at, PartitionKey.DEVICE_ID, packer.add)
     if isinstance(parsed, Rejection):
-        return [submission_letter(message, parsed)]
-    return event_letters(message, parsed)
+        return [submission_letter(message, body, parsed)]
+    return packer.letters(parsed.submission_id, parsed.device_id)
+
+
+def v1_letters(body: str) -> list[DeadLetter]:
+    """The one-letter-per-event dead letters the daemon wrote before packing (version 1)."""
+    message = message_for(body)
+    parsed = parse_submission(body)
+    assert not isinstance(parsed, Rejection)
+    letters = []
+    for rejected in parsed.rejected:
+        document = {
+            "reason": rejected.rejection.reason.value,
+            "field": rejected.rejection.field,
+            "detail": rejected.rejection.detail,
+            "submission_id": parsed.submission_id,
+            "device_id": parsed.device_id,
+            "sequence": rejected.sequence,
+            "event_type": rejected.event_type,
+            "source_message_id": message.message_id,
+            "event": rejected.event,
+        }
+        attributes: dict[str, Any] = {
+            "reason": {"DataType": "String", "StringValue": rejected.rejection.reason.value},
+            "detail": {"DataType": "String", "StringValue": rejected.rejection.detail},
+            "source_message_id": {"DataType": "String", "StringValue": message.message_id},
+            "receive_count": {"DataType": "Number", "StringValue": "1"},
+        }
+        letters.append(DeadLetter(dlq.KIND_EVENTS, json.dumps(document), attributes))
+    return letters
+
+
+def rejected_by_reason(*bodies: str) -> Counter[str]:
+    """The rejected events of valid submissions by reason, as the validator finds them."""
+    counts: Counter[str] = Counter()
+    for body in bodies:
+        parsed = parse_submission(body)
+        assert not isinstance(parsed, Rejection)
+        counts.update(rejected.rejection.reason.value for rejected in parsed.rejected)
+    return counts
+
+
+def dlq_max_bytes(emulator: Emulator, dlq_url: str) -> int:
+    """The DLQ's MaximumMessageSize: what the daemon packs letters to."""
+    attributes = client(emulator, "sqs").get_queue_attributes(
+        QueueUrl=dlq_url, AttributeNames=["MaximumMessageSize"]
+    )["Attributes"]
+    return int(attributes["MaximumMessageSize"])
 
 
 def put_letters(sqs: Any, dlq_url: str, letters: list[DeadLetter]) -> list[str]:
     """Send dead letters to the DLQ as the daemon does; return their message ids in order."""
     ids: list[str] = []
-    for start in range(0, len(letters), 10):
-        chunk = letters[start : start + 10]
+    chunks: list[list[DeadLetter]] = []
+    for letter in letters:  # batches within SQS's limits, as the daemon's Batcher makes them
+        if (
+            not chunks
+            or len(chunks[-1]) == constants.SQS_MAX_BATCH_ENTRIES
+            or sum(x.size for x in chunks[-1]) + letter.size > constants.SQS_MAX_BATCH_BYTES
+        ):
+            chunks.append([])
+        chunks[-1].append(letter)
+    for chunk in chunks:
         response = sqs.send_message_batch(
             QueueUrl=dlq_url,
             Entries=[
@@ -69,10 +143,27 @@ BAD_EVENTS = encode(
     submission({"new_process": [new_process(cmdl=None), new_process(), new_process(user=" ")]})
 )
 POISON = encode(submission())
+# Packed letters: hundreds of rejected events. Each padded event takes about 1/PADDED_PER_LETTER
+# of a letter, so the first submission's events take several letters (parts) of any DLQ size.
+PADDED_PER_LETTER = 100
+PROCESSES = 300  # a third rejected as invalid_field, a third as missing_field, a third valid
+CONNECTIONS = 150  # all rejected as event_not_an_object
+EMPTY = 120  # all rejected as missing_field
+
+
+def packed_bodies(max_message_bytes: int) -> list[str]:
+    """Two valid submissions with hundreds of rejected events: one of mixed reasons, one not."""
+    pad = "x" * (max_message_bytes // PADDED_PER_LETTER)
+    processes = [
+        [new_process(pad, " "), {"cmdl": pad}, new_process(pad)][i % 3] for i in range(PROCESSES)
+    ]
+    mixed = submission({"new_process": processes, "network_connection": ["x"] * CONNECTIONS})
+    single = submission({"new_process": [{}] * EMPTY})
+    return [encode(mixed), encode(single)]
 
 
 def mixed_dlq(emulator: Emulator, world: World) -> dict[str, list[str]]:
-    """9 dead letters of every shape: {label: [message ids]}."""
+    """8 dead letters of every shape (one packed letter of 2 events): {label: [message ids]}."""
     sqs = client(emulator, "sqs")
     ids = {
         "invalid_body": put_letters(
@@ -96,16 +187,26 @@ def all_visible(emulator: Emulator, queue_url: str, expected: int) -> None:
 
 
 def test_letter_kind_is_decided_by_the_whole_shape() -> None:
-    """Only the daemon's event document, with its own source message id, is an event letter."""
-    event = letters_for(BAD_EVENTS)[0]
+    """Only a letter dlq.read_letter reads, with its own source message id, is an event letter."""
+    [event] = letters_for(BAD_EVENTS)
     assert dlq_tools.letter_kind(event.body, event.attributes) == "event"
+    old = v1_letters(BAD_EVENTS)[0]
+    assert dlq_tools.letter_kind(old.body, old.attributes) == "event", "version 1 letters too"
+    read = dlq_tools.read_event_letter(event.body, event.attributes)
+    assert read is not None
+    assert [(e.sequence, e.reason, e.field) for e in read.events] == [
+        (0, "invalid_field", "cmdl"),
+        (2, "invalid_field", "user"),
+    ]
     other = letters_for(BAD_ID)[0]
     assert dlq_tools.letter_kind(event.body, other.attributes) == "submission", (
         "another message's id"
     )
     assert dlq_tools.letter_kind(event.body, {}) == "submission", "moved by SQS: no attributes"
     deep = '{"a":' * 100_000 + "1" + "}" * 100_000
-    for body in (deep, '{"reason": "x"}', "[1]", "{not json", ""):
+    cut = event.body[: len(event.body) // 2]
+    incomplete = '{"kind": "rejected_events"}'
+    for body in (deep, '{"reason": "x"}', incomplete, cut, "[1]", "{not json", ""):
         assert dlq_tools.letter_kind(body, event.attributes) == "submission"
 
 
@@ -119,21 +220,26 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     """Counts per reason and kind, K examples per reason; the DLQ is left exactly as it was."""
     ids = mixed_dlq(emulator, world)
     sqs = client(emulator, "sqs")
-    all_visible(emulator, world.dlq_url, 9)
+    all_visible(emulator, world.dlq_url, 8)
 
     report = dlq_tools.inspect_dlq(sqs, world.dlq_url, max_messages=100, examples=2)
 
-    all_visible(emulator, world.dlq_url, 9)
+    all_visible(emulator, world.dlq_url, 8)
     assert not report.sample
-    assert report.read == 9
+    assert report.read == 8
     assert dict(report.counts) == {
         ("invalid_body", "submission"): 3,
         ("not_an_object", "submission"): 2,
         ("invalid_field", "submission"): 1,
-        ("invalid_field", "event"): 2,
+        ("invalid_field", "event"): 1,
         ("none", "submission"): 1,
     }
-    assert report.by_reason()[0] == ("invalid_body", {"submission": 3})
+    assert report.events == rejected_by_reason(BAD_EVENTS) == {"invalid_field": 2}
+    assert report.by_kind() == {"submission": 7, "event": 1}
+    assert report.by_reason()[0] == dlq_tools.ReasonCounts("invalid_body", {"submission": 3}, 0)
+    assert report.by_reason()[1] == dlq_tools.ReasonCounts(
+        "invalid_field", {"submission": 1, "event": 1}, 2
+    )
     assert {r: len(x) for r, x in report.examples.items()} == {
         "invalid_body": 2,
         "not_an_object": 2,
@@ -144,13 +250,35 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     assert garbage.body in GARBAGE
     assert garbage.attributes["trace"]["StringValue"] == "trace-1"
 
+    [letter] = [x for x in report.examples["invalid_field"] if x.kind == "event"]
+    assert letter.message_id in ids["events"]
+
     text = dlq_tools.format_report(report)
     assert "SAMPLE" not in text
     assert "not json" in text
     assert '"events": {"new_process"' in text, "base64 bodies are shown decoded too"
+    assert "by kind: 7 submissions, 1 event letter (listing 2 rejected events of 1 submission)" in (
+        text
+    )
+    assert "rejected events (invalid_field: 2)" in text
+    assert "event 0 new_process field=cmdl: cmdl must be a string, got null" in text
+    assert "event 2 new_process field=user: user is empty" in text
     doc = dlq_tools.report_json(report)
-    assert doc["reasons"][0] == {"reason": "invalid_body", "total": 3, "by_kind": {"submission": 3}}
+    assert doc["reasons"][0] == {
+        "reason": "invalid_body",
+        "total": 3,
+        "by_kind": {"submission": 3},
+        "events": 0,
+    }
+    assert (doc["by_kind"], doc["events"], doc["event_submissions"]) == (
+        {"submission": 7, "event": 1},
+        2,
+        1,
+    )
     assert doc["examples"]["invalid_body"][0]["attributes"]["reason"] == "invalid_body"
+    [shown] = [x for x in doc["examples"]["invalid_field"] if x["kind"] == "event"]
+    assert shown["letter"]["event_count"] == 2
+    assert [e["sequence"] for e in shown["letter"]["first_events"]] == [0, 2]
 
     remaining = {m["MessageId"] for m in drain_queue(emulator, world.dlq_url)}
     assert remaining == {i for group in ids.values() for i in group}, "nothing was consumed"
@@ -183,10 +311,118 @@ def test_inspect_of_an_empty_dlq(emulator: Emulator, world: World) -> None:
     assert "looks empty" in dlq_tools.format_report(report)
 
 
+def packed_dlq(emulator: Emulator, world: World) -> tuple[list[str], list[DeadLetter]]:
+    """The letters of packed_bodies() in the DLQ, packed to its size: (bodies, letters)."""
+    max_bytes = dlq_max_bytes(emulator, world.dlq_url)
+    bodies = packed_bodies(max_bytes)
+    letters = [x for b in bodies for x in letters_for(b, max_message_bytes=max_bytes)]
+    parts = [dlq.read_letter(letter.body) for letter in letters]
+    assert [(p.part, p.parts) for p in parts if p is not None][-1] == (1, 1), "the single one"
+    assert letters[0].size <= max_bytes
+    assert len(letters) > 2, "the mixed submission takes several letters"
+    put_letters(client(emulator, "sqs"), world.dlq_url, letters)
+    return bodies, letters
+
+
+def report_table(text: str) -> dict[str, list[str]]:
+    """The rows of format_report's table: reason -> [submission, event, total, events]."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["reason"]) + 1
+    rows: dict[str, list[str]] = {}
+    for line in lines[start:]:
+        if not line.strip() or line.strip().startswith("("):
+            break
+        reason, *columns = line.split()
+        rows[reason] = columns
+    return rows
+
+
+def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world: World) -> None:
+    """Hundreds of events in a few packed letters: exact counts by each event's own reason."""
+    bodies, letters = packed_dlq(emulator, world)
+    sqs = client(emulator, "sqs")
+    put_letters(sqs, world.dlq_url, [x for b in GARBAGE for x in letters_for(b)])
+    expected = rejected_by_reason(*bodies)
+    assert expected == {
+        "invalid_field": PROCESSES // 3,
+        "missing_field": PROCESSES // 3 + EMPTY,
+        "event_not_an_object": CONNECTIONS,
+    }
+    by_attribute = Counter(
+        (letter.attributes["reason"]["StringValue"], letter.kind) for letter in letters
+    )
+    assert by_attribute[dlq.MIXED_REASONS, "event"] >= 2
+    assert by_attribute["missing_field", "event"] >= 1, "the single-reason submission's letter"
+
+    report = dlq_tools.inspect_dlq(sqs, world.dlq_url, examples=1)
+
+    assert report.read == len(letters) + len(GARBAGE)
+    assert not report.sample
+    assert report.events == expected
+    assert dict(report.counts) == {**by_attribute, ("invalid_body", "submission"): len(GARBAGE)}
+    assert report.by_kind() == {"submission": len(GARBAGE), "event": len(letters)}
+    assert len(report.event_submissions) == len(bodies)
+    rows = {row.reason: row for row in report.by_reason()}
+    assert rows[dlq.MIXED_REASONS].events == 0, "events count under their own reasons"
+    assert [row.reason for row in report.by_reason()][:3] == [
+        "missing_field",
+        "event_not_an_object",
+        "invalid_field",
+    ], "the most rejections first"
+    all_visible(emulator, world.dlq_url, len(letters) + len(GARBAGE))
+
+    text = dlq_tools.format_report(report)
+    total = sum(expected.values())
+    assert (
+        f"by kind: {len(GARBAGE)} submissions, {len(letters)} event letters (listing"
+        f" {total} rejected events of {len(bodies)} submissions)"
+    ) in text
+    shown_once = [line for line in text.splitlines() if line.startswith("      letter: ")]
+    examples = {x.message_id for xs in report.examples.values() for x in xs if x.events}
+    assert len(shown_once) == len(examples) >= 2, "each letter in full once, under any reasons"
+    table = report_table(text)
+    for reason, count in expected.items():
+        listing = by_attribute[reason, "event"]  # letters whose events all have this reason
+        assert table[reason] == ["0", str(listing), str(listing), str(count)]
+    assert table["invalid_body"] == [str(len(GARBAGE)), "0", str(len(GARBAGE)), "0"]
+    assert f"... and {CONNECTIONS - dlq_tools.EXAMPLE_EVENTS} more event_not_an_object" in text
+    doc = dlq_tools.report_json(report)
+    assert {r["reason"]: r["events"] for r in doc["reasons"]} == {
+        **expected,
+        dlq.MIXED_REASONS: 0,
+        "invalid_body": 0,
+    }
+    assert doc["events"] == total
+    [example] = doc["examples"]["event_not_an_object"]
+    assert [e["event_preview"] for e in example["letter"]["first_events"]] == ['"x"', '"x"']
+    assert sum(example["letter"]["events_by_reason"].values()) == example["letter"]["event_count"]
+
+
+def test_inspect_counts_a_version_1_letter_as_one_event(emulator: Emulator, world: World) -> None:
+    """Letters written before packing (one event each, also truncated ones) count one event."""
+    old = v1_letters(BAD_EVENTS)
+    truncated = json.loads(old[1].body)
+    preview = json.dumps(truncated.pop("event"))[:10]
+    truncated.update(event_truncated=True, event_preview=preview)
+    old[1] = DeadLetter(old[1].kind, json.dumps(truncated), old[1].attributes)
+    sqs = client(emulator, "sqs")
+    put_letters(sqs, world.dlq_url, [*old, *letters_for(BAD_EVENTS)])
+
+    report = dlq_tools.inspect_dlq(sqs, world.dlq_url, examples=3)
+
+    assert dict(report.counts) == {("invalid_field", "event"): len(old) + 1}
+    assert report.events == {"invalid_field": len(old) + rejected_by_reason(BAD_EVENTS).total()}
+    assert [x.events.count for x in report.examples["invalid_field"] if x.events] == [1, 1, 2]
+    text = dlq_tools.format_report(report)
+    assert "part 1 of 1 of submission" in text
+    assert f"{preview} (truncated)" in text
+    all_visible(emulator, world.dlq_url, len(old) + 1)
+
+
 async def test_inspect_reads_what_the_daemon_dead_lettered(
     emulator: Emulator, world: World, daemon: Any
 ) -> None:
-    """The daemon's real dead letters are classified by reason and kind."""
+    """The daemon's real dead letters are classified by reason and kind, events counted."""
     bodies = [*GARBAGE[:2], ARRAYS[0], BAD_EVENTS, encode(submission())]
     await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
     running = await daemon(settings_for(world))
@@ -197,9 +433,10 @@ async def test_inspect_reads_what_the_daemon_dead_lettered(
     assert dict(report.counts) == {
         ("invalid_body", "submission"): 2,
         ("not_an_object", "submission"): 1,
-        ("invalid_field", "event"): 2,
+        ("invalid_field", "event"): 1,
     }
-    await asyncio.to_thread(all_visible, emulator, world.dlq_url, 5)
+    assert report.events == rejected_by_reason(BAD_EVENTS)
+    await asyncio.to_thread(all_visible, emulator, world.dlq_url, 4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,13 +457,13 @@ def test_redrive_moves_only_the_chosen_reason(emulator: Emulator, world: World) 
         err=err,
     )
 
-    assert (summary.moved, summary.skipped, summary.failed) == (3, 6, 0)
-    assert summary.skipped_events == 2
+    assert (summary.moved, summary.skipped, summary.failed) == (3, 5, 0)
+    assert (summary.skipped_events, summary.skipped_event_count) == (1, 2)
     assert dict(summary.skipped_other) == {"not_an_object": 2, "invalid_field": 1, "none": 1}
     assert not summary.aborted
     assert err.getvalue() == ""
     assert out.getvalue().count("moved ") == 3
-    all_visible(emulator, world.dlq_url, 6)
+    all_visible(emulator, world.dlq_url, 5)
 
     moved = drain_queue(emulator, world.queue_url)
     assert sorted(m["Body"] for m in moved) == GARBAGE
@@ -245,12 +482,36 @@ def test_redrive_never_moves_rejected_event_letters(emulator: Emulator, world: W
         client(emulator, "sqs"), world.dlq_url, world.queue_url, out=io.StringIO()
     )
 
-    assert (summary.moved, summary.skipped_events, summary.failed) == (7, 2, 0)
-    assert "2 rejected-event letters (not submissions)" in summary.text()
-    all_visible(emulator, world.dlq_url, 2)
+    assert (summary.moved, summary.skipped_events, summary.failed) == (7, 1, 0)
+    assert "1 event letter listing 2 rejected events (not submissions)" in summary.text()
+    all_visible(emulator, world.dlq_url, 1)
     assert {m["MessageId"] for m in drain_queue(emulator, world.dlq_url)} == set(ids["events"])
     bodies = sorted(m["Body"] for m in drain_queue(emulator, world.queue_url))
     assert bodies == sorted([*GARBAGE, *ARRAYS, BAD_ID, POISON])
+
+
+def test_redrive_skips_packed_letters_and_reports_them(emulator: Emulator, world: World) -> None:
+    """Packed and version 1 event letters stay; the summary counts the letters and events."""
+    bodies, letters = packed_dlq(emulator, world)
+    sqs = client(emulator, "sqs")
+    old = v1_letters(BAD_EVENTS)
+    kept = set(put_letters(sqs, world.dlq_url, old))
+    put_letters(sqs, world.dlq_url, [x for b in GARBAGE for x in letters_for(b)])
+    events = rejected_by_reason(*bodies, BAD_EVENTS).total()
+    skipped = f"{len(letters) + len(old)} event letters listing {events} rejected events"
+
+    dry = dlq_tools.redrive(sqs, world.dlq_url, world.queue_url, dry_run=True, out=io.StringIO())
+    summary = dlq_tools.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO())
+
+    for run in (dry, summary):
+        assert (run.moved, run.skipped, run.failed) == (len(GARBAGE), len(letters) + len(old), 0)
+        assert (run.skipped_events, run.skipped_event_count) == (len(letters) + len(old), events)
+        assert f"{skipped} (not submissions)" in run.text()
+    all_visible(emulator, world.dlq_url, len(letters) + len(old))
+    assert sorted(m["Body"] for m in drain_queue(emulator, world.queue_url)) == GARBAGE
+    left = drain_queue(emulator, world.dlq_url)
+    assert sorted(m["Body"] for m in left) == sorted(x.body for x in [*letters, *old])
+    assert kept <= {m["MessageId"] for m in left}
 
 
 async def test_redriven_submissions_are_processed_again(
@@ -398,11 +659,11 @@ def test_dry_run_changes_nothing(emulator: Emulator, world: World) -> None:
         out=out,
     )
 
-    assert (summary.moved, summary.skipped, summary.failed) == (2, 7, 0)
-    assert summary.text().startswith("dry run, nothing changed: would move 2, skipped 7")
+    assert (summary.moved, summary.skipped, summary.failed) == (2, 6, 0)
+    assert summary.text().startswith("dry run, nothing changed: would move 2, skipped 6")
     listed = [line.split()[2] for line in out.getvalue().splitlines()]
     assert sorted(listed) == sorted(ids["not_an_object"])
-    all_visible(emulator, world.dlq_url, 9)
+    all_visible(emulator, world.dlq_url, 8)
     assert queue_depth(emulator, world.queue_url) == 0
 
 
