@@ -114,7 +114,7 @@ class Settings(BaseSettings):
             description="MiB that in-flight submissions may hold (bodies, packed events, dead "
             "letters); receiving pauses beyond it. The default fits a 256 MiB pod (README)",
         ),
-    ] = 64
+    ] = 48
     max_put_requests: Annotated[
         int, Field(ge=1, le=64, description="PutRecords requests in flight at once")
     ] = 8

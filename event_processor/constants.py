@@ -9,7 +9,7 @@ PUT_RECORDS_MAX_BYTES = 5 * 1024 * 1024
 # Ordinary events need ~0.2 MiB per full request, so this binds only for large events; it
 # bounds what requests cost in memory (botocore holds each body about three times over:
 # the data, its base64 and the JSON request).
-PUT_MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024
+PUT_MAX_BYTES_IN_FLIGHT = 4 * 1024 * 1024
 # One record's data plus partition key may not exceed 1 MiB; bigger events go to the DLQ.
 KINESIS_MAX_RECORD_BYTES = 1024 * 1024
 # A PutRecords request that is not full is sent only while fewer than this many requests

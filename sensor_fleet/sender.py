@@ -13,8 +13,10 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_r
 
 log = logging.getLogger(__name__)
 
-# SendMessageBatch takes at most 10 entries.
+# SendMessageBatch takes at most 10 entries, and at most 256 KiB of bodies on queues that
+# keep the pre-2025 limit (1 MiB since): larger bodies go in batches of their own.
 _BATCH = 10
+_BATCH_BYTES = 256 * 1024
 # How long one batch keeps retrying through an outage before the fleet gives it up and
 # moves on (a real sensor would spool to disk; the emulated one just reports the drop).
 _OUTAGE_RIDE_S = 60.0
@@ -57,8 +59,8 @@ class Sender:
     def send(self, bodies: list[str]) -> list[str]:
         """Send every body; return those SQS accepted. Never raises on AWS faults."""
         accepted: list[str] = []
-        for start in range(0, len(bodies), _BATCH):
-            accepted += self._send_batch(bodies[start : start + _BATCH])
+        for batch in _batches(bodies):
+            accepted += self._send_batch(batch)
         self.sent += len(accepted)
         self.dropped += len(bodies) - len(accepted)
         return accepted
@@ -88,3 +90,20 @@ class Sender:
                 extra={"action": "dropped", "count": len(pending), "error": type(exc).__name__},
             )
         return [body for i, body in enumerate(bodies) if i not in pending]
+
+
+def _batches(bodies: list[str]) -> list[list[str]]:
+    """Up to 10 bodies and 256 KiB a batch; a body over that goes alone."""
+    batches: list[list[str]] = []
+    batch: list[str] = []
+    size = 0
+    for body in bodies:
+        body_size = len(body.encode())
+        if batch and (len(batch) == _BATCH or size + body_size > _BATCH_BYTES):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(body)
+        size += body_size
+    if batch:
+        batches.append(batch)
+    return batches

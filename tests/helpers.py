@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from event_processor.emulator import Emulator, World, read_stream
@@ -15,6 +18,9 @@ from event_processor.emulator import queue_counts as emulator_queue_counts
 from event_processor.emulator import queue_depth as emulator_queue_depth
 from event_processor.verify import decode_records, verify
 from sensor_fleet.sender import Sender
+
+# How long a CLI subprocess may take to log that it runs (imports, clients, start-up checks).
+CLI_START_TIMEOUT_S = 30.0
 
 
 async def eventually(
@@ -102,3 +108,43 @@ def metric_total(registry: CollectorRegistry, name: str) -> float:
 def queue_counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
     """(visible, in flight) messages of a queue."""
     return emulator_queue_counts(client(emulator, "sqs"), queue_url)
+
+
+def wait_for(
+    check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
+) -> None:
+    """Poll `check` until it is true; fail naming `what` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+class Cli:
+    """One `event_processor run` subprocess, its JSON log lines in a file."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far (a partial last line is skipped)."""
+        lines = []
+        for line in self.log_path.read_bytes().splitlines():
+            if line.startswith(b"{"):
+                try:
+                    lines.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    continue
+        return lines
+
+    def actions(self, action: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs() if line.get("action") == action]
+
+    def wait_running(self) -> None:
+        def running() -> bool:
+            assert self.process.poll() is None, self.log_path.read_text()
+            return bool(self.actions("running"))
+
+        wait_for(running, CLI_START_TIMEOUT_S, "the CLI logging that it runs")

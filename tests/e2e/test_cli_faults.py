@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 
 from event_processor import faultproxy
@@ -19,13 +15,12 @@ from event_processor.emulator import Emulator, World
 from event_processor.faultproxy import FaultProxy
 from event_processor.verify import expected_sequences, verify
 from tests.factories import encode, fleet_like
-from tests.helpers import check_order, queue_depth, send_bodies, stream_records
+from tests.helpers import Cli, check_order, queue_depth, send_bodies, stream_records, wait_for
 
 SUBMISSIONS = 300
 MAX_IN_FLIGHT = 20
 # A first process is stopped once this many records are in the stream: well under way.
 RECORDS_BEFORE_STOP = 300
-START_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 90.0
 FAULTS: dict[str, Any] = {
     "put_records_entry_failure_rate": 0.3,
@@ -34,85 +29,11 @@ FAULTS: dict[str, Any] = {
 }
 
 
-def wait_for(
-    check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
-) -> None:
-    """Poll `check` until it is true; fail naming `what` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(interval_s)
-
-
 def not_visible(emulator: Emulator, queue_url: str) -> int:
     attrs = emulator.boto3_client("sqs").get_queue_attributes(
         QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     return int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
-class Cli:
-    """One `event_processor run` subprocess, its JSON log lines in a file."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
-        self.process = process
-        self.log_path = log_path
-
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines written so far (a partial last line is skipped)."""
-        lines = []
-        for line in self.log_path.read_bytes().splitlines():
-            if line.startswith(b"{"):
-                try:
-                    lines.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    continue
-        return lines
-
-    def actions(self, action: str) -> list[dict[str, Any]]:
-        return [line for line in self.logs() if line.get("action") == action]
-
-    def wait_running(self) -> None:
-        def running() -> bool:
-            assert self.process.poll() is None, self.log_path.read_text()
-            return bool(self.actions("running"))
-
-        wait_for(running, START_TIMEOUT_S, "the CLI logging that it runs")
-
-
-@pytest.fixture
-def cli(
-    emulator: Emulator, world: World, proxy: FaultProxy, tmp_path: Path
-) -> Iterator[Callable[..., Cli]]:
-    """Factory: start the CLI against `world` through the proxy; every one is reaped at teardown."""
-    started: list[Cli] = []
-
-    def start(name: str, *flags: str) -> Cli:
-        log_path = tmp_path / f"{name}.log"
-        env = {**emulator.client_env(), "PYTHONUNBUFFERED": "1"}
-        command = [
-            sys.executable, "-m", "event_processor", "run",
-            "--endpoint-url", proxy.endpoint_url,
-            "--queue-url", world.queue_url,
-            "--dlq-url", world.dlq_url,
-            "--stream-name", world.stream_name,
-            "--metrics-port", "0",
-            "--wait-time-seconds", "1",
-            "--log-format", "json",
-            *flags,
-        ]  # fmt: skip
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        running = Cli(process, log_path)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-        running.process.wait(timeout=30)
 
 
 def wait_under_way(emulator: Emulator, world: World, proxy: FaultProxy, first: Cli) -> None:

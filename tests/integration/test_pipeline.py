@@ -9,6 +9,7 @@ import random
 from typing import Any
 
 import aiohttp
+import orjson
 
 from event_processor.dlq import read_letter
 from event_processor.emulator import Emulator, World, free_port
@@ -176,3 +177,33 @@ async def test_hostile_bodies_are_rejected_and_the_loop_keeps_going(
     assert letter is not None
     [entry] = letter.events
     assert entry.reason == "event_not_an_object"
+
+
+async def test_a_body_of_a_hundred_thousand_invalid_events_costs_a_few_letters(
+    emulator: Emulator, world: World, daemon: Any
+) -> None:
+    """10^5 invalid events in one body: a few packed letters list every one; its valid event lands."""
+    events = {"new_process": [1, {}] * 50_000 + [new_process()]}
+    body = orjson.dumps(submission(events)).decode()
+    assert len(body) < 1024 * 1024
+    await asyncio.to_thread(send_bodies, emulator, world.queue_url, [body])
+    running = await daemon(settings_for(world))
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    assert await running.stop() == 0
+    records = await asyncio.to_thread(stream_records, emulator, world)
+    assert [r["sequence"] for r in records] == [100_000]
+    dead = await asyncio.to_thread(drain_queue, emulator, world.dlq_url)
+    assert 1 <= len(dead) <= 3, "packed: a few letters, not one per event"
+    letters = [read_letter(m["Body"]) for m in dead]
+    entries = sorted(e.sequence for letter in letters if letter is not None for e in letter.events)
+    assert entries == list(range(100_000))
+    assert (
+        running.metric("event_processor_events_rejected_total", {"reason": "event_not_an_object"})
+        == 50_000
+    )
+    assert (
+        running.metric("event_processor_events_rejected_total", {"reason": "missing_field"})
+        == 50_000
+    )
+    assert running.metric("event_processor_dlq_messages_sent_total", {"kind": "event"}) == len(dead)
+    assert running.metric("event_processor_memory_budget_used_bytes") == 0
