@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bench import scenarios
+from bench.daemon import Process
 from bench.workloads import backlog, load
 from event_processor.emulator import Emulator, World, free_port, queue_depth, read_stream
 from event_processor.faultproxy import FaultProxy
@@ -33,6 +34,8 @@ from event_processor.verify import decode_records, expected_sequences, verify
 # How often the runner looks at the queue depth while a strategy drains it.
 _POLL_S = 0.05
 _STRATEGY_TIMEOUT_S = 900.0
+# A drained strategy has nothing in flight: it exits well within this after SIGTERM.
+_STOP_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -65,27 +68,23 @@ def run_strategy(
     sqs = emulator.boto3_client("sqs")
     world_cpu_before = _self_cpu()
     began = time.monotonic()
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
-    while queue_depth(sqs, world.queue_url) > 0:
-        if process.poll() is not None and queue_depth(sqs, world.queue_url) > 0:
-            raise RuntimeError(f"{name} exited with {process.returncode} before draining")
-        if time.monotonic() - began > _STRATEGY_TIMEOUT_S:
-            process.kill()
-            raise RuntimeError(f"{name} did not drain in {_STRATEGY_TIMEOUT_S:g} s")
-        time.sleep(_POLL_S)
-    seconds = time.monotonic() - began
-    world_cpu = _self_cpu() - world_cpu_before
-    print(
-        f"  {name}: drained in {seconds:.2f} s; the world (moto + proxy) used "
-        f"{world_cpu:.2f} s CPU = {world_cpu / seconds:.0%} of one core",
-        flush=True,
-    )
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    # ru_maxrss is in KiB on Linux.
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    # Through bench.launch: started from this process, its ru_maxrss would include ours.
+    with Process(argv, env) as process:
+        while queue_depth(sqs, world.queue_url) > 0:
+            if process.poll() is not None and queue_depth(sqs, world.queue_url) > 0:
+                raise RuntimeError(f"{name} exited with {process.poll()} before draining")
+            if time.monotonic() - began > _STRATEGY_TIMEOUT_S:
+                raise RuntimeError(f"{name} did not drain in {_STRATEGY_TIMEOUT_S:g} s")
+            time.sleep(_POLL_S)
+        seconds = time.monotonic() - began
+        world_cpu = _self_cpu() - world_cpu_before
+        print(
+            f"  {name}: drained in {seconds:.2f} s; the world (moto + proxy) used "
+            f"{world_cpu:.2f} s CPU = {world_cpu / seconds:.0%} of one core",
+            flush=True,
+        )
+        result = process.stop(_STOP_TIMEOUT_S)
+    return seconds, result.cpu_s, result.peak_rss_mb
 
 
 def startup_cpu(env: dict[str, str], metrics_port: int) -> float:
