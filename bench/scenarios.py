@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import resource
 import time
@@ -98,8 +99,11 @@ def run(names: list[str], args: argparse.Namespace) -> bool:
             "restart": restart,
         }
         for name in names:
+            # The machine may be shared: say how busy it was when the scenario began.
+            load_1m = os.getloadavg()[0]
             print(
-                f"\n== {name} == (proxy adds {args.latency_ms:g} ms per AWS call)",
+                f"\n== {name} == (proxy adds {args.latency_ms:g} ms per AWS call; "
+                f"load average {load_1m:.2f} at the start)",
                 flush=True,
             )
             ok = scenario[name](bench) and ok
