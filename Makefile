@@ -44,8 +44,9 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Throughput table, then the memory, hostile and restart scenarios; BENCH_ARGS narrows or resizes.
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --scenario all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,5 +1,8 @@
 """`make bench` / `python -m bench`: drain the same backlog three ways and print a table.
 
+`--scenario` adds the issue-10 scenarios (bench/scenarios.py): memory, hostile, restart, or
+all of them after the throughput table; `make bench` runs all.
+
 World: moto's server (event_processor.emulator, patched: locks + O(1) speed-ups) behind an
 HTTP proxy that adds a fixed latency to every AWS call, because on loopback every strategy
 looks the same. Each strategy runs as its own process, timed from its start until the queue
@@ -11,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import resource
 import signal
 import subprocess
@@ -21,16 +23,19 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bench import scenarios
+from bench.daemon import Process
+from bench.workloads import backlog, load
 from event_processor.emulator import Emulator, World, free_port, queue_depth, read_stream
 from event_processor.faultproxy import FaultProxy
 from event_processor.models import PartitionKey, Submission, build_records, parse_submission
 from event_processor.verify import decode_records, expected_sequences, verify
-from sensor_fleet.generator import device_ids, encode, make_submission
-from sensor_fleet.sender import Sender
 
 # How often the runner looks at the queue depth while a strategy drains it.
 _POLL_S = 0.05
 _STRATEGY_TIMEOUT_S = 900.0
+# A drained strategy has nothing in flight: it exits well within this after SIGTERM.
+_STOP_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -51,19 +56,6 @@ class Result:
         return self.cpu_s / self.events * 1e6 if self.events else 0.0
 
 
-def backlog(count: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    devices = device_ids(100, seed)
-    # Fleet-like: 3-5 events of each type, 1% broken fields, as the simulated fleet sends.
-    return [encode(make_submission(rng, rng.choice(devices), 0.01)) for _ in range(count)]
-
-
-def load(emulator: Emulator, world: World, bodies: list[str]) -> None:
-    accepted = Sender(emulator.boto3_client("sqs"), world.queue_url).send(bodies)
-    if len(accepted) != len(bodies):
-        raise RuntimeError(f"only {len(accepted)} of {len(bodies)} backlog messages were sent")
-
-
 def _self_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -76,27 +68,23 @@ def run_strategy(
     sqs = emulator.boto3_client("sqs")
     world_cpu_before = _self_cpu()
     began = time.monotonic()
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
-    while queue_depth(sqs, world.queue_url) > 0:
-        if process.poll() is not None and queue_depth(sqs, world.queue_url) > 0:
-            raise RuntimeError(f"{name} exited with {process.returncode} before draining")
-        if time.monotonic() - began > _STRATEGY_TIMEOUT_S:
-            process.kill()
-            raise RuntimeError(f"{name} did not drain in {_STRATEGY_TIMEOUT_S:g} s")
-        time.sleep(_POLL_S)
-    seconds = time.monotonic() - began
-    world_cpu = _self_cpu() - world_cpu_before
-    print(
-        f"  {name}: drained in {seconds:.2f} s; the world (moto + proxy) used "
-        f"{world_cpu:.2f} s CPU = {world_cpu / seconds:.0%} of one core",
-        flush=True,
-    )
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    # ru_maxrss is in KiB on Linux.
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    # Through bench.launch: started from this process, its ru_maxrss would include ours.
+    with Process(argv, env) as process:
+        while queue_depth(sqs, world.queue_url) > 0:
+            if process.poll() is not None and queue_depth(sqs, world.queue_url) > 0:
+                raise RuntimeError(f"{name} exited with {process.poll()} before draining")
+            if time.monotonic() - began > _STRATEGY_TIMEOUT_S:
+                raise RuntimeError(f"{name} did not drain in {_STRATEGY_TIMEOUT_S:g} s")
+            time.sleep(_POLL_S)
+        seconds = time.monotonic() - began
+        world_cpu = _self_cpu() - world_cpu_before
+        print(
+            f"  {name}: drained in {seconds:.2f} s; the world (moto + proxy) used "
+            f"{world_cpu:.2f} s CPU = {world_cpu / seconds:.0%} of one core",
+            flush=True,
+        )
+        result = process.stop(_STOP_TIMEOUT_S)
+    return seconds, result.cpu_s, result.peak_rss_mb
 
 
 def startup_cpu(env: dict[str, str], metrics_port: int) -> float:
@@ -138,8 +126,31 @@ def main() -> int:
     parser.add_argument(
         "--only", nargs="*", default=["daemon", "naive", "ceiling"], help="strategies to run"
     )
+    parser.add_argument(
+        "--scenario",
+        nargs="+",
+        choices=("throughput", *scenarios.SCENARIOS, "all"),
+        default=["throughput"],
+        help="throughput is the strategies table above; all runs it and then every scenario",
+    )
+    scenarios.add_arguments(parser)
     args = parser.parse_args()
+    names = ["throughput", *scenarios.SCENARIOS] if "all" in args.scenario else args.scenario
 
+    ok = throughput(args) if "throughput" in names else True
+    chosen = [name for name in scenarios.SCENARIOS if name in names]
+    if chosen:
+        ok = scenarios.run(chosen, args) and ok
+    print(
+        f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, bench process peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
+    return 0 if ok else 1
+
+
+def throughput(args: argparse.Namespace) -> bool:
+    """The strategies table: daemon, naive and ceiling drain the same fleet backlog."""
     bodies = backlog(args.submissions, args.seed)
     expected = expected_sequences(bodies)
     valid_events = sum(len(s) for s in expected.values())
@@ -223,12 +234,7 @@ def main() -> int:
             f"{r.name:<10}{r.events_per_s:>10.0f}{x_naive:>9}{x_ceiling:>10}"
             f"{r.cpu_us_per_event:>11.1f}{r.peak_rss_mb:>13.1f}  {r.verified}"
         )
-    print(
-        f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, bench process peak RSS "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
-    )
-    return 0 if all(not r.verified.startswith("FAILED") for r in results) else 1
+    return all(not r.verified.startswith("FAILED") for r in results)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,444 @@
+"""The issue-10 scenarios of `make bench`: memory, hostile bodies, and a restart on a slow stream.
+
+Each drains its own world (queue, DLQ, stream) with the daemon as a subprocess, through the
+fault proxy, and reports what the OS, the queues and the stream say: nothing here reads the
+daemon's internals, so the same scenarios measure the daemon before and after a rewrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench.daemon import Daemon, Exit, daemon_env
+from bench.dlq_watch import MODES, DeadLetterWatch
+from bench.workloads import (
+    HOSTILE_KINDS,
+    SQS_MAX_BYTES,
+    backlog,
+    hostile_body,
+    large_bodies,
+    load,
+    tiny_events_body,
+)
+from event_processor.emulator import Emulator, World, queue_depth
+from event_processor.faultproxy import SHARD_THROTTLED, FaultProxy
+from event_processor.verify import Verification, decode_records, expected_sequences, verify
+from sensor_fleet.generator import device_ids
+
+SCENARIOS = ("memory", "hostile", "restart")
+MIB = 1024 * 1024
+
+# How often a scenario looks at the queues while a daemon works.
+_POLL_S = 0.1
+# Beyond its own grace, how long a stopped daemon may take to exit before it is killed.
+_EXIT_SLACK_S = 20.0
+# The daemon's own SHUTDOWN_GRACE_SECONDS default (README section 4), for the memory run.
+_DEFAULT_GRACE_S = 20.0
+# The grace given to a hostile body's daemon: short, so that stopping it at the cap stays bounded.
+_HOSTILE_GRACE_S = 5.0
+# How long the second daemon of the restart may take to answer /readyz.
+_READY_TIMEOUT_S = 60.0
+# GetRecords returns at most 10,000 records per call.
+_GET_RECORDS_LIMIT = 10_000
+# Large bodies: sizes drawn between these, a little under SQS's 1 MiB limit at most.
+_LARGE_MIN_BYTES = 3 * MIB // 4
+_LARGE_MAX_BYTES = SQS_MAX_BYTES - 4096
+
+
+@dataclass(frozen=True)
+class Bench:
+    """The shared world: one emulator behind one fault proxy, and the run's options."""
+
+    emulator: Emulator
+    proxy: FaultProxy
+    args: argparse.Namespace
+
+    def world(self, name: str) -> World:
+        return self.emulator.create_world(
+            queue_name=f"bench-{name}", dlq_name=f"bench-{name}-dlq", stream_name=f"bench-{name}"
+        )
+
+    def env(self, world: World, **settings: str) -> dict[str, str]:
+        return daemon_env(self.emulator, world, self.proxy.endpoint_url, **settings)
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """The proxy's counters now, to compare with later (calls, forwarded, injected)."""
+        return self.proxy.stats()
+
+    def calls_since(self, before: dict[str, dict[str, int]]) -> str:
+        """The daemons' AWS calls since `before`, by operation, and throttled Kinesis entries."""
+        now = self.proxy.stats()
+        calls = {
+            op: n - before["calls"].get(op, 0)
+            for op, n in sorted(now["calls"].items())
+            if n > before["calls"].get(op, 0)
+        }
+        throttled = now["injected"].get(SHARD_THROTTLED, 0) - before["injected"].get(
+            SHARD_THROTTLED, 0
+        )
+        line = f"  AWS calls: {sum(calls.values())} {calls}"
+        return line + (f"; PutRecords entries throttled: {throttled}" if throttled else "")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scenarios' options; defaults are the issue's sizes."""
+    group = parser.add_argument_group("scenarios memory, hostile, restart")
+    group.add_argument("--large-bodies", type=int, default=48, help="near-1 MiB valid bodies")
+    group.add_argument(
+        "--tiny-bodies", type=int, default=2, help="bodies filled with tiny valid events"
+    )
+    # The baseline drained in 759 s: one lane publishes one record per round trip.
+    group.add_argument("--memory-cap-s", type=float, default=900.0)
+    group.add_argument("--hostile-items", type=int, default=120_000)
+    group.add_argument("--hostile-kinds", nargs="*", choices=HOSTILE_KINDS, default=HOSTILE_KINDS)
+    group.add_argument("--hostile-cap-s", type=float, default=120.0, help="per hostile body")
+    group.add_argument(
+        "--hostile-dlq",
+        choices=MODES,
+        default="keep",
+        help="count what is left in the DLQ, or consume it while counting (moto's sends slow "
+        "down as a queue fills)",
+    )
+    group.add_argument("--restart-submissions", type=int, default=2000)
+    group.add_argument("--restart-shard-rate", type=float, default=150.0, help="records/s/shard")
+    group.add_argument("--restart-after-s", type=float, default=6.0, help="SIGTERM after")
+    group.add_argument("--restart-grace-s", type=float, default=10.0)
+    group.add_argument("--restart-cap-s", type=float, default=300.0)
+
+
+def run(names: list[str], args: argparse.Namespace) -> bool:
+    """Run the named scenarios in one emulator world; False if a read-back check failed."""
+    ok = True
+    with Emulator() as emulator, FaultProxy(emulator.endpoint_url) as proxy:
+        proxy.latency_s = args.latency_ms / 1000
+        bench = Bench(emulator, proxy, args)
+        scenario: dict[str, Callable[[Bench], bool]] = {
+            "memory": memory,
+            "hostile": hostile,
+            "restart": restart,
+        }
+        for name in names:
+            # The machine may be shared: say how busy it was when the scenario began.
+            load_1m = os.getloadavg()[0]
+            print(
+                f"\n== {name} == (proxy adds {args.latency_ms:g} ms per AWS call; "
+                f"load average {load_1m:.2f} at the start)",
+                flush=True,
+            )
+            ok = scenario[name](bench) and ok
+            # moto keeps every message and record in this process: drop them between scenarios.
+            emulator.reset()
+    return ok
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def drain(
+    bench: Bench,
+    daemon: Daemon,
+    world: World,
+    cap_s: float,
+    tick: Callable[[float], None] | None = None,
+) -> tuple[float, bool]:
+    """Wait until the queue is empty, the daemon exits or cap_s passes: (seconds, drained).
+
+    Seconds count from the daemon's start, start-up included; `tick(seconds)` runs each poll.
+    """
+    sqs = bench.emulator.boto3_client("sqs")
+    world_cpu = _self_cpu()
+    while True:
+        seconds = time.monotonic() - daemon.started
+        if tick is not None:
+            tick(seconds)
+        if queue_depth(sqs, world.queue_url) == 0:
+            drained = True
+            break
+        if daemon.poll() is not None or seconds > cap_s:
+            drained = False
+            break
+        time.sleep(_POLL_S)
+    world_cpu = _self_cpu() - world_cpu
+    print(
+        f"  the world (moto + proxy, in this process) used {world_cpu:.1f} s CPU "
+        f"= {world_cpu / seconds:.0%} of one core",
+        flush=True,
+    )
+    return seconds, drained
+
+
+def read_arrivals(kinesis: Any, stream_name: str) -> tuple[list[dict[str, Any]], list[float]]:
+    """Every record from TRIM_HORIZON, decoded, and its ApproximateArrivalTimestamp (epoch s).
+
+    emulator.read_stream drops the arrival time, which the latency figures need; moto sets it
+    when it stores a record, with millisecond resolution.
+    """
+    raw: list[dict[str, Any]] = []
+    arrivals: list[float] = []
+    shards = kinesis.list_shards(StreamName=stream_name)["Shards"]
+    for shard_id in sorted(shard["ShardId"] for shard in shards):
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream_name, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=_GET_RECORDS_LIMIT)
+            for record in page["Records"]:
+                raw.append(
+                    {
+                        "shard_id": shard_id,
+                        "sequence_number": record["SequenceNumber"],
+                        "partition_key": record["PartitionKey"],
+                        "data": record["Data"],
+                    }
+                )
+                arrivals.append(record["ApproximateArrivalTimestamp"].timestamp())
+            # An empty page at the tip ends the shard (as in emulator.read_stream).
+            if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
+                break
+            iterator = page.get("NextShardIterator")
+    return decode_records(raw), arrivals
+
+
+def completions(records: list[dict[str, Any]], arrivals: list[float]) -> dict[str, float]:
+    """When each submission had every one of its events on the stream at least once (epoch s).
+
+    That is the latest of its events' first arrivals: duplicates that come later do not count.
+    """
+    first: dict[tuple[str, int], float] = {}
+    for record, arrived in zip(records, arrivals, strict=True):
+        key = (record["submission_id"], record["sequence"])
+        first[key] = min(arrived, first.get(key, arrived))
+    done: dict[str, float] = {}
+    for (submission_id, _), arrived in first.items():
+        done[submission_id] = max(arrived, done.get(submission_id, arrived))
+    return done
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile of a non-empty list (share in 0..1)."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(len(ordered) * share)) - 1]
+
+
+def distribution(values: list[float]) -> str:
+    if not values:
+        return "none"
+    return (
+        f"p50 {percentile(values, 0.5):.1f}  p90 {percentile(values, 0.9):.1f}  "
+        f"p99 {percentile(values, 0.99):.1f}  max {max(values):.1f} s"
+    )
+
+
+def duplicate_share(check: Verification) -> tuple[int, float]:
+    """(unique events on the stream, records beyond the first copy / unique)."""
+    unique = check.records - check.duplicates
+    return unique, (check.duplicates / unique if unique else 0.0)
+
+
+def verdict(check: Verification, *, drained: bool) -> str:
+    """ok; or what is missing (expected when not drained) and any order fault (never expected)."""
+    if check.ok:
+        return "ok"
+    faults = (
+        check.out_of_order or check.unexpected or check.changed_ids or check.split_across_shards
+    )
+    if not drained and not faults:
+        return f"partial: {len(check.missing)} events not published yet, none out of order"
+    return "FAILED: " + check.summary()
+
+
+def _failed(check: Verification, *, drained: bool) -> bool:
+    return verdict(check, drained=drained).startswith("FAILED")
+
+
+def _exit_line(name: str, result: Exit) -> str:
+    how = "killed after" if result.killed else "exited after"
+    line = (
+        f"  {name}: exit code {result.code}, {how} {result.stop_s:.1f} s from SIGTERM; "
+        f"CPU {result.cpu_s:.1f} s, peak RSS {result.peak_rss_mb:.1f} MB"
+    )
+    if result.code != 0 or result.killed:
+        line += "\n    log tail: " + result.log_tail.replace("\n", "\n    ")
+    return line
+
+
+# --- 1. memory ------------------------------------------------------------------------------
+
+
+def memory(bench: Bench) -> bool:
+    """Fleet traffic mixed with near-1 MiB bodies and tiny-event bodies, default settings."""
+    args = bench.args
+    rng = random.Random(args.seed)
+    fleet = backlog(args.submissions, args.seed)
+    large = large_bodies(args.large_bodies, args.seed, _LARGE_MIN_BYTES, _LARGE_MAX_BYTES)
+    devices = device_ids(args.tiny_bodies or 1, args.seed + 2)
+    # Half plain JSON (the most events a body can hold), half base64 as the fleet sends.
+    tiny = [tiny_events_body(rng, devices[i], base64=i % 2 == 1) for i in range(args.tiny_bodies)]
+    classes = {"fleet": fleet, "large": large, "tiny": tiny}
+    expected_by_class = {name: expected_sequences(bodies) for name, bodies in classes.items()}
+    for name, bodies in classes.items():
+        events = [len(s) for s in expected_by_class[name].values()]
+        sizes = [len(b) for b in bodies]
+        if bodies:
+            print(
+                f"  {name}: {len(bodies)} bodies of {min(sizes) / MIB:.3f}-{max(sizes) / MIB:.3f}"
+                f" MiB, {sum(events)} valid events ({min(events)}-{max(events)} per body)"
+            )
+    bodies = fleet + large + tiny
+    rng.shuffle(bodies)  # the big ones arrive among ordinary traffic
+    expected = {k: v for by_id in expected_by_class.values() for k, v in by_id.items()}
+    total = sum(len(s) for s in expected.values())
+
+    world = bench.world("memory")
+    load(bench.emulator, world, bodies)
+    began = time.time()
+    counters = bench.counters()
+    with Daemon(bench.env(world)) as daemon:
+        seconds, drained = drain(bench, daemon, world, args.memory_cap_s)
+        result = daemon.stop(_DEFAULT_GRACE_S + _EXIT_SLACK_S)
+    records, arrivals = read_arrivals(bench.emulator.boto3_client("kinesis"), world.stream_name)
+    check = verify(records, expected)
+    unique, _ = duplicate_share(check)
+
+    done = completions(records, arrivals)
+    for name, by_id in expected_by_class.items():
+        finished = [done[s] - began for s, seqs in by_id.items() if s in done and seqs]
+        if finished:
+            print(
+                f"  {name}: submissions complete on the stream after (from daemon start) "
+                f"{distribution(finished)}; {len(by_id) - len(finished)} incomplete"
+            )
+    print(bench.calls_since(counters))
+    print(_exit_line("daemon", result))
+    state = f"drained in {seconds:.1f} s" if drained else f"not drained after {seconds:.0f} s"
+    print(
+        f"memory: {state}; {unique} of {total} events published, {unique / seconds:.0f} events/s;"
+        f" peak RSS {result.peak_rss_mb:.1f} MB; verified {verdict(check, drained=drained)}",
+        flush=True,
+    )
+    return not _failed(check, drained=drained)
+
+
+# --- 2. hostile -----------------------------------------------------------------------------
+
+
+def hostile(bench: Bench) -> bool:
+    """One valid-looking body at a time whose events are all invalid; capped, partial if so."""
+    for index, kind in enumerate(bench.args.hostile_kinds):
+        hostile_one(bench, kind, bench.args.seed + index)
+    return True
+
+
+def hostile_one(bench: Bench, kind: str, seed: int) -> None:
+    """Drain one hostile body in a world of its own; print time, dead letters and peak RSS."""
+    args = bench.args
+    body = hostile_body(kind, args.hostile_items, seed)
+    world = bench.world(f"hostile-{kind.replace('_', '-')}")
+    load(bench.emulator, world, [body])
+    watch = DeadLetterWatch(bench.emulator, world.dlq_url, args.hostile_dlq)
+    counters = bench.counters()
+    try:
+        with Daemon(bench.env(world, SHUTDOWN_GRACE_SECONDS=str(_HOSTILE_GRACE_S))) as daemon:
+            seconds, drained = drain(
+                bench, daemon, world, args.hostile_cap_s, lambda _: watch.poll()
+            )
+            result = daemon.stop(_HOSTILE_GRACE_S + _EXIT_SLACK_S)
+            exited = time.monotonic()
+    finally:
+        # Counted once the daemon is gone, so that nothing arrives after the count.
+        dead_letters = watch.stop()
+    state = f"drained in {seconds:.1f} s" if drained else f"not drained after {seconds:.0f} s"
+    if watch.first_at is not None:
+        rate = (
+            f"the first after {watch.first_at - daemon.started:.1f} s, then "
+            f"{dead_letters / (exited - watch.first_at):.0f}/s until the exit"
+        )
+    else:
+        rate = "none seen while draining"
+    if watch.consumed:
+        rate += f"; {watch.consumed_bytes / watch.consumed:.0f} bytes per message"
+    print(bench.calls_since(counters))
+    print(_exit_line("daemon", result))
+    print(
+        f"hostile {kind}: {args.hostile_items} invalid items, body {len(body) / MIB:.2f} MiB:"
+        f" {state}; {dead_letters} SQS messages reached the DLQ ({args.hostile_dlq}: {rate});"
+        f" peak RSS {result.peak_rss_mb:.1f} MB",
+        flush=True,
+    )
+
+
+# --- 3. restart -----------------------------------------------------------------------------
+
+
+def restart(bench: Bench) -> bool:
+    """A rolling deploy on a throttled stream: SIGTERM the first daemon, a second one finishes."""
+    args = bench.args
+    bodies = backlog(args.restart_submissions, args.seed + 3)
+    expected = expected_sequences(bodies)
+    total = sum(len(s) for s in expected.values())
+    world = bench.world("restart")
+    load(bench.emulator, world, bodies)
+    print(
+        f"  backlog: {len(bodies)} submissions, {total} valid events; 2 shards throttled to "
+        f"{args.restart_shard_rate:g} records/s each; SIGTERM after {args.restart_after_s:g} s, "
+        f"SHUTDOWN_GRACE_SECONDS={args.restart_grace_s:g}"
+    )
+    grace = {"SHUTDOWN_GRACE_SECONDS": str(args.restart_grace_s)}
+    bench.proxy.configure(shard_records_per_s=args.restart_shard_rate)
+    counters = bench.counters()
+    try:
+        began = time.time()
+        with Daemon(bench.env(world, **grace)) as first:
+            # The deploy's timing is the scenario itself: the first daemon gets this long.
+            deploy_at = first.started + args.restart_after_s
+            while time.monotonic() < deploy_at and first.poll() is None:
+                time.sleep(_POLL_S)
+            first_exit = first.stop(args.restart_grace_s + _EXIT_SLACK_S)
+        switched = time.time()
+        with Daemon(bench.env(world, **grace)) as second:
+            ready_s = second.wait_ready(_READY_TIMEOUT_S)
+            seconds, drained = drain(bench, second, world, args.restart_cap_s)
+            second_exit = second.stop(args.restart_grace_s + _EXIT_SLACK_S)
+    finally:
+        bench.proxy.configure(shard_records_per_s=0.0)
+
+    records, arrivals = read_arrivals(bench.emulator.boto3_client("kinesis"), world.stream_name)
+    check = verify(records, expected)
+    unique, share = duplicate_share(check)
+    by_first = sum(1 for arrived in arrivals if arrived < switched)
+    done = completions(records, arrivals)
+    latencies = [done[s] - began for s in expected if s in done]
+    print(bench.calls_since(counters))
+    print(_exit_line("first daemon", first_exit))
+    print(_exit_line("second daemon", second_exit))
+    state = f"drained in {seconds:.1f} s" if drained else f"not drained after {seconds:.0f} s"
+    ready = f"ready after {ready_s:.1f} s" if ready_s is not None else "never ready"
+    print(
+        f"  second daemon {ready}, {state} (from its start); records on the stream: {len(records)} "
+        f"({by_first} before the first daemon exited)"
+    )
+    print(
+        f"restart: published twice {check.duplicates} of {unique} unique events = {share:.1%}; "
+        f"first daemon exit code {first_exit.code} after {first_exit.stop_s:.1f} s; "
+        f"verified {verdict(check, drained=drained)}"
+    )
+    print(
+        f"restart: submission latency from scenario start to its last event on the stream "
+        f"(ApproximateArrivalTimestamp), {len(latencies)} of {len(expected)} submissions: "
+        f"{distribution(latencies)}",
+        flush=True,
+    )
+    return not _failed(check, drained=drained)
