@@ -28,7 +28,7 @@ from bench.daemon import Process
 from bench.workloads import backlog, load
 from event_processor.emulator import Emulator, World, free_port, queue_depth, read_stream
 from event_processor.faultproxy import FaultProxy
-from event_processor.models import PartitionKey, Submission, build_records, parse_submission
+from event_processor.models import Packed, PartitionKey, parse_packed
 from event_processor.verify import decode_records, expected_sequences, verify
 
 # How often the runner looks at the queue depth while a strategy drains it.
@@ -106,16 +106,24 @@ def startup_cpu(env: dict[str, str], metrics_port: int) -> float:
 
 
 def hot_path_us(bodies: list[str]) -> float:
-    """decode + validate + build + serialize, per accepted event."""
+    """decode + validate + pack + build each record, per accepted event: the daemon's path
+    (parse_packed, then the record the sink builds when it sends it)."""
     events = 0
     began = time.perf_counter()
     for body in bodies:
-        parsed = parse_submission(body)
-        if isinstance(parsed, Submission):
-            events += len(
-                build_records(parsed, "2026-01-01T00:00:00.000000Z", PartitionKey.DEVICE_ID)
-            )
+        parsed = parse_packed(
+            body, "2026-01-01T00:00:00.000000Z", PartitionKey.DEVICE_ID, _ignore_rejected
+        )
+        if isinstance(parsed, Packed):
+            records = parsed.records
+            for index in range(len(records)):
+                records[index]  # building it is what is timed
+            events += len(records)
     return (time.perf_counter() - began) / events * 1e6
+
+
+def _ignore_rejected(*_: object) -> None:
+    """The bench's fleet has 1% broken fields; their dead letters are not the hot path."""
 
 
 def main() -> int:
