@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bench import scenarios
-from bench.daemon import Process
+from bench.daemon import Process, daemon_env
 from bench.workloads import backlog, load
-from event_processor.emulator import Emulator, World, free_port, queue_depth, read_stream
+from event_processor.emulator import Emulator, World, queue_depth, read_stream
 from event_processor.faultproxy import FaultProxy
 from event_processor.models import Packed, PartitionKey, parse_packed
 from event_processor.verify import decode_records, expected_sequences, verify
@@ -179,21 +179,8 @@ def throughput(args: argparse.Namespace) -> bool:
                 stream_name=f"bench-{name}",
             )
             load(emulator, world, bodies)
-            env = {
-                **os.environ,
-                **emulator.client_env(),
-                "AWS_ENDPOINT_URL": proxy.endpoint_url,
-            }
             if name == "daemon":
-                env |= {
-                    "QUEUE_URL": world.queue_url,
-                    "DLQ_URL": world.dlq_url,
-                    "STREAM_NAME": world.stream_name,
-                    # As shipped, metrics server included; on a free port, not 9100.
-                    "METRICS_PORT": str(free_port()),
-                    "METRICS_HOST": "127.0.0.1",
-                    "LOG_LEVEL": "WARNING",
-                }
+                env = daemon_env(emulator, world, proxy.endpoint_url)
                 argv = [sys.executable, "-m", "event_processor", "run"]
                 idle = emulator.create_world(
                     queue_name="bench-idle", dlq_name="bench-idle-dlq", stream_name="bench-idle"
@@ -205,6 +192,11 @@ def throughput(args: argparse.Namespace) -> bool:
                 }
                 startup = startup_cpu(idle_env, int(env["METRICS_PORT"]))
             else:
+                env = {
+                    **os.environ,
+                    **emulator.client_env(),
+                    "AWS_ENDPOINT_URL": proxy.endpoint_url,
+                }
                 argv = [sys.executable, "-m", f"bench.{name}", world.queue_url, world.stream_name]
             calls_before = proxy.stats()["calls"]
             seconds, cpu_s, rss = run_strategy(name, argv, env, emulator, world)
