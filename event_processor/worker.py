@@ -87,6 +87,7 @@ class Worker:
             self._reserve_each, int(budget.limit_bytes * constants.RECEIVE_BUDGET_SHARE)
         )
         self._receive_reserved = 0
+        self._share_freed = asyncio.Event()
         self._holds: dict[asyncio.Task[object], Hold] = {}
         self._grace_s = shutdown_grace_s
         self._in_flight: dict[asyncio.Task[object], Message] = {}
@@ -239,23 +240,31 @@ class Worker:
                 self._start(message, hold)
 
     async def _reserve(self, wanted: int) -> tuple[Hold, int]:
-        """Reserve the budget for the bodies a receive may bring: at least one, at most
-        `wanted`, within the receivers' share; waits in turn for the first."""
-        reservation = Hold()
+        """Reserve the budget for the bodies one receive may bring; (reservation, count).
+
+        A receiver asks for a whole batch (as much as the receivers' share allows) and waits
+        until the share has room for it: many one-message receives would cost more calls
+        than they save. Then it waits in turn for the budget itself.
+        """
         each = self._reserve_each
-        await self._budget.grow(reservation, each)
-        count = 1
-        while (
-            count < wanted
-            and self._receive_reserved + each * (count + 1) <= self._receive_share
-            and self._budget.try_resize(reservation, each * (count + 1))
-        ):
-            count += 1
-        self._receive_reserved += reservation.nbytes
+        count = max(1, min(wanted, self._receive_share // each))
+        nbytes = count * each
+        while self._receive_reserved and self._receive_reserved + nbytes > self._receive_share:
+            self._share_freed.clear()
+            await self._share_freed.wait()
+        self._receive_reserved += nbytes  # counted before the wait: other receivers see it
+        reservation = Hold()
+        try:
+            await self._budget.grow(reservation, nbytes)
+        except BaseException:
+            self._receive_reserved -= nbytes
+            self._share_freed.set()
+            raise
         return reservation, count
 
     def _unreserve(self, reservation: Hold) -> None:
         self._receive_reserved -= reservation.nbytes
+        self._share_freed.set()
         self._budget.release(reservation)
 
     def _hold_for(self, message: Message) -> Hold:
