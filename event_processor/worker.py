@@ -121,15 +121,44 @@ class Worker:
         stop = asyncio.create_task(self.stop.wait(), name="stop")
         self.running = True
         log.info("worker started", extra={"action": "started", "receivers": self._receivers})
-        done, _ = await asyncio.wait(
-            [*receivers, heartbeat, stop], return_when=asyncio.FIRST_COMPLETED
-        )
+        cancelled = False
+        try:
+            done, _ = await asyncio.wait(
+                [*receivers, heartbeat, stop], return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            # Cancelled from outside (a TaskGroup sibling failed, an embedding app shut down):
+            # the same drain and release as a stop, then the cancellation goes on.
+            cancelled = True
+            done = set()
+            log.warning("worker cancelled, draining", extra={"action": "cancelled"})
         failure = next(
             (t.exception() for t in done if t is not stop and not t.cancelled() and t.exception()),
             None,
         )
         if failure is not None:
             log.error("side task failed, draining", extra={"action": "side_task_failed"})
+        # Shielded, as procrastinate shields its shutdown: a cancellation that arrives while
+        # draining skips the rest of the grace (as a second signal does) but still releases.
+        shutdown = asyncio.create_task(self._shut_down(receivers, heartbeat, stop))
+        while True:
+            try:
+                await asyncio.shield(shutdown)
+                break
+            except asyncio.CancelledError:
+                cancelled = True
+                self.force.set()
+        if cancelled:
+            raise asyncio.CancelledError
+        if failure is not None:
+            raise failure
+
+    async def _shut_down(
+        self,
+        receivers: list[asyncio.Task[None]],
+        heartbeat: asyncio.Task[None],
+        stop: asyncio.Task[bool],
+    ) -> None:
         # 1. Stop receiving. Long polls waiting for messages are interrupted; a receive whose
         # answer may already be on its way gets a short window to land first.
         stop.cancel()
@@ -148,8 +177,6 @@ class Worker:
         # 3. Release what is unfinished, once nothing of ours can land on the stream after it.
         await self._release_unfinished()
         self.running = False
-        if failure is not None:
-            raise failure
 
     async def _drain(self) -> None:
         if not self._in_flight:

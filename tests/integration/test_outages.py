@@ -184,3 +184,28 @@ async def test_throttled_shards_converge_without_a_retry_storm(
     assert retry_share < 3.0
     # Converged to the limit: the shards' capacity is used, not wasted in backoff.
     assert rate > 0.5 * 2 * per_shard
+
+
+async def test_cancelling_the_daemon_drains_and_releases_like_a_stop(
+    emulator: Emulator, world: World, proxy: FaultProxy, daemon: Any
+) -> None:
+    """A cancelled daemon task still releases its unfinished messages (visible again at once)."""
+    running = await daemon(
+        settings_for(
+            world,
+            endpoint_url=proxy.endpoint_url,
+            visibility_timeout=60,
+            shutdown_grace_seconds=1,
+        )
+    )
+    proxy.kinesis_down = True  # from here nothing can finish: every message stays in flight
+    bodies = [encode(fleet_like(random.Random(n))) for n in range(20)]
+    await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
+    await eventually(lambda: _true(running.worker.in_flight == len(bodies)))
+    running.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(running.task, timeout=30)
+    # Released with visibility 0, not left hidden for the 60 s visibility timeout.
+    counts = await asyncio.to_thread(queue_counts, emulator, world.queue_url)
+    assert counts == (len(bodies), 0)
+    proxy.kinesis_down = False
