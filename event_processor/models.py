@@ -448,10 +448,17 @@ class RecordFormat:
             )
         )
 
-    def too_large(self, size: int) -> Rejection:
-        return Rejection(
-            Reason.RECORD_TOO_LARGE, None, f"record is {size} bytes, over Kinesis's 1 MiB limit"
-        )
+    def encode(
+        self, sequence: int, event_type: EventType, data: dict[str, Any]
+    ) -> bytes | Rejection:
+        """The event's data encoded once, or a rejection if its record would pass 1 MiB."""
+        encoded = orjson.dumps(data)
+        size = self.size(sequence, event_type, len(encoded))
+        if size > constants.KINESIS_MAX_RECORD_BYTES:
+            return Rejection(
+                Reason.RECORD_TOO_LARGE, None, f"record is {size} bytes, over Kinesis's 1 MiB limit"
+            )
+        return encoded
 
 
 class Records(Protocol):
@@ -524,10 +531,9 @@ class _Pack:
         self.reject = reject
 
     def accepted(self, sequence: int, event_type: EventType, data: dict[str, Any]) -> None:
-        encoded = orjson.dumps(data)
-        size = self.records.format.size(sequence, event_type, len(encoded))
-        if size > constants.KINESIS_MAX_RECORD_BYTES:
-            self.reject(sequence, event_type.value, data, self.records.format.too_large(size))
+        encoded = self.records.format.encode(sequence, event_type, data)
+        if isinstance(encoded, Rejection):
+            self.reject(sequence, event_type.value, data, encoded)
             return
         self.records.append(sequence, event_type, encoded)
 
@@ -580,13 +586,10 @@ def build_records(
     )
     records: list[Record] = []
     for event in submission.events:
-        encoded = orjson.dumps(event.data)
-        size = record_format.size(event.sequence, event.event_type, len(encoded))
-        if size > constants.KINESIS_MAX_RECORD_BYTES:
+        encoded = record_format.encode(event.sequence, event.event_type, event.data)
+        if isinstance(encoded, Rejection):
             submission.rejected.append(
-                RejectedEvent(
-                    event.sequence, event.event_type, event.data, record_format.too_large(size)
-                )
+                RejectedEvent(event.sequence, event.event_type, event.data, encoded)
             )
             continue
         data = record_format.build(event.sequence, event.event_type, encoded)
