@@ -46,7 +46,7 @@ lint: install
 
 # Throughput table, then the memory, hostile and restart scenarios; BENCH_ARGS narrows or resizes.
 bench: install
-	$(BIN)/python -m bench --scenario all $(BENCH_ARGS)
+	$(BIN)/python -m devworld.bench --scenario all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) .mypy_cache .pytest_cache .ruff_cache

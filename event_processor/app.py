@@ -13,7 +13,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from event_processor import constants, http, signals
+from event_processor import constants, exitcodes, http, signals
 from event_processor.budget import MemoryBudget
 from event_processor.dlq import DeadLetterQueue
 from event_processor.metrics import Metrics
@@ -30,12 +30,6 @@ if TYPE_CHECKING:
     from event_processor.config import Settings
 
 log = logging.getLogger(__name__)
-
-# Exit codes: 0 clean stop, 1 crashed while running, 3 could not start (uvicorn's habit of a
-# distinct code for a failed start-up lets an orchestrator tell config from runtime faults).
-EXIT_OK = 0
-EXIT_CRASHED = 1
-EXIT_STARTUP_FAILED = 3
 
 
 class StartupError(Exception):
@@ -127,7 +121,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             resolved = await _resolve(settings, sqs, kinesis)
         except StartupError as exc:
             log.error("start-up failed", extra={"action": "startup_failed", "error": str(exc)})  # noqa: TRY400
-            return EXIT_STARTUP_FAILED
+            return exitcodes.STARTUP_FAILED
 
         queue_url = resolved.queue_url
         budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024, metrics.budget_used_bytes)
@@ -182,7 +176,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
                         "metrics_port": settings.metrics_port,
                     },
                 )
-                return EXIT_STARTUP_FAILED
+                return exitcodes.STARTUP_FAILED
             stack.push_async_callback(runner.cleanup)
         if hooks.install_signals:
             signals.install(worker.stop, worker.force)
@@ -203,6 +197,6 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             await worker.run()
         except Exception:
             log.exception("worker crashed", extra={"action": "crashed"})
-            return EXIT_CRASHED
+            return exitcodes.FAILED
         log.info("stopped", extra={"action": "stopped"})
-    return EXIT_OK
+    return exitcodes.OK

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -132,3 +132,22 @@ class Settings(BaseSettings):
     log_format: Annotated[LogFormat, Field(description="text or json (one object a line)")] = (
         LogFormat.TEXT
     )
+
+
+def env_names(name: str) -> str:
+    """The environment variables a setting is read from, for --help."""
+    if name in FLAG_ONLY:
+        return "none: botocore reads its own AWS_ENDPOINT_URL*"
+    alias = Settings.model_fields[name].validation_alias
+    choices = getattr(alias, "choices", None)
+    names = [str(c) for c in choices] if choices else [name]
+    return " or ".join(n.upper() for n in names)
+
+
+def explain(error: ValidationError) -> str:
+    """Every bad setting, one a line, named as its variable and its flag."""
+    lines = ["invalid settings:"]
+    for problem in error.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "settings"
+        lines.append(f"  {where.upper()} ({where.replace('_', '-')}): {problem['msg']}")
+    return "\n".join(lines)

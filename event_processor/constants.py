@@ -12,6 +12,8 @@ PUT_RECORDS_MAX_BYTES = 5 * 1024 * 1024
 PUT_MAX_BYTES_IN_FLIGHT = 4 * 1024 * 1024
 # One record's data plus partition key may not exceed 1 MiB; bigger events go to the DLQ.
 KINESIS_MAX_RECORD_BYTES = 1024 * 1024
+# GetRecords returns at most 10,000 records per call (the tools and the emulator read with it).
+KINESIS_GET_RECORDS_MAX = 10_000
 # A PutRecords request that is not full is sent only while fewer than this many requests
 # are in flight; full ones go at once. Most of the client's CPU is per call, not per record.
 PUT_PARTIAL_REQUESTS = 1

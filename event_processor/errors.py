@@ -23,6 +23,18 @@ NON_RETRIABLE_CODES = frozenset(
 )
 
 
+# Codes that mean "slow down", per PutRecords entry or for a whole call: retriable, and counted
+# as throttling (the sink backs the lane off and shrinks what it sends).
+THROTTLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "ThrottlingException",
+        "KMSThrottlingException",
+    }
+)
+
+
 def error_code(exc: BaseException) -> str:
     """The AWS error code of a failed call, or the exception's class name."""
     if isinstance(exc, ClientError):

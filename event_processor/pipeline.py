@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from event_processor.dlq import submission_letter
 from event_processor.errors import BatchEntryFailed, PublishFailed
+from event_processor.letters import submission_letter
 from event_processor.models import PartitionKey, Rejection, format_timestamp, parse_packed
 
 if TYPE_CHECKING:

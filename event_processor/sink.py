@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
-from event_processor.errors import PublishFailed, error_code, is_retriable
+from event_processor.errors import THROTTLE_CODES, PublishFailed, error_code, is_retriable
 from event_processor.models import EventType, Record, Records
 from event_processor.retry import Backoff, RetryPolicy
 
@@ -49,16 +49,6 @@ if TYPE_CHECKING:
     from event_processor.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-# Error codes that mean "slow down", per entry or for the whole call.
-THROTTLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "LimitExceededException",
-        "ThrottlingException",
-        "KMSThrottlingException",
-    }
-)
 
 
 class _Listed:

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -14,9 +13,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
+from event_processor import config, exitcodes, signals
+from event_processor.tools import aws
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.host import HostAgent, machine_device_id, read_host
-from sensor_fleet.sender import Sender, resolve_queue_url, sqs_client
+from sensor_fleet.sender import Sender, sqs_client
 
 log = logging.getLogger("sensor_fleet")
 
@@ -27,11 +30,8 @@ def _env(name: str, default: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensor-fleet", description=__doc__)
-    parser.add_argument("--queue-url", default=os.environ.get("QUEUE_URL"))
-    parser.add_argument("--queue-name", default=_env("QUEUE_NAME", "submissions"))
-    parser.add_argument(
-        "--region", default=os.environ.get("AWS_REGION") or _env("AWS_DEFAULT_REGION", "eu-west-1")
-    )
+    # The daemon's own settings (env and flags), so both resolve the same queue and region.
+    aws.add_flags(parser, "queue_url", "queue_name")
     parser.add_argument(
         "--localstack",
         action="store_true",
@@ -65,13 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_event() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
-
-
 def run_simulate(args: argparse.Namespace, sender: Sender, stop: threading.Event) -> int:
     rng = random.Random(args.seed)
     devices = device_ids(args.fleet_size, seed=args.seed or 0)
@@ -85,7 +78,7 @@ def run_simulate(args: argparse.Namespace, sender: Sender, stop: threading.Event
             break
         stop.wait(rng.uniform(args.round_min, args.round_max))
     print(f"sent {sender.sent} submissions in {rounds} rounds, dropped {sender.dropped}")
-    return 0
+    return exitcodes.OK
 
 
 def run_load(args: argparse.Namespace, sender: Sender, stop: threading.Event) -> int:
@@ -124,7 +117,7 @@ def run_load(args: argparse.Namespace, sender: Sender, stop: threading.Event) ->
         f"sent {sender.sent} submissions ({events} events) in {elapsed:.2f} s "
         f"({sender.sent / elapsed if elapsed else 0:.0f}/s), dropped {sender.dropped}"
     )
-    return 0
+    return exitcodes.OK
 
 
 def run_host(args: argparse.Namespace, sender: Sender, stop: threading.Event) -> int:
@@ -149,7 +142,7 @@ def run_host(args: argparse.Namespace, sender: Sender, stop: threading.Event) ->
             break
         stop.wait(args.interval)
     print(f"device {agent.device_id}: sent {sender.sent} submissions in {scans} scans")
-    return 0
+    return exitcodes.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,8 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = args.mode or "simulate"
     if args.mode is None:  # bare `sensor-fleet` means simulate with its defaults
         args = build_parser().parse_args([*(argv or sys.argv[1:]), "simulate"])
-    client = sqs_client(args.localstack, args.region)
-    sender = Sender(client, resolve_queue_url(client, args.queue_url, args.queue_name))
-    stop = _stop_event()
+    try:
+        settings = aws.settings_of(args)
+    except ValidationError as exc:
+        print(config.explain(exc), file=sys.stderr)
+        return exitcodes.USAGE
+    client = sqs_client(args.localstack, settings)
+    sender = Sender(client, aws.source_queue_url(client, settings))
+    stop = threading.Event()
     runners = {"simulate": run_simulate, "load": run_load, "host": run_host}
-    return runners[mode](args, sender, stop)
+    with signals.stop_on_signals(stop):
+        try:
+            return runners[mode](args, sender, stop)
+        except KeyboardInterrupt:  # a second signal
+            return exitcodes.INTERRUPTED

@@ -6,10 +6,12 @@ import logging
 import os
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+from event_processor.config import Settings
+from event_processor.tools import aws
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +33,17 @@ def use_localstack(flag: bool) -> bool:
     return flag or bool(os.environ.get("LOCALSTACK_HOST"))
 
 
-def sqs_client(localstack: bool, region: str) -> Any:
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=10
-    )
+def sqs_client(localstack: bool, settings: Settings) -> Any:
+    """The tools' boto3 client, or localstack-client's when asked (it finds LocalStack itself)."""
     if use_localstack(localstack):
         import localstack_client.session  # noqa: PLC0415 - only needed against LocalStack
 
-        return localstack_client.session.Session(region_name=region).client("sqs", config=config)
-    return boto3.session.Session(region_name=region).client("sqs", config=config)
-
-
-def resolve_queue_url(client: Any, queue_url: str | None, queue_name: str) -> str:
-    if queue_url:
-        return queue_url
-    return str(client.get_queue_url(QueueName=queue_name)["QueueUrl"])
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=10
+        )
+        session = localstack_client.session.Session(region_name=settings.aws_region)
+        return session.client("sqs", config=config)
+    return aws.client(settings, "sqs")
 
 
 class Sender:

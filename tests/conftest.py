@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from devworld.emulator import Emulator, World
+from devworld.faultproxy import FaultProxy
 from event_processor import app
 from event_processor.config import Settings
-from event_processor.emulator import Emulator, World
-from event_processor.faultproxy import FaultProxy
 from event_processor.retry import RetryPolicy
 from event_processor.worker import Worker
 

@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from event_processor.emulator import Emulator, World, read_stream
-from event_processor.emulator import queue_counts as emulator_queue_counts
-from event_processor.emulator import queue_depth as emulator_queue_depth
-from event_processor.verify import decode_records, verify
+from devworld.emulator import Emulator, World, read_stream
+from devworld.emulator import queue_depth as emulator_queue_depth
+from devworld.verify import decode_records, verify
+from event_processor.tools.aws import queue_counts as sqs_queue_counts
 from sensor_fleet.sender import Sender
 
 # How long a CLI subprocess may take to log that it runs (imports, clients, start-up checks).
@@ -107,7 +107,7 @@ def metric_total(registry: CollectorRegistry, name: str) -> float:
 
 def queue_counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
     """(visible, in flight) messages of a queue."""
-    return emulator_queue_counts(client(emulator, "sqs"), queue_url)
+    return sqs_queue_counts(client(emulator, "sqs"), queue_url)
 
 
 def wait_for(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from event_processor.emulator import Emulator, World
-from event_processor.faultproxy import FaultProxy
+from devworld.emulator import Emulator, World
+from devworld.faultproxy import FaultProxy
 from tests.helpers import Cli
 
 

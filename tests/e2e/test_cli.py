@@ -12,7 +12,7 @@ import sys
 import orjson
 import pytest
 
-from event_processor.emulator import Emulator, World
+from devworld.emulator import Emulator, World
 from tests.factories import encode, submission
 from tests.helpers import eventually, queue_depth, send_bodies, stream_records
 

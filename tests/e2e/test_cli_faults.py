@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from event_processor import faultproxy
-from event_processor.emulator import Emulator, World
-from event_processor.faultproxy import FaultProxy
-from event_processor.verify import expected_sequences, verify
+from devworld import faultproxy
+from devworld.emulator import Emulator, World
+from devworld.faultproxy import FaultProxy
+from devworld.verify import expected_sequences, verify
 from tests.factories import encode, fleet_like
 from tests.helpers import Cli, check_order, queue_depth, send_bodies, stream_records, wait_for
 

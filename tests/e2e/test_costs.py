@@ -11,10 +11,10 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from event_processor.emulator import Emulator, World
-from event_processor.faultproxy import FaultProxy
+from devworld.emulator import Emulator, World
+from devworld.faultproxy import FaultProxy
+from devworld.verify import expected_sequences, verify
 from event_processor.procmem import PeakRss
-from event_processor.verify import expected_sequences, verify
 from tests.factories import encode, fleet_like, new_process, submission
 from tests.helpers import Cli, queue_depth, send_bodies, stream_records, wait_for
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from event_processor.emulator import Emulator
+from devworld.emulator import Emulator
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from event_processor import dlq_tools
-from event_processor.emulator import Emulator, World, read_stream
+from devworld.emulator import Emulator, World, read_stream
+from event_processor.tools.aws import queue_counts
 from tests.helpers import client, drain_queue, queue_depth
 from tests.integration.test_ops import (
     ARRAYS,
@@ -63,7 +63,7 @@ def cli(
 
 
 def counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
-    return dlq_tools.queue_counts(client(emulator, "sqs"), queue_url)
+    return queue_counts(client(emulator, "sqs"), queue_url)
 
 
 def test_inspect_json_counts_and_consumes_nothing(emulator: Emulator, world: World) -> None:

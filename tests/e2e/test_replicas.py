@@ -16,8 +16,8 @@ import sys
 
 import pytest
 
-from event_processor.emulator import Emulator, World, read_stream
-from event_processor.verify import decode_records, expected_sequences, verify
+from devworld.emulator import Emulator, World, read_stream
+from devworld.verify import decode_records, expected_sequences, verify
 from tests.factories import encode, fleet_like
 from tests.helpers import client, eventually, queue_counts, queue_depth, send_bodies
 

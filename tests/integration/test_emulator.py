@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from moto.sqs.models import Queue
 
-from event_processor import emulator as emulator_module
-from event_processor.emulator import Emulator, World, patch_moto, read_stream
+from devworld import emulator as emulator_module
+from devworld.emulator import Emulator, World, patch_moto, read_stream
 
 PUT_THREADS = 32
 PUT_CALLS_PER_THREAD = 10

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from event_processor import faultproxy
-from event_processor.emulator import Emulator, World
-from event_processor.faultproxy import FaultProxy
-from event_processor.verify import expected_sequences
+from devworld import faultproxy
+from devworld.emulator import Emulator, World
+from devworld.faultproxy import FaultProxy
+from devworld.verify import expected_sequences
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, submission
 from tests.helpers import (

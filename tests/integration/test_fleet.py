@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from event_processor.emulator import Emulator, World, free_port
+from devworld.emulator import Emulator, World, free_port
+from event_processor.config import Settings
 from event_processor.models import Submission, parse_submission
 from sensor_fleet.sender import Sender, sqs_client
 from tests.helpers import drain_queue
@@ -84,7 +85,7 @@ def test_sender_survives_unreachable_sqs(monkeypatch: pytest.MonkeyPatch) -> Non
     """With SQS unreachable, send() gives up after its ride-out time instead of raising."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody listens
     monkeypatch.delenv("LOCALSTACK_HOST", raising=False)
-    sqs = sqs_client(localstack=False, region="eu-west-1")
+    sqs = sqs_client(localstack=False, settings=Settings(aws_region="eu-west-1"))
     sender = Sender(sqs, "http://127.0.0.1:1/123456789012/q", outage_ride_s=0.5)
     assert sender.send(["x"] * 3) == []
     assert sender.dropped == 3

@@ -1,4 +1,4 @@
-"""Operator tools (dlq_tools.py, tail.py) against the emulator: dlq inspect, dlq redrive, tail."""
+"""Operator tools (event_processor.tools) against the emulator: dlq inspect, dlq redrive, tail."""
 
 from __future__ import annotations
 
@@ -16,10 +16,20 @@ from typing import Any
 import orjson
 import pytest
 
-from event_processor import constants, dlq, dlq_tools, ops
-from event_processor.dlq import DeadLetter, LetterPacker, submission_letter
-from event_processor.emulator import Emulator, World, read_stream
-from event_processor.faultproxy import FaultProxy
+from devworld.emulator import Emulator, World, read_stream
+from devworld.faultproxy import FaultProxy
+from event_processor import constants
+from event_processor.config import Settings
+from event_processor.letters import (
+    KIND_EVENTS,
+    MIXED_REASONS,
+    DeadLetter,
+    LetterPacker,
+    letter_kind,
+    read_event_letter,
+    read_letter,
+    submission_letter,
+)
 from event_processor.models import (
     PartitionKey,
     Rejection,
@@ -28,7 +38,8 @@ from event_processor.models import (
     parse_submission,
 )
 from event_processor.source import Message
-from event_processor.tail import tail
+from event_processor.tools import aws, dead_letters, inspect, redrive
+from event_processor.tools.tail import tail
 from tests.conftest import settings_for
 from tests.factories import encode, new_process, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth, send_bodies
@@ -89,7 +100,7 @@ def v1_letters(body: str) -> list[DeadLetter]:
             "source_message_id": {"DataType": "String", "StringValue": message.message_id},
             "receive_count": {"DataType": "Number", "StringValue": "1"},
         }
-        letters.append(DeadLetter(dlq.KIND_EVENTS, json.dumps(document), attributes))
+        letters.append(DeadLetter(KIND_EVENTS, json.dumps(document), attributes))
     return letters
 
 
@@ -183,31 +194,29 @@ def mixed_dlq(emulator: Emulator, world: World) -> dict[str, list[str]]:
 
 def all_visible(emulator: Emulator, queue_url: str, expected: int) -> None:
     """The queue holds `expected` messages and every one is visible."""
-    assert dlq_tools.queue_counts(client(emulator, "sqs"), queue_url) == (expected, 0)
+    assert aws.queue_counts(client(emulator, "sqs"), queue_url) == (expected, 0)
 
 
 def test_letter_kind_is_decided_by_the_whole_shape() -> None:
-    """Only a letter dlq.read_letter reads, with its own source message id, is an event letter."""
+    """Only a letter read_letter reads, with its own source message id, is an event letter."""
     [event] = letters_for(BAD_EVENTS)
-    assert dlq_tools.letter_kind(event.body, event.attributes) == "event"
+    assert letter_kind(event.body, event.attributes) == "event"
     old = v1_letters(BAD_EVENTS)[0]
-    assert dlq_tools.letter_kind(old.body, old.attributes) == "event", "version 1 letters too"
-    read = dlq_tools.read_event_letter(event.body, event.attributes)
+    assert letter_kind(old.body, old.attributes) == "event", "version 1 letters too"
+    read = read_event_letter(event.body, event.attributes)
     assert read is not None
     assert [(e.sequence, e.reason, e.field) for e in read.events] == [
         (0, "invalid_field", "cmdl"),
         (2, "invalid_field", "user"),
     ]
     other = letters_for(BAD_ID)[0]
-    assert dlq_tools.letter_kind(event.body, other.attributes) == "submission", (
-        "another message's id"
-    )
-    assert dlq_tools.letter_kind(event.body, {}) == "submission", "moved by SQS: no attributes"
+    assert letter_kind(event.body, other.attributes) == "submission", "another message's id"
+    assert letter_kind(event.body, {}) == "submission", "moved by SQS: no attributes"
     deep = '{"a":' * 100_000 + "1" + "}" * 100_000
     cut = event.body[: len(event.body) // 2]
     incomplete = '{"kind": "rejected_events"}'
     for body in (deep, '{"reason": "x"}', incomplete, cut, "[1]", "{not json", ""):
-        assert dlq_tools.letter_kind(body, event.attributes) == "submission"
+        assert letter_kind(body, event.attributes) == "submission"
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +231,7 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     sqs = client(emulator, "sqs")
     all_visible(emulator, world.dlq_url, 8)
 
-    report = dlq_tools.inspect_dlq(sqs, world.dlq_url, max_messages=100, examples=2)
+    report = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=100, examples=2)
 
     all_visible(emulator, world.dlq_url, 8)
     assert not report.sample
@@ -236,8 +245,8 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     }
     assert report.events == rejected_by_reason(BAD_EVENTS) == {"invalid_field": 2}
     assert report.by_kind() == {"submission": 7, "event": 1}
-    assert report.by_reason()[0] == dlq_tools.ReasonCounts("invalid_body", {"submission": 3}, 0)
-    assert report.by_reason()[1] == dlq_tools.ReasonCounts(
+    assert report.by_reason()[0] == inspect.ReasonCounts("invalid_body", {"submission": 3}, 0)
+    assert report.by_reason()[1] == inspect.ReasonCounts(
         "invalid_field", {"submission": 1, "event": 1}, 2
     )
     assert {r: len(x) for r, x in report.examples.items()} == {
@@ -253,7 +262,7 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     [letter] = [x for x in report.examples["invalid_field"] if x.kind == "event"]
     assert letter.message_id in ids["events"]
 
-    text = dlq_tools.format_report(report)
+    text = inspect.format_report(report)
     assert "SAMPLE" not in text
     assert "not json" in text
     assert '"events": {"new_process"' in text, "base64 bodies are shown decoded too"
@@ -263,7 +272,7 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     assert "rejected events (invalid_field: 2)" in text
     assert "event 0 new_process field=cmdl: cmdl must be a string, got null" in text
     assert "event 2 new_process field=user: user is empty" in text
-    doc = dlq_tools.report_json(report)
+    doc = inspect.report_json(report)
     assert doc["reasons"][0] == {
         "reason": "invalid_body",
         "total": 3,
@@ -289,26 +298,26 @@ def test_inspect_says_when_counts_are_a_sample(emulator: Emulator, world: World)
     sqs = client(emulator, "sqs")
     put_letters(sqs, world.dlq_url, [x for i in range(25) for x in letters_for(f"junk {i}")])
 
-    small = dlq_tools.inspect_dlq(sqs, world.dlq_url, max_messages=7, examples=100)
+    small = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=7, examples=100)
     assert (small.read, small.sample) == (7, True)
-    assert "SAMPLE: 7 of ~25 messages (stopped at --max 7)" in dlq_tools.format_report(small)
+    assert "SAMPLE: 7 of ~25 messages (stopped at --max 7)" in inspect.format_report(small)
     all_visible(emulator, world.dlq_url, 25)
 
     # moto hands out the same (oldest) messages to every VisibilityTimeout=0 receive.
-    big = dlq_tools.inspect_dlq(sqs, world.dlq_url, max_messages=1000, examples=1000)
+    big = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=1000, examples=1000)
     seen = [letter.message_id for letter in big.examples["invalid_body"]]
     assert len(seen) == len(set(seen)) == big.read == sum(big.counts.values())
     assert big.read < 25
     assert big.sample
-    assert "SQS returned nothing new" in dlq_tools.format_report(big)
+    assert "SQS returned nothing new" in inspect.format_report(big)
     all_visible(emulator, world.dlq_url, 25)
 
 
 def test_inspect_of_an_empty_dlq(emulator: Emulator, world: World) -> None:
     """An empty DLQ is reported as such."""
-    report = dlq_tools.inspect_dlq(client(emulator, "sqs"), world.dlq_url)
+    report = inspect.inspect_dlq(client(emulator, "sqs"), world.dlq_url)
     assert (report.read, report.sample) == (0, False)
-    assert "looks empty" in dlq_tools.format_report(report)
+    assert "looks empty" in inspect.format_report(report)
 
 
 def packed_dlq(emulator: Emulator, world: World) -> tuple[list[str], list[DeadLetter]]:
@@ -316,7 +325,7 @@ def packed_dlq(emulator: Emulator, world: World) -> tuple[list[str], list[DeadLe
     max_bytes = dlq_max_bytes(emulator, world.dlq_url)
     bodies = packed_bodies(max_bytes)
     letters = [x for b in bodies for x in letters_for(b, max_message_bytes=max_bytes)]
-    parts = [dlq.read_letter(letter.body) for letter in letters]
+    parts = [read_letter(letter.body) for letter in letters]
     assert [(p.part, p.parts) for p in parts if p is not None][-1] == (1, 1), "the single one"
     assert letters[0].size <= max_bytes
     assert len(letters) > 2, "the mixed submission takes several letters"
@@ -351,10 +360,10 @@ def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world:
     by_attribute = Counter(
         (letter.attributes["reason"]["StringValue"], letter.kind) for letter in letters
     )
-    assert by_attribute[dlq.MIXED_REASONS, "event"] >= 2
+    assert by_attribute[MIXED_REASONS, "event"] >= 2
     assert by_attribute["missing_field", "event"] >= 1, "the single-reason submission's letter"
 
-    report = dlq_tools.inspect_dlq(sqs, world.dlq_url, examples=1)
+    report = inspect.inspect_dlq(sqs, world.dlq_url, examples=1)
 
     assert report.read == len(letters) + len(GARBAGE)
     assert not report.sample
@@ -363,7 +372,7 @@ def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world:
     assert report.by_kind() == {"submission": len(GARBAGE), "event": len(letters)}
     assert len(report.event_submissions) == len(bodies)
     rows = {row.reason: row for row in report.by_reason()}
-    assert rows[dlq.MIXED_REASONS].events == 0, "events count under their own reasons"
+    assert rows[MIXED_REASONS].events == 0, "events count under their own reasons"
     assert [row.reason for row in report.by_reason()][:3] == [
         "missing_field",
         "event_not_an_object",
@@ -371,7 +380,7 @@ def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world:
     ], "the most rejections first"
     all_visible(emulator, world.dlq_url, len(letters) + len(GARBAGE))
 
-    text = dlq_tools.format_report(report)
+    text = inspect.format_report(report)
     total = sum(expected.values())
     assert (
         f"by kind: {len(GARBAGE)} submissions, {len(letters)} event letters (listing"
@@ -385,11 +394,11 @@ def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world:
         listing = by_attribute[reason, "event"]  # letters whose events all have this reason
         assert table[reason] == ["0", str(listing), str(listing), str(count)]
     assert table["invalid_body"] == [str(len(GARBAGE)), "0", str(len(GARBAGE)), "0"]
-    assert f"... and {CONNECTIONS - dlq_tools.EXAMPLE_EVENTS} more event_not_an_object" in text
-    doc = dlq_tools.report_json(report)
+    assert f"... and {CONNECTIONS - dead_letters.EXAMPLE_EVENTS} more event_not_an_object" in text
+    doc = inspect.report_json(report)
     assert {r["reason"]: r["events"] for r in doc["reasons"]} == {
         **expected,
-        dlq.MIXED_REASONS: 0,
+        MIXED_REASONS: 0,
         "invalid_body": 0,
     }
     assert doc["events"] == total
@@ -408,12 +417,12 @@ def test_inspect_counts_a_version_1_letter_as_one_event(emulator: Emulator, worl
     sqs = client(emulator, "sqs")
     put_letters(sqs, world.dlq_url, [*old, *letters_for(BAD_EVENTS)])
 
-    report = dlq_tools.inspect_dlq(sqs, world.dlq_url, examples=3)
+    report = inspect.inspect_dlq(sqs, world.dlq_url, examples=3)
 
     assert dict(report.counts) == {("invalid_field", "event"): len(old) + 1}
     assert report.events == {"invalid_field": len(old) + rejected_by_reason(BAD_EVENTS).total()}
     assert [x.events.count for x in report.examples["invalid_field"] if x.events] == [1, 1, 2]
-    text = dlq_tools.format_report(report)
+    text = inspect.format_report(report)
     assert "part 1 of 1 of submission" in text
     assert f"{preview} (truncated)" in text
     all_visible(emulator, world.dlq_url, len(old) + 1)
@@ -429,7 +438,7 @@ async def test_inspect_reads_what_the_daemon_dead_lettered(
     await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
     assert await running.stop() == 0
 
-    report = await asyncio.to_thread(dlq_tools.inspect_dlq, client(emulator, "sqs"), world.dlq_url)
+    report = await asyncio.to_thread(inspect.inspect_dlq, client(emulator, "sqs"), world.dlq_url)
     assert dict(report.counts) == {
         ("invalid_body", "submission"): 2,
         ("not_an_object", "submission"): 1,
@@ -448,7 +457,7 @@ def test_redrive_moves_only_the_chosen_reason(emulator: Emulator, world: World) 
     ids = mixed_dlq(emulator, world)
     out, err = io.StringIO(), io.StringIO()
 
-    summary = dlq_tools.redrive(
+    summary = redrive.redrive(
         client(emulator, "sqs"),
         world.dlq_url,
         world.queue_url,
@@ -478,7 +487,7 @@ def test_redrive_never_moves_rejected_event_letters(emulator: Emulator, world: W
     """Without --reason every submission moves (also SQS-redriven ones); event letters stay."""
     ids = mixed_dlq(emulator, world)
 
-    summary = dlq_tools.redrive(
+    summary = redrive.redrive(
         client(emulator, "sqs"), world.dlq_url, world.queue_url, out=io.StringIO()
     )
 
@@ -500,8 +509,8 @@ def test_redrive_skips_packed_letters_and_reports_them(emulator: Emulator, world
     events = rejected_by_reason(*bodies, BAD_EVENTS).total()
     skipped = f"{len(letters) + len(old)} event letters listing {events} rejected events"
 
-    dry = dlq_tools.redrive(sqs, world.dlq_url, world.queue_url, dry_run=True, out=io.StringIO())
-    summary = dlq_tools.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO())
+    dry = redrive.redrive(sqs, world.dlq_url, world.queue_url, dry_run=True, out=io.StringIO())
+    summary = redrive.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO())
 
     for run in (dry, summary):
         assert (run.moved, run.skipped, run.failed) == (len(GARBAGE), len(letters) + len(old), 0)
@@ -521,7 +530,7 @@ async def test_redriven_submissions_are_processed_again(
     sqs = client(emulator, "sqs")
     await asyncio.to_thread(sqs.send_message, QueueUrl=world.dlq_url, MessageBody=POISON)
     summary = await asyncio.to_thread(
-        dlq_tools.redrive, sqs, world.dlq_url, world.queue_url, out=io.StringIO()
+        redrive.redrive, sqs, world.dlq_url, world.queue_url, out=io.StringIO()
     )
     assert summary.moved == 1
     running = await daemon(settings_for(world))
@@ -531,7 +540,7 @@ async def test_redriven_submissions_are_processed_again(
     assert len(records) == 3
     assert await asyncio.to_thread(queue_depth, emulator, world.dlq_url) == 0
     with pytest.raises(ValueError, match="same queue"):
-        dlq_tools.redrive(sqs, world.dlq_url, world.dlq_url)
+        redrive.redrive(sqs, world.dlq_url, world.dlq_url)
 
 
 class FlakySqs:
@@ -592,7 +601,7 @@ def test_redrive_deletes_only_what_was_sent(emulator: Emulator, world: World) ->
     sqs = FlakySqs(client(emulator, "sqs"), fail_send={GARBAGE[1]})
     err = io.StringIO()
 
-    summary = dlq_tools.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=err)
+    summary = redrive.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=err)
 
     assert (summary.moved, summary.failed) == (2, 1)
     assert sorted(sqs.deleted_bodies) == [GARBAGE[0], GARBAGE[2]], "deletes only the sent ones"
@@ -613,7 +622,7 @@ def test_redrive_reports_a_failed_delete(emulator: Emulator, world: World) -> No
     sqs = FlakySqs(client(emulator, "sqs"), fail_delete={GARBAGE[0]})
     err = io.StringIO()
 
-    summary = dlq_tools.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=err)
+    summary = redrive.redrive(sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=err)
 
     assert (summary.moved, summary.failed) == (2, 1)
     assert "it is now in both queues" in err.getvalue()
@@ -630,9 +639,9 @@ def test_redrive_stops_without_loss_when_sends_fail(
         client(emulator, "sqs"), world.dlq_url, [x for b in GARBAGE for x in letters_for(b)]
     )
     proxy.configure(fail_operations=frozenset({"SendMessageBatch"}))
-    sqs = ops.aws_client("sqs", endpoint_url=proxy.endpoint_url, region=emulator.region)
+    sqs = aws.client(Settings(endpoint_url=proxy.endpoint_url, aws_region=emulator.region), "sqs")
 
-    summary = dlq_tools.redrive(
+    summary = redrive.redrive(
         sqs, world.dlq_url, world.queue_url, out=io.StringIO(), err=io.StringIO()
     )
 
@@ -650,7 +659,7 @@ def test_dry_run_changes_nothing(emulator: Emulator, world: World) -> None:
     ids = mixed_dlq(emulator, world)
     out = io.StringIO()
 
-    summary = dlq_tools.redrive(
+    summary = redrive.redrive(
         client(emulator, "sqs"),
         world.dlq_url,
         world.queue_url,
@@ -674,7 +683,7 @@ def test_redrive_respects_the_rate(emulator: Emulator, world: World) -> None:
     put_letters(client(emulator, "sqs"), world.dlq_url, [x for b in bodies for x in letters_for(b)])
 
     started = time.monotonic()
-    summary = dlq_tools.redrive(
+    summary = redrive.redrive(
         client(emulator, "sqs"), world.dlq_url, world.queue_url, rate=rate, out=io.StringIO()
     )
     elapsed = time.monotonic() - started
@@ -696,15 +705,15 @@ def test_pacer_spaces_batches_on_its_clock() -> None:
             now[0] += timeout
             return False
 
-    pacer = dlq_tools.Pacer(2.5, Stop(), clock=lambda: now[0])
+    pacer = redrive.Pacer(2.5, Stop(), clock=lambda: now[0])
     assert pacer.batch_size == 2
     for _ in range(3):
         assert pacer.wait(2)
         pacer.sent(2)
     # Messages 0..5 due at 0, 0.4, ..., 2.0 s: each batch waits for its last message.
     assert waits == [0.4, 0.8, 0.8]
-    assert dlq_tools.Pacer(None, threading.Event()).batch_size == 10
-    assert dlq_tools.Pacer(0.5, threading.Event()).batch_size == 1
+    assert redrive.Pacer(None, threading.Event()).batch_size == 10
+    assert redrive.Pacer(0.5, threading.Event()).batch_size == 1
 
 
 def test_redrive_max_moves_at_most_n(emulator: Emulator, world: World) -> None:
@@ -712,7 +721,7 @@ def test_redrive_max_moves_at_most_n(emulator: Emulator, world: World) -> None:
     bodies = [f"junk {i}" for i in range(5)]
     put_letters(client(emulator, "sqs"), world.dlq_url, [x for b in bodies for x in letters_for(b)])
 
-    summary = dlq_tools.redrive(
+    summary = redrive.redrive(
         client(emulator, "sqs"), world.dlq_url, world.queue_url, max_messages=2, out=io.StringIO()
     )
 
@@ -729,7 +738,7 @@ def test_redrive_reaches_messages_behind_many_skipped_ones(
     put_letters(sqs, world.dlq_url, [x for i in range(25) for x in letters_for(encode([i]))])
     put_letters(sqs, world.dlq_url, [x for b in GARBAGE for x in letters_for(b)])
 
-    summary = dlq_tools.redrive(
+    summary = redrive.redrive(
         sqs, world.dlq_url, world.queue_url, reason="invalid_body", out=io.StringIO()
     )
 
@@ -744,7 +753,7 @@ def test_redrive_stops_when_asked(emulator: Emulator, world: World) -> None:
     )
     stop = threading.Event()
     stop.set()
-    summary = dlq_tools.redrive(
+    summary = redrive.redrive(
         client(emulator, "sqs"), world.dlq_url, world.queue_url, out=io.StringIO(), stop=stop
     )
     assert summary.interrupted
@@ -815,7 +824,7 @@ def test_tail_one_shard_and_a_limit(emulator: Emulator, world: World) -> None:
     tail(kinesis, world.stream_name, start="trim-horizon", follow=False, limit=3, out=out)
     assert out.getvalue().splitlines() == stored_lines(emulator, world)[:3]
 
-    with pytest.raises(ops.OpsError, match="no shard shardId-000000000099"):
+    with pytest.raises(aws.ToolError, match="no shard shardId-000000000099"):
         tail(kinesis, world.stream_name, shards=["shardId-000000000099"], follow=False)
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from event_processor.emulator import Emulator, World, free_port
-from event_processor.faultproxy import SHARD_THROTTLED, FaultProxy
-from event_processor.verify import expected_sequences
+from devworld.emulator import Emulator, World, free_port
+from devworld.faultproxy import SHARD_THROTTLED, FaultProxy
+from devworld.verify import expected_sequences
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like
 from tests.helpers import (

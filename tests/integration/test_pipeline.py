@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from event_processor.dlq import read_letter
-from event_processor.emulator import Emulator, World, free_port
+from devworld.emulator import Emulator, World, free_port
+from devworld.verify import expected_sequences
+from event_processor.letters import read_letter
 from event_processor.models import EventType
-from event_processor.verify import expected_sequences
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, network_connection, new_process, submission
 from tests.helpers import (

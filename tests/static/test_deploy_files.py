@@ -27,7 +27,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from event_processor.emulator import Emulator
+from devworld.emulator import Emulator
 from tests.static.support import (
     DOCKERFILE,
     PROMETHEUS_CONFIG,

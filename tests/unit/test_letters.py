@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from event_processor.dlq import (
+from event_processor.letters import (
     KIND_EVENTS,
     LETTER_KIND,
     DeadLetter,

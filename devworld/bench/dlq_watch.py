@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Literal
 
-from event_processor.emulator import Emulator, queue_depth
+from devworld.emulator import Emulator, queue_depth
 
 Mode = Literal["consume", "keep"]
 MODES: tuple[Mode, ...] = ("consume", "keep")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import threading
@@ -14,38 +15,20 @@ from typing import Any, Literal, TextIO
 
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
-from event_processor.config import Settings
-from event_processor.ops import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_UNREACHABLE,
-    AwsOptions,
-    Clock,
-    OpsError,
-    stop_on_signals,
-)
+from event_processor import config, exitcodes, signals
+from event_processor.tools import aws
+from event_processor.tools.args import positive_float, positive_int
+from event_processor.tools.aws import ToolError, list_shard_ids
 
 # Kinesis allows 5 GetRecords per second per shard: the fastest a follow loop polls.
 TAIL_BUSY_POLL_S = 0.2
 # A follow loop looks for new shards (after a reshard) this often.
 TAIL_SHARD_REFRESH_S = 30.0
-# GetRecords returns at most 10,000 records per call.
-_GET_RECORDS_LIMIT = 10_000
 
 StartAt = Literal["latest", "trim-horizon"]
 _ITERATOR_TYPES: dict[str, str] = {"latest": "LATEST", "trim-horizon": "TRIM_HORIZON"}
-
-
-def list_shard_ids(kinesis: Any, stream_name: str) -> list[str]:
-    """Every shard id of the stream, following ListShards pagination."""
-    page = kinesis.list_shards(StreamName=stream_name)
-    shard_ids = [str(shard["ShardId"]) for shard in page["Shards"]]
-    while page.get("NextToken"):
-        page = kinesis.list_shards(NextToken=page["NextToken"])
-        shard_ids.extend(str(shard["ShardId"]) for shard in page["Shards"])
-    return shard_ids
 
 
 @dataclass
@@ -97,7 +80,7 @@ class _Tail:
         """One GetRecords on the shard; (records came or it is behind, shard still open)."""
         assert reader.iterator is not None
         try:
-            page = self.kinesis.get_records(ShardIterator=reader.iterator, Limit=_GET_RECORDS_LIMIT)
+            page = aws.get_records(self.kinesis, reader.iterator)
         except self.kinesis.exceptions.ExpiredIteratorException:
             # Iterators live 5 minutes: reopen after the last record printed.
             if reader.last_sequence is None:
@@ -148,7 +131,7 @@ def tail(
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     stop: threading.Event | None = None,
-    clock: Clock = time.monotonic,
+    clock: aws.Clock = time.monotonic,
 ) -> int:
     """Print the stream's records as JSON lines; return how many were printed.
 
@@ -160,7 +143,7 @@ def tail(
     all_shards = list_shard_ids(kinesis, stream_name)
     unknown = sorted(set(shards or ()) - set(all_shards))
     if unknown:
-        raise OpsError(f"stream {stream_name} has no shard {', '.join(unknown)}")
+        raise ToolError(f"stream {stream_name} has no shard {', '.join(unknown)}")
     chosen = list(dict.fromkeys(shards)) if shards else sorted(all_shards)
     reader = _Tail(kinesis, stream_name, limit=limit, out=out, err=err)
     iterator_type = _ITERATOR_TYPES[start]
@@ -199,55 +182,79 @@ def tail(
 
 
 # --------------------------------------------------------------------------------------------
-# CLI glue: env, clients, signals, exit codes
+# CLI
 
 
-@dataclass(frozen=True)
-class TailOptions:
-    aws: AwsOptions
-    stream_name: str | None
-    start: StartAt
-    shards: list[str] | None
-    follow: bool
-    limit: int | None
-    interval_s: float
-
-
-def tail_command(options: TailOptions, out: TextIO = sys.stdout) -> int:
-    stream_name = (
-        options.stream_name
-        or os.environ.get("STREAM_NAME")
-        or str(Settings.model_fields["stream_name"].default)
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("tail", help="print stream records as JSON lines")
+    aws.add_flags(parser, "stream_name")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        choices=["latest", "trim-horizon"],
+        default="latest",
+        help="start at new records (default) or at the oldest kept",
     )
-    kinesis = options.aws.client("kinesis")
+    parser.add_argument(
+        "--shard",
+        dest="shards",
+        action="append",
+        default=None,
+        metavar="SHARD_ID",
+        help="read this shard (repeatable; default: every shard)",
+    )
+    parser.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep polling for new records until Ctrl-C/SIGTERM (default), or stop at the tip",
+    )
+    parser.add_argument("--limit", type=positive_int, default=None, help="stop after N records")
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        default=1.0,
+        help="seconds between polls when idle (default 1)",
+    )
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    try:
+        settings = aws.settings_of(args)
+    except ValidationError as exc:
+        print(config.explain(exc), file=sys.stderr)
+        return exitcodes.USAGE
+    stream_name = settings.stream_name
+    kinesis = aws.client(settings, "kinesis")
     stop = threading.Event()
     try:
-        with stop_on_signals(stop):
+        with signals.stop_on_signals(stop):
             tail(
                 kinesis,
                 stream_name,
-                start=options.start,
-                shards=options.shards,
-                follow=options.follow,
-                limit=options.limit,
-                interval_s=options.interval_s,
+                start=args.start,
+                shards=args.shards,
+                follow=args.follow,
+                limit=args.limit,
+                interval_s=args.interval,
                 out=out,
                 stop=stop,
             )
-    except OpsError as exc:
+    except ToolError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return exitcodes.STARTUP_FAILED
     except kinesis.exceptions.ResourceNotFoundException as exc:
         print(f"stream {stream_name} not found: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return exitcodes.STARTUP_FAILED
     except (ClientError, BotoCoreError) as exc:
         print(f"tail failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exitcodes.FAILED
     except KeyboardInterrupt:  # a second signal during a slow call
-        return EXIT_INTERRUPTED
+        return exitcodes.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python's exit flush quiet too.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
-    return EXIT_OK
+        return exitcodes.OK
+    return exitcodes.OK

@@ -21,7 +21,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from event_processor.tail import list_shard_ids
+from event_processor.tools.aws import get_records, list_shard_ids, queue_counts
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ DUMMY_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - not a secret: moto ignores i
 # How long create_world waits for the stream to become ACTIVE, and how often it looks.
 _STREAM_ACTIVE_TIMEOUT_S = 30.0
 _STREAM_ACTIVE_POLL_S = 0.05
-# GetRecords returns at most 10,000 records per call.
-_GET_RECORDS_LIMIT = 10_000
 # A long poll re-scans at least this often: visibility expiries wake nobody.
 _LONG_POLL_SLICE_S = 1.0
 # Re-scan interval while visible messages exist that we may not take (a FIFO group in flight).
@@ -382,7 +380,7 @@ def read_stream(client: Any, stream_name: str) -> list[dict[str, Any]]:
         )["ShardIterator"]
         shard_records: list[dict[str, Any]] = []
         while iterator:
-            page = client.get_records(ShardIterator=iterator, Limit=_GET_RECORDS_LIMIT)
+            page = get_records(client, iterator)
             shard_records.extend(
                 {
                     "shard_id": shard_id,
@@ -408,17 +406,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
-    """(visible, in flight) messages of a queue."""
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 def queue_depth(sqs: Any, queue_url: str) -> int:

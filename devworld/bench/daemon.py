@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from bench.launch import KILL_SIGNAL
-from event_processor.emulator import Emulator, World, free_port
+from devworld.bench.launch import KILL_SIGNAL
+from devworld.emulator import Emulator, World, free_port
 
 # How often a stop looks whether the process has exited, and a wait for /readyz asks.
 _EXIT_POLL_S = 0.02
@@ -71,7 +71,7 @@ class Process:
         self._dir = tempfile.TemporaryDirectory(prefix="bench-process-")
         self._rusage = Path(self._dir.name) / "rusage.json"
         self._log_path = Path(self._dir.name) / "stderr.log"
-        launcher = [sys.executable, "-m", "bench.launch", str(self._rusage), *argv]
+        launcher = [sys.executable, "-m", "devworld.bench.launch", str(self._rusage), *argv]
         # stderr goes to a file: a hostile backlog can make the daemon log a line per event.
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(  # noqa: S603 - our own commands

@@ -2,7 +2,7 @@
 
 Many concurrent receivers; each received batch becomes one PutRecords and one delete.
 It is the practical limit of the world, reported but not competed with on its terms.
-Run as `python -m bench.ceiling QUEUE_URL STREAM_NAME` with AWS_ENDPOINT_URL set.
+Run as `python -m devworld.bench.ceiling QUEUE_URL STREAM_NAME` with AWS_ENDPOINT_URL set.
 """
 
 from __future__ import annotations

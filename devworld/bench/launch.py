@@ -5,7 +5,7 @@ its parent's: a daemon that the bench process (moto and its data live in it, hun
 starts directly reports at least the bench's RSS as its ru_maxrss. Started from this
 launcher (about 10 MB), the figure is the daemon's own.
 
-Usage: python -m bench.launch RUSAGE_JSON COMMAND [ARG...]. SIGTERM and SIGINT are passed
+Usage: python -m devworld.bench.launch RUSAGE_JSON COMMAND [ARG...]. SIGTERM and SIGINT are passed
 on to the command, SIGUSR1 kills it; the launcher exits with the command's exit status.
 """
 

@@ -1,7 +1,7 @@
 """Naive reference: what most hand-written consumers do, one step after another.
 
 Receive 10, one PutRecord per event, delete the batch; repeat until the queue is empty.
-Run as `python -m bench.naive QUEUE_URL STREAM_NAME` with AWS_ENDPOINT_URL set.
+Run as `python -m devworld.bench.naive QUEUE_URL STREAM_NAME` with AWS_ENDPOINT_URL set.
 """
 
 from __future__ import annotations

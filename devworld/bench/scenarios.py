@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bench.daemon import Daemon, Exit, daemon_env
-from bench.dlq_watch import MODES, DeadLetterWatch
-from bench.workloads import (
+from devworld.bench.daemon import Daemon, Exit, daemon_env
+from devworld.bench.dlq_watch import MODES, DeadLetterWatch
+from devworld.bench.workloads import (
     HOSTILE_KINDS,
     SQS_MAX_BYTES,
     backlog,
@@ -28,9 +28,10 @@ from bench.workloads import (
     load,
     tiny_events_body,
 )
-from event_processor.emulator import Emulator, World, queue_depth
-from event_processor.faultproxy import SHARD_THROTTLED, FaultProxy
-from event_processor.verify import Verification, decode_records, expected_sequences, verify
+from devworld.emulator import Emulator, World, queue_depth
+from devworld.faultproxy import SHARD_THROTTLED, FaultProxy
+from devworld.verify import Verification, decode_records, expected_sequences, verify
+from event_processor.tools.aws import get_records
 from sensor_fleet.generator import device_ids
 
 SCENARIOS = ("memory", "hostile", "restart")
@@ -46,8 +47,6 @@ _DEFAULT_GRACE_S = 20.0
 _HOSTILE_GRACE_S = 5.0
 # How long the second daemon of the restart may take to answer /readyz.
 _READY_TIMEOUT_S = 60.0
-# GetRecords returns at most 10,000 records per call.
-_GET_RECORDS_LIMIT = 10_000
 # Large bodies: sizes drawn between these, a little under SQS's 1 MiB limit at most.
 _LARGE_MIN_BYTES = 3 * MIB // 4
 _LARGE_MAX_BYTES = SQS_MAX_BYTES - 4096
@@ -194,7 +193,7 @@ def read_arrivals(kinesis: Any, stream_name: str) -> tuple[list[dict[str, Any]],
             StreamName=stream_name, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]
         while iterator:
-            page = kinesis.get_records(ShardIterator=iterator, Limit=_GET_RECORDS_LIMIT)
+            page = get_records(kinesis, iterator)
             for record in page["Records"]:
                 raw.append(
                     {

@@ -1,9 +1,9 @@
-"""`make bench` / `python -m bench`: drain the same backlog three ways and print a table.
+"""`make bench` / `python -m devworld.bench`: drain the same backlog three ways and print a table.
 
 `--scenario` adds the issue-10 scenarios (bench/scenarios.py): memory, hostile, restart, or
 all of them after the throughput table; `make bench` runs all.
 
-World: moto's server (event_processor.emulator, patched: locks + O(1) speed-ups) behind an
+World: moto's server (devworld.emulator, patched: locks + O(1) speed-ups) behind an
 HTTP proxy that adds a fixed latency to every AWS call, because on loopback every strategy
 looks the same. Each strategy runs as its own process, timed from its start until the queue
 is empty; CPU time and peak RSS come from the OS (wait4).
@@ -23,13 +23,13 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bench import scenarios
-from bench.daemon import Process, daemon_env
-from bench.workloads import backlog, load
-from event_processor.emulator import Emulator, World, queue_depth, read_stream
-from event_processor.faultproxy import FaultProxy
+from devworld.bench import scenarios
+from devworld.bench.daemon import Process, daemon_env
+from devworld.bench.workloads import backlog, load
+from devworld.emulator import Emulator, World, queue_depth, read_stream
+from devworld.faultproxy import FaultProxy
+from devworld.verify import decode_records, expected_sequences, verify
 from event_processor.models import Packed, PartitionKey, parse_packed
-from event_processor.verify import decode_records, expected_sequences, verify
 
 # How often the runner looks at the queue depth while a strategy drains it.
 _POLL_S = 0.05

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from event_processor.emulator import Emulator, World
+from devworld.emulator import Emulator, World
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.sender import Sender
 

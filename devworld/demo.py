@@ -25,9 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from event_processor import app
-from event_processor.config import Settings
-from event_processor.emulator import (
+from devworld.emulator import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     Emulator,
@@ -37,7 +35,9 @@ from event_processor.emulator import (
     queue_depth,
     read_stream,
 )
-from event_processor.verify import decode_records, expected_sequences, verify
+from devworld.verify import decode_records, expected_sequences, verify
+from event_processor import app
+from event_processor.config import Settings
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.sender import Sender
 

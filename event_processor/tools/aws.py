@@ -1,0 +1,113 @@
+"""What the operator tools share: their settings (the daemon's), boto3 clients, and the queue
+and stream look-ups they start with.
+
+The tools are synchronous boto3: short-lived command-line tools, one call at a time. They read
+the daemon's own `Settings` (AWS_REGION, QUEUE_URL, DLQ_URL, STREAM_NAME...), so a tool and the
+daemon started with the same environment talk to the same queues.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from event_processor import constants
+from event_processor.config import Settings, env_names
+
+Clock = Callable[[], float]
+
+
+class ToolError(Exception):
+    """A queue, stream or shard is missing or unreachable; the message says which."""
+
+
+def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Flags for these Settings fields (plus the endpoint and region), named as `run` names them."""
+    for name in ("endpoint_url", "aws_region", *names):
+        field = Settings.model_fields[name]
+        shown = getattr(field.default, "value", field.default)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            help=f"{field.description} [env {env_names(name)}; default {shown}]",
+        )
+
+
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The daemon's Settings from the environment, with the flags `add_flags` added on top."""
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if name in Settings.model_fields and value is not None
+    }
+    return Settings(**given)
+
+
+def client(settings: Settings, service: str) -> Any:
+    """A boto3 client; with no endpoint URL, botocore reads AWS_ENDPOINT_URL(_SQS/_KINESIS)."""
+    config = Config(
+        region_name=settings.aws_region,
+        # total_max_attempts counts the first call (max_attempts would count retries only).
+        retries={"mode": "standard", "total_max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=30,
+    )
+    # Imported here: `event-processor run` builds the tools' parsers but never a boto3 client.
+    import boto3  # noqa: PLC0415
+
+    return boto3.session.Session().client(
+        service, endpoint_url=settings.endpoint_url, config=config
+    )
+
+
+def check_queue(sqs: Any, queue_url: str, what: str) -> None:
+    try:
+        sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    except (ClientError, BotoCoreError) as exc:
+        raise ToolError(f"{what} {queue_url} is missing or unreachable: {exc}") from exc
+
+
+def source_queue_url(sqs: Any, settings: Settings) -> str:
+    """As the daemon resolves it: QUEUE_URL wins, else QUEUE_NAME (GetQueueUrl)."""
+    if settings.queue_url:
+        return settings.queue_url
+    try:
+        return str(sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"])
+    except (ClientError, BotoCoreError) as exc:
+        raise ToolError(
+            f"source queue {settings.queue_name} is missing or unreachable: {exc}"
+        ) from exc
+
+
+def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:
+    """(ApproximateNumberOfMessages, ApproximateNumberOfMessagesNotVisible)."""
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attributes.get("ApproximateNumberOfMessages", 0)),
+        int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+    )
+
+
+def list_shard_ids(kinesis: Any, stream_name: str) -> list[str]:
+    """Every shard id of the stream, following ListShards pagination."""
+    page = kinesis.list_shards(StreamName=stream_name)
+    shard_ids = [str(shard["ShardId"]) for shard in page["Shards"]]
+    while page.get("NextToken"):
+        page = kinesis.list_shards(NextToken=page["NextToken"])
+        shard_ids.extend(str(shard["ShardId"]) for shard in page["Shards"])
+    return shard_ids
+
+
+def get_records(kinesis: Any, iterator: str) -> dict[str, Any]:
+    """One GetRecords call, as many records as Kinesis returns in one."""
+    return dict(
+        kinesis.get_records(ShardIterator=iterator, Limit=constants.KINESIS_GET_RECORDS_MAX)
+    )

@@ -1,0 +1,375 @@
+"""`dlq inspect`: count the DLQ's dead letters, and the rejected events they list, by reason,
+with examples, consuming nothing (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import codecs
+import json
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
+
+from event_processor import config, exitcodes
+from event_processor.letters import KIND_EVENTS, KIND_SUBMISSION, RejectedEventEntry
+from event_processor.tools import aws, peek
+from event_processor.tools.args import non_negative_int, positive_int
+from event_processor.tools.dead_letters import Letter, LetterEvents
+from event_processor.tools.text import PREVIEW_CHARS, plural, preview
+
+
+@dataclass(frozen=True)
+class ReasonCounts:
+    """One row of the report: the messages with this `reason` attribute, and the events."""
+
+    reason: str
+    by_kind: dict[str, int]  # DLQ messages whose `reason` attribute is this one, by kind
+    events: int  # rejected events of this reason listed in the event letters read
+
+    @property
+    def messages(self) -> int:
+        return sum(self.by_kind.values())
+
+
+@dataclass
+class InspectReport:
+    dlq_url: str
+    approximate_visible: int
+    approximate_not_visible: int
+    max_messages: int
+    read: int = 0
+    # (reason attribute, kind) -> messages read; a letter of events of several reasons has the
+    # reason attribute MIXED_REASONS.
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Each event's own reason -> rejected events listed in the event letters read.
+    events: Counter[str] = field(default_factory=Counter)
+    # submission_id of every event letter read (a submission's events may take several).
+    event_submissions: set[str] = field(default_factory=set)
+    # reason -> examples: submissions by their reason attribute, event letters under every
+    # reason of their events (shown with their first events of that reason).
+    examples: dict[str, list[Letter]] = field(default_factory=dict)
+
+    @property
+    def sample(self) -> bool:
+        """True when the queue holds more than was read: the counts cover only what was read."""
+        return self.approximate_visible > self.read
+
+    def by_kind(self) -> dict[str, int]:
+        """Messages read by kind."""
+        kinds = Counter({KIND_SUBMISSION: 0, KIND_EVENTS: 0})
+        for (_, kind), count in self.counts.items():
+            kinds[kind] += count
+        return dict(kinds)
+
+    def by_reason(self) -> list[ReasonCounts]:
+        """A row per reason; most rejections (submissions plus events) first."""
+        kinds: dict[str, dict[str, int]] = {}
+        for (reason, kind), count in self.counts.items():
+            kinds.setdefault(reason, {})[kind] = count
+        rows = [
+            ReasonCounts(reason, kinds.get(reason, {}), self.events[reason])
+            for reason in kinds.keys() | self.events.keys()
+        ]
+        return sorted(
+            rows,
+            key=lambda row: (
+                -(row.by_kind.get(KIND_SUBMISSION, 0) + row.events),
+                -row.messages,
+                row.reason,
+            ),
+        )
+
+
+def inspect_dlq(
+    sqs: Any, dlq_url: str, *, max_messages: int = 1000, examples: int = 3
+) -> InspectReport:
+    """Read up to `max_messages` DLQ messages without consuming any, and count them by reason.
+
+    Messages are counted by their `reason` attribute and kind; the rejected events that event
+    letters list are counted too, by each event's own reason.
+    """
+    visible, not_visible = aws.queue_counts(sqs, dlq_url)
+    report = InspectReport(dlq_url, visible, not_visible, max_messages)
+    for letter in peek.peek(sqs, dlq_url):
+        report.read += 1
+        report.counts[letter.reason, letter.kind] += 1
+        reasons = [letter.reason]
+        if letter.events is not None:
+            report.events.update(letter.events.by_reason)
+            report.event_submissions.add(letter.events.submission_id)
+            reasons = list(letter.events.by_reason)
+        for reason in reasons:
+            shown = report.examples.setdefault(reason, [])
+            if len(shown) < examples:
+                shown.append(letter)
+        if report.read >= max_messages:
+            break
+    return report
+
+
+def _decoded_preview(body: str, limit: int = PREVIEW_CHARS) -> str | None:
+    """The start of a base64 body, decoded, if it is base64 of UTF-8 text (the fleet's format)."""
+    compact = "".join(body[: limit * 2].split())
+    compact = compact[: len(compact) - len(compact) % 4]
+    if not compact or body.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        raw = base64.b64decode(compact, validate=True)
+        # Incremental: a character cut at the end of the prefix is not an error.
+        text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return preview(text, limit) if text else None
+
+
+def _attribute_text(value: Mapping[str, Any]) -> str:
+    if "StringValue" in value:
+        return str(value["StringValue"])
+    binary = value.get("BinaryValue", b"")
+    return f"<binary, {len(binary)} bytes>"
+
+
+def _sent_at(letter: Letter) -> str | None:
+    millis = letter.system.get("SentTimestamp")
+    if millis is None:
+        return None
+    return datetime.fromtimestamp(int(millis) / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+def _event_preview(entry: RejectedEventEntry, limit: int = PREVIEW_CHARS) -> str:
+    """The start of a rejected event's JSON (a truncated event is already the start of it)."""
+    if entry.truncated and isinstance(entry.event, str):
+        return preview(entry.event, limit)
+    try:
+        text = json.dumps(entry.event, ensure_ascii=False)
+    except RecursionError:  # the reader parsed it, the encoder may not go as deep
+        return "(nested too deep to show)"
+    return preview(text, limit)
+
+
+def _event_json(entry: RejectedEventEntry) -> dict[str, Any]:
+    return {
+        "sequence": entry.sequence,
+        "event_type": preview(entry.event_type, 80),
+        "reason": entry.reason,
+        "field": entry.field,
+        "detail": preview(entry.detail),
+        "truncated": entry.truncated,
+        "event_preview": _event_preview(entry),
+    }
+
+
+def _example_json(letter: Letter, reason: str) -> dict[str, Any]:
+    """`letter` as an example of `reason` (for an event letter: its first events of it)."""
+    example: dict[str, Any] = {
+        "message_id": letter.message_id,
+        "kind": letter.kind,
+        "sent_at": _sent_at(letter),
+        "dlq_receive_count": letter.system.get("ApproximateReceiveCount"),
+        "attributes": {name: _attribute_text(v) for name, v in sorted(letter.attributes.items())},
+        "body_chars": len(letter.body),
+        "body_preview": preview(letter.body),
+        "decoded_preview": _decoded_preview(letter.body),
+    }
+    if letter.events is not None:
+        events = letter.events
+        example["letter"] = {
+            "submission_id": events.submission_id,
+            "device_id": events.device_id,
+            "part": events.part,
+            "parts": events.parts,
+            "event_count": events.count,
+            "events_by_reason": events.by_reason,
+            "first_events": [_event_json(entry) for entry in events.first.get(reason, ())],
+        }
+    return example
+
+
+def report_json(report: InspectReport) -> dict[str, Any]:
+    """The report as one JSON document (`dlq inspect --json`)."""
+    return {
+        "dlq_url": report.dlq_url,
+        "approximate_visible": report.approximate_visible,
+        "approximate_not_visible": report.approximate_not_visible,
+        "read": report.read,
+        "max": report.max_messages,
+        "sample": report.sample,
+        "by_kind": report.by_kind(),
+        "events": sum(report.events.values()),
+        "event_submissions": len(report.event_submissions),
+        "reasons": [
+            {
+                "reason": row.reason,
+                "total": row.messages,
+                "by_kind": row.by_kind,
+                "events": row.events,
+            }
+            for row in report.by_reason()
+        ],
+        "examples": {
+            reason: [_example_json(letter, reason) for letter in letters]
+            for reason, letters in report.examples.items()
+        },
+    }
+
+
+def _event_letter_lines(events: LetterEvents, reason: str) -> list[str]:
+    by_reason = ", ".join(f"{r}: {n}" for r, n in events.by_reason.items())
+    lines = [
+        f"      letter: part {events.part} of {events.parts} of submission"
+        f" {events.submission_id} (device {events.device_id}),"
+        f" {plural(events.count, 'rejected event')} ({by_reason})"
+    ]
+    first = events.first.get(reason, ())
+    for entry in first:
+        truncated = " (truncated)" if entry.truncated else ""
+        lines.append(
+            f"      event {entry.sequence} {preview(entry.event_type, 40)}"
+            f" field={entry.field or '-'}: {preview(entry.detail, 80)}"
+        )
+        lines.append(f"        {_event_preview(entry)}{truncated}")
+    more = events.by_reason.get(reason, 0) - len(first)
+    if more > 0:
+        lines.append(f"      ... and {more} more {reason} events in this letter")
+    return lines
+
+
+def format_report(report: InspectReport) -> str:
+    """The report as text for a terminal."""
+    lines = [
+        f"DLQ {report.dlq_url}",
+        f"  ~{report.approximate_visible} messages visible, "
+        f"~{report.approximate_not_visible} in flight (approximate, from SQS)",
+        f"  read {report.read} distinct messages without consuming any "
+        "(VisibilityTimeout=0, nothing deleted)",
+    ]
+    if report.sample:
+        why = (
+            f"stopped at --max {report.max_messages}"
+            if report.read >= report.max_messages
+            else f"SQS returned nothing new after {peek.PEEK_IDLE_RECEIVES} receives in a row"
+        )
+        lines.append(
+            f"  NOTE: the counts below are a SAMPLE: {report.read} of ~{report.approximate_visible}"
+            f" messages ({why})"
+        )
+    if report.approximate_not_visible:
+        lines.append("  (messages in flight are hidden by their receiver and not counted)")
+    if not report.read:
+        lines.append("  nothing to show: the DLQ looks empty")
+        return "\n".join(lines)
+
+    kinds = report.by_kind()
+    lines.append(
+        f"  by kind: {plural(kinds[KIND_SUBMISSION], 'submission')},"
+        f" {plural(kinds[KIND_EVENTS], 'event letter')} (listing"
+        f" {plural(sum(report.events.values()), 'rejected event')} of"
+        f" {plural(len(report.event_submissions), 'submission')})"
+    )
+    rows = report.by_reason()
+    width = max(len("reason"), *(len(row.reason) for row in rows))
+    kind_s, kind_e = KIND_SUBMISSION, KIND_EVENTS
+    lines += [
+        "",
+        f"  {'':<{width}}  {'messages':-^{len(kind_s) + 2 + len(kind_e) + 2 + 5}}  rejected",
+        f"  {'reason':<{width}}  {kind_s:>{len(kind_s)}}  {kind_e:>5}  {'total':>5}  {'events':>8}",
+    ]
+    for row in rows:
+        lines.append(
+            f"  {row.reason:<{width}}  {row.by_kind.get(kind_s, 0):>{len(kind_s)}}"
+            f"  {row.by_kind.get(kind_e, 0):>5}  {row.messages:>5}  {row.events:>8}"
+        )
+    if kinds[kind_e]:
+        lines += [
+            "  (messages by their `reason` attribute, which is `mixed` for an event letter of",
+            "   several reasons; rejected events by each event's own reason)",
+        ]
+    shown: dict[str, str] = {}  # message id -> the reason it was first shown under
+    for row in rows:
+        letters = report.examples.get(row.reason, [])
+        if not letters:
+            continue
+        lines += ["", f"  {row.reason}: {len(letters)} example(s)"]
+        for letter in letters:
+            if letter.events is not None and letter.message_id in shown:
+                lines.append(
+                    f"    - {letter.message_id}  kind={letter.kind}  (the letter shown under"
+                    f" {shown[letter.message_id]})"
+                )
+                lines += _event_letter_lines(letter.events, row.reason)[1:]
+                continue
+            shown[letter.message_id] = row.reason
+            example = _example_json(letter, row.reason)
+            lines.append(
+                f"    - {letter.message_id}  kind={letter.kind}  sent={example['sent_at']}"
+                f"  dlq_receives={example['dlq_receive_count']}"
+            )
+            attributes = ", ".join(
+                f"{name}={preview(text, 80)}" for name, text in example["attributes"].items()
+            )
+            lines.append(f"      attributes: {attributes or '-'}")
+            if letter.events is not None:
+                lines += _event_letter_lines(letter.events, row.reason)
+                continue
+            lines.append(f"      body ({len(letter.body)} chars): {example['body_preview']}")
+            if example["decoded_preview"] is not None:
+                lines.append(f"      base64-decoded: {example['decoded_preview']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = dlq_commands.add_parser(
+        "inspect",
+        help="count DLQ messages by reason and show examples, consuming nothing",
+        description="Read DLQ messages with VisibilityTimeout=0 (nothing hidden, nothing "
+        "deleted), count them by reason and kind, and show examples. Beyond what SQS hands "
+        "out, the counts are a sample; the report says so.",
+    )
+    aws.add_flags(parser, "dlq_url")
+    parser.add_argument(
+        "--max", type=positive_int, default=1000, help="read at most N messages (default 1000)"
+    )
+    parser.add_argument(
+        "--examples", type=non_negative_int, default=3, help="examples per reason (default 3)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    try:
+        settings = aws.settings_of(args)
+    except ValidationError as exc:
+        print(config.explain(exc), file=sys.stderr)
+        return exitcodes.USAGE
+    if settings.dlq_url is None:
+        print("no DLQ: pass --dlq-url or set DLQ_URL", file=sys.stderr)
+        return exitcodes.USAGE
+    sqs = aws.client(settings, "sqs")
+    try:
+        aws.check_queue(sqs, settings.dlq_url, "DLQ")
+        report = inspect_dlq(sqs, settings.dlq_url, max_messages=args.max, examples=args.examples)
+    except aws.ToolError as exc:
+        print(exc, file=sys.stderr)
+        return exitcodes.STARTUP_FAILED
+    except (ClientError, BotoCoreError) as exc:
+        print(f"inspect failed: {exc}", file=sys.stderr)
+        return exitcodes.FAILED
+    if args.json:
+        out.write(json.dumps(report_json(report), indent=2) + "\n")
+    else:
+        out.write(format_report(report) + "\n")
+    return exitcodes.OK
