@@ -48,13 +48,12 @@ class Hooks:
 
 
 def client_config(settings: Settings) -> AioConfig:
-    # botocore's standard mode owns transport retries (throttles, 5xx, connection resets);
-    # the pool must cover every PutRecords, receive and batch call in flight at once.
-    pool = settings.max_put_requests + settings.receivers + 16
+    """The SQS client's: botocore's standard mode owns transport retries (throttles, 5xx,
+    connection resets); every SQS call we make is safe to repeat."""
     return AioConfig(
         region_name=settings.aws_region,
         retries={"mode": "standard", "total_max_attempts": 3},
-        max_pool_connections=pool,
+        max_pool_connections=_pool(settings),
         connect_timeout=5,
         # A long poll holds the connection for WAIT_TIME_SECONDS; leave it room.
         read_timeout=settings.wait_time_seconds + 10,
@@ -62,6 +61,29 @@ def client_config(settings: Settings) -> AioConfig:
         # re-validating every PutRecords entry costs ~7% of the daemon's CPU.
         parameter_validation=False,
     )
+
+
+def kinesis_config(settings: Settings) -> AioConfig:
+    """The Kinesis client's: one attempt per call, and a read timeout of its own.
+
+    PutRecords is not idempotent: a call that timed out may have landed, and a transport
+    retry would send it again at once, into the slowness that caused the timeout. The sink
+    owns every resend instead, after a backoff and through its congestion window (which
+    counts time-outs and slow calls as congestion).
+    """
+    return AioConfig(
+        region_name=settings.aws_region,
+        retries={"mode": "standard", "total_max_attempts": 1},
+        max_pool_connections=_pool(settings),
+        connect_timeout=5,
+        read_timeout=constants.PUT_RECORDS_READ_TIMEOUT_S,
+        parameter_validation=False,
+    )
+
+
+def _pool(settings: Settings) -> int:
+    # The pool must cover every PutRecords, receive and batch call in flight at once.
+    return settings.max_put_requests + settings.receivers + 16
 
 
 @dataclass(frozen=True)
@@ -81,13 +103,21 @@ async def _max_message_bytes(sqs: SQSClient, queue_url: str) -> int:
     return min(max(size, constants.SQS_MIN_MESSAGE_BYTES), constants.SQS_MAX_MESSAGE_BYTES)
 
 
-async def _resolve(settings: Settings, sqs: SQSClient, kinesis: KinesisClient) -> Resolved:
+async def _resolve(
+    settings: Settings, sqs: SQSClient, kinesis: KinesisClient, policy: RetryPolicy
+) -> Resolved:
     try:
         queue_url = settings.queue_url
         if queue_url is None:
             queue_url = (await sqs.get_queue_url(QueueName=settings.queue_name))["QueueUrl"]
         max_message_bytes = await _max_message_bytes(sqs, queue_url)
-        await kinesis.describe_stream_summary(StreamName=settings.stream_name)
+        # The Kinesis client makes one attempt per call (kinesis_config): retry this one here
+        # as botocore would, so a blip at start-up is not reported as a missing stream.
+        async for attempt in policy.with_limits(
+            3, constants.STARTUP_DESCRIBE_DEADLINE_S
+        ).retrying():
+            with attempt:
+                await kinesis.describe_stream_summary(StreamName=settings.stream_name)
         dlq_max = max_message_bytes
         if settings.dlq_url is not None:
             dlq_max = await _max_message_bytes(sqs, settings.dlq_url)
@@ -109,16 +139,19 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
     hooks = hooks or Hooks()
     metrics = Metrics(hooks.registry)
     session = get_session()
-    config = client_config(settings)
     async with AsyncExitStack() as stack:
         sqs: SQSClient = await stack.enter_async_context(
-            session.create_client("sqs", config=config, endpoint_url=settings.endpoint_url)
+            session.create_client(
+                "sqs", config=client_config(settings), endpoint_url=settings.endpoint_url
+            )
         )
         kinesis: KinesisClient = await stack.enter_async_context(
-            session.create_client("kinesis", config=config, endpoint_url=settings.endpoint_url)
+            session.create_client(
+                "kinesis", config=kinesis_config(settings), endpoint_url=settings.endpoint_url
+            )
         )
         try:
-            resolved = await _resolve(settings, sqs, kinesis)
+            resolved = await _resolve(settings, sqs, kinesis, hooks.policy)
         except StartupError as exc:
             log.error("start-up failed", extra={"action": "startup_failed", "error": str(exc)})  # noqa: TRY400
             return exitcodes.STARTUP_FAILED

@@ -17,6 +17,20 @@ KINESIS_GET_RECORDS_MAX = 10_000
 # A PutRecords request that is not full is sent only while fewer than this many requests
 # are in flight; full ones go at once. Most of the client's CPU is per call, not per record.
 PUT_PARTIAL_REQUESTS = 1
+# A PutRecords call that takes longer than this counts as congestion: the window shrinks
+# toward what the stream answers within it (fewer, smaller requests while Kinesis is slow).
+# AWS answers in tens of milliseconds; LocalStack's kinesis-mock, single-threaded, took
+# 0.6 s to 5.8 s for 500 records as its shards filled, and queued concurrent calls behind
+# each other until they timed out.
+PUT_TARGET_LATENCY_S = 1.0
+# The slowest a window cut for latency goes in one step (a quarter of what was in flight).
+PUT_LATENCY_CUT_MIN = 0.25
+# PutRecords' own read timeout, not the long poll's. A call that times out may have landed,
+# so resending it is a duplicate by construction: this is long, and only the sink resends
+# (botocore does not retry Kinesis calls; see app.kinesis_config).
+PUT_RECORDS_READ_TIMEOUT_S = 60.0
+# Start-up's DescribeStreamSummary retries (3 attempts) within this long, then gives up.
+STARTUP_DESCRIBE_DEADLINE_S = 10.0
 
 # --- SQS limits ---
 # Receive, delete, change-visibility and send batches hold at most 10 entries.

@@ -175,6 +175,18 @@ class Metrics:
         self.retries = Counter(
             "retries", "Retries, by operation", ["operation"], namespace=ns, registry=registry
         )
+        self.put_window_records = Gauge(
+            "put_window_records",
+            "The sink's congestion window: records PutRecords may have in flight",
+            namespace=ns,
+            registry=registry,
+        )
+        self.put_congestion_cuts = Counter(
+            "put_congestion_cuts",
+            "Times the sink cut its window because PutRecords calls were slow or timed out",
+            namespace=ns,
+            registry=registry,
+        )
         self.visibility_extensions = Counter(
             "visibility_extensions",
             "Messages whose visibility the heartbeat extended",

@@ -33,9 +33,10 @@ import heapq
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from event_processor import constants
 from event_processor.errors import THROTTLE_CODES, PublishFailed, error_code, is_retriable
@@ -104,8 +105,11 @@ class KinesisSink:
         metrics: Metrics,
         policy: RetryPolicy,
         max_requests: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
+        self._clock = clock  # monotonic seconds: call latencies and lane ages
         self._stream_name = stream_name
         self._metrics = metrics
         # Records retry until Kinesis is back or the (long) publish deadline passes.
@@ -127,8 +131,9 @@ class KinesisSink:
         # through, so the sink settles at the shards' rate instead of retrying into it.
         self._max_window = float(constants.PUT_RECORDS_MAX_RECORDS * max_requests)
         self._window = self._max_window
+        metrics.put_window_records.set(self._window)
         self._records_in_flight = 0
-        self._last_cut = 0.0
+        self._last_cut = float("-inf")  # no cut yet
         self._healthy = asyncio.Event()
         self._healthy.set()
         # Labelled children resolved once: labels() takes a lock and a dict lookup per call.
@@ -153,7 +158,7 @@ class KinesisSink:
             return done
         if isinstance(records, list):
             records = _Listed(records)
-        order = (time.monotonic() if received_at is None else received_at, next(self._opened))
+        order = (self._clock() if received_at is None else received_at, next(self._opened))
         lane = Lane(records, done, order)
         heapq.heappush(self._ready, lane)
         self._lanes += 1
@@ -215,7 +220,14 @@ class KinesisSink:
             self._active += 1
             self._records_in_flight += len(batch)
             self._bytes_in_flight += nbytes
-            task = asyncio.create_task(self._send(batch, nbytes, window_limited=room <= len(batch)))
+            task = asyncio.create_task(
+                self._send(
+                    batch,
+                    nbytes,
+                    window_limited=room <= len(batch),
+                    outstanding=self._records_in_flight,
+                )
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -244,8 +256,11 @@ class KinesisSink:
                 break
         return batch, total
 
-    async def _send(self, batch: list[Lane], nbytes: int, *, window_limited: bool) -> None:
-        sent_at = time.monotonic()
+    async def _send(
+        self, batch: list[Lane], nbytes: int, *, window_limited: bool, outstanding: int
+    ) -> None:
+        """One PutRecords of the lanes' heads; `outstanding` records were in flight with it."""
+        sent_at = self._clock()
         # Records are built here, when sent: until then a lane holds only its packed events.
         heads = [lane.records[lane.next] for lane in batch]
         entries: list[PutRecordsRequestEntryTypeDef] = [
@@ -261,7 +276,15 @@ class KinesisSink:
             code = error_code(exc)
             retriable = is_retriable(exc)
             throttled = len(batch) if code in THROTTLE_CODES else 0
-            self._adapt(len(batch), 0, throttled, sent_at, window_limited)
+            self._adapt(
+                len(batch),
+                0,
+                throttled,
+                sent_at,
+                window_limited=window_limited,
+                outstanding=outstanding,
+                timed_out=isinstance(exc, ReadTimeoutError),
+            )
             for lane in batch:
                 self._metrics.put_records_failed.labels(code).inc()
                 self._retry_later(lane, code, retriable)
@@ -277,7 +300,14 @@ class KinesisSink:
                     throttled += failed in THROTTLE_CODES
                     self._metrics.put_records_failed.labels(failed).inc()
                     self._retry_later(lane, failed, retriable=True)
-            self._adapt(len(batch), accepted, throttled, sent_at, window_limited)
+            self._adapt(
+                len(batch),
+                accepted,
+                throttled,
+                sent_at,
+                window_limited=window_limited,
+                outstanding=outstanding,
+            )
         finally:
             self._active -= 1
             self._records_in_flight -= len(batch)
@@ -285,24 +315,47 @@ class KinesisSink:
             self._kick()
 
     def _adapt(
-        self, size: int, accepted: int, throttled: int, sent_at: float, window_limited: bool
+        self,
+        size: int,
+        accepted: int,
+        throttled: int,
+        sent_at: float,
+        *,
+        window_limited: bool,
+        outstanding: int,
+        timed_out: bool = False,
     ) -> None:
         """A congestion window on records in flight, as TCP keeps one on bytes in flight.
 
         When most of a request was throttled, the shards are full: cut the window to what
-        they just accepted (at most half of it), at most once per round trip, since
-        requests sent before the last cut were sized by the old window and say nothing
-        new. A few throttled entries (a hot key, a blip) only stop the growth: their lanes
-        back off on their own and the rest keep the window. Grow by half of what went
-        through, and only when the window held the request back: an idle sink proves
-        nothing about capacity.
+        they just accepted (at most half of it). When a call was slow (or timed out), the
+        stream is congested even if it says nothing: cut the window to the share of what
+        was in flight with it that would have answered within PUT_TARGET_LATENCY_S, so
+        calls get smaller and fewer until they are fast again; a timed-out call may have
+        landed and will be resent, which is a duplicate, so slowness must be cut before it
+        becomes time-outs. Each cut happens at most once per round trip, since requests sent
+        before the last cut were sized by the old window and say nothing new. A few
+        throttled entries (a hot key, a blip) only stop the growth: their lanes back off on
+        their own. Grow by half of what went through, and only when the window held the
+        request back: an idle sink proves nothing about capacity.
         """
+        now = self._clock()
+        elapsed = now - sent_at
         if throttled * 2 >= size:
             if sent_at > self._last_cut:
                 self._window = max(1.0, min(self._window / 2, float(accepted)))
-                self._last_cut = time.monotonic()
+                self._last_cut = now
+        elif timed_out or elapsed > constants.PUT_TARGET_LATENCY_S:
+            if sent_at > self._last_cut:
+                share = constants.PUT_LATENCY_CUT_MIN
+                if not timed_out:
+                    share = max(share, constants.PUT_TARGET_LATENCY_S / elapsed)
+                self._window = max(1.0, min(self._window, float(outstanding)) * share)
+                self._last_cut = now
+                self._metrics.put_congestion_cuts.inc()
         elif not throttled and window_limited:
             self._window = min(self._max_window, self._window + size / 2)
+        self._metrics.put_window_records.set(self._window)
 
     def _acknowledged(self, lane: Lane, event_type: EventType) -> None:
         self._published[event_type].inc()
