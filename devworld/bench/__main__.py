@@ -22,6 +22,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from statistics import median
 
 from devworld.bench import scenarios
 from devworld.bench.daemon import Process, daemon_env
@@ -45,6 +46,9 @@ class Result:
     events: int
     cpu_s: float
     peak_rss_mb: float
+    # CPU seconds to start on an idle queue (daemon: until /readyz; the others: until they
+    # exit on finding it empty), the start-up share of cpu_s.
+    startup_cpu_s: float = 0.0
     verified: str = ""
 
     @property
@@ -54,6 +58,11 @@ class Result:
     @property
     def cpu_us_per_event(self) -> float:
         return self.cpu_s / self.events * 1e6 if self.events else 0.0
+
+    @property
+    def steady_us_per_event(self) -> float:
+        """CPU per event once started: what the drain itself costs."""
+        return (self.cpu_s - self.startup_cpu_s) / self.events * 1e6 if self.events else 0.0
 
 
 def _self_cpu() -> float:
@@ -105,6 +114,14 @@ def startup_cpu(env: dict[str, str], metrics_port: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def exit_cpu(argv: list[str], env: dict[str, str]) -> float:
+    """CPU seconds of a command that exits by itself (naive and ceiling, on an idle queue)."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)  # noqa: S603
+    _, _, usage = os.wait4(process.pid, 0)
+    process.returncode = 0  # reaped by wait4: Popen must not wait for it again
+    return usage.ru_utime + usage.ru_stime
+
+
 def hot_path_us(bodies: list[str]) -> float:
     """decode + validate + pack + build each record, per accepted event: the daemon's path
     (parse_packed, then the record the sink builds when it sends it)."""
@@ -135,6 +152,12 @@ def main() -> int:
         "--only", nargs="*", default=["daemon", "naive", "ceiling"], help="strategies to run"
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of the strategies, back to back; medians are printed after the rows",
+    )
+    parser.add_argument(
         "--scenario",
         nargs="+",
         choices=("throughput", *scenarios.SCENARIOS, "all"),
@@ -158,7 +181,11 @@ def main() -> int:
 
 
 def throughput(args: argparse.Namespace) -> bool:
-    """The strategies table: daemon, naive and ceiling drain the same fleet backlog."""
+    """The strategies table: daemon, naive and ceiling drain the same fleet backlog.
+
+    `--repeat N` runs the strategies N times, back to back in turn, each on a world of its
+    own, and prints the medians too: this VM is shared, so one run is one sample.
+    """
     bodies = backlog(args.submissions, args.seed)
     expected = expected_sequences(bodies)
     valid_events = sum(len(s) for s in expected.values())
@@ -172,69 +199,121 @@ def throughput(args: argparse.Namespace) -> bool:
             f"proxy {proxy.endpoint_url} adding {args.latency_ms:g} ms per AWS call"
         )
         print(f"backlog: {len(bodies)} submissions, {valid_events} valid events\n")
-        for name in args.only:
-            world = emulator.create_world(
-                queue_name=f"bench-{name}",
-                dlq_name=f"bench-{name}-dlq",
-                stream_name=f"bench-{name}",
-            )
-            load(emulator, world, bodies)
-            if name == "daemon":
-                env = daemon_env(emulator, world, proxy.endpoint_url)
-                argv = [sys.executable, "-m", "event_processor", "run"]
-                idle = emulator.create_world(
-                    queue_name="bench-idle", dlq_name="bench-idle-dlq", stream_name="bench-idle"
+        # Start-up is measured on a queue that stays empty: what a strategy costs before work.
+        idle = emulator.create_world(
+            queue_name="bench-idle", dlq_name="bench-idle-dlq", stream_name="bench-idle"
+        )
+        for round_ in range(args.repeat):
+            for name in args.only:
+                result = _one_strategy(
+                    name,
+                    f"{name}-{round_}",
+                    emulator=emulator,
+                    proxy=proxy,
+                    idle=idle,
+                    bodies=bodies,
+                    expected=expected,
                 )
-                idle_env = env | {
-                    "QUEUE_URL": idle.queue_url,
-                    "DLQ_URL": idle.dlq_url,
-                    "STREAM_NAME": idle.stream_name,
-                }
-                startup = startup_cpu(idle_env, int(env["METRICS_PORT"]))
-            else:
-                env = {
-                    **os.environ,
-                    **emulator.client_env(),
-                    "AWS_ENDPOINT_URL": proxy.endpoint_url,
-                }
-                argv = [sys.executable, "-m", f"bench.{name}", world.queue_url, world.stream_name]
-            calls_before = proxy.stats()["calls"]
-            seconds, cpu_s, rss = run_strategy(name, argv, env, emulator, world)
-            calls = {
-                op: n - calls_before.get(op, 0)
-                for op, n in proxy.stats()["calls"].items()
-                if n > calls_before.get(op, 0)
-            }
-            print(f"    AWS calls: {sum(calls.values())} {dict(sorted(calls.items()))}")
-            records = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
-            result = Result(name, seconds, valid_events, cpu_s, rss)
-            if name == "daemon":
-                check = verify(decode_records(records), expected)
-                result.verified = "ok" if check.ok else "FAILED: " + check.summary()
-                steady = (cpu_s - startup) / valid_events * 1e6
-                print(
-                    f"    start-up (idle queue, until /readyz): {startup:.2f} s CPU; "
-                    f"the rest: {steady:.1f} µs/event"
-                )
-            else:
-                result.verified = f"{len(records)} records, unordered"
-            results.append(result)
+                results.append(result)
+    _print_table(results)
+    return all(not r.verified.startswith("FAILED") for r in results)
 
-    by_name = {r.name: r for r in results}
+
+def _one_strategy(
+    name: str,
+    world_name: str,
+    *,
+    emulator: Emulator,
+    proxy: FaultProxy,
+    idle: World,
+    bodies: list[str],
+    expected: dict[str, list[int]],
+) -> Result:
+    """Drain a fresh copy of the backlog with one strategy; its figures and verification."""
+    world = emulator.create_world(
+        queue_name=f"bench-{world_name}",
+        dlq_name=f"bench-{world_name}-dlq",
+        stream_name=f"bench-{world_name}",
+    )
+    load(emulator, world, bodies)
+    valid_events = sum(len(s) for s in expected.values())
+    if name == "daemon":
+        env = daemon_env(emulator, world, proxy.endpoint_url)
+        argv = [sys.executable, "-m", "event_processor", "run"]
+        idle_env = env | {
+            "QUEUE_URL": idle.queue_url,
+            "DLQ_URL": idle.dlq_url,
+            "STREAM_NAME": idle.stream_name,
+        }
+        startup = startup_cpu(idle_env, int(env["METRICS_PORT"]))
+    else:
+        env = {**os.environ, **emulator.client_env(), "AWS_ENDPOINT_URL": proxy.endpoint_url}
+        module = f"devworld.bench.{name}"
+        argv = [sys.executable, "-m", module, world.queue_url, world.stream_name]
+        startup = exit_cpu([sys.executable, "-m", module, idle.queue_url, idle.stream_name], env)
+    calls_before = proxy.stats()["calls"]
+    seconds, cpu_s, rss = run_strategy(name, argv, env, emulator, world)
+    calls = {
+        op: n - calls_before.get(op, 0)
+        for op, n in proxy.stats()["calls"].items()
+        if n > calls_before.get(op, 0)
+    }
+    print(f"    AWS calls: {sum(calls.values())} {dict(sorted(calls.items()))}")
+    records = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
+    result = Result(name, seconds, valid_events, cpu_s, rss, startup)
+    if name == "daemon":
+        check = verify(decode_records(records), expected)
+        result.verified = "ok" if check.ok else "FAILED: " + check.summary()
+    else:
+        result.verified = f"{len(records)} records, unordered"
+    print(
+        f"    start-up (idle queue): {startup:.2f} s CPU; "
+        f"the rest: {result.steady_us_per_event:.1f} µs/event",
+        flush=True,
+    )
+    return result
+
+
+def _print_table(results: list[Result]) -> None:
+    """Every run's row, then (over several rounds) each strategy's medians."""
+    rounds: dict[str, list[Result]] = {}
+    for r in results:
+        rounds.setdefault(r.name, []).append(r)
     print(
         f"\n{'strategy':<10}{'events/s':>10}{'x naive':>9}{'x ceiling':>10}"
-        f"{'CPU µs/ev':>11}{'peak RSS MB':>13}  verified"
+        f"{'CPU µs/ev':>11}{'start-up s':>12}{'steady µs/ev':>14}{'peak RSS MB':>13}  verified"
     )
-    for r in results:
-        naive = by_name.get("naive")
-        ceiling = by_name.get("ceiling")
+    for index, r in enumerate(results):
+        # Compared with the other strategies of the same round: they ran back to back.
+        round_ = sum(1 for other in results[:index] if other.name == r.name)
+        naive = _nth(rounds.get("naive"), round_)
+        ceiling = _nth(rounds.get("ceiling"), round_)
         x_naive = f"{r.events_per_s / naive.events_per_s:.1f}" if naive else "-"
         x_ceiling = f"{r.events_per_s / ceiling.events_per_s:.2f}" if ceiling else "-"
         print(
             f"{r.name:<10}{r.events_per_s:>10.0f}{x_naive:>9}{x_ceiling:>10}"
-            f"{r.cpu_us_per_event:>11.1f}{r.peak_rss_mb:>13.1f}  {r.verified}"
+            f"{r.cpu_us_per_event:>11.1f}{r.startup_cpu_s:>12.2f}{r.steady_us_per_event:>14.1f}"
+            f"{r.peak_rss_mb:>13.1f}  {r.verified}"
         )
-    return all(not r.verified.startswith("FAILED") for r in results)
+    daemons, ceilings = rounds.get("daemon", []), rounds.get("ceiling", [])
+    for daemon, ceiling in zip(daemons, ceilings, strict=False):
+        print(
+            f"daemon / ceiling CPU per event: {daemon.cpu_us_per_event / ceiling.cpu_us_per_event:.2f}"
+            f" all in, {daemon.steady_us_per_event / ceiling.steady_us_per_event:.2f} steady"
+        )
+    if any(len(runs) > 1 for runs in rounds.values()):
+        print("\nmedians:")
+        for name, runs in rounds.items():
+            print(
+                f"{name:<10}{median(r.events_per_s for r in runs):>10.0f} events/s"
+                f"{median(r.cpu_us_per_event for r in runs):>8.1f} µs/ev all in"
+                f"{median(r.startup_cpu_s for r in runs):>7.2f} s start-up"
+                f"{median(r.steady_us_per_event for r in runs):>8.1f} µs/ev steady"
+            )
+
+
+def _nth(runs: list[Result] | None, index: int) -> Result | None:
+    return runs[index] if runs and index < len(runs) else None
 
 
 if __name__ == "__main__":
