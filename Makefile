@@ -10,7 +10,7 @@ TOOLS_STAMP := $(TOOLS_VENV)/.installed
 # aiobotocore's botocore pin, so it gets a venv of its own for the deploy-file checks.
 CHECKOV := checkov==3.3.30
 
-.PHONY: install tools run test lint bench clean
+.PHONY: install tools run test lint bench profile clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ lint: install
 # Throughput table, then the memory, hostile and restart scenarios; BENCH_ARGS narrows or resizes.
 bench: install
 	$(BIN)/python -m devworld.bench --scenario all $(BENCH_ARGS)
+
+# py-spy records the daemon draining the bench's backlog into .profile/, then a summary by phase,
+# frame and module (PROFILE_ARGS: --submissions, --rate, --format speedscope, --summarise FILE).
+profile: install
+	$(BIN)/python -m devworld.bench.profile $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS_VENV) .mypy_cache .pytest_cache .ruff_cache
