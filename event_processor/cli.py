@@ -1,23 +1,28 @@
 """Command line: `event-processor run` (the daemon). Every setting is an env var and a flag.
 
 `demo` runs the daemon on the embedded emulator (the `devworld` package, `demo` extra);
-`dlq inspect`, `dlq redrive` and `tail` are the operator tools of `event_processor.tools`,
-each registering its own sub-command (docs/operations.md).
+`dlq inspect`, `dlq redrive` and `tail` are the operator tools of `event_processor.tools`
+(docs/operations.md), whose parsers `tools.commands` builds. Only `run` imports the daemon
+(`app`, and through it botocore and aiohttp), and the tools import theirs when they run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from event_processor import __version__, app, exitcodes, logs
+from event_processor import __version__, exitcodes, logs
 from event_processor.config import Settings, env_names, explain
-from event_processor.tools import inspect, redrive, tail
+from event_processor.tools import commands as tool_commands
+
+if TYPE_CHECKING:
+    from event_processor.worker import Worker
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -68,12 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of the embedded emulator",
     )
     demo.set_defaults(handler=_demo)
-    # The operator tools register their own sub-commands (a boto3 client only when one runs).
-    dlq = commands.add_parser("dlq", help="inspect or redrive the dead-letter queue")
-    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
-    inspect.register(dlq_commands)
-    redrive.register(dlq_commands)
-    tail.register(commands)
+    # The operator tools' parsers; a tool's module (and boto3) is imported only when it runs.
+    tool_commands.register(commands)
     return parser
 
 
@@ -127,4 +128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(explain(exc), file=sys.stderr)
         return exitcodes.USAGE
     logs.configure(settings.log_level.value, settings.log_format.value)
-    return run_loop(app.run(settings))
+    # Start-up builds ~100,000 objects that live as long as the process (modules, botocore's
+    # service models, clients): the cyclic collector would scan them again and again, twice
+    # in full while importing alone. It waits until start-up is done, and what start-up built
+    # is then frozen out of its scans (README, "Performance").
+    gc.disable()
+    try:
+        # Imported here: only `run` needs the daemon (botocore, aiohttp, prometheus-client).
+        from event_processor import app  # noqa: PLC0415
+
+        return run_loop(app.run(settings, app.Hooks(on_started=_started)))
+    finally:
+        gc.enable()
+
+
+def _started(_worker: Worker, _metrics_port: int) -> None:
+    """Once receiving: what start-up built is kept out of the collector's scans for good."""
+    gc.freeze()
+    gc.enable()

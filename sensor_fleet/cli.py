@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from event_processor import config, exitcodes, signals
 from event_processor.tools import aws
+from event_processor.tools.args import add_flags
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.host import HostAgent, machine_device_id, read_host
 from sensor_fleet.sender import Sender, sqs_client
@@ -31,7 +32,7 @@ def _env(name: str, default: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensor-fleet", description=__doc__)
     # The daemon's own settings (env and flags), so both resolve the same queue and region.
-    aws.add_flags(parser, "queue_url", "queue_name")
+    add_flags(parser, "queue_url", "queue_name")
     parser.add_argument(
         "--localstack",
         action="store_true",

@@ -16,26 +16,13 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
-from event_processor.config import Settings, env_names
+from event_processor.config import Settings
 
 Clock = Callable[[], float]
 
 
 class ToolError(Exception):
     """A queue, stream or shard is missing or unreachable; the message says which."""
-
-
-def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
-    """Flags for these Settings fields (plus the endpoint and region), named as `run` names them."""
-    for name in ("endpoint_url", "aws_region", *names):
-        field = Settings.model_fields[name]
-        shown = getattr(field.default, "value", field.default)
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=None,
-            help=f"{field.description} [env {env_names(name)}; default {shown}]",
-        )
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

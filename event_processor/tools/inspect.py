@@ -22,7 +22,6 @@ from pydantic import ValidationError
 from event_processor import config, exitcodes
 from event_processor.letters import KIND_EVENTS, KIND_SUBMISSION, RejectedEventEntry
 from event_processor.tools import aws, peek
-from event_processor.tools.args import non_negative_int, positive_int
 from event_processor.tools.dead_letters import Letter, LetterEvents
 from event_processor.tools.text import PREVIEW_CHARS, plural, preview
 
@@ -328,25 +327,6 @@ def format_report(report: InspectReport) -> str:
 
 # --------------------------------------------------------------------------------------------
 # CLI
-
-
-def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = dlq_commands.add_parser(
-        "inspect",
-        help="count DLQ messages by reason and show examples, consuming nothing",
-        description="Read DLQ messages with VisibilityTimeout=0 (nothing hidden, nothing "
-        "deleted), count them by reason and kind, and show examples. Beyond what SQS hands "
-        "out, the counts are a sample; the report says so.",
-    )
-    aws.add_flags(parser, "dlq_url")
-    parser.add_argument(
-        "--max", type=positive_int, default=1000, help="read at most N messages (default 1000)"
-    )
-    parser.add_argument(
-        "--examples", type=non_negative_int, default=3, help="examples per reason (default 3)"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

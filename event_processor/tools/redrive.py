@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from event_processor import config, constants, exitcodes, signals
 from event_processor.letters import KIND_EVENTS
 from event_processor.tools import aws, peek
-from event_processor.tools.args import positive_float, positive_int
 from event_processor.tools.dead_letters import Letter
 from event_processor.tools.text import plural, preview
 
@@ -405,26 +404,6 @@ def redrive(
 
 # --------------------------------------------------------------------------------------------
 # CLI
-
-
-def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = dlq_commands.add_parser(
-        "redrive",
-        help="move rejected submissions from the DLQ back to the source queue",
-        description="Move rejected submissions back to the source queue, deleting each from "
-        "the DLQ only after it was sent. Rejected-event letters are not submissions and are "
-        "never moved. Reason `none` means messages SQS's redrive policy moved.",
-    )
-    aws.add_flags(parser, "dlq_url", "queue_url", "queue_name")
-    parser.add_argument("--reason", default=None, help="move only messages with this reason")
-    parser.add_argument(
-        "--rate", type=positive_float, default=None, help="at most N messages per second"
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print what would move; change nothing"
-    )
-    parser.add_argument("--max", type=positive_int, default=None, help="move at most N messages")
-    parser.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

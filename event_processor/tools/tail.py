@@ -19,7 +19,6 @@ from pydantic import ValidationError
 
 from event_processor import config, exitcodes, signals
 from event_processor.tools import aws
-from event_processor.tools.args import positive_float, positive_int
 from event_processor.tools.aws import ToolError, list_shard_ids
 
 # Kinesis allows 5 GetRecords per second per shard: the fastest a follow loop polls.
@@ -183,40 +182,6 @@ def tail(
 
 # --------------------------------------------------------------------------------------------
 # CLI
-
-
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("tail", help="print stream records as JSON lines")
-    aws.add_flags(parser, "stream_name")
-    parser.add_argument(
-        "--from",
-        dest="start",
-        choices=["latest", "trim-horizon"],
-        default="latest",
-        help="start at new records (default) or at the oldest kept",
-    )
-    parser.add_argument(
-        "--shard",
-        dest="shards",
-        action="append",
-        default=None,
-        metavar="SHARD_ID",
-        help="read this shard (repeatable; default: every shard)",
-    )
-    parser.add_argument(
-        "--follow",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep polling for new records until Ctrl-C/SIGTERM (default), or stop at the tip",
-    )
-    parser.add_argument("--limit", type=positive_int, default=None, help="stop after N records")
-    parser.add_argument(
-        "--interval",
-        type=positive_float,
-        default=1.0,
-        help="seconds between polls when idle (default 1)",
-    )
-    parser.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
