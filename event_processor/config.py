@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: Annotated[
         float, Field(ge=0, le=3600, description="time to finish in-flight work on SIGTERM")
     ] = 20.0
+    lean_aws_calls: Annotated[
+        bool,
+        Field(
+            description="send ReceiveMessage, DeleteMessageBatch and PutRecords on the lean "
+            "request path (botocore's credentials, signer, HTTP session and retries; README, "
+            "Performance); false: every call through botocore's client",
+        ),
+    ] = True
     log_level: Annotated[LogLevel, Field(description="log level")] = LogLevel.INFO
     log_format: Annotated[LogFormat, Field(description="text or json (one object a line)")] = (
         LogFormat.TEXT

@@ -44,9 +44,9 @@ from event_processor.models import EventType, Record, Records
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
-    from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_kinesis.type_defs import PutRecordsRequestEntryTypeDef
 
+    from event_processor.awsjson import KinesisApi
     from event_processor.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Lane:
 class KinesisSink:
     def __init__(
         self,
-        client: KinesisClient,
+        client: KinesisApi,
         stream_name: str,
         metrics: Metrics,
         policy: RetryPolicy,

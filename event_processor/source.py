@@ -18,12 +18,12 @@ from event_processor.batcher import Batcher, retry_entries
 from event_processor.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import (
         ChangeMessageVisibilityBatchRequestEntryTypeDef,
         DeleteMessageBatchRequestEntryTypeDef,
     )
 
+    from event_processor.awsjson import SqsApi
     from event_processor.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class Message:
 class SqsSource:
     def __init__(
         self,
-        client: SQSClient,
+        client: SqsApi,
         queue_url: str,
         metrics: Metrics,
         policy: RetryPolicy,

@@ -1,0 +1,343 @@
+"""The lean request path against moto and the fault proxy: the same answers, errors and retries
+as botocore's own path for ReceiveMessage, DeleteMessageBatch and PutRecords."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pytest
+from aiobotocore.session import get_session
+from aiohttp import web
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from devworld.emulator import Emulator, World, read_stream
+from devworld.faultproxy import FaultProxy
+from event_processor import app
+from event_processor.awsjson import LeanCalls, LeanKinesis, LeanSqs
+from tests.conftest import settings_for
+
+if TYPE_CHECKING:
+    from types_aiobotocore_kinesis import KinesisClient
+    from types_aiobotocore_sqs import SQSClient
+
+# What differs between two receives of one message, or two answers to one call.
+_PER_RECEIVE = ("ReceiptHandle",)
+_PER_ANSWER = ("RequestId", "HTTPHeaders")
+
+
+@dataclass
+class Clients:
+    sqs: SQSClient
+    kinesis: KinesisClient
+    lean_sqs: LeanSqs
+    lean_kinesis: LeanKinesis
+
+
+@asynccontextmanager
+async def clients(world: World, endpoint_url: str) -> AsyncIterator[Clients]:
+    """The daemon's two clients (its own configurations) and the lean path in front of them."""
+    settings = settings_for(world, endpoint_url=endpoint_url)
+    session = get_session()
+    async with (
+        session.create_client(
+            "sqs", config=app.client_config(settings), endpoint_url=endpoint_url
+        ) as sqs,
+        session.create_client(
+            "kinesis", config=app.kinesis_config(settings), endpoint_url=endpoint_url
+        ) as kinesis,
+    ):
+        credentials = await session.get_credentials()
+        yield Clients(
+            sqs,
+            kinesis,
+            await LeanSqs.create(sqs, credentials, world.queue_url),
+            await LeanKinesis.create(kinesis, credentials, world.stream_name),
+        )
+
+
+def _metadata_shape(response: dict[str, Any]) -> dict[str, Any]:
+    metadata = dict(response["ResponseMetadata"])
+    for key in _PER_ANSWER:
+        assert key in metadata
+        metadata.pop(key)
+    return metadata
+
+
+async def test_receive_matches_botocore_binary_attributes_included(
+    emulator: Emulator, world: World
+) -> None:
+    """A message with String, Binary and list attributes reads the same on both paths."""
+    emulator.boto3_client("sqs").send_message(
+        QueueUrl=world.queue_url,
+        MessageBody="héllo ✓",
+        MessageAttributes={
+            "text": {"DataType": "String", "StringValue": "a ✓"},
+            "raw": {"DataType": "Binary", "BinaryValue": b"\x00\xff\x10 not utf-8 \xc3"},
+        },
+    )
+    params: dict[str, Any] = {
+        "QueueUrl": world.queue_url,
+        "MaxNumberOfMessages": 10,
+        "WaitTimeSeconds": 1,
+        "VisibilityTimeout": 0,  # visible again at once: the other path receives it too
+        "MessageSystemAttributeNames": ["SentTimestamp"],
+        "MessageAttributeNames": ["All"],
+    }
+    async with clients(world, world.endpoint_url) as c:
+        botocore_answer = await c.sqs.receive_message(**params)
+        lean_answer = await c.lean_sqs.receive_message(**params)
+
+    def message(answer: Any) -> dict[str, Any]:
+        (only,) = answer["Messages"]
+        return {k: v for k, v in only.items() if k not in _PER_RECEIVE}
+
+    assert message(lean_answer) == message(botocore_answer)
+    assert message(lean_answer)["MessageAttributes"]["raw"]["BinaryValue"] == (
+        b"\x00\xff\x10 not utf-8 \xc3"
+    )
+    assert _metadata_shape(dict(lean_answer)) == _metadata_shape(dict(botocore_answer))
+
+
+async def test_delete_batch_answers_per_entry_as_botocore_does(
+    emulator: Emulator, world: World
+) -> None:
+    """One good and one stale receipt handle: Successful and Failed entries, SenderFault kept."""
+    sqs_sync = emulator.boto3_client("sqs")
+    sqs_sync.send_message(QueueUrl=world.queue_url, MessageBody="x")
+    (received,) = sqs_sync.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=1)["Messages"]
+    entries: list[Any] = [
+        {"Id": "0", "ReceiptHandle": received["ReceiptHandle"]},
+        {"Id": "1", "ReceiptHandle": "not-a-receipt-handle"},
+    ]
+    async with clients(world, world.endpoint_url) as c:
+        lean = await c.lean_sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
+        botocore = await c.sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries[1:])
+    assert lean["Successful"] == [{"Id": "0"}]
+    assert lean["Failed"] == botocore["Failed"]
+    assert lean["Failed"][0]["Id"] == "1"
+    assert lean["Failed"][0]["SenderFault"] is True
+
+
+async def test_put_records_land_byte_for_byte(emulator: Emulator, world: World) -> None:
+    """Every record's bytes (not UTF-8 either) arrive as sent; the answer has botocore's shape."""
+    data = [b"\x00\x01\xfe\xff", "ünïcode ✓".encode(), orjson.dumps({"n": 1})]
+    records: list[Any] = [{"Data": d, "PartitionKey": f"key-{i}"} for i, d in enumerate(data)]
+    async with clients(world, world.endpoint_url) as c:
+        lean = await c.lean_kinesis.put_records(StreamName=world.stream_name, Records=records)
+        botocore = await c.kinesis.put_records(StreamName=world.stream_name, Records=records[:1])
+    assert lean["FailedRecordCount"] == 0
+    assert [sorted(r) for r in lean["Records"]] == [["SequenceNumber", "ShardId"]] * 3
+    assert sorted(lean) == sorted(botocore)
+    kinesis_sync = emulator.boto3_client("kinesis")
+    stored = await asyncio.to_thread(read_stream, kinesis_sync, world.stream_name)
+    assert sorted(r["data"] for r in stored) == sorted([*data, data[0]])
+
+
+async def test_errors_are_the_clients_modeled_exceptions(world: World) -> None:
+    """A missing queue or stream raises the same class, code and message on both paths."""
+    missing_queue = world.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
+    async with clients(world, world.endpoint_url) as c:
+        lean_sqs = await LeanSqs.create(c.sqs, await get_session().get_credentials(), missing_queue)
+        errors: list[ClientError] = []
+        for call in (
+            lambda: c.sqs.receive_message(QueueUrl=missing_queue, WaitTimeSeconds=0),
+            lambda: lean_sqs.receive_message(QueueUrl=missing_queue, WaitTimeSeconds=0),
+            lambda: c.kinesis.put_records(StreamName="no-such-stream", Records=[_RECORD]),
+            lambda: c.lean_kinesis.put_records(StreamName="no-such-stream", Records=[_RECORD]),
+        ):
+            with pytest.raises(ClientError) as raised:
+                await call()
+            errors.append(raised.value)
+    botocore_sqs, lean_sqs_error, botocore_kinesis, lean_kinesis_error = errors
+    assert type(lean_sqs_error) is type(botocore_sqs)
+    assert type(lean_sqs_error).__name__ == "QueueDoesNotExist"
+    assert lean_sqs_error.response["Error"] == botocore_sqs.response["Error"]
+    assert type(lean_kinesis_error) is type(botocore_kinesis)
+    assert type(lean_kinesis_error).__name__ == "ResourceNotFoundException"
+    assert lean_kinesis_error.response["Error"] == botocore_kinesis.response["Error"]
+
+
+_RECORD: Any = {"Data": b"x", "PartitionKey": "k"}
+
+
+async def test_sqs_server_errors_are_retried_as_botocore_retries_them(
+    world: World, proxy: FaultProxy
+) -> None:
+    """Standard mode, 3 attempts: a receive that keeps failing is sent 3 times, then raises."""
+    proxy.configure(fail_operations=frozenset({"ReceiveMessage"}))
+    async with clients(world, proxy.endpoint_url) as c:
+        for receive in (c.sqs.receive_message, c.lean_sqs.receive_message):
+            before = proxy.calls("ReceiveMessage")
+            with pytest.raises(ClientError) as raised:
+                await receive(QueueUrl=world.queue_url, WaitTimeSeconds=0)
+            assert proxy.calls("ReceiveMessage") - before == 3
+            assert raised.value.response["Error"]["Code"] == "InternalError"
+            assert raised.value.response["ResponseMetadata"]["RetryAttempts"] == 2
+
+
+async def test_a_retried_call_that_then_succeeds_returns_its_answer(world: World) -> None:
+    """A 500 then a success: the caller sees the success, with one retry counted."""
+    failure = Answer(
+        500,
+        orjson.dumps({"__type": "InternalError", "message": "try again"}),
+        {"x-amzn-query-error": "InternalError;Receiver"},
+    )
+    success = Answer(200, orjson.dumps({"Successful": [{"Id": "0"}], "Failed": []}))
+    entries: list[Any] = [{"Id": "0", "ReceiptHandle": "handle"}]
+    async with recording_server(failure, success) as (url, seen), clients(world, url) as c:
+        answer = await c.lean_sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
+    assert len(seen) == 2
+    assert answer["Successful"] == [{"Id": "0"}]
+    assert answer["ResponseMetadata"]["RetryAttempts"] == 1
+
+
+async def test_kinesis_calls_get_the_one_attempt_they_are_configured_with(
+    world: World, proxy: FaultProxy
+) -> None:
+    """A throttled PutRecords is not resent by the client: the sink owns resends."""
+    proxy.configure(throttle_rate=1.0)
+    async with clients(world, proxy.endpoint_url) as c:
+        with pytest.raises(ClientError) as raised:
+            await c.lean_kinesis.put_records(StreamName=world.stream_name, Records=[_RECORD])
+    assert proxy.calls("PutRecords") == 1
+    assert type(raised.value).__name__ == "ProvisionedThroughputExceededException"
+
+
+async def test_a_dropped_connection_raises_botocores_own_exception(
+    world: World, proxy: FaultProxy
+) -> None:
+    """SQS dropping connections: retried, then the same botocore exception as its own path."""
+    proxy.configure(sqs_down=True, down_mode="reset")
+    async with clients(world, proxy.endpoint_url) as c:
+        raised: list[type[BaseException]] = []
+        for receive in (c.sqs.receive_message, c.lean_sqs.receive_message):
+            before = proxy.calls("ReceiveMessage")
+            with pytest.raises(BotoCoreError) as error:
+                await receive(QueueUrl=world.queue_url, WaitTimeSeconds=0)
+            raised.append(type(error.value))
+            assert proxy.calls("ReceiveMessage") - before == 3
+    assert raised[0] is raised[1]
+
+
+class CountingCredentials:
+    """Credentials that count how often they are asked for (a refresh would happen there)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.asked = 0
+
+    async def get_frozen_credentials(self) -> Any:
+        self.asked += 1
+        return await self.inner.get_frozen_credentials()
+
+
+async def test_credentials_are_asked_for_at_every_call(world: World) -> None:
+    """Every call signs with what the credentials say now, so refreshed roles are used."""
+    async with clients(world, world.endpoint_url) as c:
+        credentials = CountingCredentials(await get_session().get_credentials())
+        lean = await LeanSqs.create(c.sqs, credentials, world.queue_url)  # type: ignore[arg-type]
+        for _ in range(3):
+            await lean.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=0)
+    assert credentials.asked == 3
+
+
+async def test_without_credentials_nothing_is_sent(world: World, proxy: FaultProxy) -> None:
+    """No credentials: botocore's NoCredentialsError, and no request leaves."""
+    async with clients(world, proxy.endpoint_url) as c:
+        lean = await LeanSqs.create(c.sqs, None, world.queue_url)
+        with pytest.raises(NoCredentialsError):
+            await lean.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=0)
+    assert proxy.calls("ReceiveMessage") == 0
+
+
+async def test_an_operation_the_path_cannot_encode_stays_on_botocores(world: World) -> None:
+    """GetShardIterator takes a timestamp: it is left to the client, the hot calls are not."""
+    async with clients(world, world.endpoint_url) as c:
+        lean = await LeanCalls.create(
+            c.kinesis,
+            None,
+            {"GetShardIterator": {"StreamName": world.stream_name}, "PutRecords": {}},
+        )
+    assert "GetShardIterator" not in lean
+    assert "PutRecords" in lean
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def recording_server(*answers: Answer) -> AsyncIterator[tuple[str, list[web.Request]]]:
+    """An HTTP server in this loop that records each request and gives the answers in turn
+    (the last one from then on)."""
+    seen: list[web.Request] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(request)
+        answer = answers[min(len(seen), len(answers)) - 1]
+        headers = {"x-amzn-RequestId": f"r-{len(seen)}", **answer.headers}
+        return web.Response(status=answer.status, body=answer.body, headers=headers)
+
+    server = web.Application()
+    server.router.add_post("/", handle)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_request_on_the_wire_is_botocores(world: World) -> None:
+    """Same method, path, target, content type, signed headers, scope and JSON body."""
+    records: list[Any] = [{"Data": b"\x00\xffdata", "PartitionKey": "device-1"}]
+    answer = Answer(
+        200,
+        orjson.dumps(
+            {"FailedRecordCount": 0, "Records": [{"SequenceNumber": "1", "ShardId": "s"}]}
+        ),
+    )
+    async with recording_server(answer) as (url, seen), clients(world, url) as c:
+        await c.kinesis.put_records(StreamName=world.stream_name, Records=records)
+        await c.lean_kinesis.put_records(StreamName=world.stream_name, Records=records)
+    botocore, lean = seen
+    assert (lean.method, lean.path) == (botocore.method, botocore.path)
+    for header in ("X-Amz-Target", "Content-Type", "Host"):
+        assert lean.headers[header] == botocore.headers[header]
+
+    def scope(request: web.Request) -> tuple[str, str]:
+        # "AWS4-HMAC-SHA256 Credential=KEY/DATE/REGION/SERVICE/aws4_request, SignedHeaders=..."
+        credential, signed, _ = request.headers["Authorization"].split(", ")
+        return credential.split("/", 2)[2], signed
+
+    assert scope(lean) == scope(botocore)
+    assert scope(lean)[0] == f"{world.region}/kinesis/aws4_request"
+    lean_body = orjson.loads(await lean.read())
+    assert lean_body == orjson.loads(await botocore.read())
+    assert base64.b64decode(lean_body["Records"][0]["Data"]) == b"\x00\xffdata"
+
+
+async def test_an_answer_that_is_not_json_reads_as_botocore_reads_it(world: World) -> None:
+    """A 200 whose body is not JSON (a proxy's page): botocore's reading of it, not a crash."""
+    page = Answer(200, b"<html>not json</html>")
+    entries: list[Any] = [{"Id": "0", "ReceiptHandle": "handle"}]
+    async with recording_server(page) as (url, _), clients(world, url) as c:
+        botocore = await c.sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
+        lean = await c.lean_sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
+    assert {k: v for k, v in lean.items() if k != "ResponseMetadata"} == {
+        k: v for k, v in botocore.items() if k != "ResponseMetadata"
+    }
+    assert _metadata_shape(dict(lean)) == _metadata_shape(dict(botocore))
