@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from event_processor import __version__, exitcodes, logs
+from event_processor import __version__, constants, exitcodes, logs
 from event_processor.config import Settings, env_names, explain
 from event_processor.tools import commands as tool_commands
 
@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _started(_worker: Worker, _metrics_port: int) -> None:
-    """Once receiving: what start-up built is kept out of the collector's scans for good."""
+    """Once receiving: what start-up built is kept out of the collector's scans for good, and
+    the young generation is collected less often (constants.GC_GEN0_THRESHOLD)."""
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(constants.GC_GEN0_THRESHOLD, older, oldest)
     gc.enable()

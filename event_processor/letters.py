@@ -207,9 +207,7 @@ class LetterPacker:
         self._max_body = max_message_bytes - _ATTRIBUTES_RESERVE
         self._letters: list[_Letter] = []
         self._headers: dict[tuple[str, str, str | None, str, bool], str] = {}
-        # Ids are UUIDs (36 characters): the envelope's size does not depend on their values.
-        self._envelope_size = len(self._envelope(_UUID_SIZED, _UUID_SIZED, 1, 1, 0))
-        self._envelope_size += _ENVELOPE_SLACK
+        self._envelope_size = 0  # measured at the first rejected event: most submissions have none
         self.counts: Counter[str] = Counter()  # rejected events by reason
         self.nbytes = 0  # what the letters hold so far, for the memory budget
 
@@ -247,6 +245,10 @@ class LetterPacker:
         """Pack one rejected event (the callback `parse_packed` hands rejections to)."""
         reason = rejection.reason.value
         self.counts[reason] += 1
+        if not self._envelope_size:
+            # Ids are UUIDs (36 characters): the envelope's size does not depend on their values.
+            envelope = self._envelope(_UUID_SIZED, _UUID_SIZED, 1, 1, 0)
+            self._envelope_size = len(envelope) + _ENVELOPE_SLACK
         event_json, cut = _encode_event(event)
         key = (
             event_type[:_KEY_TYPE_CHARS],
