@@ -14,7 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
 from event_processor import constants, exitcodes, http, signals
-from event_processor.awsjson import LeanKinesis, LeanSqs
+from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.budget import MemoryBudget
 from event_processor.dlq import DeadLetterQueue
 from event_processor.metrics import Metrics
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_sqs import SQSClient
 
-    from event_processor.awsjson import KinesisApi, SqsApi
+    from event_processor.awsjson import DlqApi, KinesisApi, SqsApi
     from event_processor.config import Settings
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,14 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
         # The hot calls' clients: the lean path in front of botocore's (README, "Performance").
         sqs_api: SqsApi = sqs
         kinesis_api: KinesisApi = kinesis
+        dlq_api: DlqApi = sqs
         if settings.lean_aws_calls:
             # The credentials the clients were created with: the session resolved them once.
             credentials = await session.get_credentials()
             sqs_api = await LeanSqs.create(sqs, credentials, queue_url)
             kinesis_api = await LeanKinesis.create(kinesis, credentials, settings.stream_name)
+            if settings.dlq_url is not None:
+                dlq_api = await LeanDlq.create(sqs, credentials, settings.dlq_url)
         budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024, metrics.budget_used_bytes)
         metrics.budget_limit_bytes.set(budget.limit_bytes)
         source = SqsSource(
@@ -182,7 +185,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             kinesis_api, settings.stream_name, metrics, hooks.policy, settings.max_put_requests
         )
         dlq = DeadLetterQueue(
-            sqs, settings.dlq_url, metrics, hooks.policy, resolved.dlq_max_message_bytes
+            dlq_api, settings.dlq_url, metrics, hooks.policy, resolved.dlq_max_message_bytes
         )
         stack.push_async_callback(dlq.close)
         pipeline = Pipeline(

@@ -131,9 +131,10 @@ class Settings(BaseSettings):
     lean_aws_calls: Annotated[
         bool,
         Field(
-            description="send ReceiveMessage, DeleteMessageBatch and PutRecords on the lean "
-            "request path (botocore's credentials, signer, HTTP session and retries; README, "
-            "Performance); false: every call through botocore's client",
+            description="send ReceiveMessage, DeleteMessageBatch, PutRecords and the DLQ's "
+            "SendMessageBatch on the lean request path (botocore's credentials, signer, HTTP "
+            "session and retries; README, Performance); false: every call through botocore's "
+            "client",
         ),
     ] = True
     log_level: Annotated[LogLevel, Field(description="log level")] = LogLevel.INFO

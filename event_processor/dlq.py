@@ -13,9 +13,9 @@ from event_processor.batcher import Batcher, retry_entries
 from event_processor.letters import DeadLetter, LetterPacker
 
 if TYPE_CHECKING:
-    from types_aiobotocore_sqs import SQSClient
     from types_aiobotocore_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
+    from event_processor.awsjson import DlqApi
     from event_processor.metrics import Metrics
     from event_processor.retry import RetryPolicy
     from event_processor.source import Message
@@ -28,7 +28,7 @@ class DeadLetterQueue:
 
     def __init__(
         self,
-        client: SQSClient,
+        client: DlqApi,
         dlq_url: str | None,
         metrics: Metrics,
         policy: RetryPolicy,

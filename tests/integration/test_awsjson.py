@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from devworld.emulator import Emulator, World, read_stream
 from devworld.faultproxy import FaultProxy
 from event_processor import app
-from event_processor.awsjson import LeanCalls, LeanKinesis, LeanSqs
+from event_processor.awsjson import LeanCalls, LeanDlq, LeanKinesis, LeanSqs
 from tests.conftest import settings_for
 
 if TYPE_CHECKING:
@@ -341,3 +341,46 @@ async def test_an_answer_that_is_not_json_reads_as_botocore_reads_it(world: Worl
         k: v for k, v in botocore.items() if k != "ResponseMetadata"
     }
     assert _metadata_shape(dict(lean)) == _metadata_shape(dict(botocore))
+
+
+async def test_dead_letters_arrive_as_botocore_sends_them(emulator: Emulator, world: World) -> None:
+    """The DLQ's SendMessageBatch: the same bodies, String, Number and Binary attributes, MD5s."""
+    entries: list[Any] = [
+        {
+            "Id": str(i),
+            "MessageBody": f'{{"kind": "rejected_events", "detail": "ünïcode ✓ {i}"}}',
+            "MessageAttributes": {
+                "reason": {"DataType": "String", "StringValue": "missing_field"},
+                "receive_count": {"DataType": "Number", "StringValue": str(i + 1)},
+                "raw": {"DataType": "Binary", "BinaryValue": bytes([i, 0xFF, 0x00])},
+            },
+        }
+        for i in range(3)
+    ]
+    async with clients(world, world.endpoint_url) as c:
+        lean = await LeanDlq.create(c.sqs, await get_session().get_credentials(), world.dlq_url)
+        by_lean = await lean.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)
+        by_botocore = await c.sqs.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)
+
+    def answered(answer: Any) -> list[tuple[str, str, str]]:
+        return [
+            (ok["Id"], ok["MD5OfMessageBody"], ok["MD5OfMessageAttributes"])
+            for ok in answer["Successful"]
+        ]
+
+    assert answered(by_lean) == answered(by_botocore)
+    assert by_lean.get("Failed", []) == []
+
+    def letter(body: str, attributes: dict[str, Any]) -> tuple[str, str]:
+        return body, repr(sorted((k, sorted(v.items())) for k, v in attributes.items()))
+
+    sqs_sync = emulator.boto3_client("sqs")
+    received: list[tuple[str, str]] = []
+    while len(received) < 2 * len(entries):
+        page = sqs_sync.receive_message(
+            QueueUrl=world.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        assert page, f"only {len(received)} letters arrived"
+        received += [letter(m["Body"], m["MessageAttributes"]) for m in page]
+    sent = [letter(e["MessageBody"], e["MessageAttributes"]) for e in entries]
+    assert sorted(received) == sorted(sent * 2)
