@@ -4,11 +4,16 @@ The world is the bench's (moto behind the fault proxy, 10 ms per AWS call, the f
 py-spy starts the daemon itself, so start-up is in the profile from the first import; the
 daemon is stopped with SIGTERM once the queue is empty. The raw profile (collapsed stacks, one
 `frame;frame;... count` a line, for flamegraph.pl or speedscope.app) goes under .profile/,
-and the printed summary splits the samples the way issue 13 does: imports, botocore's API
-calls (and inside them serialize, hooks, signing, parsing, HTTP), the models, our other code.
+and the printed summary splits the samples the way issue 13 does: imports, the AWS calls
+(and inside them serialize, hooks, signing, parsing, HTTP), the models, our other code.
+
+py-spy samples wall-clock time while the daemon holds the GIL, so on a shared VM the moments
+it waits for a core (often right after a write has woken the proxy: aiohttp's _writelines)
+are counted too. Shares are what to compare; the CPU the daemon really used is printed from
+/proc, and `make bench` measures it (wait4).
 
     python -m devworld.bench.profile [--submissions N] [--rate HZ]
-    python -m devworld.bench.profile --summarise .profile/daemon-....txt
+    python -m devworld.bench.profile --summarise .profile/daemon-....raw
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ _TOP = 20
 # A sample's phase, by the frames on its stack, first match wins (see phase_of).
 IMPORTS = "start-up: imports"
 STARTUP = "start-up: clients, checks (app.run before the worker)"
-AWS_CALL = "botocore API calls"
+AWS_CALL = "AWS API calls (botocore's client or the lean path)"
 MODELS = "event_processor.models"
 OURS = "event_processor (other)"
 OTHER = "event loop, aiohttp, other"
@@ -165,11 +170,11 @@ def report(summary: Summary, seconds_per_sample: float) -> str:
     out = [
         f"{total} samples (~{total * seconds_per_sample:.2f} s on CPU at the sampling rate)",
         "",
-        "by phase (first match: imports, API call, models, our other code, the rest):",
+        "by phase (first match: imports, start-up, API call, models, our other code, the rest):",
     ]
     out += [f"  {_share(summary.phases[p], total)}  {summary.phases[p]:>7}  {p}" for p in PHASES]
     calls = sum(summary.call_steps.values())
-    out += ["", "inside botocore API calls (innermost step on the stack), share of all samples:"]
+    out += ["", "inside AWS API calls (innermost step on the stack), share of all samples:"]
     out += [f"  {_share(n, total)}  {n:>7}  {step}" for step, n in summary.call_steps.most_common()]
     out += [f"  {_share(calls, total)}  {calls:>7}  (all API calls)"]
     for title, counter in (
