@@ -15,9 +15,9 @@ from typing import Any, Literal, TextIO
 
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import ValidationError
 
-from event_processor import config, exitcodes, signals
+from event_processor import exitcodes, signals
+from event_processor.config import Settings
 from event_processor.tools import aws
 from event_processor.tools.args import positive_float, positive_int
 from event_processor.tools.aws import ToolError, list_shard_ids
@@ -219,12 +219,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.set_defaults(handler=command)
 
 
-def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    try:
-        settings = aws.settings_of(args)
-    except ValidationError as exc:
-        print(config.explain(exc), file=sys.stderr)
-        return exitcodes.USAGE
+@aws.tool_command
+def command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     stream_name = settings.stream_name
     kinesis = aws.client(settings, "kinesis")
     stop = threading.Event()
@@ -241,9 +237,6 @@ def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 out=out,
                 stop=stop,
             )
-    except ToolError as exc:
-        print(exc, file=sys.stderr)
-        return exitcodes.STARTUP_FAILED
     except kinesis.exceptions.ResourceNotFoundException as exc:
         print(f"stream {stream_name} not found: {exc}", file=sys.stderr)
         return exitcodes.STARTUP_FAILED

@@ -21,7 +21,9 @@ from tests.integration.test_ops import (
     ARRAYS,
     BAD_EVENTS,
     GARBAGE,
+    HUNDREDS,
     TRACE,
+    junk_dlq,
     letters_for,
     mixed_dlq,
     packed_dlq,
@@ -118,6 +120,30 @@ def test_inspect_text_says_sample(emulator: Emulator, world: World) -> None:
     assert "SAMPLE: 5 of ~12 messages" in result.stdout
     assert "invalid_body" in result.stdout
     assert counts(emulator, world.dlq_url) == (12, 0)
+
+
+def test_inspect_and_dry_run_see_the_whole_dlq(emulator: Emulator, world: World) -> None:
+    """Hundreds of letters: inspect and a dry run see all, --limit N says sample; all visible."""
+    junk_dlq(emulator, world)
+    result = cli(emulator, world, "dlq", "inspect", "--json", "--examples", "1")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["read"], doc["sample"], doc["complete"]) == (HUNDREDS, False, True)
+    assert doc["reasons"][0]["by_kind"] == {"submission": HUNDREDS}
+    assert counts(emulator, world.dlq_url) == (HUNDREDS, 0)
+
+    result = cli(emulator, world, "dlq", "inspect", "--limit", "40")
+    assert result.returncode == 0, result.stderr
+    assert f"SAMPLE: 40 of ~{HUNDREDS} messages (stopped at --limit 40)" in result.stdout
+    assert counts(emulator, world.dlq_url) == (HUNDREDS, 0)
+
+    result = cli(emulator, world, "dlq", "redrive", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("would move ") == HUNDREDS + 1  # a line each + the summary
+    assert f"would move {HUNDREDS}, skipped 0" in result.stdout
+    assert "NOTE" not in result.stdout
+    assert counts(emulator, world.dlq_url) == (HUNDREDS, 0)
+    assert queue_depth(emulator, world.queue_url) == 0
 
 
 def test_redrive_by_reason(emulator: Emulator, world: World) -> None:
