@@ -51,15 +51,34 @@ def proxy(emulator: Emulator) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def world(emulator: Emulator) -> World:
-    """A queue, DLQ and 2-shard stream with names no other test uses."""
-    suffix = uuid.uuid4().hex[:8]
-    return emulator.create_world(
-        queue_name=f"submissions-{suffix}",
-        dlq_name=f"submissions-dlq-{suffix}",
-        stream_name=f"events-{suffix}",
-        visibility_timeout_s=30,
-    )
+def make_world(emulator: Emulator) -> Iterator[Callable[..., World]]:
+    """Factory: a queue, DLQ and stream with names no other test uses (create_world's options
+    and names may be given); every world made is deleted at teardown."""
+    made: list[World] = []
+
+    def make(**options: Any) -> World:
+        suffix = uuid.uuid4().hex[:8]
+        names = {
+            "queue_name": f"submissions-{suffix}",
+            "dlq_name": f"submissions-dlq-{suffix}",
+            "stream_name": f"events-{suffix}",
+        }
+        world = emulator.create_world(**{**names, **options})
+        made.append(world)
+        return world
+
+    try:
+        yield make
+    finally:
+        # Tolerant: a test may have reset or stopped the emulator, or deleted a queue itself.
+        for world in reversed(made):
+            emulator.delete_world(world)
+
+
+@pytest.fixture
+def world(make_world: Callable[..., World]) -> World:
+    """A queue, DLQ and 2-shard stream with names no other test uses, deleted at teardown."""
+    return make_world(visibility_timeout_s=30)
 
 
 def settings_for(world: World, **overrides: Any) -> Settings:
@@ -95,8 +114,11 @@ class RunningDaemon:
 
 
 @pytest.fixture
-async def daemon() -> AsyncIterator[Callable[..., Any]]:
-    """Factory: start the daemon in this loop; every one started is stopped at teardown."""
+async def daemon(make_world: Callable[..., World]) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: start the daemon in this loop; every one started is stopped at teardown.
+
+    It asks for `make_world` only to be torn down first: daemons stop before their worlds go.
+    """
     started: list[RunningDaemon] = []
 
     async def start(settings: Settings, policy: RetryPolicy = FAST_POLICY) -> RunningDaemon:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from devworld.emulator import Emulator, World, read_stream
 from event_processor.tools.aws import queue_counts
-from tests.helpers import client, drain_queue, queue_depth
+from tests.helpers import cli_command, client, drain_queue, queue_depth, run_cli
 from tests.integration.test_ops import (
     ARRAYS,
     BAD_EVENTS,
@@ -54,14 +53,7 @@ def ops_env(emulator: Emulator, world: World, **extra: str) -> dict[str, str]:
 def cli(
     emulator: Emulator, world: World, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "event_processor", *args],
-        env=env or ops_env(emulator, world),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("event-processor", *args, env=env or ops_env(emulator, world), timeout_s=120)
 
 
 def counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
@@ -227,9 +219,7 @@ async def test_tail_follow_ends_on_sigterm(emulator: Emulator, world: World) -> 
     """`tail --from trim-horizon` follows; SIGTERM ends it with exit 0."""
     docs = await asyncio.to_thread(put_records, emulator, world, 8)
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "event_processor",
+        *cli_command("event-processor"),
         "tail",
         "--from",
         "trim-horizon",
@@ -266,9 +256,7 @@ async def test_redrive_sigterm_stops_and_releases(emulator: Emulator, world: Wor
         [x for i in range(count) for x in letters_for(f"{i}x")],
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "event_processor",
+        *cli_command("event-processor"),
         "dlq",
         "redrive",
         "--rate",

@@ -41,7 +41,7 @@ from event_processor.source import Message
 from event_processor.tools import aws, dead_letters, inspect, peek, redrive
 from event_processor.tools.tail import tail
 from tests.conftest import settings_for
-from tests.factories import encode, new_process, submission
+from tests.factories import encode, new_process, received_message, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth, send_bodies
 
 TRACE = {"trace": {"DataType": "String", "StringValue": "trace-1"}}
@@ -49,16 +49,7 @@ TRACE = {"trace": {"DataType": "String", "StringValue": "trace-1"}}
 
 def message_for(body: str, attributes: dict[str, Any] | None = None) -> Message:
     """`body` as the daemon receives it from the source queue."""
-    return Message(
-        message_id=str(uuid.uuid4()),
-        receipt_handle="-",
-        body=body,
-        receive_count=1,
-        sent_at_s=None,
-        attributes=attributes or {},
-        received_at=0.0,
-        visible_until=0.0,
-    )
+    return received_message(body, attributes=attributes)
 
 
 def letters_for(
