@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from devworld.emulator import Emulator, World
-from tests.helpers import queue_depth
+from tests.helpers import queue_depth, wait_for
 from tests.static.support import ROOT, run
 from tests.static.test_deploy_files import dockerfile_instructions, dockerignore_excludes
 
@@ -286,10 +285,11 @@ def test_image_venv_runs_fleet_daemon_and_tools(
         text=True,
     )
     try:
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while queue_depth(emulator, world.queue_url) and daemon.poll() is None:
-            assert time.monotonic() < deadline, "the daemon did not drain the queue"
-            time.sleep(0.1)
+        wait_for(
+            lambda: not queue_depth(emulator, world.queue_url) or daemon.poll() is not None,
+            DRAIN_TIMEOUT_S,
+            "the daemon drains the queue",
+        )
         daemon.send_signal(signal.SIGTERM)
         _, err = daemon.communicate(timeout=30)
     finally:
