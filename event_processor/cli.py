@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from event_processor import __version__, app, exitcodes, logs
+from event_processor import __version__, app, contract, exitcodes, logs
 from event_processor.config import Settings, env_names, explain
 from event_processor.tools import inspect, redrive, tail
 
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.register(dlq_commands)
     redrive.register(dlq_commands)
     tail.register(commands)
+    contract.register(commands)
     return parser
 
 
