@@ -119,7 +119,7 @@ class Service:
         kind, command = check["test"]
         if kind != "CMD-SHELL":
             raise HostError(f"compose's {SERVICE} healthcheck is {kind}, not CMD-SHELL")
-        timeout = _seconds(check["start_period"]) + check["retries"] * _seconds(check["interval"])
+        timeout = seconds(check["start_period"]) + check["retries"] * seconds(check["interval"])
         return cls(
             version=version,
             environment=spec["environment"],
@@ -130,7 +130,8 @@ class Service:
         )
 
 
-def _seconds(duration: str) -> float:
+def seconds(duration: str) -> float:
+    """A compose duration ("30s", "1m30s") in seconds."""
     units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration))
 
@@ -406,21 +407,27 @@ def running(service: Service, paths: Paths) -> Iterator[int]:
 
 def run(service: Service, paths: Paths, command: Sequence[str]) -> int:
     """Start LocalStack, run `command` against it, stop LocalStack; the command's exit status."""
-    with running(service, paths) as pid:
-        print(f"LocalStack {service.version} up at {service.endpoint_url} (pid {pid})", flush=True)
-        child = subprocess.Popen(command)
+    children: list[subprocess.Popen[bytes]] = []
 
-        def forward(signum: int, _frame: FrameType | None) -> None:
-            # A terminal's Ctrl-C reaches the command too (same process group): not twice.
-            if signum != signal.SIGINT:
-                child.send_signal(signum)
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if not children:  # still starting: give up, and let running() stop what started
+            raise HostError(f"interrupted by {signal.Signals(signum).name}")
+        # A terminal's Ctrl-C reaches the command too (same process group): not twice.
+        if signum != signal.SIGINT:
+            children[0].send_signal(signum)
 
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            code = child.wait()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    # Before start(): a SIGTERM while LocalStack starts must not leave it running.
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with running(service, paths) as pid:
+            print(
+                f"LocalStack {service.version} up at {service.endpoint_url} (pid {pid})", flush=True
+            )
+            children.append(subprocess.Popen(command))
+            code = children[0].wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print("LocalStack stopped", flush=True)
     return code
 

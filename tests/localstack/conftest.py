@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from devworld.emulator import World, create_world
+from devworld.localstack_host import compose_service
 from tests.localstack.support import LocalStack, endpoint_url, http_json
 
 START_HINT = (
@@ -34,8 +35,7 @@ def localstack() -> LocalStack:
             pytest.fail(f"LocalStack at {url} has {name} {services.get(name)!r}: {START_HINT}")
     if not init.get("completed"):
         pytest.fail(f"LocalStack at {url}: its ready.d hooks have not finished: {init}")
-    region = LocalStack(url, "eu-west-1").compose_env("localstack")["AWS_REGION"]
-    return LocalStack(url, region)
+    return LocalStack(url, compose_service("localstack")["environment"]["AWS_REGION"])
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,11 @@ class Prometheus:
             stderr=subprocess.STDOUT,
         )
         self.log_path = directory / "prometheus.log"
-        wait_for(self._ready, START_TIMEOUT_S, "prometheus ready")
+        try:
+            wait_for(self._ready, START_TIMEOUT_S, "prometheus ready")
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         assert self._process.poll() is None, self.log_path.read_text()

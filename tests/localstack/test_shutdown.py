@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from devworld.emulator import World
+from devworld.localstack_host import compose_service, seconds
 from devworld.verify import verify
 from event_processor.tools.aws import queue_counts
 from tests.helpers import wait_for
@@ -38,7 +39,7 @@ def test_sigterm_during_a_backlog_then_restart_drains(
     compose = localstack.compose_env("event-processor")
     grace_s = float(compose["SHUTDOWN_GRACE_SECONDS"])
     # docker-compose.yaml's stop_grace_period: what Docker waits for before its SIGKILL.
-    kill_after_s = 30.0
+    kill_after_s = seconds(compose_service("event-processor")["stop_grace_period"])
     log = tmp_path / "daemon.log"
     with daemon(localstack, log, **world_env(world)) as first:
         wait_for(
