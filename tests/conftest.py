@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,16 @@ from event_processor.worker import Worker
 
 # Backoffs short enough that retries never dominate a test's runtime.
 FAST_POLICY = RetryPolicy(initial_s=0.01, max_backoff_s=0.2)
+# The LocalStack tier: it needs a running LocalStack, so only `make test-localstack` collects it.
+LOCALSTACK_TESTS = Path(__file__).parent / "localstack"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Skip collecting tests/localstack unless it (or a test in it) is named on the command line."""
+    if collection_path != LOCALSTACK_TESTS:
+        return None
+    named = (Path(arg.split("::")[0]).resolve() for arg in config.args)
+    return None if any(path.is_relative_to(LOCALSTACK_TESTS) for path in named) else True
 
 
 @pytest.fixture(scope="session", autouse=True)
