@@ -15,11 +15,15 @@ RUN python -m venv /opt/venv
 
 WORKDIR /src
 # Only what the wheel is built from (.dockerignore keeps the rest of the tree out of the context).
+# devworld/ (emulator, demo, bench) stays out: the image runs the daemon and the fleet, and
+# packages.find simply finds no devworld here, so the wheel holds the two packages.
 COPY pyproject.toml README.md ./
 COPY event_processor ./event_processor
 COPY sensor_fleet ./sensor_fleet
-# pip byte-compiles what it installs: the runtime user cannot write __pycache__ under /opt/venv.
-RUN /opt/venv/bin/pip install --no-cache-dir .
+# The runtime dependencies and the fleet extra (localstack-client) only: no moto, flask or rich
+# (the `demo` extra). pip byte-compiles what it installs: the runtime user cannot write
+# __pycache__ under /opt/venv.
+RUN /opt/venv/bin/pip install --no-cache-dir '.[fleet]'
 
 # --- runtime: the slim base, the virtualenv, an unprivileged user -----------------------------
 FROM python:3.11.14-slim-bookworm AS runtime

@@ -10,7 +10,7 @@ TOOLS_STAMP := $(TOOLS_VENV)/.installed
 # aiobotocore's botocore pin, so it gets a venv of its own for the deploy-file checks.
 CHECKOV := checkov==3.3.30
 
-.PHONY: install tools run test lint bench profile clean
+.PHONY: install tools run test lint bench profile clean localstack-install test-localstack
 
 install: $(STAMP)
 
@@ -39,6 +39,19 @@ run: install
 test: install tools
 	$(BIN)/pytest -q
 
+# LocalStack on the host (devworld/localstack_host.py), at docker-compose.yaml's version, with
+# its settings and ready.d hook; cached under .localstack-host/ (python3.13, npm).
+LOCALSTACK_HOST := $(BIN)/python -m devworld.localstack_host
+
+localstack-install: install
+	$(LOCALSTACK_HOST) install
+
+# The end-to-end tier against it (tests/localstack, which plain `make test` does not collect):
+# `run` starts LocalStack, runs pytest and stops LocalStack, also when a test fails. -rA shows
+# each test's figures (events, duplicates, PutRecords latency, Prometheus checks).
+test-localstack: localstack-install tools
+	$(LOCALSTACK_HOST) run -- $(BIN)/pytest -q -rA --durations=0 -m localstack tests/localstack
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -54,4 +67,4 @@ profile: install
 	$(BIN)/python -m devworld.bench.profile $(PROFILE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS_VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) .localstack-host .mypy_cache .pytest_cache .ruff_cache

@@ -19,7 +19,6 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
-import boto3
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.live import Live
@@ -38,6 +37,7 @@ from devworld.emulator import (
 from devworld.verify import decode_records, expected_sequences, verify
 from event_processor import app
 from event_processor.config import Settings
+from event_processor.tools import aws
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.sender import Sender
 
@@ -170,13 +170,9 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     _credentials()
     console = Console(file=out)
     if options.endpoint_url is not None:
-        session = boto3.session.Session(
-            region_name=os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or "eu-west-1"
-        )
-        sqs = session.client("sqs", endpoint_url=options.endpoint_url)
-        kinesis = session.client("kinesis", endpoint_url=options.endpoint_url)
+        # The daemon's own settings resolve the region, as for the tools.
+        settings = Settings(endpoint_url=options.endpoint_url)
+        sqs, kinesis = aws.client(settings, "sqs"), aws.client(settings, "kinesis")
         world = await asyncio.to_thread(create_world, sqs, kinesis)
         console.print(f"using the AWS endpoint at {world.endpoint_url}")
         return await _run(world, sqs, kinesis, options, console)

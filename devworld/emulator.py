@@ -1,6 +1,7 @@
 """The embedded AWS emulator: moto's threaded server, made thread-safe, for tests, demo and bench.
 
-Owns starting/stopping the server, building a queue + DLQ + stream "world", and reading a stream.
+Owns starting/stopping the server, building (and deleting) a queue + DLQ + stream "world", and
+reading a stream.
 """
 
 from __future__ import annotations
@@ -210,6 +211,9 @@ class Emulator:
         self._port = port
         self._server: Any = None
         self._endpoint_url: str | None = None
+        # Clients for create_world/delete_world: building one costs tens of milliseconds, and
+        # a test suite makes a world per test. boto3's clients are thread-safe; sessions not.
+        self._clients: dict[str, Any] = {}
 
     def start(self) -> None:
         """Start the server (no-op if already started) on a fresh, empty moto state."""
@@ -239,6 +243,12 @@ class Emulator:
         server.stop()
         log.info("AWS emulator on %s stopped", self._endpoint_url)
         self._endpoint_url = None
+        self._clients.clear()  # a restart listens on another port
+
+    @property
+    def started(self) -> bool:
+        """True between start() and stop()."""
+        return self._server is not None
 
     def reset(self) -> None:
         """Drop every queue, stream and message in moto (all emulators in this process share it)."""
@@ -274,6 +284,12 @@ class Emulator:
         )
         return session.client(service, endpoint_url=self.endpoint_url, config=config)
 
+    def _client(self, service: str) -> Any:
+        client = self._clients.get(service)
+        if client is None:
+            client = self._clients[service] = self.boto3_client(service)
+        return client
+
     def create_world(  # noqa: PLR0917 - the documented API takes them positionally too
         self,
         queue_name: str = "submissions",
@@ -285,8 +301,8 @@ class Emulator:
     ) -> World:
         """Create the DLQ, the queue redriving to it, and an ACTIVE `shard_count`-shard stream."""
         return create_world(
-            self.boto3_client("sqs"),
-            self.boto3_client("kinesis"),
+            self._client("sqs"),
+            self._client("kinesis"),
             queue_name=queue_name,
             dlq_name=dlq_name,
             stream_name=stream_name,
@@ -294,6 +310,13 @@ class Emulator:
             max_receive_count=max_receive_count,
             visibility_timeout_s=visibility_timeout_s,
         )
+
+    def delete_world(self, world: World) -> None:
+        """Delete what create_world made; a no-op once the emulator is stopped (nothing is left
+        to reach, and the next start() resets moto's state anyway)."""
+        if not self.started:
+            return
+        delete_world(self._client("sqs"), self._client("kinesis"), world)
 
     def __enter__(self) -> Emulator:
         self.start()
@@ -351,6 +374,19 @@ def create_world(
         dlq_url=dlq_url,
         stream_name=stream_name,
     )
+
+
+def delete_world(sqs: Any, kinesis: Any, world: World) -> None:
+    """Delete the queue, the DLQ and the stream of `world`; what is already gone is skipped.
+
+    The queue goes before the DLQ it redrives to. A reset emulator (Emulator.start, another
+    test's Emulator) may have dropped any of them already.
+    """
+    for queue_url in (world.queue_url, world.dlq_url):
+        with contextlib.suppress(sqs.exceptions.QueueDoesNotExist):
+            sqs.delete_queue(QueueUrl=queue_url)
+    with contextlib.suppress(kinesis.exceptions.ResourceNotFoundException):
+        kinesis.delete_stream(StreamName=world.stream_name, EnforceConsumerDeletion=True)
 
 
 def _wait_stream_active(kinesis: Any, stream_name: str) -> None:

@@ -1,9 +1,9 @@
 """Command line: `event-processor run` (the daemon). Every setting is an env var and a flag.
 
 `demo` runs the daemon on the embedded emulator (the `devworld` package, `demo` extra);
-`dlq inspect`, `dlq redrive` and `tail` are the operator tools of `event_processor.tools`
-(docs/operations.md), whose parsers `tools.commands` builds. Only `run` imports the daemon
-(`app`, and through it botocore and aiohttp), and the tools import theirs when they run.
+`dlq inspect`, `dlq redrive` and `tail` are the operator tools of `event_processor.tools`,
+each registering its own sub-command (docs/operations.md). Only `run` imports the daemon
+(`app`, and through it aiobotocore and aiohttp); a tool imports boto3 when it runs.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from event_processor import __version__, constants, exitcodes, logs
+from event_processor import __version__, constants, contract, exitcodes, logs
 from event_processor.config import Settings, env_names, explain
-from event_processor.tools import commands as tool_commands
+from event_processor.tools import inspect, redrive, tail
 
 if TYPE_CHECKING:
     from event_processor.worker import Worker
@@ -73,8 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of the embedded emulator",
     )
     demo.set_defaults(handler=_demo)
-    # The operator tools' parsers; a tool's module (and boto3) is imported only when it runs.
-    tool_commands.register(commands)
+    # The operator tools register their own sub-commands (a boto3 client only when one runs).
+    dlq = commands.add_parser("dlq", help="inspect or redrive the dead-letter queue")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    inspect.register(dlq_commands)
+    redrive.register(dlq_commands)
+    tail.register(commands)
+    contract.register(commands)
     return parser
 
 
@@ -134,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # is then frozen out of its scans (README, "Performance").
     gc.disable()
     try:
-        # Imported here: only `run` needs the daemon (botocore, aiohttp, prometheus-client).
+        # Imported here: only `run` needs the daemon (aiobotocore, aiohttp, prometheus-client).
         from event_processor import app  # noqa: PLC0415
 
         return run_loop(app.run(settings, app.Hooks(on_started=_started)))

@@ -1,4 +1,4 @@
-"""The data contract: decode and validate a sensor submission, build the output records.
+"""The data path: decode a sensor submission, validate it (`contract`), build the output records.
 
 Bad input is data, not an exception: `parse_submission` returns either a `Submission` (with
 its accepted events and its rejected ones) or a `Rejection` for the whole message. Nothing
@@ -10,50 +10,28 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 import uuid
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeAlias
 
 import orjson
+from pydantic import ValidationError
 
-from event_processor import constants
+from event_processor import constants, contract
 
-
-class Reason(StrEnum):
-    """Why something was rejected; a bounded set, so it is safe as a metric label."""
-
-    # The whole submission.
-    INVALID_BODY = "invalid_body"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_FIELD = "missing_field"
-    INVALID_FIELD = "invalid_field"
-    INVALID_EVENT_LIST = "invalid_event_list"
-    # One event.
-    EVENT_NOT_AN_OBJECT = "event_not_an_object"
-    UNKNOWN_EVENT_TYPE = "unknown_event_type"
-    RECORD_TOO_LARGE = "record_too_large"
-
-
-class EventType(StrEnum):
-    NEW_PROCESS = "new_process"
-    NETWORK_CONNECTION = "network_connection"
+# The contract's vocabulary, named here too: most readers and writers import it from models.
+Reason: TypeAlias = contract.Reason
+EventType: TypeAlias = contract.EventType
+Rejection: TypeAlias = contract.Rejection
 
 
 class PartitionKey(StrEnum):
     DEVICE_ID = "device_id"
     SUBMISSION_ID = "submission_id"
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    reason: Reason
-    field: str | None
-    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,33 +73,9 @@ class Record:
         return len(self.data) + len(self.partition_key.encode())
 
 
-# Canonical 8-4-4-4-12 form only; uuid.UUID() would also take braces, urns and bare hex.
-_UUID_RE: Final = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
-# Dotted quad, decimal octets 0-255 without leading zeros. [0-9], not \d: \d admits
-# non-ASCII digits (Arabic-Indic and others).
-_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4_RE: Final = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
-_MAX_PORT: Final = 65535
 # Base64 bodies may arrive line-wrapped (MIME style); whitespace is never part of the data.
 _WHITESPACE: Final = {ord(c): None for c in " \t\r\n"}
 _EVENT_ID_NAMESPACE: Final = uuid.UUID(constants.EVENT_ID_NAMESPACE)
-
-
-def _type_name(value: Any) -> str:
-    """JSON's name for a decoded value, for messages a sensor developer understands."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 def decode_body(body: str) -> Any | Rejection:
@@ -149,97 +103,6 @@ def decode_body(body: str) -> Any | Rejection:
         )
 
 
-def _uuid_field(doc: dict[str, Any], name: str) -> str | Rejection:
-    if name not in doc:
-        return Rejection(Reason.MISSING_FIELD, name, f"{name} is missing")
-    value = doc[name]
-    if not isinstance(value, str) or _UUID_RE.fullmatch(value) is None:
-        return Rejection(
-            Reason.INVALID_FIELD, name, f"{name} must be a UUID string, got {_type_name(value)}"
-        )
-    # Lower case, so that ids compare equal downstream however the sensor spelled them.
-    return value.lower()
-
-
-def _time_field(doc: dict[str, Any], name: str) -> str | Rejection:
-    if name not in doc:
-        return Rejection(Reason.MISSING_FIELD, name, f"{name} is missing")
-    value = doc[name]
-    if not isinstance(value, str):
-        return Rejection(
-            Reason.INVALID_FIELD,
-            name,
-            f"{name} must be an ISO 8601 string, got {_type_name(value)}",
-        )
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return Rejection(Reason.INVALID_FIELD, name, f"{name} is not an ISO 8601 date-time")
-    return value  # forwarded as sent: it is device local time and we do not reinterpret it
-
-
-def _non_empty_str(event: dict[str, Any], name: str) -> str | Rejection:
-    if name not in event:
-        return Rejection(Reason.MISSING_FIELD, name, f"{name} is missing")
-    value = event[name]
-    if not isinstance(value, str):
-        return Rejection(
-            Reason.INVALID_FIELD, name, f"{name} must be a string, got {_type_name(value)}"
-        )
-    if not value.strip():
-        return Rejection(Reason.INVALID_FIELD, name, f"{name} is empty")
-    return value
-
-
-def _ipv4(event: dict[str, Any], name: str) -> str | Rejection:
-    if name not in event:
-        return Rejection(Reason.MISSING_FIELD, name, f"{name} is missing")
-    value = event[name]
-    if not isinstance(value, str) or _IPV4_RE.fullmatch(value) is None:
-        return Rejection(Reason.INVALID_FIELD, name, f"{name} must be a dotted IPv4 string")
-    return value
-
-
-def _port(event: dict[str, Any], name: str) -> int | Rejection:
-    if name not in event:
-        return Rejection(Reason.MISSING_FIELD, name, f"{name} is missing")
-    value = event[name]
-    # type() rather than isinstance(): bool is an int subclass, and `true` is not a port.
-    if type(value) is not int or not 0 <= value <= _MAX_PORT:
-        return Rejection(Reason.INVALID_FIELD, name, f"{name} must be an integer in 0..{_MAX_PORT}")
-    return value
-
-
-def _validate_new_process(event: dict[str, Any]) -> dict[str, Any] | Rejection:
-    cmdl = _non_empty_str(event, "cmdl")
-    if isinstance(cmdl, Rejection):
-        return cmdl
-    user = _non_empty_str(event, "user")
-    if isinstance(user, Rejection):
-        return user
-    return {"cmdl": cmdl, "user": user}
-
-
-def _validate_network_connection(event: dict[str, Any]) -> dict[str, Any] | Rejection:
-    source_ip = _ipv4(event, "source_ip")
-    if isinstance(source_ip, Rejection):
-        return source_ip
-    destination_ip = _ipv4(event, "destination_ip")
-    if isinstance(destination_ip, Rejection):
-        return destination_ip
-    port = _port(event, "destination_port")
-    if isinstance(port, Rejection):
-        return port
-    return {"source_ip": source_ip, "destination_ip": destination_ip, "destination_port": port}
-
-
-# Keyed by the type's name as it appears in a body (a StrEnum member hashes as its value).
-_VALIDATORS: Final[dict[str, Callable[[dict[str, Any]], dict[str, Any] | Rejection]]] = {
-    EventType.NEW_PROCESS: _validate_new_process,
-    EventType.NETWORK_CONNECTION: _validate_network_connection,
-}
-
-
 class EventSink(Protocol):
     """Where `walk_events` hands each event: accepted ones validated, rejected ones raw."""
 
@@ -265,36 +128,21 @@ def parse_header(body: str) -> Header | Rejection:
     doc = decode_body(body)
     if isinstance(doc, Rejection):
         return doc
-    if not isinstance(doc, dict):
-        return Rejection(
-            Reason.NOT_AN_OBJECT, None, f"top level must be an object, got {_type_name(doc)}"
-        )
-    submission_id = _uuid_field(doc, "submission_id")
-    if isinstance(submission_id, Rejection):
-        return submission_id
-    device_id = _uuid_field(doc, "device_id")
-    if isinstance(device_id, Rejection):
-        return device_id
-    time_created = _time_field(doc, "time_created")
-    if isinstance(time_created, Rejection):
-        return time_created
-    if "events" not in doc:
-        return Rejection(Reason.MISSING_FIELD, "events", "events is missing")
-    events = doc["events"]
-    if not isinstance(events, dict):
-        return Rejection(
-            Reason.INVALID_FIELD, "events", f"events must be an object, got {_type_name(events)}"
-        )
+    header = contract.check_header(doc)
+    if isinstance(header, Rejection):
+        return header
+    events = header["events"]
     # A known type that is not a list is a malformed submission, not one bad event:
-    # check them all before accepting anything, so the whole message is rejected cleanly.
+    # check them all (in body order) before accepting anything, so the whole message is
+    # rejected cleanly.
     for name, items in events.items():
-        if name in _VALIDATORS and not isinstance(items, list):
+        if name in contract.EVENT_CHECKS and not isinstance(items, list):
             return Rejection(
                 Reason.INVALID_EVENT_LIST,
                 name,
-                f"events.{name} must be an array, got {_type_name(items)}",
+                f"events.{name} must be an array, got {contract.json_type_name(items)}",
             )
-    return Header(submission_id, device_id, time_created, events)
+    return Header(header["submission_id"], header["device_id"], header["time_created"], events)
 
 
 def walk_events(events: dict[str, Any], sink: EventSink) -> None:
@@ -308,8 +156,8 @@ def walk_events(events: dict[str, Any], sink: EventSink) -> None:
     accepted = sink.accepted
     rejected = sink.rejected
     for name, items in events.items():
-        validator = _VALIDATORS.get(name)
-        if validator is None:
+        check = contract.EVENT_CHECKS.get(name)
+        if check is None:
             # An unknown type's value is still events: each list item (or a lone value) is one.
             unknown = Rejection(
                 Reason.UNKNOWN_EVENT_TYPE, None, f"unknown event type {name[:100]!r}"
@@ -319,24 +167,15 @@ def walk_events(events: dict[str, Any], sink: EventSink) -> None:
                 sequence += 1
             continue
         event_type = EventType(name)
+        validate = check.validate
         for item in items:
-            if not isinstance(item, dict):
-                rejected(
-                    sequence,
-                    name,
-                    item,
-                    Rejection(
-                        Reason.EVENT_NOT_AN_OBJECT,
-                        None,
-                        f"event must be an object, got {_type_name(item)}",
-                    ),
-                )
+            # pydantic-core validates the event and returns only its contract's fields.
+            try:
+                data = validate(item)
+            except ValidationError as exc:
+                rejected(sequence, name, item, check.rejection(exc, item))
             else:
-                result = validator(item)
-                if isinstance(result, dict):
-                    accepted(sequence, event_type, result)
-                else:
-                    rejected(sequence, name, item, result)
+                accepted(sequence, event_type, data)
             sequence += 1
 
 

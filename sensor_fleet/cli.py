@@ -17,8 +17,7 @@ from pydantic import ValidationError
 
 from event_processor import config, exitcodes, signals
 from event_processor.tools import aws
-from event_processor.tools.args import add_flags
-from sensor_fleet.generator import device_ids, encode, make_submission
+from sensor_fleet.generator import device_ids, encode, fleet_load, make_submission
 from sensor_fleet.host import HostAgent, machine_device_id, read_host
 from sensor_fleet.sender import Sender, sqs_client
 
@@ -32,7 +31,7 @@ def _env(name: str, default: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensor-fleet", description=__doc__)
     # The daemon's own settings (env and flags), so both resolve the same queue and region.
-    add_flags(parser, "queue_url", "queue_name")
+    aws.add_flags(parser, "queue_url", "queue_name")
     parser.add_argument(
         "--localstack",
         action="store_true",
@@ -83,15 +82,12 @@ def run_simulate(args: argparse.Namespace, sender: Sender, stop: threading.Event
 
 
 def run_load(args: argparse.Namespace, sender: Sender, stop: threading.Event) -> int:
-    rng = random.Random(args.seed)
-    devices = device_ids(args.fleet_size, seed=args.seed or 0)
+    submissions = fleet_load(args.seed, args.fleet_size, args.invalid_probability)
     events = 0
 
     def batch(n: int) -> list[str]:
         nonlocal events
-        docs: list[dict[str, Any]] = [
-            make_submission(rng, rng.choice(devices), args.invalid_probability) for _ in range(n)
-        ]
+        docs: list[dict[str, Any]] = [next(submissions) for _ in range(n)]
         events += sum(len(v) for d in docs for v in d["events"].values())
         return [encode(d) for d in docs]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import random
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -67,3 +68,14 @@ def device_ids(count: int, seed: int = 0) -> list[str]:
     """Fixed device ids, stable across runs for a seed."""
     rng = random.Random(seed)
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
+
+
+def fleet_load(
+    seed: int | None, fleet_size: int, invalid_probability: float
+) -> Iterator[dict[str, Any]]:
+    """`sensor-fleet load`'s submissions in the order it sends them: the same for a seed (all
+    but `time_created`), so a test can work out what a load sent."""
+    rng = random.Random(seed)
+    devices = device_ids(fleet_size, seed=seed or 0)
+    while True:
+        yield make_submission(rng, rng.choice(devices), invalid_probability)

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,16 @@ from event_processor.worker import Worker
 
 # Backoffs short enough that retries never dominate a test's runtime.
 FAST_POLICY = RetryPolicy(initial_s=0.01, max_backoff_s=0.2)
+# The LocalStack tier: it needs a running LocalStack, so only `make test-localstack` collects it.
+LOCALSTACK_TESTS = Path(__file__).parent / "localstack"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Skip collecting tests/localstack unless it (or a test in it) is named on the command line."""
+    if collection_path != LOCALSTACK_TESTS:
+        return None
+    named = (Path(arg.split("::")[0]).resolve() for arg in config.args)
+    return None if any(path.is_relative_to(LOCALSTACK_TESTS) for path in named) else True
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,15 +62,34 @@ def proxy(emulator: Emulator) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def world(emulator: Emulator) -> World:
-    """A queue, DLQ and 2-shard stream with names no other test uses."""
-    suffix = uuid.uuid4().hex[:8]
-    return emulator.create_world(
-        queue_name=f"submissions-{suffix}",
-        dlq_name=f"submissions-dlq-{suffix}",
-        stream_name=f"events-{suffix}",
-        visibility_timeout_s=30,
-    )
+def make_world(emulator: Emulator) -> Iterator[Callable[..., World]]:
+    """Factory: a queue, DLQ and stream with names no other test uses (create_world's options
+    and names may be given); every world made is deleted at teardown."""
+    made: list[World] = []
+
+    def make(**options: Any) -> World:
+        suffix = uuid.uuid4().hex[:8]
+        names = {
+            "queue_name": f"submissions-{suffix}",
+            "dlq_name": f"submissions-dlq-{suffix}",
+            "stream_name": f"events-{suffix}",
+        }
+        world = emulator.create_world(**{**names, **options})
+        made.append(world)
+        return world
+
+    try:
+        yield make
+    finally:
+        # Tolerant: a test may have reset or stopped the emulator, or deleted a queue itself.
+        for world in reversed(made):
+            emulator.delete_world(world)
+
+
+@pytest.fixture
+def world(make_world: Callable[..., World]) -> World:
+    """A queue, DLQ and 2-shard stream with names no other test uses, deleted at teardown."""
+    return make_world(visibility_timeout_s=30)
 
 
 def settings_for(world: World, **overrides: Any) -> Settings:
@@ -95,8 +125,11 @@ class RunningDaemon:
 
 
 @pytest.fixture
-async def daemon() -> AsyncIterator[Callable[..., Any]]:
-    """Factory: start the daemon in this loop; every one started is stopped at teardown."""
+async def daemon(make_world: Callable[..., World]) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: start the daemon in this loop; every one started is stopped at teardown.
+
+    It asks for `make_world` only to be torn down first: daemons stop before their worlds go.
+    """
     started: list[RunningDaemon] = []
 
     async def start(settings: Settings, policy: RetryPolicy = FAST_POLICY) -> RunningDaemon:

@@ -1,4 +1,5 @@
-"""Factories for submissions in the input contract, valid by default, broken on request."""
+"""Factories: submissions in the input contract (valid by default, broken on request) and the
+SQS `Message` the daemon holds for one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import random
 import uuid
 from typing import Any
+
+from event_processor.source import Message
 
 
 def new_process(
@@ -68,4 +71,28 @@ def fleet_like(rng: random.Random, device_id: str | None = None) -> dict[str, An
     ]
     return submission(
         {"new_process": processes, "network_connection": connections}, device_id=device_id
+    )
+
+
+def received_message(
+    body: str = "",
+    *,
+    message_id: str | None = None,
+    receipt_handle: str | None = None,
+    receive_count: int = 1,
+    sent_at_s: float | None = None,
+    attributes: dict[str, Any] | None = None,
+    received_at: float = 0.0,
+    visible_until: float = 0.0,
+) -> Message:
+    """A `Message` as SqsSource.receive hands it over: `body`, with fresh ids by default."""
+    return Message(
+        message_id=str(uuid.uuid4()) if message_id is None else message_id,
+        receipt_handle=f"rh-{uuid.uuid4().hex}" if receipt_handle is None else receipt_handle,
+        body=body,
+        receive_count=receive_count,
+        sent_at_s=sent_at_s,
+        attributes={} if attributes is None else attributes,
+        received_at=received_at,
+        visible_until=visible_until,
     )

@@ -1,12 +1,16 @@
-"""Test helpers: polling with a deadline (never a bare sleep) and reading the world back."""
+"""Test helpers: polling with a deadline (never a bare sleep), reading the world back, and
+the one way to run our console scripts as subprocesses."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import os
 import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,17 @@ CLI_START_TIMEOUT_S = 30.0
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, interval_s: float = 0.05
+    check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30.0, interval_s: float = 0.05
 ) -> None:
-    """Poll `check` until it is true; fail with the timeout otherwise."""
+    """Poll `check` (a predicate, or a function returning an awaitable) until it is true; fail
+    with the timeout otherwise. The sleep between looks is the poll's, never a synchronisation."""
     deadline = time.monotonic() + timeout_s
-    while not await check():
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(interval_s)
@@ -121,12 +131,65 @@ def wait_for(
         time.sleep(interval_s)
 
 
+def cli_command(script: str, *args: str) -> list[str]:
+    """The argv of one of our console scripts (`event-processor`, `sensor-fleet`) with `args`.
+
+    `python -m` with this interpreter, not the script on PATH: the test runs the code under
+    test, whatever else is installed.
+    """
+    return [sys.executable, "-m", script.replace("-", "_"), *args]
+
+
+def run_cli(
+    script: str, *args: str, env: Mapping[str, str], timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a console script to completion, its output captured as text; its exit code is the
+    test's to check (never raises on one), and a hang fails after `timeout_s`."""
+    return subprocess.run(
+        cli_command(script, *args),
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def daemon_env(emulator: Emulator, world: World, **settings: str) -> dict[str, str]:
+    """This process's environment, pointed at `world`, for a daemon configured by env alone."""
+    return {
+        **os.environ,
+        **emulator.client_env(),
+        "QUEUE_URL": world.queue_url,
+        "DLQ_URL": world.dlq_url,
+        "STREAM_NAME": world.stream_name,
+        "WAIT_TIME_SECONDS": "1",
+        "METRICS_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+        **settings,
+    }
+
+
 class Cli:
-    """One `event_processor run` subprocess, its JSON log lines in a file."""
+    """One long-running `event-processor` subprocess, its output (JSON log lines) in a file.
+
+    Start it with `Cli.start`, or through the e2e fixtures `spawn_cli` and `cli`, which reap it.
+    """
 
     def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
         self.process = process
         self.log_path = log_path
+
+    @classmethod
+    def start(
+        cls, log_path: Path, *args: str, env: Mapping[str, str], script: str = "event-processor"
+    ) -> Cli:
+        """Start `script ARGS` with `env`; stdout and stderr both go to `log_path`."""
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                cli_command(script, *args), env=dict(env), stdout=log, stderr=subprocess.STDOUT
+            )
+        return cls(process, log_path)
 
     def logs(self) -> list[dict[str, Any]]:
         """The JSON log lines written so far (a partial last line is skipped)."""
@@ -140,9 +203,12 @@ class Cli:
         return lines
 
     def actions(self, action: str) -> list[dict[str, Any]]:
+        """The log lines with this `action`."""
         return [line for line in self.logs() if line.get("action") == action]
 
     def wait_running(self) -> None:
+        """Wait until it logs that it runs; fail with its log if it exits first."""
+
         def running() -> bool:
             assert self.process.poll() is None, self.log_path.read_text()
             return bool(self.actions("running"))

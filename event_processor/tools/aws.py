@@ -9,20 +9,74 @@ daemon started with the same environment talk to the same queues.
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
-from event_processor import constants
-from event_processor.config import Settings
+from event_processor import config, constants, exitcodes
+from event_processor.config import Settings, env_names
 
 Clock = Callable[[], float]
 
 
 class ToolError(Exception):
     """A queue, stream or shard is missing or unreachable; the message says which."""
+
+
+class UsageError(Exception):
+    """A setting the tool needs is missing or contradictory; the message says how to fix it."""
+
+
+ToolRun = Callable[[argparse.Namespace, Settings, TextIO], int]
+Handler = Callable[[argparse.Namespace, TextIO], int]
+
+
+def tool_command(run: ToolRun) -> Handler:
+    """A tool's handler: settings from env and flags, and the exit codes every tool shares.
+
+    Bad or missing settings exit 2 (usage), a missing or unreachable queue or stream exits 3
+    (as the daemon's failed start-up), each with one line on stderr.
+    """
+
+    @functools.wraps(run)
+    def handler(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+        try:
+            return run(args, settings_of(args), out)
+        except ValidationError as exc:
+            print(config.explain(exc), file=sys.stderr)
+            return exitcodes.USAGE
+        except UsageError as exc:
+            print(exc, file=sys.stderr)
+            return exitcodes.USAGE
+        except ToolError as exc:
+            print(exc, file=sys.stderr)
+            return exitcodes.STARTUP_FAILED
+
+    return handler
+
+
+def dlq_url_of(settings: Settings) -> str:
+    if settings.dlq_url is None:
+        raise UsageError("no DLQ: pass --dlq-url or set DLQ_URL")
+    return settings.dlq_url
+
+
+def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Flags for these Settings fields (plus the endpoint and region), named as `run` names them."""
+    for name in ("endpoint_url", "aws_region", *names):
+        field = Settings.model_fields[name]
+        shown = getattr(field.default, "value", field.default)
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            help=f"{field.description} [env {env_names(name)}; default {shown}]",
+        )
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

@@ -10,6 +10,7 @@ import binascii
 import codecs
 import json
 import sys
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import ValidationError
 
-from event_processor import config, exitcodes
+from event_processor import exitcodes, signals
+from event_processor.config import Settings
 from event_processor.letters import KIND_EVENTS, KIND_SUBMISSION, RejectedEventEntry
 from event_processor.tools import aws, peek
+from event_processor.tools.args import non_negative_int, positive_int
 from event_processor.tools.dead_letters import Letter, LetterEvents
 from event_processor.tools.text import PREVIEW_CHARS, plural, preview
 
@@ -44,8 +46,12 @@ class InspectReport:
     dlq_url: str
     approximate_visible: int
     approximate_not_visible: int
-    max_messages: int
+    max_messages: int  # the --limit
     read: int = 0
+    limited: bool = False  # the limit stopped the scan: there was at least one more message
+    complete: bool = False  # the scan reached the end: every visible message was read
+    interrupted: bool = False  # Ctrl-C/SIGTERM stopped the scan
+    not_released: int = 0  # messages read that could not be made visible again at the end
     # (reason attribute, kind) -> messages read; a letter of events of several reasons has the
     # reason attribute MIXED_REASONS.
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -59,8 +65,8 @@ class InspectReport:
 
     @property
     def sample(self) -> bool:
-        """True when the queue holds more than was read: the counts cover only what was read."""
-        return self.approximate_visible > self.read
+        """True when the limit stopped the scan: the counts cover only the messages read."""
+        return self.limited
 
     def by_kind(self) -> dict[str, int]:
         """Messages read by kind."""
@@ -89,16 +95,38 @@ class InspectReport:
 
 
 def inspect_dlq(
-    sqs: Any, dlq_url: str, *, max_messages: int = 1000, examples: int = 3
+    sqs: Any,
+    dlq_url: str,
+    *,
+    max_messages: int = 1000,
+    examples: int = 3,
+    stop: threading.Event | None = None,
+    err: TextIO | None = None,
 ) -> InspectReport:
     """Read up to `max_messages` DLQ messages without consuming any, and count them by reason.
 
-    Messages are counted by their `reason` attribute and kind; the rejected events that event
-    letters list are counted too, by each event's own reason.
+    Pages through the whole DLQ (`peek`: each page hidden while the scan runs, everything
+    released at the end, nothing deleted). Messages are counted by their `reason` attribute and
+    kind; the rejected events that event letters list are counted too, by each event's own
+    reason. `stop` set (a signal) ends the scan early, as `interrupted`.
     """
     visible, not_visible = aws.queue_counts(sqs, dlq_url)
     report = InspectReport(dlq_url, visible, not_visible, max_messages)
-    for letter in peek.peek(sqs, dlq_url):
+    with peek.peek(sqs, dlq_url, stop=stop, err=err) as scan:
+        _count(report, scan, examples)
+    report.complete, report.interrupted = scan.complete, scan.interrupted
+    report.not_released = scan.not_released
+    return report
+
+
+def _count(report: InspectReport, letters: peek.Peek, examples: int) -> None:
+    """Count the scan's letters into `report`, up to its limit."""
+    for letter in letters:
+        if report.read >= report.max_messages:
+            # Checked on the message after the last one counted: a DLQ of exactly the limit
+            # is read whole, not reported as a sample.
+            report.limited = True
+            break
         report.read += 1
         report.counts[letter.reason, letter.kind] += 1
         reasons = [letter.reason]
@@ -110,9 +138,6 @@ def inspect_dlq(
             shown = report.examples.setdefault(reason, [])
             if len(shown) < examples:
                 shown.append(letter)
-        if report.read >= max_messages:
-            break
-    return report
 
 
 def _decoded_preview(body: str, limit: int = PREVIEW_CHARS) -> str | None:
@@ -200,8 +225,12 @@ def report_json(report: InspectReport) -> dict[str, Any]:
         "approximate_visible": report.approximate_visible,
         "approximate_not_visible": report.approximate_not_visible,
         "read": report.read,
-        "max": report.max_messages,
+        "limit": report.max_messages,
+        "max": report.max_messages,  # the flag's old name, kept for scripts that read it
         "sample": report.sample,
+        "complete": report.complete,
+        "interrupted": report.interrupted,
+        "not_released": report.not_released,
         "by_kind": report.by_kind(),
         "events": sum(report.events.values()),
         "event_submissions": len(report.event_submissions),
@@ -248,18 +277,27 @@ def format_report(report: InspectReport) -> str:
         f"DLQ {report.dlq_url}",
         f"  ~{report.approximate_visible} messages visible, "
         f"~{report.approximate_not_visible} in flight (approximate, from SQS)",
-        f"  read {report.read} distinct messages without consuming any "
-        "(VisibilityTimeout=0, nothing deleted)",
+        f"  read {report.read} distinct messages without consuming any (each page hidden"
+        " while the scan ran, then all released; nothing deleted)",
     ]
     if report.sample:
-        why = (
-            f"stopped at --max {report.max_messages}"
-            if report.read >= report.max_messages
-            else f"SQS returned nothing new after {peek.PEEK_IDLE_RECEIVES} receives in a row"
-        )
         lines.append(
             f"  NOTE: the counts below are a SAMPLE: {report.read} of ~{report.approximate_visible}"
-            f" messages ({why})"
+            f" messages (stopped at --limit {report.max_messages})"
+        )
+    elif report.interrupted:
+        lines.append(
+            f"  NOTE: interrupted: the counts below cover only the {report.read} messages read"
+        )
+    elif not report.complete:
+        lines.append(
+            f"  NOTE: the scan stopped early: {peek.PEEK_IDLE_RECEIVES} receives in a row brought"
+            " only messages already read (their hold ran out); the counts may be incomplete"
+        )
+    if report.not_released:
+        lines.append(
+            f"  WARNING: {plural(report.not_released, 'message')} could not be released; SQS"
+            " shows them again when their hold runs out"
         )
     if report.approximate_not_visible:
         lines.append("  (messages in flight are hidden by their receiver and not counted)")
@@ -329,27 +367,52 @@ def format_report(report: InspectReport) -> str:
 # CLI
 
 
-def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    try:
-        settings = aws.settings_of(args)
-    except ValidationError as exc:
-        print(config.explain(exc), file=sys.stderr)
-        return exitcodes.USAGE
-    if settings.dlq_url is None:
-        print("no DLQ: pass --dlq-url or set DLQ_URL", file=sys.stderr)
-        return exitcodes.USAGE
+def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = dlq_commands.add_parser(
+        "inspect",
+        help="count DLQ messages by reason and show examples, consuming nothing",
+        description="Page through the DLQ (each page hidden while the scan runs, every "
+        "message made visible again at the end, nothing deleted), count the messages by reason "
+        "and kind, and show examples. When --limit stops the scan, the counts are a sample; "
+        "the report says so.",
+    )
+    aws.add_flags(parser, "dlq_url")
+    parser.add_argument(
+        "--limit",
+        "--max",  # the old name, still accepted
+        dest="limit",
+        type=positive_int,
+        default=1000,
+        help="read at most N messages (default 1000)",
+    )
+    parser.add_argument(
+        "--examples", type=non_negative_int, default=3, help="examples per reason (default 3)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(handler=command)
+
+
+@aws.tool_command
+def command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    dlq_url = aws.dlq_url_of(settings)
     sqs = aws.client(settings, "sqs")
-    try:
-        aws.check_queue(sqs, settings.dlq_url, "DLQ")
-        report = inspect_dlq(sqs, settings.dlq_url, max_messages=args.max, examples=args.examples)
-    except aws.ToolError as exc:
-        print(exc, file=sys.stderr)
-        return exitcodes.STARTUP_FAILED
-    except (ClientError, BotoCoreError) as exc:
-        print(f"inspect failed: {exc}", file=sys.stderr)
-        return exitcodes.FAILED
+    stop = threading.Event()
+    # The first signal ends the scan (and so releases what it read); without the handler,
+    # SIGTERM would kill the tool with every page still hidden until its hold runs out.
+    with signals.stop_on_signals(stop):
+        try:
+            aws.check_queue(sqs, dlq_url, "DLQ")
+            report = inspect_dlq(
+                sqs, dlq_url, max_messages=args.limit, examples=args.examples, stop=stop
+            )
+        except (ClientError, BotoCoreError) as exc:  # what was read is released on the way
+            print(f"inspect failed: {exc}", file=sys.stderr)
+            return exitcodes.FAILED
+        except KeyboardInterrupt:  # a second signal, possibly cutting the release short
+            print("interrupted", file=sys.stderr)
+            return exitcodes.INTERRUPTED
     if args.json:
         out.write(json.dumps(report_json(report), indent=2) + "\n")
     else:
         out.write(format_report(report) + "\n")
-    return exitcodes.OK
+    return exitcodes.INTERRUPTED if report.interrupted else exitcodes.OK

@@ -1,15 +1,38 @@
-"""Reading a queue without consuming it, and the receive both DLQ tools make."""
+"""Reading a queue without consuming it (a peek that pages through and then releases), and the
+receive and the release both DLQ tools make.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TextIO
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
 from event_processor.tools.dead_letters import Letter
 
-# With VisibilityTimeout=0 SQS may hand out the same messages again and again (moto always
-# returns the oldest ten): a peek stops after this many receives in a row brought nothing new.
+# Receives with VisibilityTimeout=0 hand out the same oldest messages every time (seen on moto
+# and LocalStack; SQS may too), so such a peek never got past the first ten (issue 11, item 6).
+# A peek therefore hides each page it receives, so that the next receive gets the next one, and
+# releases everything it read when it ends. The release ends the hold early, so the hold only
+# has to outlast the scan; it matters on its own only if the tool dies before releasing
+# (SIGKILL, lost network): the messages read then stay hidden this long, which the daemon
+# (it never receives from its DLQ) does not notice, only another tool's view. 10 minutes: the
+# default scan (1000 messages, 100 receives) takes seconds, and a receive stuck in botocore's
+# retries (3 attempts of 5 s connect + 30 s read timeout) under 2 minutes, so no page's hold
+# runs out mid-scan in practice. If one does (a huge --limit on a slow link), its messages come
+# back to a later receive, which hides them again: known by MessageId, they are not counted
+# twice, and only their newest receipt handle is kept for the release.
+PEEK_HOLD_S = 10 * 60
+# Long poll of a peek receive. A short poll (0 s) asks only some of SQS's servers and may come
+# back empty while messages are visible; an empty long poll means nothing visible is left.
+PEEK_WAIT_S = 1
+# A scan also stops after this many receives in a row brought only messages already read: holds
+# running out faster than the scan gets past them. The scan is then not `complete`.
 PEEK_IDLE_RECEIVES = 5
 
 
@@ -27,23 +50,125 @@ def receive(
     return list(response.get("Messages", []))
 
 
-def peek(sqs: Any, queue_url: str, *, idle_receives: int = PEEK_IDLE_RECEIVES) -> Iterator[Letter]:
-    """Yield distinct messages received with VisibilityTimeout=0: nothing is hidden or deleted.
+def error_text(error: Mapping[str, Any]) -> str:
+    """A batch entry's failure (or an error response) as `Code: Message`."""
+    return f"{error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
 
-    Ends when `idle_receives` receives in a row brought no message not yet seen. The caller
-    stops earlier by not asking for more.
+
+def release(sqs: Any, queue_url: str, held: Mapping[str, str], err: TextIO) -> int:
+    """Make held messages (message id -> receipt handle) visible again; return how many were not.
+
+    ChangeMessageVisibilityBatch takes 10 entries a call and reports each entry, so every
+    `Failed` entry is checked. Failures are warned about, not raised: this runs on the way out
+    of errors and Ctrl-C too, and SQS shows such a message again when its hold runs out anyway.
     """
-    seen: set[str] = set()
-    idle = 0
-    while idle < idle_receives:
-        batch = receive(
-            sqs, queue_url, count=constants.SQS_MAX_BATCH_ENTRIES, visibility_s=0, wait_s=0
-        )
-        new = [m for m in batch if m["MessageId"] not in seen]
-        idle = 0 if new else idle + 1
-        for message in new:
-            seen.add(message["MessageId"])
-            yield Letter.from_message(message)
+    handles = list(held.items())
+    not_released = 0
+    for chunk in chunks(handles, constants.SQS_MAX_BATCH_ENTRIES):
+        entries = [
+            {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+            for i, (_, handle) in enumerate(chunk)
+        ]
+        try:
+            response = sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+        except (ClientError, BotoCoreError) as exc:
+            not_released += len(entries)
+            print(
+                f"warning: could not release {len(entries)} messages ({exc}); SQS shows them"
+                " again when their hold runs out",
+                file=err,
+            )
+            continue
+        for entry in response.get("Failed", []):
+            not_released += 1
+            message_id = chunk[int(entry["Id"])][0]
+            print(
+                f"warning: could not release {message_id} ({error_text(entry)}); SQS shows"
+                " it again when its hold runs out",
+                file=err,
+            )
+    return not_released
+
+
+class Peek:
+    """One scan of a queue: iterate it for the distinct messages, oldest pages first.
+
+    Made by `peek`, which releases what it read when the `with` block ends. The caller stops
+    early by not asking for more (everything received, also the rest of a page, is held and
+    released all the same). Afterwards `complete` says whether the scan reached the end.
+    """
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        *,
+        hold_s: int,
+        wait_s: int,
+        idle_receives: int,
+        stop: threading.Event | None,
+    ) -> None:
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._hold_s = hold_s
+        self._wait_s = wait_s
+        self._idle_receives = idle_receives
+        self._stop = stop
+        # Message id -> newest receipt handle of every message received: all are released.
+        self.held: dict[str, str] = {}
+        self.complete = False  # a receive found nothing visible: every message was read
+        self.interrupted = False  # `stop` was set before the scan was done
+        self.not_released = 0  # messages the release failed for (after the `with` block)
+
+    def __iter__(self) -> Iterator[Letter]:
+        idle = 0
+        while idle < self._idle_receives:
+            if self._stop is not None and self._stop.is_set():
+                self.interrupted = True
+                return
+            batch = receive(
+                self._sqs,
+                self._queue_url,
+                count=constants.SQS_MAX_BATCH_ENTRIES,
+                visibility_s=self._hold_s,
+                wait_s=self._wait_s,
+            )
+            if not batch:
+                self.complete = True
+                return
+            new = [m for m in batch if m["MessageId"] not in self.held]
+            # Recorded before any is yielded, so a caller that stops mid-page releases the rest.
+            for message in batch:
+                self.held[message["MessageId"]] = message["ReceiptHandle"]
+            idle = 0 if new else idle + 1
+            for message in new:
+                yield Letter.from_message(message)
+
+
+@contextlib.contextmanager
+def peek(
+    sqs: Any,
+    queue_url: str,
+    *,
+    hold_s: int = PEEK_HOLD_S,
+    wait_s: int = PEEK_WAIT_S,
+    idle_receives: int = PEEK_IDLE_RECEIVES,
+    stop: threading.Event | None = None,
+    err: TextIO | None = None,
+) -> Iterator[Peek]:
+    """A scan that consumes nothing: each receive hides its page for `hold_s`, none is deleted.
+
+    Every message read is released (made visible again) when the block ends, also on errors
+    and Ctrl-C; release failures go to `err` (default stderr) and `Peek.not_released`.
+    """
+    scan = Peek(
+        sqs, queue_url, hold_s=hold_s, wait_s=wait_s, idle_receives=idle_receives, stop=stop
+    )
+    try:
+        yield scan
+    finally:
+        held, scan.held = scan.held, {}
+        scan.not_released = release(sqs, queue_url, held, sys.stderr if err is None else err)
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -9,16 +9,17 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import ValidationError
 
-from event_processor import config, constants, exitcodes, signals
+from event_processor import constants, exitcodes, signals
+from event_processor.config import Settings
 from event_processor.letters import KIND_EVENTS
 from event_processor.tools import aws, peek
+from event_processor.tools.args import positive_float, positive_int
 from event_processor.tools.dead_letters import Letter
 from event_processor.tools.text import plural, preview
 
@@ -86,6 +87,8 @@ class RedriveSummary:
     failed: int = 0
     read: int = 0
     approximate_visible: int = 0
+    limited: bool = False  # dry run: --max stopped the scan, with more to move behind it
+    complete: bool = True  # dry run: the scan reached the end of the DLQ (or --max)
     interrupted: bool = False
     aborted: str | None = None
 
@@ -112,10 +115,15 @@ class RedriveSummary:
         detail = f" [{'; '.join(parts)}]" if parts else ""
         head = "dry run, nothing changed: " if self.dry_run else ""
         lines = [f"{head}{verb} {self.moved}, skipped {self.skipped}{detail}, failed {self.failed}"]
-        if self.dry_run and self.approximate_visible > self.read:
+        if self.dry_run and self.limited:
             lines.append(
-                f"NOTE: the dry run read {self.read} of ~{self.approximate_visible} messages"
-                " (SQS hands out a sample when nothing is hidden); the real run may move more"
+                f"NOTE: a SAMPLE: the dry run stopped at --max {self.moved} after reading"
+                f" {self.read} of ~{self.approximate_visible} messages; the DLQ holds more to move"
+            )
+        elif self.dry_run and not self.complete and not self.interrupted:
+            lines.append(
+                f"NOTE: the dry run stopped early: {peek.PEEK_IDLE_RECEIVES} receives in a row"
+                " brought only messages already read (their hold ran out); it may have missed some"
             )
         if self.interrupted:
             lines.append("interrupted: stopped before the DLQ was done; run again to go on")
@@ -146,10 +154,6 @@ def _size_batches(letters: list[Letter]) -> Iterator[list[Letter]]:
         size += letter_size
     if batch:
         yield batch
-
-
-def _error_text(error: Mapping[str, Any]) -> str:
-    return f"{error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
 
 
 class _Redrive:
@@ -277,7 +281,7 @@ class _Redrive:
         failed = {entry["Id"]: entry for entry in response.get("Failed", [])}
         for entry_id, letter in by_id.items():
             if entry_id not in sent:
-                why = _error_text(failed.get(entry_id, {"Code": "NoResultForEntry"}))
+                why = peek.error_text(failed.get(entry_id, {"Code": "NoResultForEntry"}))
                 self.fail(letter, f"not sent ({why}), kept in the DLQ")
         if sent:
             self.delete({entry_id: by_id[entry_id] for entry_id in sent}, sent)
@@ -303,7 +307,7 @@ class _Redrive:
                     file=self.out,
                 )
             else:
-                why = _error_text(failed.get(entry_id, {"Code": "NoResultForEntry"}))
+                why = peek.error_text(failed.get(entry_id, {"Code": "NoResultForEntry"}))
                 self.fail(letter, self.duplicate(new_ids[entry_id], why))
 
     @staticmethod
@@ -312,53 +316,44 @@ class _Redrive:
 
     def release(self) -> None:
         """Make every held message visible again at once."""
-        handles = list(self.held.items())
-        self.held = {}
-        for chunk in peek.chunks(handles, constants.SQS_MAX_BATCH_ENTRIES):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                for i, (_, handle) in enumerate(chunk)
-            ]
-            try:
-                response = self.sqs.change_message_visibility_batch(
-                    QueueUrl=self.dlq_url, Entries=entries
-                )
-            except (ClientError, BotoCoreError) as exc:
-                print(
-                    f"warning: could not release {len(entries)} messages ({exc}); SQS shows them"
-                    " again when their hold runs out",
-                    file=self.err,
-                )
-                continue
-            for entry in response.get("Failed", []):
-                message_id = chunk[int(entry["Id"])][0]
-                print(
-                    f"warning: could not release {message_id} ({_error_text(entry)}); SQS shows"
-                    " it again when its hold runs out",
-                    file=self.err,
-                )
+        held, self.held = self.held, {}
+        peek.release(self.sqs, self.dlq_url, held, self.err)
 
 
 def _dry_run(
-    sqs: Any, dlq_url: str, *, reason: str | None, max_messages: int | None, out: TextIO
+    sqs: Any,
+    dlq_url: str,
+    *,
+    reason: str | None,
+    max_messages: int | None,
+    out: TextIO,
+    err: TextIO,
+    stop: threading.Event,
 ) -> RedriveSummary:
+    """Peek at the whole DLQ as `inspect` does (hidden page by page, all released at the end)."""
     summary = RedriveSummary(dry_run=True)
     summary.approximate_visible, _ = aws.queue_counts(sqs, dlq_url)
-    for letter in peek.peek(sqs, dlq_url):
-        summary.read += 1
-        why = _chosen(letter, reason)
-        if why == "event":
-            summary.skip_events(letter)
-        elif why == "reason":
-            summary.skipped_other[letter.reason] += 1
-        else:
-            summary.moved += 1
-            print(
-                f"would move {letter.message_id} reason={letter.reason}: {preview(letter.body, 80)}",
-                file=out,
-            )
-            if max_messages is not None and summary.moved >= max_messages:
+    with peek.peek(sqs, dlq_url, stop=stop, err=err) as scan:
+        for letter in scan:
+            why = _chosen(letter, reason)
+            if why is None and max_messages is not None and summary.moved >= max_messages:
+                # One more to move than --max allows: the real run would stop before it.
+                summary.limited = True
                 break
+            summary.read += 1
+            if why == "event":
+                summary.skip_events(letter)
+            elif why == "reason":
+                summary.skipped_other[letter.reason] += 1
+            else:
+                summary.moved += 1
+                print(
+                    f"would move {letter.message_id} reason={letter.reason}:"
+                    f" {preview(letter.body, 80)}",
+                    file=out,
+                )
+    summary.complete = scan.complete or summary.limited
+    summary.interrupted = scan.interrupted
     return summary
 
 
@@ -380,14 +375,16 @@ def redrive(
 
     Each message is deleted from the DLQ only after SendMessageBatch reported its entry sent;
     event letters are never moved (they are not submissions): the summary counts them and the
-    rejected events they list. With `dry_run` the DLQ
-    is only peeked at (VisibilityTimeout=0) and nothing changes.
+    rejected events they list. With `dry_run` the DLQ is only peeked at (`peek.peek`: paged
+    through, every message made visible again at the end) and nothing changes.
     """
     if queue_url == dlq_url:
         raise ValueError("the source queue and the DLQ are the same queue")
     stop = threading.Event() if stop is None else stop
     if dry_run:
-        return _dry_run(sqs, dlq_url, reason=reason, max_messages=max_messages, out=out)
+        return _dry_run(
+            sqs, dlq_url, reason=reason, max_messages=max_messages, out=out, err=err, stop=stop
+        )
     pacer = Pacer(rate, stop, clock)
     run = _Redrive(
         sqs,
@@ -406,27 +403,35 @@ def redrive(
 # CLI
 
 
-def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    try:
-        settings = aws.settings_of(args)
-    except ValidationError as exc:
-        print(config.explain(exc), file=sys.stderr)
-        return exitcodes.USAGE
-    dlq_url = settings.dlq_url
-    if dlq_url is None:
-        print("no DLQ: pass --dlq-url or set DLQ_URL", file=sys.stderr)
-        return exitcodes.USAGE
+def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = dlq_commands.add_parser(
+        "redrive",
+        help="move rejected submissions from the DLQ back to the source queue",
+        description="Move rejected submissions back to the source queue, deleting each from "
+        "the DLQ only after it was sent. Rejected-event letters are not submissions and are "
+        "never moved. Reason `none` means messages SQS's redrive policy moved.",
+    )
+    aws.add_flags(parser, "dlq_url", "queue_url", "queue_name")
+    parser.add_argument("--reason", default=None, help="move only messages with this reason")
+    parser.add_argument(
+        "--rate", type=positive_float, default=None, help="at most N messages per second"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would move; change nothing"
+    )
+    parser.add_argument("--max", type=positive_int, default=None, help="move at most N messages")
+    parser.set_defaults(handler=command)
+
+
+@aws.tool_command
+def command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    dlq_url = aws.dlq_url_of(settings)
     sqs = aws.client(settings, "sqs")
-    try:
-        queue_url = aws.source_queue_url(sqs, settings)
-        aws.check_queue(sqs, dlq_url, "DLQ")
-        aws.check_queue(sqs, queue_url, "source queue")
-    except aws.ToolError as exc:
-        print(exc, file=sys.stderr)
-        return exitcodes.STARTUP_FAILED
+    queue_url = aws.source_queue_url(sqs, settings)
+    aws.check_queue(sqs, dlq_url, "DLQ")
+    aws.check_queue(sqs, queue_url, "source queue")
     if queue_url == dlq_url:
-        print("refusing to redrive: the source queue is the DLQ", file=sys.stderr)
-        return exitcodes.USAGE
+        raise aws.UsageError("refusing to redrive: the source queue is the DLQ")
     print(
         f"{'dry run: ' if args.dry_run else ''}redrive {dlq_url} -> {queue_url}"
         f" (reason: {args.reason or 'any'}, rate: {args.rate or 'unlimited'} msgs/s,"

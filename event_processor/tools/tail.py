@@ -15,10 +15,11 @@ from typing import Any, Literal, TextIO
 
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import ValidationError
 
-from event_processor import config, exitcodes, signals
+from event_processor import exitcodes, signals
+from event_processor.config import Settings
 from event_processor.tools import aws
+from event_processor.tools.args import positive_float, positive_int
 from event_processor.tools.aws import ToolError, list_shard_ids
 
 # Kinesis allows 5 GetRecords per second per shard: the fastest a follow loop polls.
@@ -184,12 +185,42 @@ def tail(
 # CLI
 
 
-def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    try:
-        settings = aws.settings_of(args)
-    except ValidationError as exc:
-        print(config.explain(exc), file=sys.stderr)
-        return exitcodes.USAGE
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("tail", help="print stream records as JSON lines")
+    aws.add_flags(parser, "stream_name")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        choices=["latest", "trim-horizon"],
+        default="latest",
+        help="start at new records (default) or at the oldest kept",
+    )
+    parser.add_argument(
+        "--shard",
+        dest="shards",
+        action="append",
+        default=None,
+        metavar="SHARD_ID",
+        help="read this shard (repeatable; default: every shard)",
+    )
+    parser.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep polling for new records until Ctrl-C/SIGTERM (default), or stop at the tip",
+    )
+    parser.add_argument("--limit", type=positive_int, default=None, help="stop after N records")
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        default=1.0,
+        help="seconds between polls when idle (default 1)",
+    )
+    parser.set_defaults(handler=command)
+
+
+@aws.tool_command
+def command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     stream_name = settings.stream_name
     kinesis = aws.client(settings, "kinesis")
     stop = threading.Event()
@@ -206,9 +237,6 @@ def command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 out=out,
                 stop=stop,
             )
-    except ToolError as exc:
-        print(exc, file=sys.stderr)
-        return exitcodes.STARTUP_FAILED
     except kinesis.exceptions.ResourceNotFoundException as exc:
         print(f"stream {stream_name} not found: {exc}", file=sys.stderr)
         return exitcodes.STARTUP_FAILED

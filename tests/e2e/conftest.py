@@ -1,10 +1,8 @@
-"""End-to-end fixtures: the CLI as a subprocess through the fault proxy."""
+"""End-to-end fixtures: our console scripts as subprocesses, reaped at teardown."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -15,17 +13,39 @@ from tests.helpers import Cli
 
 
 @pytest.fixture
-def cli(
-    emulator: Emulator, world: World, proxy: FaultProxy, tmp_path: Path
-) -> Iterator[Callable[..., Cli]]:
-    """Factory: start the CLI against `world` through the proxy; every one is reaped at teardown."""
+def spawn_cli(tmp_path: Path, make_world: Callable[..., World]) -> Iterator[Callable[..., Cli]]:
+    """Factory: start `event-processor ARGS` with `env`, its log in `<name>.log`; every process
+    is killed (if still running) and reaped at teardown.
+
+    It asks for `make_world` only to be torn down first: processes stop before their worlds go.
+    """
     started: list[Cli] = []
 
+    def start(name: str, *args: str, env: Mapping[str, str]) -> Cli:
+        running = Cli.start(tmp_path / f"{name}.log", *args, env=env)
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            if running.process.poll() is None:
+                running.process.kill()
+            running.process.wait(timeout=30)
+
+
+@pytest.fixture
+def cli(
+    emulator: Emulator, world: World, proxy: FaultProxy, spawn_cli: Callable[..., Cli]
+) -> Callable[..., Cli]:
+    """Factory: start `event-processor run` against `world` through the proxy, with flags."""
+
     def start(name: str, *flags: str) -> Cli:
-        log_path = tmp_path / f"{name}.log"
         env = {**emulator.client_env(), "PYTHONUNBUFFERED": "1"}
-        command = [
-            sys.executable, "-m", "event_processor", "run",
+        return spawn_cli(
+            name,
+            "run",
             "--endpoint-url", proxy.endpoint_url,
             "--queue-url", world.queue_url,
             "--dlq-url", world.dlq_url,
@@ -34,15 +54,7 @@ def cli(
             "--wait-time-seconds", "1",
             "--log-format", "json",
             *flags,
-        ]  # fmt: skip
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        running = Cli(process, log_path)
-        started.append(running)
-        return running
+            env=env,
+        )  # fmt: skip
 
-    yield start
-    for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-        running.process.wait(timeout=30)
+    return start

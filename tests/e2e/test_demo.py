@@ -5,23 +5,25 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 
 from devworld.emulator import Emulator
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.e2e
 
 
 def demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "event_processor", "demo", "--metrics-port", "0", *args],
+    """`event-processor demo ARGS` to completion (metrics on any free port unless ARGS say)."""
+    return run_cli(
+        "event-processor",
+        "demo",
+        "--metrics-port",
+        "0",
+        *args,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+        timeout_s=180,
     )
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -16,12 +15,14 @@ import pytest
 
 from devworld.emulator import Emulator, World, read_stream
 from event_processor.tools.aws import queue_counts
-from tests.helpers import client, drain_queue, queue_depth
+from tests.helpers import cli_command, client, drain_queue, queue_depth, run_cli
 from tests.integration.test_ops import (
     ARRAYS,
     BAD_EVENTS,
     GARBAGE,
+    HUNDREDS,
     TRACE,
+    junk_dlq,
     letters_for,
     mixed_dlq,
     packed_dlq,
@@ -52,14 +53,7 @@ def ops_env(emulator: Emulator, world: World, **extra: str) -> dict[str, str]:
 def cli(
     emulator: Emulator, world: World, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "event_processor", *args],
-        env=env or ops_env(emulator, world),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("event-processor", *args, env=env or ops_env(emulator, world), timeout_s=120)
 
 
 def counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
@@ -118,6 +112,30 @@ def test_inspect_text_says_sample(emulator: Emulator, world: World) -> None:
     assert "SAMPLE: 5 of ~12 messages" in result.stdout
     assert "invalid_body" in result.stdout
     assert counts(emulator, world.dlq_url) == (12, 0)
+
+
+def test_inspect_and_dry_run_see_the_whole_dlq(emulator: Emulator, world: World) -> None:
+    """Hundreds of letters: inspect and a dry run see all, --limit N says sample; all visible."""
+    junk_dlq(emulator, world)
+    result = cli(emulator, world, "dlq", "inspect", "--json", "--examples", "1")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["read"], doc["sample"], doc["complete"]) == (HUNDREDS, False, True)
+    assert doc["reasons"][0]["by_kind"] == {"submission": HUNDREDS}
+    assert counts(emulator, world.dlq_url) == (HUNDREDS, 0)
+
+    result = cli(emulator, world, "dlq", "inspect", "--limit", "40")
+    assert result.returncode == 0, result.stderr
+    assert f"SAMPLE: 40 of ~{HUNDREDS} messages (stopped at --limit 40)" in result.stdout
+    assert counts(emulator, world.dlq_url) == (HUNDREDS, 0)
+
+    result = cli(emulator, world, "dlq", "redrive", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("would move ") == HUNDREDS + 1  # a line each + the summary
+    assert f"would move {HUNDREDS}, skipped 0" in result.stdout
+    assert "NOTE" not in result.stdout
+    assert counts(emulator, world.dlq_url) == (HUNDREDS, 0)
+    assert queue_depth(emulator, world.queue_url) == 0
 
 
 def test_redrive_by_reason(emulator: Emulator, world: World) -> None:
@@ -201,9 +219,7 @@ async def test_tail_follow_ends_on_sigterm(emulator: Emulator, world: World) -> 
     """`tail --from trim-horizon` follows; SIGTERM ends it with exit 0."""
     docs = await asyncio.to_thread(put_records, emulator, world, 8)
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "event_processor",
+        *cli_command("event-processor"),
         "tail",
         "--from",
         "trim-horizon",
@@ -240,9 +256,7 @@ async def test_redrive_sigterm_stops_and_releases(emulator: Emulator, world: Wor
         [x for i in range(count) for x in letters_for(f"{i}x")],
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "event_processor",
+        *cli_command("event-processor"),
         "dlq",
         "redrive",
         "--rate",

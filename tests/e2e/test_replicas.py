@@ -7,19 +7,24 @@ event_id of its first copy.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
 import signal
-import subprocess
-import sys
+from collections.abc import Callable
 
 import pytest
 
 from devworld.emulator import Emulator, World, read_stream
 from devworld.verify import decode_records, expected_sequences, verify
 from tests.factories import encode, fleet_like
-from tests.helpers import client, eventually, queue_counts, queue_depth, send_bodies
+from tests.helpers import (
+    Cli,
+    client,
+    daemon_env,
+    queue_counts,
+    queue_depth,
+    send_bodies,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -28,67 +33,53 @@ REPLICAS = 3
 VISIBILITY_S = 3
 
 
-async def start_replica(emulator: Emulator, world: World) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        **emulator.client_env(),
-        "QUEUE_URL": world.queue_url,
-        "DLQ_URL": world.dlq_url,
-        "STREAM_NAME": world.stream_name,
-        "WAIT_TIME_SECONDS": "1",
-        "VISIBILITY_TIMEOUT": str(VISIBILITY_S),
-        "MAX_IN_FLIGHT": "50",
-        "METRICS_PORT": "0",
-        "LOG_LEVEL": "WARNING",
-    }
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "event_processor", "run", env=env, stderr=subprocess.DEVNULL
+def start_replica(
+    spawn_cli: Callable[..., Cli], emulator: Emulator, world: World, number: int
+) -> Cli:
+    """One more `event-processor run` on the shared queue and stream, configured by env."""
+    env = daemon_env(
+        emulator,
+        world,
+        VISIBILITY_TIMEOUT=str(VISIBILITY_S),
+        MAX_IN_FLIGHT="50",
+        LOG_LEVEL="WARNING",
     )
+    return spawn_cli(f"replica-{number}", "run", env=env)
 
 
 def stream_size(emulator: Emulator, world: World) -> int:
     return len(read_stream(client(emulator, "kinesis"), world.stream_name))
 
 
-async def test_three_replicas_one_killed(emulator: Emulator, world: World) -> None:
+def test_three_replicas_one_killed(
+    emulator: Emulator, world: World, spawn_cli: Callable[..., Cli]
+) -> None:
     """Kill -9 one of three replicas mid-run: nothing lost, first occurrences in order, dups keep ids."""
     rng = random.Random(3)
     bodies = [encode(fleet_like(rng)) for _ in range(600)]
     expected = expected_sequences(bodies)
-    await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
+    send_bodies(emulator, world.queue_url, bodies)
     # The first replica starts alone, so that it is surely mid-run, with submissions half
-    # published, when the others have joined and it is killed.
-    replicas = [await start_replica(emulator, world)]
-    try:
-        await eventually(
-            lambda: asyncio.to_thread(lambda: stream_size(emulator, world) > 300),
-            timeout_s=60,
-            interval_s=0.2,
-        )
-        replicas += [await start_replica(emulator, world) for _ in range(REPLICAS - 1)]
-        await eventually(
-            lambda: asyncio.to_thread(lambda: stream_size(emulator, world) > 1000),
-            timeout_s=60,
-            interval_s=0.2,
-        )
-        in_flight = await asyncio.to_thread(queue_counts, emulator, world.queue_url)
-        replicas[0].send_signal(signal.SIGKILL)
-        assert await replicas[0].wait() == -signal.SIGKILL
-        await eventually(
-            lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0),
-            timeout_s=90,
-        )
-        for replica in replicas[1:]:
-            replica.send_signal(signal.SIGTERM)
-        codes = [await asyncio.wait_for(r.wait(), timeout=30) for r in replicas[1:]]
-        assert codes == [0] * (REPLICAS - 1)
-    finally:
-        for replica in replicas:
-            if replica.returncode is None:
-                replica.kill()
-                await replica.wait()
+    # published, when the others have joined and it is killed. (spawn_cli reaps them all.)
+    replicas = [start_replica(spawn_cli, emulator, world, 0)]
+    wait_for(lambda: stream_size(emulator, world) > 300, 60.0, "300 records", interval_s=0.2)
+    replicas += [start_replica(spawn_cli, emulator, world, n) for n in range(1, REPLICAS)]
+    wait_for(lambda: stream_size(emulator, world) > 1000, 60.0, "1000 records", interval_s=0.2)
+    in_flight = queue_counts(emulator, world.queue_url)
+    replicas[0].process.send_signal(signal.SIGKILL)
+    assert replicas[0].process.wait(timeout=30) == -signal.SIGKILL
+    wait_for(
+        lambda: queue_depth(emulator, world.queue_url) == 0,
+        90.0,
+        "the other replicas draining the queue",
+        interval_s=0.05,
+    )
+    for replica in replicas[1:]:
+        replica.process.send_signal(signal.SIGTERM)
+    codes = [r.process.wait(timeout=30) for r in replicas[1:]]
+    assert codes == [0] * (REPLICAS - 1), [r.log_path.read_text() for r in replicas[1:]]
 
-    raw = await asyncio.to_thread(read_stream, client(emulator, "kinesis"), world.stream_name)
+    raw = read_stream(client(emulator, "kinesis"), world.stream_name)
     result = verify(decode_records(raw), expected)
     print(
         f"\n[replicas] {REPLICAS} replicas, one killed with {in_flight[1]} messages in flight "

@@ -1,6 +1,7 @@
 """The embedded emulator: the world it builds, and moto's thread-safety patches under real load.
 
-Uses the session `emulator` fixture from tests/conftest.py; every world gets unique names.
+Uses the session `emulator` and the `make_world` fixtures from tests/conftest.py: every world
+gets unique names and is deleted at teardown.
 """
 
 from __future__ import annotations
@@ -42,14 +43,6 @@ SCENARIO_DEADLINE_S = 60.0
 RACY_SWITCH_INTERVAL_S = 1e-4
 
 
-def make_world(emulator: Emulator, **options: Any) -> World:
-    """create_world with names no other test uses (the session emulator is shared)."""
-    suffix = uuid.uuid4().hex[:8]
-    return emulator.create_world(
-        queue_name=f"q-{suffix}", dlq_name=f"dlq-{suffix}", stream_name=f"s-{suffix}", **options
-    )
-
-
 @pytest.fixture
 def frequent_thread_switches() -> Iterator[None]:
     """Make the interpreter switch threads often, so unsynchronised code loses updates reliably."""
@@ -75,9 +68,11 @@ def run_together(workers: list[Callable[[], None]]) -> None:
             future.result(timeout=2 * SCENARIO_DEADLINE_S)
 
 
-def test_create_world_builds_queue_dlq_and_active_stream(emulator: Emulator) -> None:
+def test_create_world_builds_queue_dlq_and_active_stream(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
     """create_world makes a queue redriving to the DLQ and an ACTIVE stream with the shards asked."""
-    world = emulator.create_world(
+    world = make_world(
         queue_name="cw-queue",
         dlq_name="cw-dlq",
         stream_name="cw-stream",
@@ -127,6 +122,34 @@ def test_client_env_points_at_the_emulator(emulator: Emulator) -> None:
     assert not emulator.endpoint_url.endswith(":0")
 
 
+def test_delete_world_deletes_its_queues_and_stream_and_skips_what_is_gone(
+    emulator: Emulator,
+) -> None:
+    """delete_world removes the queue, DLQ and stream; a second call (all gone) is quiet."""
+    suffix = uuid.uuid4().hex[:8]
+    world = emulator.create_world(
+        queue_name=f"del-q-{suffix}", dlq_name=f"del-dlq-{suffix}", stream_name=f"del-s-{suffix}"
+    )
+    sqs = emulator.boto3_client("sqs")
+    kinesis = emulator.boto3_client("kinesis")
+
+    emulator.delete_world(world)
+
+    queue_urls = sqs.list_queues(QueueNamePrefix="del-").get("QueueUrls", [])
+    assert world.queue_url not in queue_urls
+    assert world.dlq_url not in queue_urls
+    assert world.stream_name not in kinesis.list_streams()["StreamNames"]
+    emulator.delete_world(world)  # already gone: skipped, not an error
+
+
+def test_delete_world_after_the_emulator_stopped_is_a_no_op() -> None:
+    """A world whose emulator has stopped is not chased: teardown after a stop does not fail."""
+    with Emulator() as emu:
+        world = emu.create_world(shard_count=1)
+    assert not emu.started
+    emu.delete_world(world)
+
+
 def test_restart_starts_from_an_empty_state() -> None:
     """A new emulator resets moto's process-global state, so the default world can be made again."""
     for _ in range(2):
@@ -152,9 +175,11 @@ def test_patch_moto_is_idempotent() -> None:
 
 
 @pytest.mark.usefixtures("frequent_thread_switches")
-def test_concurrent_put_records_to_one_shard_are_all_stored(emulator: Emulator) -> None:
+def test_concurrent_put_records_to_one_shard_are_all_stored(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
     """32 threads of PutRecords into one shard: every record stored, sequence numbers increasing."""
-    world = make_world(emulator, shard_count=1)
+    world = make_world(shard_count=1)
     sent: dict[int, list[bytes]] = {}
 
     def producer(thread_no: int) -> Callable[[], None]:
@@ -192,9 +217,11 @@ def test_concurrent_put_records_to_one_shard_are_all_stored(emulator: Emulator) 
 
 
 @pytest.mark.usefixtures("frequent_thread_switches")
-def test_concurrent_send_receive_delete_delivers_each_message_once(emulator: Emulator) -> None:
+def test_concurrent_send_receive_delete_delivers_each_message_once(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
     """Concurrent SendMessageBatch, ReceiveMessage and DeleteMessageBatch: once each, none left."""
-    world = make_world(emulator, visibility_timeout_s=SQS_VISIBILITY_S)
+    world = make_world(visibility_timeout_s=SQS_VISIBILITY_S)
     expected = SQS_PRODUCERS * (SQS_PRELOAD_BATCHES + SQS_LIVE_BATCHES) * SQS_BATCH
     received: Counter[str] = Counter()
     received_lock = threading.Lock()
@@ -254,10 +281,10 @@ def test_concurrent_send_receive_delete_delivers_each_message_once(emulator: Emu
 
 
 def test_long_poll_waits_outside_the_lock(
-    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, make_world: Callable[..., World], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a 2 s long poll waits, a SendMessage completes at once and the poll returns it."""
-    world = make_world(emulator)
+    world = make_world()
     waiting = threading.Event()
     original_wait: Any = Queue.wait_for_messages
 
@@ -287,9 +314,11 @@ def test_long_poll_waits_outside_the_lock(
     assert poll_s < 1.9, f"the long poll returned after {poll_s:.2f} s, not on the message"
 
 
-def test_long_poll_on_an_empty_queue_waits_its_full_time(emulator: Emulator) -> None:
+def test_long_poll_on_an_empty_queue_waits_its_full_time(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
     """A long poll that gets nothing still returns empty only after WaitTimeSeconds."""
-    world = make_world(emulator)
+    world = make_world()
     sqs = emulator.boto3_client("sqs")
     started = time.monotonic()
     response = sqs.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=1)
@@ -298,9 +327,11 @@ def test_long_poll_on_an_empty_queue_waits_its_full_time(emulator: Emulator) -> 
     assert 0.9 <= elapsed < 3.0
 
 
-def test_read_stream_orders_by_shard_then_sequence(emulator: Emulator) -> None:
+def test_read_stream_orders_by_shard_then_sequence(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
     """read_stream returns every shard's records, shard by shard, each in sequence order."""
-    world = make_world(emulator, shard_count=3)
+    world = make_world(shard_count=3)
     kinesis = emulator.boto3_client("kinesis")
     for i in range(60):
         kinesis.put_record(StreamName=world.stream_name, Data=f"{i}".encode(), PartitionKey=f"k{i}")

@@ -88,9 +88,7 @@ async def test_kinesis_outage_holds_messages_then_publishes_everything_in_order(
 
     proxy.configure(kinesis_down=True, down_mode=down_mode)
     await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
-    await eventually(
-        lambda: asyncio.sleep(0, result=not worker.ready), timeout_s=SCENARIO_TIMEOUT_S
-    )
+    await eventually(lambda: not worker.ready, timeout_s=SCENARIO_TIMEOUT_S)
 
     async def held() -> bool:
         """Every message is still in SQS and the received ones are all still in flight."""
@@ -124,7 +122,7 @@ async def test_kinesis_outage_holds_messages_then_publishes_everything_in_order(
         lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0),
         timeout_s=SCENARIO_TIMEOUT_S,
     )
-    await eventually(lambda: asyncio.sleep(0, result=worker.ready), timeout_s=SCENARIO_TIMEOUT_S)
+    await eventually(lambda: worker.ready, timeout_s=SCENARIO_TIMEOUT_S)
     assert await running.stop() == 0
 
     records = await asyncio.to_thread(stream_records, emulator, world)

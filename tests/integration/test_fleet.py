@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 
@@ -12,20 +11,14 @@ from devworld.emulator import Emulator, World, free_port
 from event_processor.config import Settings
 from event_processor.models import Submission, parse_submission
 from sensor_fleet.sender import Sender, sqs_client
-from tests.helpers import drain_queue
+from tests.helpers import drain_queue, run_cli
 
 
 def fleet(emulator: Emulator, world: World, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sensor-fleet ARGS` to completion, sending to `world`'s queue on the emulator."""
     env = {**os.environ, **emulator.client_env(), "QUEUE_URL": world.queue_url}
     env.pop("LOCALSTACK_HOST", None)
-    return subprocess.run(
-        [sys.executable, "-m", "sensor_fleet", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("sensor-fleet", *args, env=env, timeout_s=120)
 
 
 def test_simulate_sends_one_submission_per_device_per_round(

@@ -38,10 +38,10 @@ from event_processor.models import (
     parse_submission,
 )
 from event_processor.source import Message
-from event_processor.tools import aws, dead_letters, inspect, redrive
+from event_processor.tools import aws, dead_letters, inspect, peek, redrive
 from event_processor.tools.tail import tail
 from tests.conftest import settings_for
-from tests.factories import encode, new_process, submission
+from tests.factories import encode, new_process, received_message, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth, send_bodies
 
 TRACE = {"trace": {"DataType": "String", "StringValue": "trace-1"}}
@@ -49,16 +49,7 @@ TRACE = {"trace": {"DataType": "String", "StringValue": "trace-1"}}
 
 def message_for(body: str, attributes: dict[str, Any] | None = None) -> Message:
     """`body` as the daemon receives it from the source queue."""
-    return Message(
-        message_id=str(uuid.uuid4()),
-        receipt_handle="-",
-        body=body,
-        receive_count=1,
-        sent_at_s=None,
-        attributes=attributes or {},
-        received_at=0.0,
-        visible_until=0.0,
-    )
+    return received_message(body, attributes=attributes)
 
 
 def letters_for(
@@ -294,22 +285,190 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
 
 
 def test_inspect_says_when_counts_are_a_sample(emulator: Emulator, world: World) -> None:
-    """More messages than read: deduplicated by MessageId, reported as a sample, none hidden."""
+    """Stopped by the limit: reported as a sample; under it, every message is read. None hidden."""
     sqs = client(emulator, "sqs")
     put_letters(sqs, world.dlq_url, [x for i in range(25) for x in letters_for(f"junk {i}")])
 
     small = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=7, examples=100)
     assert (small.read, small.sample) == (7, True)
-    assert "SAMPLE: 7 of ~25 messages (stopped at --max 7)" in inspect.format_report(small)
+    assert "SAMPLE: 7 of ~25 messages (stopped at --limit 7)" in inspect.format_report(small)
     all_visible(emulator, world.dlq_url, 25)
 
-    # moto hands out the same (oldest) messages to every VisibilityTimeout=0 receive.
+    # moto hands out the same (oldest) messages to every VisibilityTimeout=0 receive: the peek
+    # hides each page it read, so it gets past them (issue 11, item 6).
     big = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=1000, examples=1000)
     seen = [letter.message_id for letter in big.examples["invalid_body"]]
     assert len(seen) == len(set(seen)) == big.read == sum(big.counts.values())
-    assert big.read < 25
-    assert big.sample
-    assert "SQS returned nothing new" in inspect.format_report(big)
+    assert big.read == 25
+    assert (big.sample, big.complete) == (False, True)
+    assert "SAMPLE" not in inspect.format_report(big)
+    all_visible(emulator, world.dlq_url, 25)
+
+
+HUNDREDS = 250  # letters in the DLQ of the whole-DLQ tests: 25 pages of 10
+
+
+def junk_dlq(emulator: Emulator, world: World, count: int = HUNDREDS) -> list[str]:
+    """`count` rejected submissions (invalid_body) in the DLQ; their message ids."""
+    letters = [x for i in range(count) for x in letters_for(f"junk {i}")]
+    return put_letters(client(emulator, "sqs"), world.dlq_url, letters)
+
+
+def test_inspect_sees_the_whole_dlq(emulator: Emulator, world: World) -> None:
+    """Hundreds of letters: all counted, all visible again after; --limit N stops at N, a sample."""
+    ids = junk_dlq(emulator, world)
+    sqs = client(emulator, "sqs")
+    all_visible(emulator, world.dlq_url, HUNDREDS)
+
+    report = inspect.inspect_dlq(sqs, world.dlq_url, examples=HUNDREDS)
+
+    assert aws.queue_counts(sqs, world.dlq_url) == (HUNDREDS, 0), "every message released"
+    assert (report.read, report.sample, report.complete) == (HUNDREDS, False, True)
+    assert report.not_released == 0
+    assert dict(report.counts) == {("invalid_body", "submission"): HUNDREDS}
+    assert [x.message_id for x in report.examples["invalid_body"]] == ids, "oldest pages first"
+    text = inspect.format_report(report)
+    assert f"read {HUNDREDS} distinct messages" in text
+    assert "NOTE" not in text
+
+    limited = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=95)
+    assert (limited.read, limited.sample, sum(limited.counts.values())) == (95, True, 95)
+    assert f"SAMPLE: 95 of ~{HUNDREDS} messages (stopped at --limit 95)" in inspect.format_report(
+        limited
+    )
+    assert inspect.report_json(limited)["limit"] == 95
+    all_visible(emulator, world.dlq_url, HUNDREDS)
+
+    exact = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=HUNDREDS)
+    assert (exact.read, exact.sample) == (HUNDREDS, False), "a limit of the DLQ's size: whole"
+    all_visible(emulator, world.dlq_url, HUNDREDS)
+
+
+def test_dry_run_sees_the_whole_dlq(emulator: Emulator, world: World) -> None:
+    """A dry-run redrive lists every one of hundreds of letters; --max N says it is a sample."""
+    ids = junk_dlq(emulator, world)
+    sqs = client(emulator, "sqs")
+    out = io.StringIO()
+
+    summary = redrive.redrive(sqs, world.dlq_url, world.queue_url, dry_run=True, out=out)
+
+    assert (summary.moved, summary.skipped, summary.failed) == (HUNDREDS, 0, 0)
+    assert summary.read == HUNDREDS
+    assert [line.split()[2] for line in out.getvalue().splitlines()] == ids
+    assert "NOTE" not in summary.text()
+    all_visible(emulator, world.dlq_url, HUNDREDS)
+    assert queue_depth(emulator, world.queue_url) == 0
+
+    limited = redrive.redrive(
+        sqs, world.dlq_url, world.queue_url, dry_run=True, max_messages=30, out=io.StringIO()
+    )
+    assert (limited.moved, limited.limited) == (30, True)
+    assert f"a SAMPLE: the dry run stopped at --max 30 after reading 30 of ~{HUNDREDS}" in (
+        limited.text()
+    )
+    all_visible(emulator, world.dlq_url, HUNDREDS)
+
+
+class ReleaseFails:
+    """The emulator's SQS client, except that releasing `message_id` fails, as SQS reports it."""
+
+    def __init__(self, sqs: Any, message_id: str) -> None:
+        self._sqs = sqs
+        self._message_id = message_id
+        self._handles: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+    def receive_message(self, **kwargs: Any) -> Any:
+        response = self._sqs.receive_message(**kwargs)
+        for message in response.get("Messages", []):
+            if message["MessageId"] == self._message_id:
+                self._handles.add(message["ReceiptHandle"])
+        return response
+
+    def change_message_visibility_batch(self, *, QueueUrl: str, Entries: list[Any]) -> Any:
+        passing = [e for e in Entries if e["ReceiptHandle"] not in self._handles]
+        failed = [
+            {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "test"}
+            for e in Entries
+            if e["ReceiptHandle"] in self._handles
+        ]
+        response = self._sqs.change_message_visibility_batch(QueueUrl=QueueUrl, Entries=passing)
+        response["Failed"] = response.get("Failed", []) + failed
+        return response
+
+
+def test_peek_releases_when_the_scan_ends_early(emulator: Emulator, world: World) -> None:
+    """A break mid-page, an exception or a stop request: every message read is visible again."""
+    sqs = client(emulator, "sqs")
+    put_letters(sqs, world.dlq_url, [x for i in range(25) for x in letters_for(f"junk {i}")])
+
+    with peek.peek(sqs, world.dlq_url) as scan:
+        for n, _ in enumerate(scan, 1):
+            if n == 15:
+                break
+        assert len(scan.held) == 20, "the rest of the second page is held too"
+        assert aws.queue_counts(sqs, world.dlq_url) == (5, 20)
+    assert (scan.complete, scan.not_released) == (False, 0)
+    all_visible(emulator, world.dlq_url, 25)
+
+    def fail_mid_scan() -> None:
+        with peek.peek(sqs, world.dlq_url) as scan:
+            next(iter(scan))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_mid_scan()
+    all_visible(emulator, world.dlq_url, 25)
+
+    class StopAfterOneReceive:
+        """Sets the stop event once the first page was received (a Ctrl-C mid-scan)."""
+
+        stop = threading.Event()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(sqs, name)
+
+        def receive_message(self, **kwargs: Any) -> Any:
+            self.stop.set()
+            return sqs.receive_message(**kwargs)
+
+    stopping = StopAfterOneReceive()
+    report = inspect.inspect_dlq(stopping, world.dlq_url, stop=stopping.stop)
+    assert (report.read, report.interrupted, report.sample) == (10, True, False)
+    assert "NOTE: interrupted: the counts below cover only the 10 messages read" in (
+        inspect.format_report(report)
+    )
+    all_visible(emulator, world.dlq_url, 25)
+
+
+def test_peek_reports_a_failed_release(emulator: Emulator, world: World) -> None:
+    """A Failed entry of ChangeMessageVisibilityBatch is warned about and counted, not hidden."""
+    ids = junk_dlq(emulator, world, 12)
+    err = io.StringIO()
+
+    report = inspect.inspect_dlq(
+        ReleaseFails(client(emulator, "sqs"), ids[3]), world.dlq_url, err=err
+    )
+
+    assert (report.read, report.not_released) == (12, 1)
+    assert f"could not release {ids[3]} (InternalError: test)" in err.getvalue()
+    assert "WARNING: 1 message could not be released" in inspect.format_report(report)
+    assert aws.queue_counts(client(emulator, "sqs"), world.dlq_url) == (11, 1)
+
+
+def test_peek_without_a_hold_stops_when_nothing_is_new(emulator: Emulator, world: World) -> None:
+    """No hold (the old VisibilityTimeout=0): the same page comes back, so the scan gives up."""
+    sqs = client(emulator, "sqs")
+    junk_dlq(emulator, world, 25)
+
+    with peek.peek(sqs, world.dlq_url, hold_s=0) as scan:
+        read = [letter.message_id for letter in scan]
+        assert len(scan.held) == 10, "a message received again keeps one (its newest) handle"
+
+    assert len(read) == len(set(read)) == 10
+    assert not scan.complete, "not the whole DLQ: reported as such"
     all_visible(emulator, world.dlq_url, 25)
 
 

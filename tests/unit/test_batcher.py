@@ -9,6 +9,7 @@ import pytest
 from event_processor.batcher import Batcher
 from event_processor.errors import BatchEntryFailed
 from event_processor.worker import Capacity
+from tests.helpers import eventually
 
 
 async def test_concurrent_entries_coalesce_into_full_batches() -> None:
@@ -82,7 +83,8 @@ async def test_capacity_blocks_at_the_bound_and_partially_grants() -> None:
     assert await capacity.acquire(10) == 10
     assert await capacity.acquire(10) == 2
     waiter = asyncio.create_task(capacity.acquire(10))
-    await asyncio.sleep(0)
+    # Waiting: it has cleared the event it waits on (release must wake it, not pre-empt it).
+    await eventually(lambda: not capacity._available.is_set(), timeout_s=5, interval_s=0.001)
     assert not waiter.done()
     capacity.release(3)
     assert await asyncio.wait_for(waiter, timeout=1) == 3

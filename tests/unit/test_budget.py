@@ -5,6 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from event_processor.budget import Hold, MemoryBudget
+from tests.helpers import eventually
+
+
+async def queued(*holds: Hold) -> None:
+    """Wait, with a deadline, until every hold is in the budget's queue of waiters."""
+    await eventually(lambda: all(h.waiting for h in holds), timeout_s=5, interval_s=0.001)
 
 
 async def test_grow_within_the_limit_is_immediate() -> None:
@@ -24,7 +30,7 @@ async def test_a_waiter_is_let_in_when_room_frees() -> None:
     a, b = Hold(), Hold()
     await budget.grow(a, 80)
     waiter = asyncio.create_task(budget.grow(b, 50))
-    await asyncio.sleep(0)  # let it queue
+    await queued(b)
     assert not waiter.done()
     budget.resize(a, 50)
     await asyncio.wait_for(waiter, 1)
@@ -37,9 +43,9 @@ async def test_waiters_are_served_in_turn() -> None:
     a, big, small = Hold(), Hold(), Hold()
     await budget.grow(a, 90)
     first = asyncio.create_task(budget.grow(big, 60))
-    await asyncio.sleep(0)
+    await queued(big)
     second = asyncio.create_task(budget.grow(small, 5))
-    await asyncio.sleep(0)
+    await queued(small)
     assert not second.done(), "the small one would fit, but it came second"
     assert not budget.try_resize(Hold(), 1), "nobody jumps the queue"
     budget.release(a)
@@ -53,7 +59,7 @@ async def test_larger_than_the_budget_goes_alone() -> None:
     a, huge = Hold(), Hold()
     await budget.grow(a, 10)
     waiter = asyncio.create_task(budget.grow(huge, 500))
-    await asyncio.sleep(0)
+    await queued(huge)
     assert not waiter.done()
     budget.release(a)
     await asyncio.wait_for(waiter, 1)
@@ -69,7 +75,7 @@ async def test_waiters_holding_bytes_do_not_deadlock() -> None:
     await budget.grow(b, 20)
     grow_a = asyncio.create_task(budget.grow(a, 90))
     grow_b = asyncio.create_task(budget.grow(b, 90))
-    await asyncio.sleep(0)
+    await queued(a, b)
     budget.release(active)
     await asyncio.wait_for(grow_a, 1)
     assert not grow_b.done()
@@ -84,9 +90,9 @@ async def test_cancelled_waiter_leaves_its_hold_and_the_queue() -> None:
     await budget.grow(a, 90)
     await budget.grow(b, 10)
     stuck = asyncio.create_task(budget.grow(b, 100))
-    await asyncio.sleep(0)
+    await queued(b)
     behind = asyncio.create_task(budget.grow(c, 5))
-    await asyncio.sleep(0)
+    await queued(c)
     stuck.cancel()
     await asyncio.gather(stuck, return_exceptions=True)
     assert b.nbytes == 10
@@ -102,7 +108,7 @@ async def test_resize_forces_and_shrinking_wakes() -> None:
     budget.resize(a, 150)
     assert budget.used_bytes == 150
     waiter = asyncio.create_task(budget.grow(b, 30))
-    await asyncio.sleep(0)
+    await queued(b)
     assert not waiter.done()
     budget.resize(a, 60)
     await asyncio.wait_for(waiter, 1)

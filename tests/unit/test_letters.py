@@ -18,27 +18,13 @@ from event_processor.letters import (
     read_letter,
 )
 from event_processor.models import Packed, PartitionKey, Rejection, parse_packed, parse_submission
-from event_processor.source import Message
-from tests.factories import encode, new_process, submission
+from tests.factories import encode, new_process, received_message, submission
 
 PROCESSED_AT = "2026-11-22T10:00:00.000000Z"
 
 
-def message() -> Message:
-    return Message(
-        message_id=str(uuid.uuid4()),
-        receipt_handle="rh",
-        body="",
-        receive_count=2,
-        sent_at_s=None,
-        attributes={},
-        received_at=0.0,
-        visible_until=0.0,
-    )
-
-
 def pack(body: str, max_message_bytes: int) -> tuple[Packed, LetterPacker, list[DeadLetter]]:
-    packer = LetterPacker(message(), max_message_bytes)
+    packer = LetterPacker(received_message(receive_count=2), max_message_bytes)
     parsed = parse_packed(body, PROCESSED_AT, PartitionKey.DEVICE_ID, packer.add)
     assert isinstance(parsed, Packed)
     letters = packer.letters(parsed.submission_id, parsed.device_id)

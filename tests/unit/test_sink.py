@@ -33,9 +33,11 @@ class FakeKinesis:
         self.fail_calls: BaseException | None = None
         self.rng = random.Random(seed)
         self.gate: asyncio.Event | None = None
+        self.requested = asyncio.Event()  # set by the first PutRecords call
 
     async def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
         self.requests.append(Records)
+        self.requested.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_calls is not None:
@@ -55,10 +57,6 @@ class FakeKinesis:
         if self.fail_calls is not None:
             raise self.fail_calls
         return {}
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def records(lane: str, count: int, size: int = 10) -> list[Record]:
@@ -103,7 +101,7 @@ async def test_requests_batch_across_lanes() -> None:
     sink, _ = make_sink(client, max_requests=1)
     client.gate = asyncio.Event()
     futures = [sink.publish(records(f"l{n}", 1)) for n in range(600)]
-    await asyncio.sleep(0)  # let the first request start and block on the gate
+    await client.requested.wait()  # the first request is on the wire, held by the gate
     client.gate.set()
     await asyncio.gather(*futures)
     assert [len(r) for r in client.requests] == [1, 500, 99]
@@ -149,7 +147,7 @@ async def test_abandoned_lane_stops_sending() -> None:
     sink, metrics = make_sink(client, max_requests=1)
     client.gate = asyncio.Event()
     done = sink.publish(records("a", 5))
-    await asyncio.sleep(0)
+    await client.requested.wait()  # its head is on the wire, held by the gate
     done.cancel()
     client.gate.set()
     await sink.close()
@@ -165,7 +163,7 @@ async def test_health_follows_whole_call_failures_and_recovers() -> None:
         client, max_requests=1, policy=RetryPolicy(initial_s=0.001, max_backoff_s=0.001)
     )
     done = sink.publish(records("a", 3))
-    await eventually(lambda: _true(not sink.healthy), timeout_s=5, interval_s=0.001)
+    await eventually(lambda: not sink.healthy, timeout_s=5, interval_s=0.001)
     assert not done.done()
     client.fail_calls = None
     await done
@@ -235,7 +233,7 @@ async def test_a_few_throttled_entries_do_not_collapse_the_window() -> None:
     sink, _ = make_sink(client, max_requests=1)
     client.gate = asyncio.Event()
     futures = [sink.publish(records(f"l{n}", 2)) for n in range(1000)]
-    await asyncio.sleep(0)
+    await client.requested.wait()  # the first request is on the wire, held by the gate
     client.gate.set()
     await asyncio.gather(*futures)
     assert max(len(r) for r in client.requests[1:4]) == 500
@@ -269,7 +267,7 @@ async def test_a_retried_lane_keeps_its_age() -> None:
     sink, _ = make_sink(client, max_requests=1)
     client.gate = asyncio.Event()
     old = sink.publish(records("old", 2), received_at=0.0)
-    await asyncio.sleep(0)  # its first record is on the wire, held by the gate
+    await client.requested.wait()  # its first record is on the wire, held by the gate
     young = [sink.publish(records(f"y{n}", 1), received_at=1.0 + n) for n in range(3)]
     client.gate.set()
     await asyncio.gather(old, *young)
@@ -285,7 +283,9 @@ async def test_bytes_in_flight_are_bounded_across_requests() -> None:
     client.gate = asyncio.Event()
     size = 900 * 1024
     futures = [sink.publish(records(f"l{n}", 1, size=size)) for n in range(40)]
-    await asyncio.sleep(0)
+    # Every request the sink starts at once is on the wire, held by the gate, once the first
+    # is: they were all created together, before this waiter was woken.
+    await client.requested.wait()
     in_flight = sum(len(e["Data"]) + len(e["PartitionKey"]) for r in client.requests for e in r)
     assert in_flight <= constants.PUT_MAX_BYTES_IN_FLIGHT
     assert len(client.requests) >= 1
