@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, Protocol, TypeAlias
+from typing import Any, Final, NamedTuple, Protocol, TypeAlias
 
 import orjson
 from pydantic import ValidationError
@@ -58,9 +58,12 @@ class Submission:
     rejected: list[RejectedEvent] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One Kinesis record, ready to send: its bytes are final."""
+class Record(NamedTuple):
+    """One Kinesis record, ready to send: its bytes are final.
+
+    A tuple, not a frozen dataclass: the sink builds one per record as it sends it, and a
+    frozen dataclass's __init__ costs five times as much (0.6 us against 0.12).
+    """
 
     data: bytes
     partition_key: str
@@ -241,7 +244,7 @@ class RecordFormat:
     already-encoded event data are joined.
     """
 
-    __slots__ = ("_head", "_id_hash", "_tail", "key", "key_size")
+    __slots__ = ("_fixed_size", "_head", "_id_hash", "_tail", "key")
 
     def __init__(
         self,
@@ -252,7 +255,6 @@ class RecordFormat:
         partition_key: PartitionKey,
     ) -> None:
         self.key = device_id if partition_key is PartitionKey.DEVICE_ID else submission_id
-        self.key_size = len(self.key)  # UUIDs are ASCII: characters are bytes
         self._id_hash = _event_id_hash(submission_id)
         # Ids are validated lower-case UUIDs and processed_at is ours: neither needs escaping.
         self._head = (
@@ -263,16 +265,18 @@ class RecordFormat:
             + orjson.dumps(time_created)
             + f',"processed_at":"{processed_at}","event_data":'.encode()
         )
+        # What every record of this submission has: the id, the joins, the closing brace
+        # and the partition key (UUIDs are ASCII: characters are bytes).
+        self._fixed_size = (
+            len(b'{"event_id":"","event_type":"') + 36 + len(self._head) + len(self._tail) + 1
+            + len(self.key)
+        )  # fmt: skip
 
     def size(self, sequence: int, event_type: EventType, data_size: int) -> int:
         """Bytes Kinesis counts for this record (data plus key), without building it."""
-        return (
-            len(b'{"event_id":"","event_type":"') + 36 + len(_TYPE_BYTES[event_type])
-            + len(self._head) + len(str(sequence)) + len(self._tail) + data_size + 1
-            + self.key_size
-        )  # fmt: skip
+        return self._fixed_size + len(_TYPE_BYTES[event_type]) + len(str(sequence)) + data_size
 
-    def build(self, sequence: int, event_type: EventType, data: bytes) -> bytes:
+    def build(self, sequence: int, event_type: EventType, data: bytes | bytearray) -> bytes:
         return b"".join(
             (
                 b'{"event_id":"',
@@ -352,7 +356,8 @@ class PackedRecords:
         start, end = self._span(index)
         sequence = self._sequences[index]
         event_type = _TYPE_CODES[self._types[index]]
-        data = self.format.build(sequence, event_type, bytes(self._data[start:end]))
+        # The slice goes into the record's join as it is: one copy, not two.
+        data = self.format.build(sequence, event_type, self._data[start:end])
         return Record(data, self.format.key, sequence, event_type)
 
 

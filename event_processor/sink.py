@@ -285,21 +285,31 @@ class KinesisSink:
                 outstanding=outstanding,
                 timed_out=isinstance(exc, ReadTimeoutError),
             )
+            self._metrics.put_records_failed.labels(code).inc(len(batch))
             for lane in batch:
-                self._metrics.put_records_failed.labels(code).inc()
                 self._retry_later(lane, code, retriable)
         else:
             self._call_succeeded()
             throttled = 0
             accepted = len(batch) - response.get("FailedRecordCount", 0)
+            # Metrics once per call, not once per record: the same figures, a fraction of
+            # the cost (each update takes the metric's lock).
+            published = dict.fromkeys(self._published, 0)
+            in_flight = 0
             for lane, head, result in zip(batch, heads, response["Records"], strict=True):
                 failed = result.get("ErrorCode")
                 if failed is None:
-                    self._acknowledged(lane, head.event_type)
+                    published[head.event_type] += 1
+                    in_flight += self._acknowledged(lane)
                 else:
                     throttled += failed in THROTTLE_CODES
                     self._metrics.put_records_failed.labels(failed).inc()
                     self._retry_later(lane, failed, retriable=True)
+            for event_type, count in published.items():
+                if count:
+                    self._published[event_type].inc(count)
+            if in_flight:
+                self._metrics.in_flight_records.dec(in_flight)
             self._adapt(
                 len(batch),
                 accepted,
@@ -357,17 +367,17 @@ class KinesisSink:
             self._window = min(self._max_window, self._window + size / 2)
         self._metrics.put_window_records.set(self._window)
 
-    def _acknowledged(self, lane: Lane, event_type: EventType) -> None:
-        self._published[event_type].inc()
+    def _acknowledged(self, lane: Lane) -> int:
+        """Pop the lane's head; 1 if it still counts in the in-flight gauge, else 0."""
         lane.next += 1
         if lane.done.done():  # abandoned meanwhile: the gauge already let go of its records
-            return
-        self._metrics.in_flight_records.dec()
+            return 0
         lane.backoff = None  # the policy's attempts and deadline are per record
         if lane.left:
             heapq.heappush(self._ready, lane)
         else:
             lane.done.set_result(None)
+        return 1
 
     def _retry_later(self, lane: Lane, code: str, retriable: bool) -> None:
         if lane.done.done():

@@ -10,18 +10,28 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+from aiobotocore.session import get_session
 from prometheus_client import CollectorRegistry
 
 from devworld.emulator import Emulator, World, read_stream
 from devworld.emulator import queue_depth as emulator_queue_depth
 from devworld.verify import decode_records, verify
+from event_processor import app
+from event_processor.awsjson import LeanKinesis, LeanSqs
+from event_processor.config import Settings
 from event_processor.tools.aws import queue_counts as sqs_queue_counts
 from sensor_fleet.sender import Sender
+
+if TYPE_CHECKING:
+    from types_aiobotocore_kinesis import KinesisClient
+    from types_aiobotocore_sqs import SQSClient
 
 # How long a CLI subprocess may take to log that it runs (imports, clients, start-up checks).
 CLI_START_TIMEOUT_S = 30.0
@@ -214,3 +224,41 @@ class Cli:
             return bool(self.actions("running"))
 
         wait_for(running, CLI_START_TIMEOUT_S, "the CLI logging that it runs")
+
+
+@dataclass
+class LeanClients:
+    sqs: SQSClient
+    kinesis: KinesisClient
+    lean_sqs: LeanSqs
+    lean_kinesis: LeanKinesis
+
+
+@asynccontextmanager
+async def lean_clients(world: World, endpoint_url: str) -> AsyncIterator[LeanClients]:
+    """The daemon's two clients (its own configurations) and the lean path in front of them,
+    for `world` through `endpoint_url` (the emulator, a proxy in front of it, or LocalStack)."""
+    settings = Settings(
+        endpoint_url=endpoint_url,
+        aws_region=world.region,
+        queue_url=world.queue_url,
+        dlq_url=world.dlq_url,
+        stream_name=world.stream_name,
+        wait_time_seconds=1,
+    )
+    session = get_session()
+    async with (
+        session.create_client(
+            "sqs", config=app.client_config(settings), endpoint_url=endpoint_url
+        ) as sqs,
+        session.create_client(
+            "kinesis", config=app.kinesis_config(settings), endpoint_url=endpoint_url
+        ) as kinesis,
+    ):
+        credentials = await session.get_credentials()
+        yield LeanClients(
+            sqs,
+            kinesis,
+            await LeanSqs.create(sqs, credentials, world.queue_url),
+            await LeanKinesis.create(kinesis, credentials, world.stream_name),
+        )

@@ -145,7 +145,8 @@ def _ignore_rejected(*_: object) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
-    parser.add_argument("--submissions", type=int, default=1000)
+    # Issue 13's world: 2,000 fleet submissions, ~15,400 valid events.
+    parser.add_argument("--submissions", type=int, default=2000)
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(

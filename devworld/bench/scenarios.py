@@ -94,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--tiny-bodies", type=int, default=2, help="bodies filled with tiny valid events"
     )
+    group.add_argument(
+        "--memory-fleet", type=int, default=1000, help="fleet bodies mixed into the big ones"
+    )
     # The baseline drained in 759 s: one lane publishes one record per round trip.
     group.add_argument("--memory-cap-s", type=float, default=900.0)
     group.add_argument("--hostile-items", type=int, default=120_000)
@@ -281,7 +284,7 @@ def memory(bench: Bench) -> bool:
     """Fleet traffic mixed with near-1 MiB bodies and tiny-event bodies, default settings."""
     args = bench.args
     rng = random.Random(args.seed)
-    fleet = backlog(args.submissions, args.seed)
+    fleet = backlog(args.memory_fleet, args.seed)
     large = large_bodies(args.large_bodies, args.seed, _LARGE_MIN_BYTES, _LARGE_MAX_BYTES)
     devices = device_ids(args.tiny_bodies or 1, args.seed + 2)
     # Half plain JSON (the most events a body can hold), half base64 as the fleet sends.

@@ -18,47 +18,15 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from devworld.emulator import Emulator, World, read_stream
 from devworld.faultproxy import FaultProxy
-from event_processor import app
-from event_processor.awsjson import LeanCalls, LeanDlq, LeanKinesis, LeanSqs
-from tests.conftest import settings_for
+from event_processor.awsjson import LeanCalls, LeanDlq, LeanSqs
+from tests.helpers import lean_clients
 
 if TYPE_CHECKING:
-    from types_aiobotocore_kinesis import KinesisClient
-    from types_aiobotocore_sqs import SQSClient
+    pass
 
 # What differs between two receives of one message, or two answers to one call.
 _PER_RECEIVE = ("ReceiptHandle",)
 _PER_ANSWER = ("RequestId", "HTTPHeaders")
-
-
-@dataclass
-class Clients:
-    sqs: SQSClient
-    kinesis: KinesisClient
-    lean_sqs: LeanSqs
-    lean_kinesis: LeanKinesis
-
-
-@asynccontextmanager
-async def clients(world: World, endpoint_url: str) -> AsyncIterator[Clients]:
-    """The daemon's two clients (its own configurations) and the lean path in front of them."""
-    settings = settings_for(world, endpoint_url=endpoint_url)
-    session = get_session()
-    async with (
-        session.create_client(
-            "sqs", config=app.client_config(settings), endpoint_url=endpoint_url
-        ) as sqs,
-        session.create_client(
-            "kinesis", config=app.kinesis_config(settings), endpoint_url=endpoint_url
-        ) as kinesis,
-    ):
-        credentials = await session.get_credentials()
-        yield Clients(
-            sqs,
-            kinesis,
-            await LeanSqs.create(sqs, credentials, world.queue_url),
-            await LeanKinesis.create(kinesis, credentials, world.stream_name),
-        )
 
 
 def _metadata_shape(response: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +57,7 @@ async def test_receive_matches_botocore_binary_attributes_included(
         "MessageSystemAttributeNames": ["SentTimestamp"],
         "MessageAttributeNames": ["All"],
     }
-    async with clients(world, world.endpoint_url) as c:
+    async with lean_clients(world, world.endpoint_url) as c:
         botocore_answer = await c.sqs.receive_message(**params)
         lean_answer = await c.lean_sqs.receive_message(**params)
 
@@ -115,7 +83,7 @@ async def test_delete_batch_answers_per_entry_as_botocore_does(
         {"Id": "0", "ReceiptHandle": received["ReceiptHandle"]},
         {"Id": "1", "ReceiptHandle": "not-a-receipt-handle"},
     ]
-    async with clients(world, world.endpoint_url) as c:
+    async with lean_clients(world, world.endpoint_url) as c:
         lean = await c.lean_sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
         botocore = await c.sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries[1:])
     assert lean["Successful"] == [{"Id": "0"}]
@@ -128,7 +96,7 @@ async def test_put_records_land_byte_for_byte(emulator: Emulator, world: World) 
     """Every record's bytes (not UTF-8 either) arrive as sent; the answer has botocore's shape."""
     data = [b"\x00\x01\xfe\xff", "ünïcode ✓".encode(), orjson.dumps({"n": 1})]
     records: list[Any] = [{"Data": d, "PartitionKey": f"key-{i}"} for i, d in enumerate(data)]
-    async with clients(world, world.endpoint_url) as c:
+    async with lean_clients(world, world.endpoint_url) as c:
         lean = await c.lean_kinesis.put_records(StreamName=world.stream_name, Records=records)
         botocore = await c.kinesis.put_records(StreamName=world.stream_name, Records=records[:1])
     assert lean["FailedRecordCount"] == 0
@@ -142,7 +110,7 @@ async def test_put_records_land_byte_for_byte(emulator: Emulator, world: World) 
 async def test_errors_are_the_clients_modeled_exceptions(world: World) -> None:
     """A missing queue or stream raises the same class, code and message on both paths."""
     missing_queue = world.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
-    async with clients(world, world.endpoint_url) as c:
+    async with lean_clients(world, world.endpoint_url) as c:
         lean_sqs = await LeanSqs.create(c.sqs, await get_session().get_credentials(), missing_queue)
         errors: list[ClientError] = []
         for call in (
@@ -171,7 +139,7 @@ async def test_sqs_server_errors_are_retried_as_botocore_retries_them(
 ) -> None:
     """Standard mode, 3 attempts: a receive that keeps failing is sent 3 times, then raises."""
     proxy.configure(fail_operations=frozenset({"ReceiveMessage"}))
-    async with clients(world, proxy.endpoint_url) as c:
+    async with lean_clients(world, proxy.endpoint_url) as c:
         for receive in (c.sqs.receive_message, c.lean_sqs.receive_message):
             before = proxy.calls("ReceiveMessage")
             with pytest.raises(ClientError) as raised:
@@ -190,7 +158,7 @@ async def test_a_retried_call_that_then_succeeds_returns_its_answer(world: World
     )
     success = Answer(200, orjson.dumps({"Successful": [{"Id": "0"}], "Failed": []}))
     entries: list[Any] = [{"Id": "0", "ReceiptHandle": "handle"}]
-    async with recording_server(failure, success) as (url, seen), clients(world, url) as c:
+    async with recording_server(failure, success) as (url, seen), lean_clients(world, url) as c:
         answer = await c.lean_sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
     assert len(seen) == 2
     assert answer["Successful"] == [{"Id": "0"}]
@@ -202,7 +170,7 @@ async def test_kinesis_calls_get_the_one_attempt_they_are_configured_with(
 ) -> None:
     """A throttled PutRecords is not resent by the client: the sink owns resends."""
     proxy.configure(throttle_rate=1.0)
-    async with clients(world, proxy.endpoint_url) as c:
+    async with lean_clients(world, proxy.endpoint_url) as c:
         with pytest.raises(ClientError) as raised:
             await c.lean_kinesis.put_records(StreamName=world.stream_name, Records=[_RECORD])
     assert proxy.calls("PutRecords") == 1
@@ -214,7 +182,7 @@ async def test_a_dropped_connection_raises_botocores_own_exception(
 ) -> None:
     """SQS dropping connections: retried, then the same botocore exception as its own path."""
     proxy.configure(sqs_down=True, down_mode="reset")
-    async with clients(world, proxy.endpoint_url) as c:
+    async with lean_clients(world, proxy.endpoint_url) as c:
         raised: list[type[BaseException]] = []
         for receive in (c.sqs.receive_message, c.lean_sqs.receive_message):
             before = proxy.calls("ReceiveMessage")
@@ -239,7 +207,7 @@ class CountingCredentials:
 
 async def test_credentials_are_asked_for_at_every_call(world: World) -> None:
     """Every call signs with what the credentials say now, so refreshed roles are used."""
-    async with clients(world, world.endpoint_url) as c:
+    async with lean_clients(world, world.endpoint_url) as c:
         credentials = CountingCredentials(await get_session().get_credentials())
         lean = await LeanSqs.create(c.sqs, credentials, world.queue_url)  # type: ignore[arg-type]
         for _ in range(3):
@@ -249,7 +217,7 @@ async def test_credentials_are_asked_for_at_every_call(world: World) -> None:
 
 async def test_without_credentials_nothing_is_sent(world: World, proxy: FaultProxy) -> None:
     """No credentials: botocore's NoCredentialsError, and no request leaves."""
-    async with clients(world, proxy.endpoint_url) as c:
+    async with lean_clients(world, proxy.endpoint_url) as c:
         lean = await LeanSqs.create(c.sqs, None, world.queue_url)
         with pytest.raises(NoCredentialsError):
             await lean.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=0)
@@ -258,7 +226,7 @@ async def test_without_credentials_nothing_is_sent(world: World, proxy: FaultPro
 
 async def test_an_operation_the_path_cannot_encode_stays_on_botocores(world: World) -> None:
     """GetShardIterator takes a timestamp: it is left to the client, the hot calls are not."""
-    async with clients(world, world.endpoint_url) as c:
+    async with lean_clients(world, world.endpoint_url) as c:
         lean = await LeanCalls.create(
             c.kinesis,
             None,
@@ -310,7 +278,7 @@ async def test_the_request_on_the_wire_is_botocores(world: World) -> None:
             {"FailedRecordCount": 0, "Records": [{"SequenceNumber": "1", "ShardId": "s"}]}
         ),
     )
-    async with recording_server(answer) as (url, seen), clients(world, url) as c:
+    async with recording_server(answer) as (url, seen), lean_clients(world, url) as c:
         await c.kinesis.put_records(StreamName=world.stream_name, Records=records)
         await c.lean_kinesis.put_records(StreamName=world.stream_name, Records=records)
     botocore, lean = seen
@@ -334,7 +302,7 @@ async def test_an_answer_that_is_not_json_reads_as_botocore_reads_it(world: Worl
     """A 200 whose body is not JSON (a proxy's page): botocore's reading of it, not a crash."""
     page = Answer(200, b"<html>not json</html>")
     entries: list[Any] = [{"Id": "0", "ReceiptHandle": "handle"}]
-    async with recording_server(page) as (url, _), clients(world, url) as c:
+    async with recording_server(page) as (url, _), lean_clients(world, url) as c:
         botocore = await c.sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
         lean = await c.lean_sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
     assert {k: v for k, v in lean.items() if k != "ResponseMetadata"} == {
@@ -357,7 +325,7 @@ async def test_dead_letters_arrive_as_botocore_sends_them(emulator: Emulator, wo
         }
         for i in range(3)
     ]
-    async with clients(world, world.endpoint_url) as c:
+    async with lean_clients(world, world.endpoint_url) as c:
         lean = await LeanDlq.create(c.sqs, await get_session().get_credentials(), world.dlq_url)
         by_lean = await lean.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)
         by_botocore = await c.sqs.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)

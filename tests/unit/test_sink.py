@@ -95,6 +95,34 @@ async def test_one_record_per_lane_per_request_and_order_under_failures() -> Non
     )
 
 
+async def test_metrics_count_what_kinesis_acknowledged() -> None:
+    """Counted once per call, the figures still match record for record: published by type,
+    failed entries by code, and nothing left in flight."""
+    client = FakeKinesis(entry_failure_rate=0.3, seed=7)
+    sink, metrics = make_sink(client)
+    kinds = {"process": EventType.NEW_PROCESS, "network": EventType.NETWORK_CONNECTION}
+    lanes = [
+        [record._replace(event_type=kinds[kind]) for record in records(f"{kind}-{n}", 6)]
+        for kind in kinds
+        for n in range(40)
+    ]
+    await asyncio.gather(*(sink.publish(lane) for lane in lanes))
+    stored = Counter(key.split("-")[0] for key, _ in client.stored)
+    assert stored == {"process": 240, "network": 240}
+    sample = metrics.registry.get_sample_value
+    for kind, event_type in kinds.items():
+        published = sample("event_processor_events_published_total", {"event_type": event_type})
+        assert published == stored[kind]
+    failed_entries = sum(len(r) for r in client.requests) - len(client.stored)
+    assert failed_entries > 0
+    failed = sample(
+        "event_processor_put_records_failed_records_total",
+        {"error_code": "ProvisionedThroughputExceededException"},
+    )
+    assert failed == failed_entries
+    assert sample("event_processor_in_flight_records") == 0
+
+
 async def test_requests_batch_across_lanes() -> None:
     """Concurrent lanes share requests: 600 one-record lanes need two requests, not 600."""
     client = FakeKinesis()
