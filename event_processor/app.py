@@ -13,7 +13,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from event_processor import constants, exitcodes, http, signals
+from event_processor import awsmodels, constants, exitcodes, http, signals
 from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.budget import MemoryBudget
 from event_processor.dlq import DeadLetterQueue
@@ -141,6 +141,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
     hooks = hooks or Hooks()
     metrics = Metrics(hooks.registry)
     session = get_session()
+    awsmodels.use_on(session)  # the same models, read for a fraction of the start-up CPU
     async with AsyncExitStack() as stack:
         sqs: SQSClient = await stack.enter_async_context(
             session.create_client(
