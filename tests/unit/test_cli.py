@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from event_processor import cli
@@ -92,3 +95,21 @@ def test_no_endpoint_variable_of_our_own(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("ENDPOINT_URL", "http://invented:1")
     assert Settings().endpoint_url is None
     assert cli.load_settings({"endpoint_url": "http://flag:2"}).endpoint_url == "http://flag:2"
+
+
+def test_run_imports_neither_the_dev_world_nor_the_tools_sdk() -> None:
+    """`run` needs the daemon only: the demo's moto and rich, the fleet, and boto3 (the
+    tools' SDK) stay out of its start-up, and the daemon's modules load only on `run`'s path."""
+    probe = (
+        "import sys\n"
+        "import event_processor.cli\n"
+        "before = set(sys.modules)\n"
+        "from event_processor import app\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(roots & {'devworld', 'moto', 'rich', 'boto3', 'sensor_fleet'}))\n"
+        "print('event_processor.app' in before, 'aiobotocore' in before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert out == ["[]", "False False"]
