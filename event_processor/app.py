@@ -25,6 +25,7 @@ from event_processor.source import SqsSource
 from event_processor.worker import Worker
 
 if TYPE_CHECKING:
+    from aiobotocore.session import AioSession, ClientCreatorContext
     from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_sqs import SQSClient
 
@@ -80,6 +81,20 @@ def kinesis_config(settings: Settings) -> AioConfig:
         connect_timeout=5,
         read_timeout=constants.PUT_RECORDS_READ_TIMEOUT_S,
         parameter_validation=False,
+    )
+
+
+def sqs_client(session: AioSession, settings: Settings) -> ClientCreatorContext[SQSClient]:
+    """The daemon's SQS client (`client_config`), to enter as a context."""
+    return session.create_client(
+        "sqs", config=client_config(settings), endpoint_url=settings.endpoint_url
+    )
+
+
+def kinesis_client(session: AioSession, settings: Settings) -> ClientCreatorContext[KinesisClient]:
+    """The daemon's Kinesis client (`kinesis_config`), to enter as a context."""
+    return session.create_client(
+        "kinesis", config=kinesis_config(settings), endpoint_url=settings.endpoint_url
     )
 
 
@@ -143,16 +158,8 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
     session = get_session()
     awsmodels.use_on(session)  # the same models, read for a fraction of the start-up CPU
     async with AsyncExitStack() as stack:
-        sqs: SQSClient = await stack.enter_async_context(
-            session.create_client(
-                "sqs", config=client_config(settings), endpoint_url=settings.endpoint_url
-            )
-        )
-        kinesis: KinesisClient = await stack.enter_async_context(
-            session.create_client(
-                "kinesis", config=kinesis_config(settings), endpoint_url=settings.endpoint_url
-            )
-        )
+        sqs = await stack.enter_async_context(sqs_client(session, settings))
+        kinesis = await stack.enter_async_context(kinesis_client(session, settings))
         try:
             resolved = await _resolve(settings, sqs, kinesis, hooks.policy)
         except StartupError as exc:

@@ -248,12 +248,8 @@ async def lean_clients(world: World, endpoint_url: str) -> AsyncIterator[LeanCli
     )
     session = get_session()
     async with (
-        session.create_client(
-            "sqs", config=app.client_config(settings), endpoint_url=endpoint_url
-        ) as sqs,
-        session.create_client(
-            "kinesis", config=app.kinesis_config(settings), endpoint_url=endpoint_url
-        ) as kinesis,
+        app.sqs_client(session, settings) as sqs,
+        app.kinesis_client(session, settings) as kinesis,
     ):
         credentials = await session.get_credentials()
         yield LeanClients(

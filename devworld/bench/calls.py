@@ -115,18 +115,10 @@ async def measure(endpoint_url: str, calls: int) -> None:
     entries: Any = [{"Id": str(i), "ReceiptHandle": "r" * 200} for i in range(10)]
     session = get_session()
     async with (
-        session.create_client(
-            "sqs", config=app.client_config(settings), endpoint_url=endpoint_url
-        ) as sqs,
-        session.create_client(
-            "kinesis", config=app.kinesis_config(settings), endpoint_url=endpoint_url
-        ) as kinesis,
-        session.create_client(
-            "sqs", config=app.client_config(settings), endpoint_url=endpoint_url
-        ) as trimmed_sqs,
-        session.create_client(
-            "kinesis", config=app.kinesis_config(settings), endpoint_url=endpoint_url
-        ) as trimmed_kinesis,
+        app.sqs_client(session, settings) as sqs,
+        app.kinesis_client(session, settings) as kinesis,
+        app.sqs_client(session, settings) as trimmed_sqs,
+        app.kinesis_client(session, settings) as trimmed_kinesis,
     ):
         trim(trimmed_sqs)
         trim(trimmed_kinesis)

@@ -3,12 +3,11 @@ as botocore's own path for ReceiveMessage, DeleteMessageBatch and PutRecords."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import pytest
@@ -16,122 +15,46 @@ from aiobotocore.session import get_session
 from aiohttp import web
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from devworld.emulator import Emulator, World, read_stream
+from devworld.emulator import Emulator, World
 from devworld.faultproxy import FaultProxy
-from event_processor.awsjson import LeanCalls, LeanDlq, LeanSqs
+from event_processor.awsjson import LeanCalls, LeanSqs
+from tests import lean_checks
 from tests.helpers import lean_clients
 
-if TYPE_CHECKING:
-    pass
-
-# What differs between two receives of one message, or two answers to one call.
-_PER_RECEIVE = ("ReceiptHandle",)
-_PER_ANSWER = ("RequestId", "HTTPHeaders")
+_RECORD: Any = {"Data": b"x", "PartitionKey": "k"}
 
 
-def _metadata_shape(response: dict[str, Any]) -> dict[str, Any]:
-    metadata = dict(response["ResponseMetadata"])
-    for key in _PER_ANSWER:
-        assert key in metadata
-        metadata.pop(key)
-    return metadata
+# The checks both backends run (tests/lean_checks.py), here against moto.
 
 
 async def test_receive_matches_botocore_binary_attributes_included(
     emulator: Emulator, world: World
 ) -> None:
-    """A message with String, Binary and list attributes reads the same on both paths."""
-    emulator.boto3_client("sqs").send_message(
-        QueueUrl=world.queue_url,
-        MessageBody="héllo ✓",
-        MessageAttributes={
-            "text": {"DataType": "String", "StringValue": "a ✓"},
-            "raw": {"DataType": "Binary", "BinaryValue": b"\x00\xff\x10 not utf-8 \xc3"},
-        },
-    )
-    params: dict[str, Any] = {
-        "QueueUrl": world.queue_url,
-        "MaxNumberOfMessages": 10,
-        "WaitTimeSeconds": 1,
-        "VisibilityTimeout": 0,  # visible again at once: the other path receives it too
-        "MessageSystemAttributeNames": ["SentTimestamp"],
-        "MessageAttributeNames": ["All"],
-    }
-    async with lean_clients(world, world.endpoint_url) as c:
-        botocore_answer = await c.sqs.receive_message(**params)
-        lean_answer = await c.lean_sqs.receive_message(**params)
-
-    def message(answer: Any) -> dict[str, Any]:
-        (only,) = answer["Messages"]
-        return {k: v for k, v in only.items() if k not in _PER_RECEIVE}
-
-    assert message(lean_answer) == message(botocore_answer)
-    assert message(lean_answer)["MessageAttributes"]["raw"]["BinaryValue"] == (
-        b"\x00\xff\x10 not utf-8 \xc3"
-    )
-    assert _metadata_shape(dict(lean_answer)) == _metadata_shape(dict(botocore_answer))
+    await lean_checks.receive_matches_botocore(world, emulator.boto3_client("sqs"))
 
 
 async def test_delete_batch_answers_per_entry_as_botocore_does(
     emulator: Emulator, world: World
 ) -> None:
-    """One good and one stale receipt handle: Successful and Failed entries, SenderFault kept."""
-    sqs_sync = emulator.boto3_client("sqs")
-    sqs_sync.send_message(QueueUrl=world.queue_url, MessageBody="x")
-    (received,) = sqs_sync.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=1)["Messages"]
-    entries: list[Any] = [
-        {"Id": "0", "ReceiptHandle": received["ReceiptHandle"]},
-        {"Id": "1", "ReceiptHandle": "not-a-receipt-handle"},
-    ]
-    async with lean_clients(world, world.endpoint_url) as c:
-        lean = await c.lean_sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries)
-        botocore = await c.sqs.delete_message_batch(QueueUrl=world.queue_url, Entries=entries[1:])
-    assert lean["Successful"] == [{"Id": "0"}]
-    assert lean["Failed"] == botocore["Failed"]
-    assert lean["Failed"][0]["Id"] == "1"
-    assert lean["Failed"][0]["SenderFault"] is True
+    failed = await lean_checks.delete_batch_matches_botocore(world, emulator.boto3_client("sqs"))
+    assert failed["SenderFault"] is True  # moto's answer (LocalStack says false)
 
 
 async def test_put_records_land_byte_for_byte(emulator: Emulator, world: World) -> None:
-    """Every record's bytes (not UTF-8 either) arrive as sent; the answer has botocore's shape."""
-    data = [b"\x00\x01\xfe\xff", "ünïcode ✓".encode(), orjson.dumps({"n": 1})]
-    records: list[Any] = [{"Data": d, "PartitionKey": f"key-{i}"} for i, d in enumerate(data)]
-    async with lean_clients(world, world.endpoint_url) as c:
-        lean = await c.lean_kinesis.put_records(StreamName=world.stream_name, Records=records)
-        botocore = await c.kinesis.put_records(StreamName=world.stream_name, Records=records[:1])
-    assert lean["FailedRecordCount"] == 0
-    assert [sorted(r) for r in lean["Records"]] == [["SequenceNumber", "ShardId"]] * 3
-    assert sorted(lean) == sorted(botocore)
-    kinesis_sync = emulator.boto3_client("kinesis")
-    stored = await asyncio.to_thread(read_stream, kinesis_sync, world.stream_name)
-    assert sorted(r["data"] for r in stored) == sorted([*data, data[0]])
+    await lean_checks.put_records_land_byte_for_byte(world, emulator.boto3_client("kinesis"))
 
 
 async def test_errors_are_the_clients_modeled_exceptions(world: World) -> None:
-    """A missing queue or stream raises the same class, code and message on both paths."""
-    missing_queue = world.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
-    async with lean_clients(world, world.endpoint_url) as c:
-        lean_sqs = await LeanSqs.create(c.sqs, await get_session().get_credentials(), missing_queue)
-        errors: list[ClientError] = []
-        for call in (
-            lambda: c.sqs.receive_message(QueueUrl=missing_queue, WaitTimeSeconds=0),
-            lambda: lean_sqs.receive_message(QueueUrl=missing_queue, WaitTimeSeconds=0),
-            lambda: c.kinesis.put_records(StreamName="no-such-stream", Records=[_RECORD]),
-            lambda: c.lean_kinesis.put_records(StreamName="no-such-stream", Records=[_RECORD]),
-        ):
-            with pytest.raises(ClientError) as raised:
-                await call()
-            errors.append(raised.value)
-    botocore_sqs, lean_sqs_error, botocore_kinesis, lean_kinesis_error = errors
-    assert type(lean_sqs_error) is type(botocore_sqs)
-    assert type(lean_sqs_error).__name__ == "QueueDoesNotExist"
-    assert lean_sqs_error.response["Error"] == botocore_sqs.response["Error"]
-    assert type(lean_kinesis_error) is type(botocore_kinesis)
-    assert type(lean_kinesis_error).__name__ == "ResourceNotFoundException"
-    assert lean_kinesis_error.response["Error"] == botocore_kinesis.response["Error"]
+    await lean_checks.errors_are_the_clients_modeled_exceptions(world)
 
 
-_RECORD: Any = {"Data": b"x", "PartitionKey": "k"}
+async def test_dead_letters_arrive_as_botocore_sends_them(emulator: Emulator, world: World) -> None:
+    await lean_checks.dead_letters_arrive_as_botocore_sends_them(
+        world, emulator.boto3_client("sqs")
+    )
+
+
+# What only moto and the fault proxy can show: retries, transports, requests on the wire.
 
 
 async def test_sqs_server_errors_are_retried_as_botocore_retries_them(
@@ -308,47 +231,4 @@ async def test_an_answer_that_is_not_json_reads_as_botocore_reads_it(world: Worl
     assert {k: v for k, v in lean.items() if k != "ResponseMetadata"} == {
         k: v for k, v in botocore.items() if k != "ResponseMetadata"
     }
-    assert _metadata_shape(dict(lean)) == _metadata_shape(dict(botocore))
-
-
-async def test_dead_letters_arrive_as_botocore_sends_them(emulator: Emulator, world: World) -> None:
-    """The DLQ's SendMessageBatch: the same bodies, String, Number and Binary attributes, MD5s."""
-    entries: list[Any] = [
-        {
-            "Id": str(i),
-            "MessageBody": f'{{"kind": "rejected_events", "detail": "ünïcode ✓ {i}"}}',
-            "MessageAttributes": {
-                "reason": {"DataType": "String", "StringValue": "missing_field"},
-                "receive_count": {"DataType": "Number", "StringValue": str(i + 1)},
-                "raw": {"DataType": "Binary", "BinaryValue": bytes([i, 0xFF, 0x00])},
-            },
-        }
-        for i in range(3)
-    ]
-    async with lean_clients(world, world.endpoint_url) as c:
-        lean = await LeanDlq.create(c.sqs, await get_session().get_credentials(), world.dlq_url)
-        by_lean = await lean.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)
-        by_botocore = await c.sqs.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)
-
-    def answered(answer: Any) -> list[tuple[str, str, str]]:
-        return [
-            (ok["Id"], ok["MD5OfMessageBody"], ok["MD5OfMessageAttributes"])
-            for ok in answer["Successful"]
-        ]
-
-    assert answered(by_lean) == answered(by_botocore)
-    assert by_lean.get("Failed", []) == []
-
-    def letter(body: str, attributes: dict[str, Any]) -> tuple[str, str]:
-        return body, repr(sorted((k, sorted(v.items())) for k, v in attributes.items()))
-
-    sqs_sync = emulator.boto3_client("sqs")
-    received: list[tuple[str, str]] = []
-    while len(received) < 2 * len(entries):
-        page = sqs_sync.receive_message(
-            QueueUrl=world.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
-        ).get("Messages", [])
-        assert page, f"only {len(received)} letters arrived"
-        received += [letter(m["Body"], m["MessageAttributes"]) for m in page]
-    sent = [letter(e["MessageBody"], e["MessageAttributes"]) for e in entries]
-    assert sorted(received) == sorted(sent * 2)
+    assert lean_checks.metadata_shape(dict(lean)) == lean_checks.metadata_shape(dict(botocore))
