@@ -89,9 +89,6 @@ class Lane:
         self.order = order
         self.backoff: Backoff | None = None  # created on the first failure only
 
-    def __lt__(self, other: Lane) -> bool:  # the ready heap's order
-        return self.order < other.order
-
     @property
     def left(self) -> int:
         return len(self.records) - self.next
@@ -117,8 +114,10 @@ class KinesisSink:
             constants.PUBLISH_RETRY_MAX_ATTEMPTS, constants.PUBLISH_RETRY_DEADLINE_S
         )
         self._max_requests = max_requests
-        # Ready lanes, oldest submission first (a heap on Lane.order).
-        self._ready: list[Lane] = []
+        # Ready lanes, oldest submission first: a heap of (lane.order, lane). The orders are
+        # unique, so the heap compares them as tuples, in C, and never compares two lanes
+        # (a Python __lt__ on Lane ran ~10 times per push or pop: ~0.3 us more per record).
+        self._ready: list[tuple[tuple[float, int], Lane]] = []
         self._opened = itertools.count()  # ties between submissions received together
         self._bytes_in_flight = 0
         self._active = 0
@@ -160,7 +159,7 @@ class KinesisSink:
             records = _Listed(records)
         order = (self._clock() if received_at is None else received_at, next(self._opened))
         lane = Lane(records, done, order)
-        heapq.heappush(self._ready, lane)
+        heapq.heappush(self._ready, (order, lane))
         self._lanes += 1
         self._metrics.in_flight_records.inc(len(records))
         done.add_done_callback(lambda _: self._lane_finished(lane))
@@ -194,7 +193,7 @@ class KinesisSink:
         """
         self._closed = True  # pending backoff timers find it and do nothing
         while self._ready:
-            heapq.heappop(self._ready).done.cancel()
+            heapq.heappop(self._ready)[1].done.cancel()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
             for task in late:
@@ -243,7 +242,7 @@ class KinesisSink:
         room = constants.PUT_MAX_BYTES_IN_FLIGHT - self._bytes_in_flight
         max_bytes = min(constants.PUT_RECORDS_MAX_BYTES, room if self._active else 1 << 62)
         while ready and len(batch) < limit:
-            lane = ready[0]
+            lane = ready[0][1]
             if lane.done.done():  # abandoned (shutdown) while waiting: drop it
                 heapq.heappop(ready)
                 continue
@@ -251,7 +250,7 @@ class KinesisSink:
             if total + size > max_bytes and (batch or self._active):
                 break
             total += size
-            batch.append(heapq.heappop(ready))
+            batch.append(heapq.heappop(ready)[1])
             if total >= constants.PUT_RECORDS_MAX_BYTES:
                 break
         return batch, total
@@ -374,7 +373,7 @@ class KinesisSink:
             return 0
         lane.backoff = None  # the policy's attempts and deadline are per record
         if lane.left:
-            heapq.heappush(self._ready, lane)
+            heapq.heappush(self._ready, (lane.order, lane))
         else:
             lane.done.set_result(None)
         return 1
@@ -396,7 +395,7 @@ class KinesisSink:
             return
         # It keeps its age, so it goes before every younger lane (aiokafka puts a failed
         # batch back at the head of its queue for the same reason).
-        heapq.heappush(self._ready, lane)
+        heapq.heappush(self._ready, (lane.order, lane))
         self._kick()
 
     def _lane_finished(self, lane: Lane) -> None:
