@@ -234,6 +234,7 @@ def event_id(submission_id: str, sequence: int) -> str:
 
 _TYPE_BYTES: Final = {t: t.value.encode() for t in EventType}
 _TYPE_CODES: Final = list(EventType)
+_TYPE_INDEX: Final = {t: index for index, t in enumerate(_TYPE_CODES)}
 
 
 class RecordFormat:
@@ -293,15 +294,16 @@ class RecordFormat:
 
     def encode(
         self, sequence: int, event_type: EventType, data: dict[str, Any]
-    ) -> bytes | Rejection:
-        """The event's data encoded once, or a rejection if its record would pass 1 MiB."""
+    ) -> tuple[bytes, int] | Rejection:
+        """The event's data encoded once and its record's size, or a rejection if the record
+        would pass 1 MiB."""
         encoded = orjson.dumps(data)
         size = self.size(sequence, event_type, len(encoded))
         if size > constants.KINESIS_MAX_RECORD_BYTES:
             return Rejection(
                 Reason.RECORD_TOO_LARGE, None, f"record is {size} bytes, over Kinesis's 1 MiB limit"
             )
-        return encoded
+        return encoded, size
 
 
 class Records(Protocol):
@@ -317,24 +319,28 @@ class Records(Protocol):
 class PackedRecords:
     """A submission's accepted events, packed: each event's data encoded once, in one buffer.
 
-    Per event this keeps its encoded data plus 17 bytes (end offset, sequence, type); the
-    record itself is built only when the sink sends it (`record`). Sequence-like for the sink.
+    Per event this keeps its encoded data plus 21 bytes (end offset, sequence, record size,
+    type); the record itself is built only when the sink sends it (`record`). Sequence-like
+    for the sink, which asks each record's size once before it builds it.
     """
 
-    __slots__ = ("_data", "_ends", "_sequences", "_types", "format")
+    __slots__ = ("_data", "_ends", "_sequences", "_sizes", "_types", "format")
 
     def __init__(self, record_format: RecordFormat) -> None:
         self.format = record_format
         self._data = bytearray()
         self._ends = array("q")
         self._sequences = array("q")
+        self._sizes = array("I")  # a record is at most 1 MiB: 32 bits are plenty
         self._types = bytearray()
 
-    def append(self, sequence: int, event_type: EventType, data: bytes) -> None:
+    def append(self, sequence: int, event_type: EventType, data: bytes, size: int) -> None:
+        """One accepted event: its encoded data and its record's size (RecordFormat.encode)."""
         self._data += data
         self._ends.append(len(self._data))
         self._sequences.append(sequence)
-        self._types.append(_TYPE_CODES.index(event_type))
+        self._sizes.append(size)
+        self._types.append(_TYPE_INDEX[event_type])
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -342,15 +348,13 @@ class PackedRecords:
     @property
     def nbytes(self) -> int:
         """What this holds in memory, for the budget."""
-        return len(self._data) + 17 * len(self._ends) + 256
+        return len(self._data) + 21 * len(self._ends) + 256
 
     def _span(self, index: int) -> tuple[int, int]:
         return (self._ends[index - 1] if index else 0), self._ends[index]
 
     def size(self, index: int) -> int:
-        start, end = self._span(index)
-        event_type = _TYPE_CODES[self._types[index]]
-        return self.format.size(self._sequences[index], event_type, end - start)
+        return self._sizes[index]
 
     def __getitem__(self, index: int) -> Record:
         start, end = self._span(index)
@@ -379,7 +383,7 @@ class _Pack:
         if isinstance(encoded, Rejection):
             self.reject(sequence, event_type.value, data, encoded)
             return
-        self.records.append(sequence, event_type, encoded)
+        self.records.append(sequence, event_type, *encoded)
 
     def rejected(self, sequence: int, event_type: str, event: Any, rejection: Rejection) -> None:
         self.reject(sequence, event_type, event, rejection)
@@ -436,7 +440,7 @@ def build_records(
                 RejectedEvent(event.sequence, event.event_type, event.data, encoded)
             )
             continue
-        data = record_format.build(event.sequence, event.event_type, encoded)
+        data = record_format.build(event.sequence, event.event_type, encoded[0])
         records.append(Record(data, record_format.key, event.sequence, event.event_type))
     return records
 
