@@ -73,20 +73,22 @@ class _Listed:
 class Lane:
     """One submission's records; only its head is ever in flight.
 
-    Lanes are served oldest first: `order` is when the submission was received, and a lane
-    keeps it through retries, so under a slow stream submissions finish one after another
-    instead of all advancing a record per round and finishing together.
+    Lanes are served oldest first: `received_at` is when the submission was received (and
+    `opened` breaks ties), and a lane keeps it through retries, so under a slow stream
+    submissions finish one after another instead of all advancing a record per round and
+    finishing together.
     """
 
-    __slots__ = ("backoff", "done", "next", "order", "records")
+    __slots__ = ("backoff", "done", "next", "opened", "received_at", "records")
 
     def __init__(
-        self, records: Records, done: asyncio.Future[None], order: tuple[float, int]
+        self, records: Records, done: asyncio.Future[None], received_at: float, opened: int
     ) -> None:
         self.records = records
         self.next = 0  # index of the head: records before it are acknowledged
         self.done = done
-        self.order = order
+        self.received_at = received_at
+        self.opened = opened
         self.backoff: Backoff | None = None  # created on the first failure only
 
     @property
@@ -114,10 +116,11 @@ class KinesisSink:
             constants.PUBLISH_RETRY_MAX_ATTEMPTS, constants.PUBLISH_RETRY_DEADLINE_S
         )
         self._max_requests = max_requests
-        # Ready lanes, oldest submission first: a heap of (lane.order, lane). The orders are
-        # unique, so the heap compares them as tuples, in C, and never compares two lanes
-        # (a Python __lt__ on Lane ran ~10 times per push or pop: ~0.3 us more per record).
-        self._ready: list[tuple[tuple[float, int], Lane]] = []
+        # Ready lanes, oldest submission first: a heap of (received_at, opened, lane), flat.
+        # `opened` is unique, so the heap compares the tuples in C and never two lanes (a
+        # Python __lt__ on Lane ran ~10 times per push or pop: ~0.3 us more per record), and
+        # one flat tuple compares in one step, where ((received_at, opened), lane) took two.
+        self._ready: list[tuple[float, int, Lane]] = []
         self._opened = itertools.count()  # ties between submissions received together
         self._bytes_in_flight = 0
         self._active = 0
@@ -157,9 +160,13 @@ class KinesisSink:
             return done
         if isinstance(records, list):
             records = _Listed(records)
-        order = (self._clock() if received_at is None else received_at, next(self._opened))
-        lane = Lane(records, done, order)
-        heapq.heappush(self._ready, (order, lane))
+        lane = Lane(
+            records,
+            done,
+            self._clock() if received_at is None else received_at,
+            next(self._opened),
+        )
+        heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
         self._lanes += 1
         self._metrics.in_flight_records.inc(len(records))
         done.add_done_callback(lambda _: self._lane_finished(lane))
@@ -193,7 +200,7 @@ class KinesisSink:
         """
         self._closed = True  # pending backoff timers find it and do nothing
         while self._ready:
-            heapq.heappop(self._ready)[1].done.cancel()
+            heapq.heappop(self._ready)[2].done.cancel()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
             for task in late:
@@ -242,7 +249,7 @@ class KinesisSink:
         room = constants.PUT_MAX_BYTES_IN_FLIGHT - self._bytes_in_flight
         max_bytes = min(constants.PUT_RECORDS_MAX_BYTES, room if self._active else 1 << 62)
         while ready and len(batch) < limit:
-            lane = ready[0][1]
+            lane = ready[0][2]
             if lane.done.done():  # abandoned (shutdown) while waiting: drop it
                 heapq.heappop(ready)
                 continue
@@ -250,7 +257,7 @@ class KinesisSink:
             if total + size > max_bytes and (batch or self._active):
                 break
             total += size
-            batch.append(heapq.heappop(ready)[1])
+            batch.append(heapq.heappop(ready)[2])
             if total >= constants.PUT_RECORDS_MAX_BYTES:
                 break
         return batch, total
@@ -373,7 +380,7 @@ class KinesisSink:
             return 0
         lane.backoff = None  # the policy's attempts and deadline are per record
         if lane.left:
-            heapq.heappush(self._ready, (lane.order, lane))
+            heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
         else:
             lane.done.set_result(None)
         return 1
@@ -395,7 +402,7 @@ class KinesisSink:
             return
         # It keeps its age, so it goes before every younger lane (aiokafka puts a failed
         # batch back at the head of its queue for the same reason).
-        heapq.heappush(self._ready, (lane.order, lane))
+        heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
         self._kick()
 
     def _lane_finished(self, lane: Lane) -> None:
