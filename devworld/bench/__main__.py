@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from statistics import median
 
 from devworld.bench import scenarios
-from devworld.bench.daemon import Process, daemon_env
+from devworld.bench.daemon import Process, compile_daemon, daemon_env
 from devworld.bench.workloads import backlog, load
 from devworld.emulator import Emulator, World, queue_depth, read_stream
 from devworld.faultproxy import FaultProxy
@@ -168,6 +168,7 @@ def main() -> int:
     scenarios.add_arguments(parser)
     args = parser.parse_args()
     names = ["throughput", *scenarios.SCENARIOS] if "all" in args.scenario else args.scenario
+    compile_daemon()
 
     ok = throughput(args) if "throughput" in names else True
     chosen = [name for name in scenarios.SCENARIOS if name in names]

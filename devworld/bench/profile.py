@@ -206,7 +206,7 @@ def _children(pid: int) -> list[int]:
 def record(args: argparse.Namespace) -> Path:
     """Drain the backlog under py-spy; the raw profile's path."""
     # Imported here: --summarise needs neither moto nor the daemon's packages.
-    from devworld.bench.daemon import daemon_env  # noqa: PLC0415
+    from devworld.bench.daemon import compile_daemon, daemon_env  # noqa: PLC0415
     from devworld.bench.workloads import backlog, load  # noqa: PLC0415
     from devworld.emulator import Emulator, queue_depth  # noqa: PLC0415
     from devworld.faultproxy import FaultProxy  # noqa: PLC0415
@@ -216,6 +216,7 @@ def record(args: argparse.Namespace) -> Path:
         raise SystemExit("py-spy is missing: pip install py-spy (it is in the dev extra)")
     PROFILE_DIR.mkdir(exist_ok=True)
     out = PROFILE_DIR / f"daemon-{datetime.now(UTC):%Y%m%dT%H%M%S}.{args.format}"
+    compile_daemon()
     bodies = backlog(args.submissions, args.seed)
     with Emulator() as emulator, FaultProxy(emulator.endpoint_url) as proxy:
         proxy.latency_s = args.latency_ms / 1000
