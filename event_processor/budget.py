@@ -34,7 +34,10 @@ class MemoryBudget:
         self.used_bytes = 0
         self._waiting_bytes = 0  # held by holds that are waiting to grow
         self._waiters: deque[tuple[Hold, int, asyncio.Future[None]]] = deque()
-        self._gauge = used_gauge
+        if used_gauge is not None:
+            # Read when scraped, not set at every change: a submission resizes its hold
+            # three or four times, and each set() takes the gauge's lock.
+            used_gauge.set_function(lambda: self.used_bytes)
 
     @property
     def free_bytes(self) -> int:
@@ -48,8 +51,6 @@ class MemoryBudget:
     def _set(self, hold: Hold, nbytes: int) -> None:
         self.used_bytes += nbytes - hold.nbytes
         hold.nbytes = nbytes
-        if self._gauge is not None:
-            self._gauge.set(self.used_bytes)
 
     def try_resize(self, hold: Hold, nbytes: int) -> bool:
         """Grow (or shrink) `hold` now if that fits and nobody waits; False leaves it as is."""

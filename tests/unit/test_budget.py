@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import CollectorRegistry, Gauge
+
 from event_processor.budget import Hold, MemoryBudget
 from tests.helpers import eventually
 
@@ -112,3 +114,28 @@ async def test_resize_forces_and_shrinking_wakes() -> None:
     assert not waiter.done()
     budget.resize(a, 60)
     await asyncio.wait_for(waiter, 1)
+
+
+async def test_the_used_gauge_reads_the_budget_when_scraped() -> None:
+    """The gauge is not set at each change: every scrape reads what is held at that moment,
+    through grants, a waiter let in, and releases."""
+    registry = CollectorRegistry()
+    gauge = Gauge("used_bytes", "bytes held", registry=registry)
+    budget = MemoryBudget(100, gauge)
+
+    def scraped() -> float | None:
+        return registry.get_sample_value("used_bytes")
+
+    a, b = Hold(), Hold()
+    assert scraped() == 0
+    await budget.grow(a, 70)
+    assert scraped() == 70
+    waiting = asyncio.create_task(budget.grow(b, 50))
+    await queued(b)
+    assert scraped() == 70  # a waiter holds nothing yet
+    budget.resize(a, 10)
+    await waiting
+    assert scraped() == 60
+    budget.release(a)
+    budget.release(b)
+    assert scraped() == 0
