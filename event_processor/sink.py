@@ -79,12 +79,13 @@ class Lane:
     finishing together.
     """
 
-    __slots__ = ("backoff", "done", "next", "opened", "received_at", "records")
+    __slots__ = ("backoff", "count", "done", "next", "opened", "received_at", "records")
 
     def __init__(
         self, records: Records, done: asyncio.Future[None], received_at: float, opened: int
     ) -> None:
         self.records = records
+        self.count = len(records)  # asked once: `left` runs once per record acknowledged
         self.next = 0  # index of the head: records before it are acknowledged
         self.done = done
         self.received_at = received_at
@@ -93,7 +94,7 @@ class Lane:
 
     @property
     def left(self) -> int:
-        return len(self.records) - self.next
+        return self.count - self.next
 
 
 class KinesisSink:
@@ -379,7 +380,7 @@ class KinesisSink:
         if lane.done.done():  # abandoned meanwhile: the gauge already let go of its records
             return 0
         lane.backoff = None  # the policy's attempts and deadline are per record
-        if lane.left:
+        if lane.next < lane.count:
             heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
         else:
             lane.done.set_result(None)
@@ -408,7 +409,8 @@ class KinesisSink:
     def _lane_finished(self, lane: Lane) -> None:
         self._lanes -= 1
         # Records never acknowledged (failed or abandoned lane) leave the gauge with it.
-        self._metrics.in_flight_records.dec(lane.left)
+        if lane.next < lane.count:
+            self._metrics.in_flight_records.dec(lane.left)
 
     # --- health ----------------------------------------------------------------------
 
