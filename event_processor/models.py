@@ -235,6 +235,7 @@ def event_id(submission_id: str, sequence: int) -> str:
 _TYPE_BYTES: Final = {t: t.value.encode() for t in EventType}
 _TYPE_CODES: Final = list(EventType)
 _TYPE_INDEX: Final = {t: index for index, t in enumerate(_TYPE_CODES)}
+_TYPE_SIZES: Final = {t: len(encoded) for t, encoded in _TYPE_BYTES.items()}
 
 
 class RecordFormat:
@@ -273,10 +274,6 @@ class RecordFormat:
             + len(self.key)
         )  # fmt: skip
 
-    def size(self, sequence: int, event_type: EventType, data_size: int) -> int:
-        """Bytes Kinesis counts for this record (data plus key), without building it."""
-        return self._fixed_size + len(_TYPE_BYTES[event_type]) + len(str(sequence)) + data_size
-
     def build(self, sequence: int, event_type: EventType, data: bytes | bytearray) -> bytes:
         return b"".join(
             (
@@ -298,7 +295,8 @@ class RecordFormat:
         """The event's data encoded once and its record's size, or a rejection if the record
         would pass 1 MiB."""
         encoded = orjson.dumps(data)
-        size = self.size(sequence, event_type, len(encoded))
+        # The bytes Kinesis counts for the record (data plus key), without building it.
+        size = self._fixed_size + _TYPE_SIZES[event_type] + len(str(sequence)) + len(encoded)
         if size > constants.KINESIS_MAX_RECORD_BYTES:
             return Rejection(
                 Reason.RECORD_TOO_LARGE, None, f"record is {size} bytes, over Kinesis's 1 MiB limit"
@@ -350,14 +348,12 @@ class PackedRecords:
         """What this holds in memory, for the budget."""
         return len(self._data) + 21 * len(self._ends) + 256
 
-    def _span(self, index: int) -> tuple[int, int]:
-        return (self._ends[index - 1] if index else 0), self._ends[index]
-
     def size(self, index: int) -> int:
         return self._sizes[index]
 
     def __getitem__(self, index: int) -> Record:
-        start, end = self._span(index)
+        ends = self._ends
+        start, end = (ends[index - 1] if index else 0), ends[index]
         sequence = self._sequences[index]
         event_type = _TYPE_CODES[self._types[index]]
         # The slice goes into the record's join as it is: one copy, not two.

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from event_processor import constants
 from event_processor.models import (
     EventType,
+    Packed,
     PartitionKey,
     Reason,
     Rejection,
@@ -22,12 +23,14 @@ from event_processor.models import (
     build_records,
     decode_body,
     event_id,
+    parse_packed,
     parse_submission,
 )
 from tests.factories import encode, network_connection, new_process, submission
 
 SUB_ID = "3f2b8c1e-9d4a-4e6b-8f1a-2c3d4e5f6a7b"
 DEV_ID = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
+PROCESSED_AT = "2026-11-22T10:00:00.123456Z"
 
 
 def parse_ok(body: str) -> Submission:
@@ -386,3 +389,24 @@ def test_valid_events_round_trip(cmdl: str, user: str, port: int) -> None:
     docs = [orjson.loads(r.data) for r in records]
     assert docs[0]["event_data"] == {"cmdl": cmdl, "user": user}
     assert docs[1]["event_data"]["destination_port"] == port
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.text(min_size=1).filter(str.strip), st.text(min_size=1)), max_size=6),
+    st.sampled_from(list(PartitionKey)),
+)
+def test_packed_records_are_the_records_and_know_their_sizes(
+    processes: list[tuple[str, str]], partition_key: PartitionKey
+) -> None:
+    """What the daemon packs builds the same records as build_records, and the size each
+    packed record keeps from its encoding is what Kinesis counts: data plus key, in bytes."""
+    events = {"new_process": [new_process(cmdl, user) for cmdl, user in processes]}
+    body = encode(submission(events))
+    expected = build_records(parse_ok(body), PROCESSED_AT, partition_key)
+    packed = parse_packed(body, PROCESSED_AT, partition_key, lambda *_: None)
+    assert isinstance(packed, Packed)
+    records = packed.records
+    assert [records[i] for i in range(len(records))] == expected
+    assert [records.size(i) for i in range(len(records))] == [r.size for r in expected]
+    assert all(r.size == len(r.data) + len(r.partition_key.encode()) for r in expected)
