@@ -151,6 +151,60 @@ async def _resolve(
     return Resolved(queue_url, max_message_bytes, dlq_max)
 
 
+@dataclass(frozen=True)
+class Parts:
+    """The daemon's parts, wired; `source` and `dlq` are to be closed after the worker."""
+
+    source: SqsSource
+    dlq: DeadLetterQueue
+    worker: Worker
+
+
+def assemble(
+    settings: Settings,
+    resolved: Resolved,
+    metrics: Metrics,
+    policy: RetryPolicy,
+    *,
+    sqs: SqsApi,
+    kinesis: KinesisApi,
+    dlq: DlqApi,
+) -> Parts:
+    """Wire the parts around the three clients: `run` does it with the AWS clients, and
+    `devworld.bench.inprocess` with stand-ins, to measure our own code alone."""
+    budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024, metrics.budget_used_bytes)
+    metrics.budget_limit_bytes.set(budget.limit_bytes)
+    source = SqsSource(
+        sqs,
+        resolved.queue_url,
+        metrics,
+        policy,
+        wait_time_s=settings.wait_time_seconds,
+        visibility_timeout_s=settings.visibility_timeout,
+    )
+    sink = KinesisSink(kinesis, settings.stream_name, metrics, policy, settings.max_put_requests)
+    dead_letters = DeadLetterQueue(
+        dlq, settings.dlq_url, metrics, policy, resolved.dlq_max_message_bytes
+    )
+    pipeline = Pipeline(
+        source, sink, dead_letters, metrics, budget=budget, partition_key=settings.partition_key
+    )
+    worker = Worker(
+        source,
+        sink,
+        pipeline,
+        metrics,
+        policy,
+        budget=budget,
+        max_message_bytes=resolved.max_message_bytes,
+        receivers=settings.receivers,
+        batch_size=settings.batch_size,
+        max_in_flight=settings.max_in_flight,
+        shutdown_grace_s=settings.shutdown_grace_seconds,
+    )
+    return Parts(source, dead_letters, worker)
+
+
 async def run(settings: Settings, hooks: Hooks | None = None) -> int:
     """Start, run until a signal (or hooks' stop event), drain, and return the exit code."""
     hooks = hooks or Hooks()
@@ -178,40 +232,13 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             kinesis_api = await LeanKinesis.create(kinesis, credentials, settings.stream_name)
             if settings.dlq_url is not None:
                 dlq_api = await LeanDlq.create(sqs, credentials, settings.dlq_url)
-        budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024, metrics.budget_used_bytes)
-        metrics.budget_limit_bytes.set(budget.limit_bytes)
-        source = SqsSource(
-            sqs_api,
-            queue_url,
-            metrics,
-            hooks.policy,
-            wait_time_s=settings.wait_time_seconds,
-            visibility_timeout_s=settings.visibility_timeout,
+        parts = assemble(
+            settings, resolved, metrics, hooks.policy, sqs=sqs_api, kinesis=kinesis_api, dlq=dlq_api
         )
-        stack.push_async_callback(source.close)
-        sink = KinesisSink(
-            kinesis_api, settings.stream_name, metrics, hooks.policy, settings.max_put_requests
-        )
-        dlq = DeadLetterQueue(
-            dlq_api, settings.dlq_url, metrics, hooks.policy, resolved.dlq_max_message_bytes
-        )
-        stack.push_async_callback(dlq.close)
-        pipeline = Pipeline(
-            source, sink, dlq, metrics, budget=budget, partition_key=settings.partition_key
-        )
-        worker = Worker(
-            source,
-            sink,
-            pipeline,
-            metrics,
-            hooks.policy,
-            budget=budget,
-            max_message_bytes=resolved.max_message_bytes,
-            receivers=settings.receivers,
-            batch_size=settings.batch_size,
-            max_in_flight=settings.max_in_flight,
-            shutdown_grace_s=settings.shutdown_grace_seconds,
-        )
+        # Closed in reverse: the DLQ's sends, then the source's deletes.
+        stack.push_async_callback(parts.source.close)
+        stack.push_async_callback(parts.dlq.close)
+        worker = parts.worker
 
         metrics_port = 0
         if settings.metrics_port:
