@@ -148,6 +148,10 @@ def parse_header(body: str) -> Header | Rejection:
     return Header(header["submission_id"], header["device_id"], header["time_created"], events)
 
 
+# A type's member by its name: a dict look-up, where EventType(name) runs enum's __call__.
+_EVENT_TYPES: Final = {t.value: t for t in EventType}
+
+
 def walk_events(events: dict[str, Any], sink: EventSink) -> None:
     """Validate every event in body order and hand each to `sink`, accepted or rejected.
 
@@ -169,7 +173,7 @@ def walk_events(events: dict[str, Any], sink: EventSink) -> None:
                 rejected(sequence, name, item, unknown)
                 sequence += 1
             continue
-        event_type = EventType(name)
+        event_type = _EVENT_TYPES[name]
         validate = check.validate
         for item in items:
             # pydantic-core validates the event and returns only its contract's fields.
@@ -220,16 +224,17 @@ def _event_id_hash(submission_id: str) -> Any:
     return hashlib.sha1(_EVENT_ID_PREFIX + submission_id.encode() + b":", usedforsecurity=False)
 
 
-def _event_id_from(prefix: Any, sequence: int) -> str:
+def _event_id_from(prefix: Any, sequence: bytes) -> str:
+    """The id from the submission's hashed prefix and the sequence's decimal digits."""
     digest = prefix.copy()
-    digest.update(str(sequence).encode())
+    digest.update(sequence)
     h = digest.hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def event_id(submission_id: str, sequence: int) -> str:
     """Deterministic: a redelivered submission gets the same ids, so consumers can dedup."""
-    return _event_id_from(_event_id_hash(submission_id), sequence)
+    return _event_id_from(_event_id_hash(submission_id), str(sequence).encode())
 
 
 _TYPE_BYTES: Final = {t: t.value.encode() for t in EventType}
@@ -275,14 +280,15 @@ class RecordFormat:
         )  # fmt: skip
 
     def build(self, sequence: int, event_type: EventType, data: bytes | bytearray) -> bytes:
+        digits = str(sequence).encode()  # in the id's hash and in the record, written once
         return b"".join(
             (
                 b'{"event_id":"',
-                _event_id_from(self._id_hash, sequence).encode(),
+                _event_id_from(self._id_hash, digits).encode(),
                 b'","event_type":"',
                 _TYPE_BYTES[event_type],
                 self._head,
-                str(sequence).encode(),
+                digits,
                 self._tail,
                 data,
                 b"}",
