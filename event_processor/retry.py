@@ -63,9 +63,13 @@ class Backoff:
 
     __slots__ = ("_controller", "_state")
 
-    def __init__(self, controller: AsyncRetrying) -> None:
+    def __init__(self, controller: AsyncRetrying, started_at: float | None = None) -> None:
+        """`started_at` (time.monotonic) is when the first attempt began, if before now: the
+        deadline counts from there, as tenacity's own loop counts it."""
         self._controller = controller
         self._state = RetryCallState(retry_object=controller, fn=None, args=(), kwargs={})
+        if started_at is not None:
+            self._state.start_time = started_at
 
     @property
     def attempts(self) -> int:
