@@ -9,7 +9,6 @@ botocore's own attempts.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,17 +37,13 @@ class RetryPolicy:
     def with_limits(self, max_attempts: int, deadline_s: float) -> RetryPolicy:
         return RetryPolicy(self.initial_s, self.max_backoff_s, max_attempts, deadline_s)
 
-    def retrying(
-        self,
-        on_retry: Callable[[RetryCallState], None] | None = None,
-        retry_on: Callable[[BaseException], bool] = is_retriable,
-    ) -> AsyncRetrying:
-        """A tenacity controller for one call; re-raises the last error when it gives up."""
+    def retrying(self) -> AsyncRetrying:
+        """A tenacity controller for one call (retrying what is_retriable names); re-raises
+        the last error when it gives up. Its strategies also drive a Backoff."""
         return AsyncRetrying(
             wait=wait_random_exponential(multiplier=self.initial_s, max=self.max_backoff_s),
             stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.deadline_s),
-            retry=retry_if_exception(retry_on),
-            before_sleep=on_retry,
+            retry=retry_if_exception(is_retriable),
             reraise=True,
         )
 
