@@ -409,8 +409,9 @@ class KinesisSink:
     def _lane_finished(self, lane: Lane) -> None:
         self._lanes -= 1
         # Records never acknowledged (failed or abandoned lane) leave the gauge with it.
-        if lane.next < lane.count:
-            self._metrics.in_flight_records.dec(lane.left)
+        left = lane.left
+        if left:
+            self._metrics.in_flight_records.dec(left)
 
     # --- health ----------------------------------------------------------------------
 
