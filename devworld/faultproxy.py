@@ -28,6 +28,9 @@ Faults can be changed at any time from any thread:
 * `receive_delay_s`: a ReceiveMessage answer is held this long after the emulator gave it (its
   messages are already invisible), as a slow network would.
 
+The three rates draw from one seeded stream each, so the n-th Kinesis call (or SQS call, or
+PutRecords entry) after a rate is set meets the same fate on every run with the same seed.
+
 Counters (`calls`, `injected`, `forwarded`) let a test assert that the faults really happened;
 `pending` tells which forwarded calls have not been answered yet.
 """
@@ -60,6 +63,7 @@ SQS_DOWN = "sqs_down"
 OPERATION_FAILED = "operation_failed"
 RECEIVE_DELAYED = "receive_delayed"
 SHARD_THROTTLED = "shard_throttled"  # counted per entry
+_RANDOM_FAULTS = (ENTRY_FAILURE, THROTTLE, SQS_ERROR)
 
 KINESIS_PREFIX = "Kinesis_20131202."
 SQS_PREFIX = "AmazonSQS."
@@ -126,7 +130,11 @@ class FaultProxy:
         self._target_url = target_url.rstrip("/")
         self._lock = threading.Lock()
         self._faults = Faults()
-        self._rng = random.Random(seed)
+        # One stream of draws per random fault: the n-th Kinesis call after a rate is set meets
+        # the same fate whatever the SQS calls and batch sizes around it were, so a test with a
+        # fixed seed sees the same schedule on every run (a shared stream made it interleaving-
+        # dependent: one CI run drew no throttle in 30 PutRecords at a 10% rate).
+        self._rngs = {kind: random.Random(f"{seed}/{kind}") for kind in _RANDOM_FAULTS}
         self._calls: Counter[str] = Counter()
         self._forwarded: Counter[str] = Counter()
         self._injected: Counter[str] = Counter()
@@ -362,7 +370,7 @@ class FaultProxy:
             elif operation in faults.fail_operations:
                 self._injected[OPERATION_FAILED] += 1
                 kind = OPERATION_FAILED
-            elif faults.throttle_rate and self._rng.random() < faults.throttle_rate:
+            elif faults.throttle_rate and self._rngs[THROTTLE].random() < faults.throttle_rate:
                 self._injected[THROTTLE] += 1
                 kind = THROTTLE
             else:
@@ -398,7 +406,7 @@ class FaultProxy:
             elif operation in faults.fail_operations:
                 self._injected[OPERATION_FAILED] += 1
                 kind = OPERATION_FAILED
-            elif faults.sqs_error_rate and self._rng.random() < faults.sqs_error_rate:
+            elif faults.sqs_error_rate and self._rngs[SQS_ERROR].random() < faults.sqs_error_rate:
                 self._injected[SQS_ERROR] += 1
                 kind = SQS_ERROR
             else:
@@ -437,7 +445,8 @@ class FaultProxy:
         entries: list[Any] = doc.get("Records", [])
         rate = faults.put_records_entry_failure_rate
         with self._lock:
-            failed = {i for i in range(len(entries)) if rate and self._rng.random() < rate}
+            draw = self._rngs[ENTRY_FAILURE].random
+            failed = {i for i in range(len(entries)) if rate and draw() < rate}
             self._injected[ENTRY_FAILURE] += len(failed)
             if faults.shard_records_per_s or faults.shard_bytes_per_s:
                 now = time.monotonic()

@@ -37,7 +37,8 @@ async def test_no_loss_no_reorder_under_entry_failures_throttles_and_sqs_errors(
     bodies = [encode(fleet_like(rng)) for _ in range(100)]
     expected = expected_sequences(bodies)
     running = await daemon(settings_for(world, endpoint_url=proxy.endpoint_url))
-    # Faults from here on: start-up itself is not under test.
+    # Faults from here on: start-up itself is not under test. The proxy's seed fixes which calls
+    # fail (the 7th Kinesis call is its first throttle), whatever order the calls come in.
     proxy.configure(put_records_entry_failure_rate=0.3, throttle_rate=0.1, sqs_error_rate=0.1)
     await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
 
