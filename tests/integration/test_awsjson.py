@@ -208,6 +208,7 @@ async def test_the_request_on_the_wire_is_botocores(world: World) -> None:
     assert (lean.method, lean.path) == (botocore.method, botocore.path)
     for header in ("X-Amz-Target", "Content-Type", "Host"):
         assert lean.headers[header] == botocore.headers[header]
+    assert len(lean.headers.getall("Host")) == 1  # the lean path's own, not the session's too
 
     def scope(request: web.Request) -> tuple[str, str]:
         # "AWS4-HMAC-SHA256 Credential=KEY/DATE/REGION/SERVICE/aws4_request, SignedHeaders=..."
