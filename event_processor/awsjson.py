@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
 
 import orjson
 from aiobotocore.endpoint import convert_to_response_dict
-from botocore.auth import SigV4Auth, _host_from_url
+from botocore.auth import SigV4Auth, _host_from_url  # type: ignore[attr-defined]  # the signer's own
 from botocore.awsrequest import AWSRequest, prepare_request_dict
 from botocore.exceptions import NoCredentialsError
 from botocore.hooks import first_non_none_response
