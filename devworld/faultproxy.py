@@ -32,7 +32,8 @@ The three rates draw from one seeded stream each, so the n-th Kinesis call (or S
 PutRecords entry) after a rate is set meets the same fate on every run with the same seed.
 
 Counters (`calls`, `injected`, `forwarded`) let a test assert that the faults really happened;
-`pending` tells which forwarded calls have not been answered yet.
+`pending` tells which forwarded calls have not been answered yet, and `dropped` which lost their
+connection to the emulator (the client's connection is then dropped too, without an answer).
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class FaultProxy:
         self._forwarded: Counter[str] = Counter()
         self._injected: Counter[str] = Counter()
         self._pending: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
         # shard index -> (record tokens, byte tokens, last refill on the monotonic clock)
         self._buckets: dict[int, tuple[float, float, float]] = {}
         self._thread: threading.Thread | None = None
@@ -242,6 +244,11 @@ class FaultProxy:
         with self._lock:
             return self._injected[kind] if kind else sum(self._injected.values())
 
+    def dropped(self, operation: str | None = None) -> int:
+        """Calls whose connection to the emulator was lost: the client's was dropped too."""
+        with self._lock:
+            return self._dropped[operation] if operation else sum(self._dropped.values())
+
     def pending(self, operation: str | None = None) -> int:
         """Calls of `operation` (or all) forwarded to the emulator and not answered yet."""
         with self._lock:
@@ -254,6 +261,7 @@ class FaultProxy:
                 "calls": dict(self._calls),
                 "forwarded": dict(self._forwarded),
                 "injected": dict(self._injected),
+                "dropped": dict(self._dropped),
             }
 
     # --- lifecycle --------------------------------------------------------------------
@@ -508,14 +516,24 @@ class FaultProxy:
         session = self._session
         assert session is not None, "the handler runs only while the session is open"
         url = self._target_url + request.path_qs
-        async with session.request(
-            request.method, url, data=body, headers=headers, allow_redirects=False
-        ) as upstream:
-            payload = await upstream.read()
-            relayed = {
-                k: v for k, v in upstream.headers.items() if k.lower() not in _SKIP_RESPONSE_HEADERS
-            }
-            status = upstream.status
+        try:
+            async with session.request(
+                request.method, url, data=body, headers=headers, allow_redirects=False
+            ) as upstream:
+                payload = await upstream.read()
+                relayed = {
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower() not in _SKIP_RESPONSE_HEADERS
+                }
+                status = upstream.status
+        except aiohttp.ClientConnectionError as exc:
+            # The emulator's side of the path is gone (it dropped the connection, or the
+            # proxy is stopping under a long poll and closed its session): the client's side
+            # goes too, as on a real network path, rather than a 500 the emulator never sent.
+            with self._lock:
+                self._dropped[operation] += 1
+            raise _Reset from exc
         with self._lock:
             self._forwarded[operation] += 1
             if delay_s > 0:

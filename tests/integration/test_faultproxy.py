@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import socket
+import threading
 from typing import Any
 
-from botocore.exceptions import ClientError
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionClosedError
 
 from devworld import faultproxy
 from devworld.emulator import Emulator, World
@@ -49,3 +55,34 @@ async def test_the_nth_kinesis_call_meets_the_same_fate_whatever_the_sqs_calls_b
         assert twin.injected(faultproxy.ENTRY_FAILURE) > 0
     assert alone == interleaved
     assert alone, "the seed's schedule throttles some of the first 30 calls"
+
+
+def test_a_connection_the_emulator_drops_is_dropped_for_the_client_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not a 500 the emulator never sent, nor a traceback in the log: the path is gone."""
+    upstream = socket.create_server(("127.0.0.1", 0))
+    port = upstream.getsockname()[1]
+
+    def drop_every_connection() -> None:
+        with contextlib.suppress(OSError):  # the listening socket closed: the test is over
+            while True:
+                connection, _ = upstream.accept()
+                connection.recv(65536)
+                connection.close()
+
+    threading.Thread(target=drop_every_connection, daemon=True).start()
+    with caplog.at_level(logging.ERROR), FaultProxy(f"http://127.0.0.1:{port}") as proxy:
+        sqs = boto3.client(
+            "sqs",
+            endpoint_url=proxy.endpoint_url,
+            region_name="eu-west-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - a dummy
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        with pytest.raises(ConnectionClosedError):
+            sqs.receive_message(QueueUrl=f"http://127.0.0.1:{port}/123456789012/q")
+        assert proxy.dropped("ReceiveMessage") == 1
+    upstream.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
