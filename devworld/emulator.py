@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import boto3
 from botocore.config import Config
@@ -199,6 +199,17 @@ class World:
     stream_name: str
 
 
+class WorldOptions(TypedDict, total=False):
+    """create_world's options; their defaults are create_world's own, and only there."""
+
+    queue_name: str
+    dlq_name: str
+    stream_name: str
+    shard_count: int
+    max_receive_count: int
+    visibility_timeout_s: int
+
+
 class Emulator:
     """moto's ThreadedMotoServer, in-process, on a free port, with patch_moto() applied.
 
@@ -290,26 +301,9 @@ class Emulator:
             client = self._clients[service] = self.boto3_client(service)
         return client
 
-    def create_world(  # noqa: PLR0917 - the documented API takes them positionally too
-        self,
-        queue_name: str = "submissions",
-        dlq_name: str = "submissions-dlq",
-        stream_name: str = "events",
-        shard_count: int = 2,
-        max_receive_count: int = 5,
-        visibility_timeout_s: int = 30,
-    ) -> World:
-        """Create the DLQ, the queue redriving to it, and an ACTIVE `shard_count`-shard stream."""
-        return create_world(
-            self._client("sqs"),
-            self._client("kinesis"),
-            queue_name=queue_name,
-            dlq_name=dlq_name,
-            stream_name=stream_name,
-            shard_count=shard_count,
-            max_receive_count=max_receive_count,
-            visibility_timeout_s=visibility_timeout_s,
-        )
+    def create_world(self, **options: Unpack[WorldOptions]) -> World:
+        """Create the DLQ, the queue redriving to it, and an ACTIVE stream (create_world)."""
+        return create_world(self._client("sqs"), self._client("kinesis"), **options)
 
     def delete_world(self, world: World) -> None:
         """Delete what create_world made; a no-op once the emulator is stopped (nothing is left
@@ -345,7 +339,10 @@ def create_world(
     """Create (or find) the DLQ, the queue redriving to it, and an ACTIVE stream.
 
     Idempotent, so that it also serves an existing LocalStack: CreateQueue returns the
-    queue that exists, and an existing stream is used as it is.
+    queue that exists, and an existing stream is used as it is. For the same reason a
+    failure part-way leaves what was made: CreateQueue does not tell a queue it made from
+    one that was there, and deleting a user's queue is worse than leaving a test's behind
+    (a second call with the same names finishes the job).
     """
     dlq_url: str = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
     dlq_arn: str = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
