@@ -1,4 +1,5 @@
-"""The fault proxy's own promise: its random faults follow a schedule its seed fixes."""
+"""The fault proxy's own promises: a fault schedule its seed fixes, and a lost connection to
+the emulator dropped for the client too."""
 
 from __future__ import annotations
 
