@@ -167,7 +167,7 @@ class KinesisSink:
             self._clock() if received_at is None else received_at,
             next(self._opened),
         )
-        heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
+        self._make_ready(lane)
         self._lanes += 1
         self._metrics.in_flight_records.inc(len(records))
         done.add_done_callback(lambda _: self._lane_finished(lane))
@@ -381,7 +381,7 @@ class KinesisSink:
             return 0
         lane.backoff = None  # the policy's attempts and deadline are per record
         if lane.next < lane.count:
-            heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
+            self._make_ready(lane)
         else:
             lane.done.set_result(None)
         return 1
@@ -403,8 +403,12 @@ class KinesisSink:
             return
         # It keeps its age, so it goes before every younger lane (aiokafka puts a failed
         # batch back at the head of its queue for the same reason).
-        heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
+        self._make_ready(lane)
         self._kick()
+
+    def _make_ready(self, lane: Lane) -> None:
+        """The ready heap's one entry shape: (received_at, opened, lane), oldest first."""
+        heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
 
     def _lane_finished(self, lane: Lane) -> None:
         self._lanes -= 1
