@@ -320,6 +320,10 @@ class Records(Protocol):
     def size(self, index: int) -> int: ...
 
 
+# What PackedRecords keeps per event besides its data: end offset, sequence, size, type.
+_PACKED_EVENT_BYTES: Final = array("q").itemsize * 2 + array("I").itemsize + 1
+
+
 class PackedRecords:
     """A submission's accepted events, packed: each event's data encoded once, in one buffer.
 
@@ -352,7 +356,7 @@ class PackedRecords:
     @property
     def nbytes(self) -> int:
         """What this holds in memory, for the budget."""
-        return len(self._data) + 21 * len(self._ends) + 256
+        return len(self._data) + _PACKED_EVENT_BYTES * len(self._ends) + 256
 
     def size(self, index: int) -> int:
         return self._sizes[index]
