@@ -42,7 +42,9 @@ def start_replica(
         world,
         VISIBILITY_TIMEOUT=str(VISIBILITY_S),
         MAX_IN_FLIGHT="50",
-        LOG_LEVEL="WARNING",
+        # Lifecycle lines only, as JSON: the "running" one is waited for (Cli.wait_running).
+        LOG_LEVEL="INFO",
+        LOG_FORMAT="json",
     )
     return spawn_cli(f"replica-{number}", "run", env=env)
 
@@ -64,6 +66,11 @@ def test_three_replicas_one_killed(
     replicas = [start_replica(spawn_cli, emulator, world, 0)]
     wait_for(lambda: stream_size(emulator, world) > 300, 60.0, "300 records", interval_s=0.2)
     replicas += [start_replica(spawn_cli, emulator, world, n) for n in range(1, REPLICAS)]
+    # Joined means running (signal handlers installed): on a busy VM the first replica could
+    # drain the queue while the others still import, and the SIGTERM below then killed them
+    # outright (exit -15) instead of stopping them.
+    for replica in replicas[1:]:
+        replica.wait_running()
     wait_for(lambda: stream_size(emulator, world) > 1000, 60.0, "1000 records", interval_s=0.2)
     in_flight = queue_counts(emulator, world.queue_url)
     replicas[0].process.send_signal(signal.SIGKILL)
