@@ -1,3 +1,3 @@
 """event-processor: SQS sensor submissions in, validated and ordered Kinesis records out."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

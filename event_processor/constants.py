@@ -108,6 +108,6 @@ SINK_UNHEALTHY_AFTER_FAILED_CALLS = 3
 GC_GEN0_THRESHOLD = 10_000
 
 # --- Ids ---
-# Namespace for the UUIDv5 event ids: uuid5(NAMESPACE, f"{submission_id}:{sequence}").
+# Namespace for the UUIDv5 event ids: uuid5(NAMESPACE, f"{device_id}:{submission_id}:{sequence}").
 # Fixed forever: changing it would change every event id and break consumers' dedup.
 EVENT_ID_NAMESPACE = "6f1c9a64-5f3e-4b8e-9a52-3d2f0e7c1b10"

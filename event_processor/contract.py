@@ -232,7 +232,9 @@ class _RecordFields(TypedDict):
         str,
         Field(
             pattern=LOWER_UUID_PATTERN,
-            description='UUIDv5 of "<submission_id>:<sequence>": the same on every redelivery',
+            description='UUIDv5 of "<device_id>:<submission_id>:<sequence>": the same on every'
+            ' redelivery, distinct across devices (since 0.2.0; before, "<submission_id>:'
+            '<sequence>")',
         ),
     ]
     device_id: Annotated[str, Field(pattern=LOWER_UUID_PATTERN)]

@@ -213,15 +213,18 @@ def parse_submission(body: str) -> Submission | Rejection:
 
 
 # uuid5 is SHA-1 over the namespace's bytes and the name; the name is
-# f"{submission_id}:{sequence}", so the hash of everything before the sequence is computed
-# once per submission and copied per event instead of building a uuid.UUID each time.
+# f"{device_id}:{submission_id}:{sequence}", so the hash of everything before the sequence is
+# computed once per submission and copied per event instead of building a uuid.UUID each time.
+# The device is in the name so that two devices sending the same submission_id (a cloned
+# image, a hostile sensor) never share an event id, which consumers deduplicate on.
 _EVENT_ID_PREFIX: Final = _EVENT_ID_NAMESPACE.bytes
 # uuid5's variant bits (RFC 4122: 10xx) on the first hex digit of clock_seq_hi.
 _VARIANT_DIGIT: Final = {f"{n:x}": "89ab"[n & 3] for n in range(16)}
 
 
-def _event_id_hash(submission_id: str) -> Any:
-    return hashlib.sha1(_EVENT_ID_PREFIX + submission_id.encode() + b":", usedforsecurity=False)
+def _event_id_hash(device_id: str, submission_id: str) -> Any:
+    name = f"{device_id}:{submission_id}:".encode()
+    return hashlib.sha1(_EVENT_ID_PREFIX + name, usedforsecurity=False)
 
 
 def _event_id_from(prefix: Any, sequence: bytes) -> str:
@@ -232,9 +235,9 @@ def _event_id_from(prefix: Any, sequence: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
-def event_id(submission_id: str, sequence: int) -> str:
+def event_id(device_id: str, submission_id: str, sequence: int) -> str:
     """Deterministic: a redelivered submission gets the same ids, so consumers can dedup."""
-    return _event_id_from(_event_id_hash(submission_id), str(sequence).encode())
+    return _event_id_from(_event_id_hash(device_id, submission_id), str(sequence).encode())
 
 
 _TYPE_BYTES: Final = {t: t.value.encode() for t in EventType}
@@ -262,7 +265,7 @@ class RecordFormat:
         partition_key: PartitionKey,
     ) -> None:
         self.key = device_id if partition_key is PartitionKey.DEVICE_ID else submission_id
-        self._id_hash = _event_id_hash(submission_id)
+        self._id_hash = _event_id_hash(device_id, submission_id)
         # Ids are validated lower-case UUIDs and processed_at is ours: neither needs escaping.
         self._head = (
             f'","device_id":"{device_id}","submission_id":"{submission_id}","sequence":'.encode()

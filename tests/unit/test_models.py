@@ -287,7 +287,7 @@ def test_output_record_fields() -> None:
     records = build_records(parsed, "2026-11-22T10:00:00.123456Z", PartitionKey.DEVICE_ID)
     doc = orjson.loads(records[0].data)
     assert doc == {
-        "event_id": event_id(SUB_ID, 0),
+        "event_id": event_id(DEV_ID, SUB_ID, 0),
         "event_type": "new_process",
         "device_id": DEV_ID,
         "submission_id": SUB_ID,
@@ -307,10 +307,36 @@ def test_partition_key_can_be_submission_id() -> None:
 
 
 def test_event_id_is_a_deterministic_uuid5() -> None:
-    """Same submission and sequence, same id; the id is a valid version-5 UUID."""
-    assert event_id(SUB_ID, 3) == event_id(SUB_ID, 3)
-    assert event_id(SUB_ID, 3) != event_id(SUB_ID, 4)
-    assert uuid.UUID(event_id(SUB_ID, 3)).version == 5
+    """Same device, submission and sequence, same id; the id is a valid version-5 UUID."""
+    assert event_id(DEV_ID, SUB_ID, 3) == event_id(DEV_ID, SUB_ID, 3)
+    assert event_id(DEV_ID, SUB_ID, 3) != event_id(DEV_ID, SUB_ID, 4)
+    assert uuid.UUID(event_id(DEV_ID, SUB_ID, 3)).version == 5
+
+
+def test_event_id_is_uuid5_of_device_submission_and_sequence() -> None:
+    """The documented name, hashed by the stdlib's uuid5: what a consumer can recompute."""
+    namespace = uuid.UUID(constants.EVENT_ID_NAMESPACE)
+    expected = uuid.uuid5(namespace, f"{DEV_ID}:{SUB_ID}:7")
+    assert event_id(DEV_ID, SUB_ID, 7) == str(expected)
+
+
+def test_two_devices_with_one_submission_id_get_distinct_event_ids() -> None:
+    """A cloned or hostile sensor reusing a submission_id never shares an id with another."""
+    other_device = "0f0e0d0c-0b0a-4908-8706-050403020100"
+    body = {"new_process": [new_process(), new_process()]}
+    ids = {
+        device: [
+            orjson.loads(r.data)["event_id"]
+            for r in build_records(
+                parse_ok(encode(submission(body, submission_id=SUB_ID, device_id=device))),
+                "2026-11-22T10:00:00.123456Z",
+                PartitionKey.DEVICE_ID,
+            )
+        ]
+        for device in (DEV_ID, other_device)
+    }
+    assert len(ids[DEV_ID]) == len(ids[other_device]) == 2
+    assert not set(ids[DEV_ID]) & set(ids[other_device])
 
 
 def test_record_over_one_mib_is_rejected() -> None:
