@@ -14,9 +14,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
 from event_processor import awsmodels, constants, exitcodes, http, signals
+from event_processor.auth import Authenticator, KeyStore
 from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.budget import MemoryBudget
+from event_processor.config import AuthMode
 from event_processor.dlq import DeadLetterQueue
+from event_processor.keyset import FileKeySource, KeySetError, SecretsManagerKeySource
 from event_processor.metrics import Metrics
 from event_processor.pipeline import Pipeline
 from event_processor.retry import RetryPolicy
@@ -27,10 +30,12 @@ from event_processor.worker import Worker
 if TYPE_CHECKING:
     from aiobotocore.session import AioSession, ClientCreatorContext
     from types_aiobotocore_kinesis import KinesisClient
+    from types_aiobotocore_secretsmanager import SecretsManagerClient
     from types_aiobotocore_sqs import SQSClient
 
     from event_processor.awsjson import DlqApi, KinesisApi, SqsApi
     from event_processor.config import Settings
+    from event_processor.keyset import KeySource
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,8 @@ class Hooks:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     install_signals: bool = True
-    # Called with (worker, metrics_port) once receiving: tests use it to stop and probe.
+    # Called with (worker, metrics_port) once started, before the key set is read (when
+    # AUTH_MODE needs one): tests use it to stop and probe; `worker.ready` says it receives.
     on_started: Callable[[Worker, int], None] | None = None
 
 
@@ -96,6 +102,30 @@ def kinesis_client(session: AioSession, settings: Settings) -> ClientCreatorCont
     return session.create_client(
         "kinesis", config=kinesis_config(settings), endpoint_url=settings.endpoint_url
     )
+
+
+def secretsmanager_client(
+    session: AioSession, settings: Settings
+) -> ClientCreatorContext[SecretsManagerClient]:
+    """The key set's client: a read every few minutes, so botocore's own retries are enough."""
+    config = AioConfig(
+        region_name=settings.aws_region,
+        retries={"mode": "standard", "total_max_attempts": 3},
+        connect_timeout=5,
+        read_timeout=10,
+    )
+    return session.create_client(
+        "secretsmanager", config=config, endpoint_url=settings.endpoint_url
+    )
+
+
+async def _key_source(settings: Settings, session: AioSession, stack: AsyncExitStack) -> KeySource:
+    """The key set's source, as configured (Settings allows exactly one)."""
+    if settings.auth_keys_file is not None:
+        return FileKeySource(settings.auth_keys_file)
+    assert settings.auth_keys_secret_id is not None
+    client = await stack.enter_async_context(secretsmanager_client(session, settings))
+    return SecretsManagerKeySource(client, settings.auth_keys_secret_id)
 
 
 def _pool(settings: Settings) -> int:
@@ -153,11 +183,13 @@ async def _resolve(
 
 @dataclass(frozen=True)
 class Parts:
-    """The daemon's parts, wired; `source` and `dlq` are to be closed after the worker."""
+    """The daemon's parts, wired; `source` and `dlq` are to be closed after the worker, and
+    `keys` (None with AUTH_MODE=off) is to be loaded before it runs."""
 
     source: SqsSource
     dlq: DeadLetterQueue
     worker: Worker
+    keys: KeyStore | None
 
 
 def assemble(
@@ -169,11 +201,20 @@ def assemble(
     sqs: SqsApi,
     kinesis: KinesisApi,
     dlq: DlqApi,
+    key_source: KeySource | None = None,
 ) -> Parts:
-    """Wire the parts around the three clients: `run` does it with the AWS clients, and
+    """Wire the parts around the three clients (and the key set's source, which AUTH_MODE
+    monitor and enforce need): `run` does it with the AWS clients, and
     `devworld.bench.inprocess` with stand-ins, to measure our own code alone."""
     budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024, metrics.budget_used_bytes)
     metrics.budget_limit_bytes.set(budget.limit_bytes)
+    metrics.auth_mode.labels(settings.auth_mode.value).set(1)
+    keys: KeyStore | None = None
+    auth: Authenticator | None = None
+    if settings.auth_mode is not AuthMode.OFF:
+        assert key_source is not None, "Settings holds AUTH_MODE to a key set source"
+        keys = KeyStore(key_source, metrics, policy, refresh_s=settings.auth_keys_refresh_seconds)
+        auth = Authenticator(settings.auth_mode, keys, metrics)
     source = SqsSource(
         sqs,
         resolved.queue_url,
@@ -187,7 +228,13 @@ def assemble(
         dlq, settings.dlq_url, metrics, policy, resolved.dlq_max_message_bytes
     )
     pipeline = Pipeline(
-        source, sink, dead_letters, metrics, budget=budget, partition_key=settings.partition_key
+        source,
+        sink,
+        dead_letters,
+        metrics,
+        budget=budget,
+        partition_key=settings.partition_key,
+        auth=auth,
     )
     worker = Worker(
         source,
@@ -201,8 +248,25 @@ def assemble(
         batch_size=settings.batch_size,
         max_in_flight=settings.max_in_flight,
         shutdown_grace_s=settings.shutdown_grace_seconds,
+        side_tasks=() if keys is None else (keys.run,),
     )
-    return Parts(source, dead_letters, worker)
+    return Parts(source, dead_letters, worker, keys)
+
+
+async def _read_key_set(keys: KeyStore, worker: Worker) -> int | None:
+    """Read the key set before anything is received (not ready meanwhile); an exit code if
+    the daemon is not to run: the key set is invalid (2), or it was stopped first (0)."""
+    try:
+        loaded = await keys.load(worker.stop)
+    except KeySetError as exc:
+        log.error(  # noqa: TRY400 - the key set's problem is the whole story
+            "invalid key set", extra={"action": "startup_failed", "error": str(exc)}
+        )
+        return exitcodes.USAGE
+    if not loaded:
+        log.info("stopped before the key set was read", extra={"action": "stopped"})
+        return exitcodes.OK
+    return None
 
 
 async def run(settings: Settings, hooks: Hooks | None = None) -> int:
@@ -232,8 +296,18 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             kinesis_api = await LeanKinesis.create(kinesis, credentials, settings.stream_name)
             if settings.dlq_url is not None:
                 dlq_api = await LeanDlq.create(sqs, credentials, settings.dlq_url)
+        key_source = None
+        if settings.auth_mode is not AuthMode.OFF:
+            key_source = await _key_source(settings, session, stack)
         parts = assemble(
-            settings, resolved, metrics, hooks.policy, sqs=sqs_api, kinesis=kinesis_api, dlq=dlq_api
+            settings,
+            resolved,
+            metrics,
+            hooks.policy,
+            sqs=sqs_api,
+            kinesis=kinesis_api,
+            dlq=dlq_api,
+            key_source=key_source,
         )
         # Closed in reverse: the DLQ's sends, then the source's deletes.
         stack.push_async_callback(parts.source.close)
@@ -264,6 +338,8 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             stack.callback(signals.uninstall)
         if hooks.on_started is not None:
             hooks.on_started(worker, metrics_port)
+        if parts.keys is not None and (code := await _read_key_set(parts.keys, worker)) is not None:
+            return code
         log.info(
             "event processor running",
             extra={
@@ -272,6 +348,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
                 "stream": settings.stream_name,
                 "dlq_url": settings.dlq_url,
                 "metrics_port": metrics_port,
+                "auth_mode": settings.auth_mode.value,
             },
         )
         try:

@@ -8,9 +8,10 @@ them all, as it does in the AWS CLI.
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -26,6 +27,14 @@ from event_processor.models import PartitionKey
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+class AuthMode(StrEnum):
+    """AUTH_MODE (docs/authentication.md): whether sensors' signatures are checked."""
+
+    OFF = "off"
+    MONITOR = "monitor"  # verified and counted; published as if off
+    ENFORCE = "enforce"  # a submission without a valid signature goes whole to the DLQ
 
 
 class LogLevel(StrEnum):
@@ -137,10 +146,46 @@ class Settings(BaseSettings):
             "client",
         ),
     ] = True
+    auth_mode: Annotated[
+        AuthMode,
+        Field(
+            description="sensor signatures: off, monitor (verify and count, publish as off) or "
+            "enforce (reject to the DLQ); monitor and enforce need a key set",
+        ),
+    ] = AuthMode.OFF
+    auth_keys_secret_id: Annotated[
+        str | None,
+        Field(min_length=1, description="Secrets Manager secret (name or ARN) holding the key set"),
+    ] = None
+    auth_keys_file: Annotated[
+        Path | None,
+        Field(description="file holding the key set, e.g. a mounted Kubernetes Secret"),
+    ] = None
+    auth_keys_refresh_seconds: Annotated[
+        float,
+        Field(ge=10, le=86_400, description="seconds between reads of the key set"),
+    ] = 300.0
     log_level: Annotated[LogLevel, Field(description="log level")] = LogLevel.INFO
     log_format: Annotated[LogFormat, Field(description="text or json (one object a line)")] = (
         LogFormat.TEXT
     )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Settings:
+        if self.auth_keys_secret_id is not None and self.auth_keys_file is not None:
+            raise ValueError(
+                "AUTH_KEYS_SECRET_ID and AUTH_KEYS_FILE are both set: the key set has one source"
+            )
+        if self.auth_mode is not AuthMode.OFF and not self.has_key_source:
+            raise ValueError(
+                f"AUTH_MODE={self.auth_mode.value} needs a key set: set AUTH_KEYS_SECRET_ID"
+                " (Secrets Manager) or AUTH_KEYS_FILE"
+            )
+        return self
+
+    @property
+    def has_key_source(self) -> bool:
+        return self.auth_keys_secret_id is not None or self.auth_keys_file is not None
 
 
 def env_names(name: str) -> str:
@@ -156,7 +201,10 @@ def env_names(name: str) -> str:
 def explain(error: ValidationError) -> str:
     """Every bad setting, one a line, named as its variable and its flag."""
     lines = ["invalid settings:"]
-    for problem in error.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "settings"
-        lines.append(f"  {where.upper()} ({where.replace('_', '-')}): {problem['msg']}")
+    for problem in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in problem["loc"])
+        if not where:  # a rule across settings: its message names them
+            lines.append(f"  {problem['msg'].removeprefix('Value error, ')}")
+            continue
+        lines.append(f"  {where.upper()} (--{where.replace('_', '-')}): {problem['msg']}")
     return "\n".join(lines)

@@ -107,6 +107,16 @@ SINK_UNHEALTHY_AFTER_FAILED_CALLS = 3
 # garbage still triggers it within 10,000 objects, so what it can hold stays a few MB.
 GC_GEN0_THRESHOLD = 10_000
 
+# --- Sensor authentication (docs/authentication.md) ---
+# A message naming a key id the key set lacks makes the daemon read the key set again at once
+# (a key added since the last refresh), at most this often: a flood of unknown key ids costs
+# one GetSecretValue per interval, not one per message. Other messages with an unknown key
+# while the interval runs are rejected (unknown_key) and can be redriven once the key is in.
+AUTH_UNKNOWN_KEY_REFRESH_MIN_S = 30.0
+# After a failed refresh (the last good key set kept), the next try comes this soon at most,
+# rather than a whole AUTH_KEYS_REFRESH_SECONDS later.
+AUTH_REFRESH_RETRY_S = 30.0
+
 # --- Ids ---
 # Namespace for the UUIDv5 event ids: uuid5(NAMESPACE, f"{device_id}:{submission_id}:{sequence}").
 # Fixed forever: changing it would change every event id and break consumers' dedup.

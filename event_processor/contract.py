@@ -37,6 +37,13 @@ class Reason(StrEnum):
     EVENT_NOT_AN_OBJECT = "event_not_an_object"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     RECORD_TOO_LARGE = "record_too_large"
+    # The sender, when AUTH_MODE checks it (docs/authentication.md): the whole submission.
+    SIGNATURE_MISSING = "signature_missing"
+    SIGNATURE_MALFORMED = "signature_malformed"
+    SIGNATURE_INVALID = "signature_invalid"
+    UNKNOWN_KEY = "unknown_key"
+    DEVICE_MISMATCH = "device_mismatch"
+    DEVICE_REVOKED = "device_revoked"
 
 
 class EventType(StrEnum):

@@ -17,6 +17,7 @@ import orjson
 
 from event_processor import constants
 from event_processor.models import Rejection
+from event_processor.signing import SIGNATURE_ATTRIBUTE
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageAttributeValueTypeDef
@@ -100,8 +101,15 @@ def _cut(value: Any, depth: int) -> Any:
 
 
 def submission_letter(message: Message, body: str, rejection: Rejection) -> DeadLetter:
-    """The original body and attributes, with the reason added as attributes."""
+    """The original body and attributes, with the reason added as attributes.
+
+    The sender's signature goes first among the original's: a redriven body needs it to be
+    accepted again where AUTH_MODE enforces signatures.
+    """
     attributes = _reason_attributes(message, rejection.reason.value, rejection.detail)
+    signature = message.attributes.get(SIGNATURE_ATTRIBUTE)
+    if signature is not None:
+        attributes[SIGNATURE_ATTRIBUTE] = signature
     for name, value in message.attributes.items():
         if len(attributes) >= _MAX_ATTRIBUTES:
             break  # ours take precedence; SQS would refuse an 11th attribute

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, Literal
@@ -72,11 +72,16 @@ class OptionalGauge:
         self.name = name
         self.documentation = documentation
         self.value = value
+        self._function: Callable[[], float | None] | None = None
         registry.register(self)
 
     def set(self, value: float | None) -> None:
         """Set the value; None withdraws the sample."""
         self.value = value
+
+    def set_function(self, function: Callable[[], float | None]) -> None:
+        """Read the value from `function` at each scrape instead (None: no sample)."""
+        self._function = function
 
     def describe(self) -> Iterator[Metric]:
         """The family without samples, so the registry refuses a second one of the same name."""
@@ -85,8 +90,9 @@ class OptionalGauge:
     def collect(self) -> Iterator[Metric]:
         """The family, with its one sample only if there is a value."""
         family = GaugeMetricFamily(self.name, self.documentation)
-        if self.value is not None:
-            family.add_metric([], self.value)
+        value = self.value if self._function is None else self._function()
+        if value is not None:
+            family.add_metric([], value)
         yield family
 
 
@@ -230,6 +236,54 @@ class Metrics:
         self.in_flight_records = Gauge(
             "in_flight_records",
             "Records accepted by the sink and not yet published",
+            namespace=ns,
+            registry=registry,
+        )
+
+        # Sensor authentication (docs/authentication.md); no device labels: those are unbounded.
+        self.auth_mode = Gauge(
+            "auth_mode",
+            "1 for the AUTH_MODE in use (off, monitor or enforce)",
+            ["mode"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.auth_results = Counter(
+            "auth_results",
+            "Submissions whose signature was checked, by result: ok, or the reason it failed"
+            " (rejected under enforce, only counted under monitor)",
+            ["result"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.auth_verified = Counter(
+            "auth_verified",
+            "Valid signatures, by the key id that made them: a rotation's old key falls to 0",
+            ["key_id"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.auth_keyset_age = OptionalGauge(
+            "_".join(filter(None, (ns, "auth_keyset_age_seconds"))),
+            "Seconds since the key set in use was read (absent before the first read)",
+            registry,
+            None,
+        )
+        self.auth_keyset_refresh_interval = OptionalGauge(
+            "_".join(filter(None, (ns, "auth_keyset_refresh_interval_seconds"))),
+            "AUTH_KEYS_REFRESH_SECONDS (absent when AUTH_MODE is off)",
+            registry,
+            None,
+        )
+        self.auth_keyset_keys = Gauge(
+            "auth_keyset_keys",
+            "Master keys in the key set in use",
+            namespace=ns,
+            registry=registry,
+        )
+        self.auth_keyset_refresh_failures = Counter(
+            "auth_keyset_refresh_failures",
+            "Key set refreshes that failed (unreadable or invalid): the last good set is kept",
             namespace=ns,
             registry=registry,
         )

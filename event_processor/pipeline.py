@@ -19,9 +19,11 @@ from event_processor.letters import submission_letter
 from event_processor.models import PartitionKey, Rejection, format_timestamp, parse_packed
 
 if TYPE_CHECKING:
+    from event_processor.auth import Authenticator
     from event_processor.budget import Hold, MemoryBudget
     from event_processor.dlq import DeadLetterQueue
     from event_processor.metrics import Metrics
+    from event_processor.signing import Envelope
     from event_processor.sink import KinesisSink
     from event_processor.source import Message, SqsSource
 
@@ -44,8 +46,10 @@ class Pipeline:
         *,
         budget: MemoryBudget,
         partition_key: PartitionKey,
+        auth: Authenticator | None = None,
     ) -> None:
         self._budget = budget
+        self._auth = auth  # None: AUTH_MODE=off, nothing is checked
         self._source = source
         self._sink = sink
         self._dlq = dlq
@@ -75,6 +79,13 @@ class Pipeline:
         # The body is needed only to parse (and to dead-letter a rejected submission whole);
         # the Message itself lives on in the worker's in-flight set until it is finished.
         body, message.body = message.body, ""
+        # Who sent it, before anything of it is parsed: an unauthenticated body costs an HMAC.
+        signer: Envelope | None = None
+        if self._auth is not None:
+            verdict = await self._auth.verify(message.attributes, body)
+            if isinstance(verdict, Rejection):
+                return await self._reject(message, body, verdict)
+            signer = verdict
         while True:
             letters = self._dlq.packer(message)
             processed_at = format_timestamp(datetime.now(UTC))
@@ -90,11 +101,16 @@ class Pipeline:
             del parsed, letters
             await self._budget.grow(hold, needed)
 
+        if signer is not None:
+            assert self._auth is not None
+            # The body must name the device that signed it; a mismatch is rejected whole.
+            named = None if isinstance(parsed, Rejection) else parsed.device_id
+            mismatch = self._auth.settle(signer, named)
+            if mismatch is not None:
+                del letters
+                parsed = mismatch
         if isinstance(parsed, Rejection):
-            self._metrics.submissions_rejected.labels(parsed.reason.value).inc()
-            await self._dlq.send([submission_letter(message, body, parsed)])
-            await self._source.delete(message)
-            return Outcome.REJECTED
+            return await self._reject(message, body, parsed)
         del body
 
         records = parsed.records
@@ -117,3 +133,10 @@ class Pipeline:
         if message.sent_at_s is not None:
             self._metrics.submission_latency.observe(max(0.0, time.time() - message.sent_at_s))
         return Outcome.PUBLISHED
+
+    async def _reject(self, message: Message, body: str, rejection: Rejection) -> Outcome:
+        """The whole submission to the DLQ, with its original body and attributes; then delete."""
+        self._metrics.submissions_rejected.labels(rejection.reason.value).inc()
+        await self._dlq.send([submission_letter(message, body, rejection)])
+        await self._source.delete(message)
+        return Outcome.REJECTED

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -68,6 +69,7 @@ class Worker:
         batch_size: int,
         max_in_flight: int,
         shutdown_grace_s: float,
+        side_tasks: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self._source = source
         self._sink = sink
@@ -98,6 +100,8 @@ class Worker:
         self.running = False
         self._source_ok = True
         self._receiving: set[asyncio.Task[object]] = set()  # receivers inside ReceiveMessage
+        # Loops that run beside the heartbeat (the key set's refresh) and end with it.
+        self._side_tasks = side_tasks
 
     @property
     def ready(self) -> bool:
@@ -120,13 +124,14 @@ class Worker:
             for i in range(self._receivers)
         ]
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        side = [asyncio.create_task(run(), name=run.__qualname__) for run in self._side_tasks]
         stop = asyncio.create_task(self.stop.wait(), name="stop")
         self.running = True
         log.info("worker started", extra={"action": "started", "receivers": self._receivers})
         cancelled = False
         try:
             done, _ = await asyncio.wait(
-                [*receivers, heartbeat, stop], return_when=asyncio.FIRST_COMPLETED
+                [*receivers, heartbeat, *side, stop], return_when=asyncio.FIRST_COMPLETED
             )
         except asyncio.CancelledError:
             # Cancelled from outside (a TaskGroup sibling failed, an embedding app shut down):
@@ -142,7 +147,7 @@ class Worker:
             log.error("side task failed, draining", extra={"action": "side_task_failed"})
         # Shielded, as procrastinate shields its shutdown: a cancellation that arrives while
         # draining skips the rest of the grace (as a second signal does) but still releases.
-        shutdown = asyncio.create_task(self._shut_down(receivers, heartbeat, stop))
+        shutdown = asyncio.create_task(self._shut_down(receivers, [heartbeat, *side], stop))
         while True:
             try:
                 await asyncio.shield(shutdown)
@@ -158,7 +163,7 @@ class Worker:
     async def _shut_down(
         self,
         receivers: list[asyncio.Task[None]],
-        heartbeat: asyncio.Task[None],
+        side: list[asyncio.Task[None]],
         stop: asyncio.Task[bool],
     ) -> None:
         # 1. Stop receiving. Long polls waiting for messages are interrupted; a receive whose
@@ -174,8 +179,9 @@ class Worker:
         await asyncio.gather(*receivers, return_exceptions=True)
         # 2. Let in-flight submissions finish within the grace period (heartbeat still on).
         await self._drain()
-        heartbeat.cancel()
-        await asyncio.gather(heartbeat, return_exceptions=True)
+        for task in side:
+            task.cancel()
+        await asyncio.gather(*side, return_exceptions=True)
         # 3. Release what is unfinished, once nothing of ours can land on the stream after it.
         await self._release_unfinished()
         self.running = False

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import orjson
 from prometheus_client import CollectorRegistry
 
+from event_processor.auth import Authenticator, KeyStore
 from event_processor.budget import MemoryBudget
+from event_processor.config import AuthMode
 from event_processor.letters import DeadLetter, LetterPacker
 from event_processor.metrics import Metrics
 from event_processor.models import PartitionKey
@@ -25,6 +27,7 @@ from event_processor.worker import Worker
 from tests.factories import received_message
 
 if TYPE_CHECKING:
+    from event_processor.keyset import KeySet
     from event_processor.models import Records
     from event_processor.source import Message
 
@@ -172,6 +175,27 @@ class FakeDlq:
         self.sent.extend(letters)
 
 
+class FakeKeySource:
+    """KeySource: answers from a script, a KeySet or an exception to raise (the last answer
+    repeats); reads wait for `gate` when it is given."""
+
+    name = "scripted"
+
+    def __init__(self, *answers: KeySet | BaseException) -> None:
+        self.answers = list(answers)
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+
+    async def read(self) -> KeySet:
+        self.reads += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
 @dataclass
 class Fakes:
     """The fakes, a fresh metrics registry and a memory budget, as app.run would wire them."""
@@ -192,7 +216,11 @@ class Fakes:
         value = self.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value
 
-    def pipeline(self, partition_key: PartitionKey = PartitionKey.DEVICE_ID) -> Pipeline:
+    def pipeline(
+        self,
+        partition_key: PartitionKey = PartitionKey.DEVICE_ID,
+        auth: Authenticator | None = None,
+    ) -> Pipeline:
         return Pipeline(
             self.source,  # type: ignore[arg-type]
             self.sink,  # type: ignore[arg-type]
@@ -200,7 +228,16 @@ class Fakes:
             self.metrics,
             budget=self.budget,
             partition_key=partition_key,
+            auth=auth,
         )
+
+    async def authenticator(self, mode: AuthMode, keys: KeySet) -> Authenticator:
+        """An authenticator in `mode` whose key store has read `keys`."""
+        store = KeyStore(
+            FakeKeySource(keys), self.metrics, RetryPolicy(initial_s=0.0), refresh_s=300
+        )
+        assert await store.load(asyncio.Event())
+        return Authenticator(mode, store, self.metrics)
 
     def worker(
         self,

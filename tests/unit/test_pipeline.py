@@ -13,9 +13,11 @@ import time
 
 import pytest
 
-from event_processor import constants
+from event_processor import constants, signing
 from event_processor.budget import Hold
+from event_processor.config import AuthMode
 from event_processor.errors import BatchEntryFailed, PublishFailed
+from event_processor.keyset import KeySet
 from event_processor.letters import KIND_SUBMISSION, read_letter, string_attribute
 from event_processor.models import Packed, PartitionKey, parse_packed
 from event_processor.pipeline import Outcome
@@ -26,6 +28,8 @@ from tests.unit.fakes import Fakes
 
 PROCESSED_AT = "2026-11-22T10:00:00.000000Z"
 SUBMISSIONS = "event_processor_submissions_total"
+REJECTED = "event_processor_submissions_rejected_total"
+AUTH_RESULTS = "event_processor_auth_results_total"
 # One valid event, one without its user, one that is no object, one valid connection.
 MIXED_EVENTS = {
     "new_process": [new_process(), {"cmdl": "x"}, 7],
@@ -265,3 +269,109 @@ async def test_a_bug_is_raised_not_taken_for_a_failed_submission() -> None:
 
     assert fakes.source.deleted == []
     assert fakes.metric(SUBMISSIONS, {"outcome": "failed"}) == 0
+
+
+# --- sensor authentication (AUTH_MODE) --------------------------------------------------------
+
+SIGNER = "93552c93-6e6f-48fe-bbf9-6ba6ac20c120"
+KEYS = KeySet({"k1": bytes(range(32))})
+
+
+def signed_message(doc: dict[str, object], *, signer: str = SIGNER) -> Message:
+    """A received message whose body `signer` signed with its key under k1."""
+    body = encode(doc)
+    device_key = KEYS.device_key("k1", signer)
+    return received_message(
+        body, attributes=signing.signature_attributes(device_key, "k1", signer, body)
+    )
+
+
+async def test_enforce_rejects_an_unsigned_submission_whole_before_parsing_it() -> None:
+    """No signature: the original body and attributes go to the DLQ as signature_missing;
+    nothing is published, not even its valid events, and it is deleted after the DLQ took it."""
+    fakes = Fakes()
+    auth = await fakes.authenticator(AuthMode.ENFORCE, KEYS)
+    body = encode(submission(MIXED_EVENTS, device_id=SIGNER))
+    trace = {"trace": {"DataType": "String", "StringValue": "t-1"}}
+    message = received_message(body, attributes=trace)
+
+    outcome = await fakes.pipeline(auth=auth).process(message, held(fakes, message))
+
+    assert outcome is Outcome.REJECTED
+    assert fakes.sink.lanes == []
+    assert fakes.calls == ["dlq.send", "delete"]
+    [letter] = fakes.dlq.sent
+    assert (letter.kind, letter.body) == (KIND_SUBMISSION, body)
+    assert string_attribute(letter.attributes, "reason") == "signature_missing"
+    assert letter.attributes["trace"] == trace["trace"]
+    assert fakes.metric(REJECTED, {"reason": "signature_missing"}) == 1
+    assert fakes.metric(AUTH_RESULTS, {"result": "signature_missing"}) == 1
+
+
+async def test_enforce_rejects_a_body_naming_another_device_whole() -> None:
+    """Signed by one device, the body names another: device_mismatch, the whole body in the
+    DLQ with its signature attribute, no event letters and no records."""
+    fakes = Fakes()
+    auth = await fakes.authenticator(AuthMode.ENFORCE, KEYS)
+    other = "0f0e0d0c-0b0a-4908-8706-050403020100"
+    message = signed_message(submission(MIXED_EVENTS, device_id=other))
+    body = message.body
+
+    outcome = await fakes.pipeline(auth=auth).process(message, held(fakes, message))
+
+    assert outcome is Outcome.REJECTED
+    assert fakes.sink.lanes == []
+    [letter] = fakes.dlq.sent
+    assert (letter.kind, letter.body) == (KIND_SUBMISSION, body)
+    assert string_attribute(letter.attributes, "reason") == "device_mismatch"
+    assert string_attribute(letter.attributes, "sensor-signature") is not None
+    assert fakes.metric(AUTH_RESULTS, {"result": "device_mismatch"}) == 1
+    assert fakes.metric(AUTH_RESULTS, {"result": "ok"}) == 0
+    assert fakes.metric("event_processor_events_rejected_total", {"reason": "missing_field"}) == 0
+
+
+async def test_enforce_publishes_a_signed_submission_as_off_would() -> None:
+    """A genuine signature: published, its bad events dead-lettered, counted ok."""
+    fakes = Fakes()
+    auth = await fakes.authenticator(AuthMode.ENFORCE, KEYS)
+    doc = submission(MIXED_EVENTS, device_id=SIGNER)
+    message = signed_message(doc)
+
+    outcome = await fakes.pipeline(auth=auth).process(message, held(fakes, message))
+
+    assert outcome is Outcome.PUBLISHED
+    assert fakes.sink.lane(doc["submission_id"]).sequences == [0, 3]
+    assert fakes.metric(AUTH_RESULTS, {"result": "ok"}) == 1
+    assert fakes.metric("event_processor_auth_verified_total", {"key_id": "k1"}) == 1
+
+
+async def test_a_signed_body_that_breaks_the_contract_is_rejected_for_that() -> None:
+    """The sender is genuine (ok); the body's own rule rejects it, as without signatures."""
+    fakes = Fakes()
+    auth = await fakes.authenticator(AuthMode.ENFORCE, KEYS)
+    message = signed_message(submission(submission_id="nope", device_id=SIGNER))
+
+    outcome = await fakes.pipeline(auth=auth).process(message, held(fakes, message))
+
+    assert outcome is Outcome.REJECTED
+    [letter] = fakes.dlq.sent
+    assert string_attribute(letter.attributes, "reason") == "invalid_field"
+    assert fakes.metric(AUTH_RESULTS, {"result": "ok"}) == 1
+
+
+async def test_monitor_publishes_what_enforce_would_reject_and_counts_it() -> None:
+    """Unsigned and mismatched submissions are published under monitor; only counted."""
+    fakes = Fakes()
+    auth = await fakes.authenticator(AuthMode.MONITOR, KEYS)
+    unsigned = submission(device_id=SIGNER)
+    mismatched = submission(device_id="0f0e0d0c-0b0a-4908-8706-050403020100")
+    pipeline = fakes.pipeline(auth=auth)
+    for message in (received_message(encode(unsigned)), signed_message(mismatched)):
+        assert await pipeline.process(message, held(fakes, message)) is Outcome.PUBLISHED
+    assert {lane.submission_id for lane in fakes.sink.lanes} == {
+        unsigned["submission_id"],
+        mismatched["submission_id"],
+    }
+    assert fakes.dlq.sent == []
+    assert fakes.metric(AUTH_RESULTS, {"result": "signature_missing"}) == 1
+    assert fakes.metric(AUTH_RESULTS, {"result": "device_mismatch"}) == 1
