@@ -1,7 +1,7 @@
 """Command line: `event-processor run` (the daemon). Every setting is an env var and a flag.
 
 `demo` runs the daemon on the embedded emulator (the `devworld` package, `demo` extra);
-`dlq inspect`, `dlq redrive` and `tail` are the operator tools of `event_processor.tools`,
+`dlq inspect`, `dlq redrive`, `tail` and `keys` are the operator tools of `event_processor.tools`,
 each registering its own sub-command (docs/operations.md). Only `run` imports the daemon
 (`app`, and through it aiobotocore and aiohttp); a tool imports boto3 when it runs.
 """
@@ -26,7 +26,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from event_processor import __version__, constants, contract, exitcodes, logs  # noqa: E402
 from event_processor.config import Settings, env_names, explain  # noqa: E402
-from event_processor.tools import inspect, redrive, tail  # noqa: E402
+from event_processor.tools import inspect, keys, redrive, tail  # noqa: E402
 
 if _collecting:
     gc.enable()
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.register(dlq_commands)
     redrive.register(dlq_commands)
     tail.register(commands)
+    keys.register(commands)
     contract.register(commands)
     return parser
 
