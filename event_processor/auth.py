@@ -164,6 +164,7 @@ class KeyStore:
         self._read_at = self._clock()
         self._healthy = True
         self._metrics.auth_keyset_keys.set(len(keys.keys))
+        self._metrics.auth_keyset_revoked_devices.set(len(keys.revoked_devices))
         if changed or recovered:
             log.info(
                 "key set read",

@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     ] = None
     auth_keys_refresh_seconds: Annotated[
         float,
-        Field(ge=10, le=86_400, description="seconds between reads of the key set"),
+        Field(ge=1, le=86_400, description="seconds between reads of the key set"),
     ] = 300.0
     log_level: Annotated[LogLevel, Field(description="log level")] = LogLevel.INFO
     log_format: Annotated[LogFormat, Field(description="text or json (one object a line)")] = (

@@ -281,6 +281,12 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        self.auth_keyset_revoked_devices = Gauge(
+            "auth_keyset_revoked_devices",
+            "Revoked devices in the key set in use: a revocation has landed once this moves",
+            namespace=ns,
+            registry=registry,
+        )
         self.auth_keyset_refresh_failures = Counter(
             "auth_keyset_refresh_failures",
             "Key set refreshes that failed (unreadable or invalid): the last good set is kept",

@@ -83,6 +83,26 @@ def test_invalid_env_setting_exits_2(
     assert "VISIBILITY_TIMEOUT" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--auth-mode", "enforce"], "AUTH_MODE=enforce needs a key set"),
+        (["--auth-mode", "monitor"], "AUTH_MODE=monitor needs a key set"),
+        (["--auth-keys-secret-id", "s", "--auth-keys-file", "/k"], "both set"),
+        (["--auth-mode", "strict"], "auth-mode"),
+        (["--auth-keys-refresh-seconds", "0.5"], "auth-keys-refresh-seconds"),
+    ],
+)
+def test_auth_settings_that_cannot_work_exit_2(
+    args: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mode without a key set, two key set sources, an unknown mode: named, exit 2."""
+    assert cli.main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert "invalid settings" in err
+    assert words in err
+
+
 def test_unknown_flag_is_a_usage_error() -> None:
     """argparse rejects unknown flags with exit code 2."""
     with pytest.raises(SystemExit) as exit_:
