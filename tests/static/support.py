@@ -1,5 +1,6 @@
 """Helpers the static checks of the deploy files share: paths, tools run as subprocesses, YAML,
-a loopback HTTP server, checkov, the daemon's settings and the metric names PromQL may select."""
+the daemon's AWS calls, a loopback HTTP server, checkov, the daemon's settings and the metric
+names PromQL may select."""
 
 from __future__ import annotations
 
@@ -83,6 +84,45 @@ def daemon_settings(
     for alias in aliases:
         settings.pop(alias, None)
     return Settings.model_validate(settings)
+
+
+# --- the AWS calls the daemon makes, for its IAM grants -----------------------------------------
+
+PACKAGE_DIR = ROOT / "event_processor"
+# The daemon's modules that call AWS, and the service of the client each one holds as
+# `self._client` (app.py names its clients `sqs` and `kinesis`).
+CLIENT_MODULES = {
+    "app.py": None,
+    "source.py": "sqs",
+    "dlq.py": "sqs",
+    "sink.py": "kinesis",
+    "keyset.py": "secretsmanager",
+    "worker.py": None,
+    "pipeline.py": None,
+    "batcher.py": None,
+}
+AWS_CALL = re.compile(r"await\s+(?P<client>sqs|kinesis|self\._client)\.(?P<method>[a-z_]+)\(")
+# IAM authorises a batch call with the single call's action.
+BATCH_ACTIONS = {
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+}
+
+
+def daemon_aws_actions() -> set[str]:
+    """The IAM actions the daemon's code needs: every awaited client call, by service."""
+    actions: set[str] = set()
+    for module, service in CLIENT_MODULES.items():
+        source = (PACKAGE_DIR / module).read_text(encoding="utf-8")
+        for match in AWS_CALL.finditer(source):
+            client = match["client"]
+            owner = service if client == "self._client" else client
+            assert owner, f"{module} calls {match['method']} on a client of unknown service"
+            operation = "".join(part.capitalize() for part in match["method"].split("_"))
+            action = f"{owner}:{operation}"
+            actions.add(BATCH_ACTIONS.get(action, action))
+    return actions
 
 
 # --- a loopback HTTP server, for the health checks ---------------------------------------------

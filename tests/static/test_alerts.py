@@ -253,7 +253,8 @@ def test_metric_name_scan_sees_through_promql() -> None:
 
 def test_exported_names_carry_the_exposition_suffixes() -> None:
     """Counters are known by _total, histograms by _bucket/_sum/_count, gauges by their name;
-    the process collector's series and the memory limit gauge are among them."""
+    the process collector's series, the memory limit gauge and the key set's gauges are among
+    them."""
     exported = exported_metric_names()
     assert "event_processor_messages_received_total" in exported
     assert "event_processor_messages_received" not in exported
@@ -265,6 +266,10 @@ def test_exported_names_carry_the_exposition_suffixes() -> None:
     assert "process_resident_memory_bytes" in exported
     assert "process_cpu_seconds_total" in exported
     assert "event_processor_memory_limit_bytes" in exported
+    # The key set rule's: absent until the first read and under AUTH_MODE=off (a fresh Metrics
+    # has read nothing), yet their families are there.
+    assert "event_processor_auth_keyset_age_seconds" in exported
+    assert "event_processor_auth_keyset_refresh_interval_seconds" in exported
 
 
 def test_github_anchor() -> None:

@@ -596,6 +596,25 @@ def test_dashboard_uses_only_metrics_the_daemon_exports() -> None:
         assert not unknown, f"{file_name} / {title}: {sorted(unknown)} not exported ({expr!r})"
 
 
+def test_dashboard_shows_every_auth_metric_in_its_row() -> None:
+    """A "Sensor authentication" row, and every auth_* series the daemon exports on a panel."""
+    auth = {
+        name
+        for name in exported_metric_names()
+        if name.startswith("event_processor_auth_") and not name.endswith("_created")
+    }
+    assert "event_processor_auth_keyset_age_seconds" in auth  # absent until read, still known
+    shown = set().union(*(promql_metric_names(expr) for _, _, expr in dashboard_exprs()))
+    assert auth - shown == set(), "not on the dashboard"
+    rows = {
+        panel["title"]
+        for path in dashboard_files()
+        for panel in dashboard_panels(json.loads(path.read_text(encoding="utf-8")))
+        if panel.get("type") == "row"
+    }
+    assert "Sensor authentication" in rows
+
+
 def test_metric_name_extraction_sees_through_promql() -> None:
     """The PromQL scan finds metric names and skips functions, labels, keywords and numbers."""
     expr = (

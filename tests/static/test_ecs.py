@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from event_processor.config import Settings
+from event_processor.config import AuthMode, Settings
 from tests.static.support import (
     BENCH_PEAK_RSS_MIB,
     CONTAINER_TMP,
@@ -31,6 +31,7 @@ from tests.static.support import (
     checkov_config_skips,
     checkov_failures,
     checkov_json,
+    daemon_aws_actions,
     daemon_settings,
     image_user,
     load_yaml,
@@ -43,7 +44,6 @@ ECS_DIR = ROOT / "deploy" / "ecs"
 TEMPLATE = ECS_DIR / "event-processor.yaml"
 CHECKOV_CONFIG = ECS_DIR / ".checkov.yaml"
 K8S_SCALEDOBJECT = ROOT / "deploy" / "kubernetes" / "base" / "scaledobject.yaml"
-PACKAGE_DIR = ROOT / "event_processor"
 # cfn-lint checks the resource specification of each region named here.
 LINT_REGIONS = ("us-east-1", "eu-west-1")
 # Fargate's ceiling for stopTimeout.
@@ -58,24 +58,6 @@ FARGATE_MEMORY = {
 # BENCH_PEAK_RSS_MIB).
 BENCH_CPU_UNITS = 512
 
-# The daemon's modules that call AWS, and the service of the client each one holds as
-# `self._client` (app.py names its clients `sqs` and `kinesis`).
-CLIENT_MODULES = {
-    "app.py": None,
-    "source.py": "sqs",
-    "dlq.py": "sqs",
-    "sink.py": "kinesis",
-    "worker.py": None,
-    "pipeline.py": None,
-    "batcher.py": None,
-}
-AWS_CALL = re.compile(r"await\s+(?P<client>sqs|kinesis|self\._client)\.(?P<method>[a-z_]+)\(")
-# IAM authorises a batch call with the single call's action.
-BATCH_ACTIONS = {
-    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
-    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
-    "sqs:SendMessageBatch": "sqs:SendMessage",
-}
 # What each resource's statement grants (README, "How is it deployed?").
 EXPECTED_GRANTS = {
     "QueueName": {
@@ -87,7 +69,16 @@ EXPECTED_GRANTS = {
     },
     "DeadLetterQueueName": {"sqs:GetQueueAttributes", "sqs:SendMessage"},
     "StreamName": {"kinesis:DescribeStreamSummary", "kinesis:PutRecords"},
+    "AuthKeysSecretArn": {"secretsmanager:GetSecretValue"},
 }
+# The sensors' key set as a deployment names it (the parameter's default is empty: AuthMode
+# "off" only, which the template's rule enforces), and a customer-managed key.
+KEY_SET_ARN = (
+    "arn:aws:secretsmanager:eu-west-1:123456789012:secret:event-processor/sensor-keys-AbCdEf"
+)
+KMS_KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+# Parameters given at deployment beyond the defaults, for reading the template as deployed.
+AS_DEPLOYED = {"AuthKeysSecretArn": KEY_SET_ARN}
 # Pseudo parameters, for reading the template's values as the daemon would see them.
 PSEUDO = {
     "AWS::Region": "eu-west-1",
@@ -134,21 +125,32 @@ def resource(template: dict[str, Any], name: str) -> dict[str, Any]:
     return properties
 
 
-def resolve(template: dict[str, Any], value: Any) -> str:
-    """A property value as deployed with the parameters' defaults and PSEUDO's account."""
+def parameters(template: dict[str, Any], given: dict[str, str] | None = None) -> dict[str, str]:
+    """Every parameter's value as deployed: `given` (AS_DEPLOYED by default) over the defaults;
+    a parameter without either reads as <name>."""
+    values = {
+        name: str(spec["Default"]) if "Default" in spec else f"<{name}>"
+        for name, spec in template["Parameters"].items()
+    }
+    values.update(AS_DEPLOYED if given is None else given)
+    return values
+
+
+def resolve(template: dict[str, Any], value: Any, given: dict[str, str] | None = None) -> str:
+    """A property value as deployed with `parameters` and PSEUDO's account."""
     if isinstance(value, str | int | float):
         return str(value)
     assert isinstance(value, dict), value
     assert len(value) == 1, value
     (function, argument), *_ = value.items()
+    values = parameters(template, given)
 
     def lookup(name: str) -> str:
         if name in PSEUDO:
             return PSEUDO[name]
         if "." in name:  # GetAtt
             return f"<{name}>"
-        default = template["Parameters"][name].get("Default")
-        return str(default) if default is not None else f"<{name}>"
+        return values[name]
 
     if function == "Ref":
         return lookup(argument)
@@ -163,34 +165,37 @@ def the_container(template: dict[str, Any]) -> dict[str, Any]:
     return only
 
 
-def environment(template: dict[str, Any]) -> dict[str, str]:
-    return {
-        e["Name"]: resolve(template, e["Value"]) for e in the_container(template)["Environment"]
-    }
+def as_deployed(
+    template: dict[str, Any], items: list[Any], given: dict[str, str] | None = None
+) -> list[Any]:
+    """A list property as deployed with `parameters`: each Fn::If item replaced by the branch
+    its condition picks, AWS::NoValue dropped."""
+    values = parameters(template, given)
+    chosen: list[Any] = []
+    for item in items:
+        value = item
+        if isinstance(item, dict) and "Fn::If" in item:
+            condition, when_true, when_false = item["Fn::If"]
+            holds = evaluate_rule(template["Conditions"][condition], values)
+            value = when_true if holds else when_false
+        if value != {"Ref": "AWS::NoValue"}:
+            chosen.append(value)
+    return chosen
 
 
-def daemon_aws_actions() -> set[str]:
-    """The IAM actions the daemon's code needs: every awaited client call, by service."""
-    actions: set[str] = set()
-    for module, service in CLIENT_MODULES.items():
-        source = (PACKAGE_DIR / module).read_text(encoding="utf-8")
-        for match in AWS_CALL.finditer(source):
-            client = match["client"]
-            owner = service if client == "self._client" else client
-            assert owner, f"{module} calls {match['method']} on a client of unknown service"
-            operation = "".join(part.capitalize() for part in match["method"].split("_"))
-            action = f"{owner}:{operation}"
-            actions.add(BATCH_ACTIONS.get(action, action))
-    return actions
+def environment(template: dict[str, Any], given: dict[str, str] | None = None) -> dict[str, str]:
+    entries = as_deployed(template, the_container(template)["Environment"], given)
+    return {e["Name"]: resolve(template, e["Value"], given) for e in entries}
 
 
-def task_role_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
-    """The task role's statements, the KMS one (under Fn::If) left out."""
+def task_role_statements(
+    template: dict[str, Any], given: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The task role's statements as deployed with `parameters`."""
     return [
         statement
         for policy in resource(template, "TaskRole")["Policies"]
-        for statement in policy["PolicyDocument"]["Statement"]
-        if "Fn::If" not in statement
+        for statement in as_deployed(template, policy["PolicyDocument"]["Statement"], given)
     ]
 
 
@@ -242,7 +247,8 @@ def test_checkov_passes_on_the_template() -> None:
 
 
 def test_task_role_allows_exactly_what_the_code_calls(template: dict[str, Any]) -> None:
-    """The task role's actions are those of the daemon's AWS calls, derived from its code."""
+    """The task role's actions (with a key set, no customer-managed key) are those of the
+    daemon's AWS calls, derived from its code."""
     code = daemon_aws_actions()
     assert code == set().union(*EXPECTED_GRANTS.values()), (
         "the daemon's AWS calls changed: update EXPECTED_GRANTS and the task role"
@@ -256,11 +262,12 @@ def test_task_role_allows_exactly_what_the_code_calls(template: dict[str, Any]) 
 
 
 def test_task_role_grants_each_resource_only_its_actions(template: dict[str, Any]) -> None:
-    """One statement per queue/stream, each scoped to that ARN; no wildcard anywhere."""
+    """One statement per queue, stream and secret, each scoped to that ARN; no wildcard."""
     arns = {
         "QueueName": "arn:aws:sqs:eu-west-1:123456789012:submissions",
         "DeadLetterQueueName": "arn:aws:sqs:eu-west-1:123456789012:submissions-dlq",
         "StreamName": "arn:aws:kinesis:eu-west-1:123456789012:stream/events",
+        "AuthKeysSecretArn": KEY_SET_ARN,
     }
     grants: dict[str, set[str]] = {}
     for statement in task_role_statements(template):
@@ -274,18 +281,45 @@ def test_task_role_grants_each_resource_only_its_actions(template: dict[str, Any
     assert "*" not in policies, "no wildcard action or resource"
 
 
-def test_kms_statement_is_optional_and_scoped(template: dict[str, Any]) -> None:
-    """With KmsKeyArn set, only Decrypt and GenerateDataKey on that key; unset, nothing."""
-    (policy,) = resource(template, "TaskRole")["Policies"]
-    conditional = [s for s in policy["PolicyDocument"]["Statement"] if "Fn::If" in s]
-    (statement,) = conditional
-    condition, when_set, when_unset = statement["Fn::If"]
-    assert template["Conditions"][condition] == {
-        "Fn::Not": [{"Fn::Equals": [{"Ref": "KmsKeyArn"}, ""]}]
-    }
-    assert set(when_set["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey"}
-    assert when_set["Resource"] == {"Ref": "KmsKeyArn"}
-    assert when_unset == {"Ref": "AWS::NoValue"}
+@pytest.mark.parametrize(
+    ("parameter", "value", "actions"),
+    [
+        ("KmsKeyArn", KMS_KEY_ARN, {"kms:Decrypt", "kms:GenerateDataKey"}),
+        ("AuthKeysSecretArn", KEY_SET_ARN, {"secretsmanager:GetSecretValue"}),
+        ("AuthKeysKmsKeyArn", KMS_KEY_ARN, {"kms:Decrypt"}),
+    ],
+)
+def test_optional_grant_follows_its_parameter(
+    template: dict[str, Any], parameter: str, value: str, actions: set[str]
+) -> None:
+    """Set, the parameter gets one statement of exactly `actions` on it; empty, none at all."""
+    pattern = template["Parameters"][parameter]["AllowedPattern"]
+    assert re.fullmatch(pattern, value)
+    assert re.fullmatch(pattern, "")
+    assert not re.fullmatch(pattern, value[:-6] + "*"), "no wildcard can be deployed"
+    for given, count in (("", 0), (value, 1)):
+        deployed = {**AS_DEPLOYED, parameter: given}
+        statements = [
+            statement
+            for statement in task_role_statements(template, deployed)
+            if statement["Resource"] == {"Ref": parameter}
+        ]
+        assert len(statements) == count, (given, statements)
+    (statement,) = statements
+    assert set(as_list(statement["Action"])) == actions
+    assert resolve(template, statement["Resource"], deployed) == value
+
+
+def test_key_set_key_decrypts_only_for_secrets_manager(template: dict[str, Any]) -> None:
+    """The key set's customer-managed key may decrypt only through Secrets Manager's calls."""
+    deployed = {**AS_DEPLOYED, "AuthKeysKmsKeyArn": KMS_KEY_ARN}
+    (statement,) = [
+        s
+        for s in task_role_statements(template, deployed)
+        if s["Resource"] == {"Ref": "AuthKeysKmsKeyArn"}
+    ]
+    (via,) = statement["Condition"]["StringEquals"].values()
+    assert resolve(template, via, deployed) == "secretsmanager.eu-west-1.amazonaws.com"
 
 
 # === the container ==============================================================================
@@ -315,13 +349,40 @@ def test_container_is_locked_down(template: dict[str, Any]) -> None:
 
 
 def test_container_environment_is_valid_settings(template: dict[str, Any]) -> None:
-    """Every variable is a daemon setting; the values validate; the port is the one served."""
+    """Every variable is a daemon setting; the values validate; the port is the one served;
+    the key set is the secret's ARN, in the default mode."""
     parsed = daemon_settings(environment(template))
     assert parsed.queue_url == "https://sqs.eu-west-1.amazonaws.com/123456789012/submissions"
     assert parsed.dlq_url == "https://sqs.eu-west-1.amazonaws.com/123456789012/submissions-dlq"
     assert parsed.metrics_port == Settings().metrics_port
     (port,) = the_container(template)["PortMappings"]
     assert port["ContainerPort"] == parsed.metrics_port
+    assert parsed.auth_mode == AuthMode(template["Parameters"]["AuthMode"]["Default"])
+    assert parsed.auth_keys_secret_id == KEY_SET_ARN
+    assert parsed.auth_keys_refresh_seconds == Settings().auth_keys_refresh_seconds
+
+
+def test_container_environment_without_a_key_set(template: dict[str, Any]) -> None:
+    """With AuthMode off and no secret, AUTH_KEYS_SECRET_ID is left out and the rest validates."""
+    env = environment(template, {"AuthMode": "off", "AuthKeysSecretArn": ""})
+    assert "AUTH_KEYS_SECRET_ID" not in env
+    parsed = daemon_settings(env)
+    assert parsed.auth_mode is AuthMode.OFF
+    assert not parsed.has_key_source
+
+
+def test_auth_mode_rule_demands_a_key_set(template: dict[str, Any]) -> None:
+    """The modes are the daemon's; the rule lets monitor and enforce deploy only with a secret."""
+    modes = template["Parameters"]["AuthMode"]["AllowedValues"]
+    assert modes == [mode.value for mode in AuthMode]
+    rule = template["Rules"]["AuthModeNeedsKeySet"]
+    (assertion,) = rule["Assertions"]
+    for mode in modes:
+        for secret in ("", KEY_SET_ARN):
+            values = {"AuthMode": mode, "AuthKeysSecretArn": secret}
+            applies = evaluate_rule(rule["RuleCondition"], values)
+            deployable = not applies or evaluate_rule(assertion["Assert"], values)
+            assert deployable is (mode == "off" or bool(secret)), values
 
 
 @pytest.fixture

