@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from event_processor import app
 from event_processor.awsjson import LeanKinesis, LeanSqs
 from event_processor.config import Settings
 from event_processor.tools.aws import queue_counts as sqs_queue_counts
-from sensor_fleet.sender import Sender
+from sensor_fleet.sender import MessageAttributes, Sender
 
 if TYPE_CHECKING:
     from types_aiobotocore_kinesis import KinesisClient
@@ -54,9 +54,15 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
-def send_bodies(emulator: Emulator, queue_url: str, bodies: list[str]) -> None:
-    """Send with the fleet's own Sender; every body must be accepted."""
-    accepted = Sender(client(emulator, "sqs"), queue_url).send(bodies)
+def send_bodies(
+    emulator: Emulator,
+    queue_url: str,
+    bodies: list[str],
+    attributes: Sequence[MessageAttributes | None] | None = None,
+) -> None:
+    """Send with the fleet's own Sender (each body with its MessageAttributes, when given);
+    every body must be accepted."""
+    accepted = Sender(client(emulator, "sqs"), queue_url).send(bodies, attributes)
     assert len(accepted) == len(bodies), f"{len(bodies) - len(accepted)} bodies not sent"
 
 
