@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import socket
 import subprocess
 
 import pytest
 
-from devworld.emulator import Emulator
+from devworld.emulator import KEY_SET_SECRET_NAME, Emulator
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -27,23 +29,45 @@ def demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
+ROGUE_LINE = re.compile(
+    r"^  (?P<what>.+): sent (?P<sent>\d+), rejected as (?P<reason>\w+) (?P<n>\d+)$", re.M
+)
+
+
+def rogue_lines(stdout: str) -> dict[str, tuple[int, int]]:
+    """The demo's report on its rogue device: (sent, rejected) by the reason expected."""
+    return {m["reason"]: (int(m["sent"]), int(m["n"])) for m in ROGUE_LINE.finditer(stdout)}
+
+
 def test_demo_on_the_embedded_emulator_verifies() -> None:
-    """The demo starts its own emulator, runs fleet and daemon, and verifies the stream."""
+    """The demo starts its own emulator, runs a signing fleet, a rogue device and the daemon in
+    enforce mode, and verifies the stream and the rogue's rejections."""
     result = demo("--duration", "4", "--invalid-probability", "0.05")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RESULT: PASS" in result.stdout
     assert "missing 0, unexpected 0, out of order 0" in result.stdout
     assert "sample record:" in result.stdout
+    assert "the daemon enforces (AUTH_MODE=enforce)" in result.stdout
+    rogue = rogue_lines(result.stdout)
+    assert set(rogue) == {"signature_missing", "signature_invalid", "device_mismatch"}
+    assert all(sent > 0 and rejected >= sent for sent, rejected in rogue.values()), rogue
+    assert "every one rejected; its records in the stream: 0" in result.stdout
 
 
 def test_demo_against_an_existing_endpoint_twice(emulator: Emulator) -> None:
-    """--endpoint-url reuses an existing world (as a LocalStack has); a second run still verifies."""
+    """--endpoint-url reuses an existing world and key set secret (as a LocalStack has); a
+    second run still verifies."""
     env = {k: v for k, v in emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}
-    for _ in range(2):
+    secrets = emulator.boto3_client("secretsmanager")
+    with contextlib.suppress(secrets.exceptions.ResourceNotFoundException):
+        secrets.delete_secret(SecretId=KEY_SET_SECRET_NAME, ForceDeleteWithoutRecovery=True)
+    for run in range(2):
         result = demo("--duration", "2", "--endpoint-url", emulator.endpoint_url, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "RESULT: PASS" in result.stdout
         assert emulator.endpoint_url in result.stdout
+        # The key set secret: made by the first run, kept by the second.
+        assert ("(created)" if run == 0 else "(kept as it was)") in result.stdout
 
 
 def test_demo_takes_another_port_when_9100_is_busy() -> None:
