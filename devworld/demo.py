@@ -363,6 +363,7 @@ async def _run(world: World, clients: _Clients, options: DemoOptions, console: C
         f"keys   secret {KEY_SET_SECRET_NAME} ({'created' if created else 'kept as it was'}); "
         f"the fleet signs with key id {signer.key_id}, the daemon enforces (AUTH_MODE=enforce)",
         highlight=False,
+        soft_wrap=True,
     )
     registry = CollectorRegistry()
     daemon, worker = await _start_daemon(settings, registry)

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import inspect
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_sqs import SQSClient
 
+# One line of the demo's report on its rogue device (devworld.rogue.RogueVerdict.lines).
+_ROGUE_LINE = re.compile(
+    r"^  (?P<what>.+): sent (?P<sent>\d+), rejected as (?P<reason>\w+) (?P<n>\d+)$", re.M
+)
 # How long a CLI subprocess may take to log that it runs (imports, clients, start-up checks).
 CLI_START_TIMEOUT_S = 30.0
 
@@ -52,6 +57,11 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(interval_s)
+
+
+def rogue_lines(stdout: str) -> dict[str, tuple[int, int]]:
+    """The demo's report on its rogue device: (sent, rejected) by the reason expected."""
+    return {m["reason"]: (int(m["sent"]), int(m["n"])) for m in _ROGUE_LINE.finditer(stdout)}
 
 
 def send_bodies(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import subprocess
 
 import pytest
 
 from devworld.emulator import KEY_SET_SECRET_NAME, Emulator
-from tests.helpers import run_cli
+from tests.helpers import rogue_lines, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -27,16 +26,6 @@ def demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         timeout_s=180,
     )
-
-
-ROGUE_LINE = re.compile(
-    r"^  (?P<what>.+): sent (?P<sent>\d+), rejected as (?P<reason>\w+) (?P<n>\d+)$", re.M
-)
-
-
-def rogue_lines(stdout: str) -> dict[str, tuple[int, int]]:
-    """The demo's report on its rogue device: (sent, rejected) by the reason expected."""
-    return {m["reason"]: (int(m["sent"]), int(m["n"])) for m in ROGUE_LINE.finditer(stdout)}
 
 
 def test_demo_on_the_embedded_emulator_verifies() -> None:
