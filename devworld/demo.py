@@ -73,6 +73,10 @@ class DemoOptions:
     seed: int = 1
     rogue_every_rounds: int = 3  # the rogue tries each of its forgeries every N fleet rounds
 
+    def __post_init__(self) -> None:
+        if self.rogue_every_rounds < 1:
+            raise ValueError("rogue_every_rounds must be at least 1")
+
 
 class Snapshot:
     """The registry's samples by (name, labels), read once per refresh."""

@@ -59,9 +59,13 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
-def rogue_lines(stdout: str) -> dict[str, tuple[int, int]]:
-    """The demo's report on its rogue device: (sent, rejected) by the reason expected."""
-    return {m["reason"]: (int(m["sent"]), int(m["n"])) for m in _ROGUE_LINE.finditer(stdout)}
+def check_rogue_refused(stdout: str) -> None:
+    """Assert the demo's report says its rogue device tried each forgery and every attempt was
+    rejected for its reason, none published."""
+    rogue = {m["reason"]: (int(m["sent"]), int(m["n"])) for m in _ROGUE_LINE.finditer(stdout)}
+    assert set(rogue) == {"signature_missing", "signature_invalid", "device_mismatch"}, stdout
+    assert all(sent > 0 and rejected >= sent for sent, rejected in rogue.values()), rogue
+    assert "every one rejected; its records in the stream: 0" in stdout
 
 
 def send_bodies(
