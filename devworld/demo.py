@@ -1,9 +1,11 @@
 """`event-processor demo`: the whole pipeline on the embedded emulator, verified at the end.
 
-Starts moto in-process (or uses `--endpoint-url`, e.g. a LocalStack), creates the queue, DLQ
-and a 2-shard stream, runs a sped-up fleet and the daemon together under a live view, then
-reads the stream back and checks that nothing valid was lost and that order held per
-submission. Exit 0 only if that verification passed.
+Starts moto in-process (or uses `--endpoint-url`, e.g. a LocalStack), creates the queue, DLQ,
+a 2-shard stream and the sensors' key set secret, runs a sped-up signing fleet, a rogue device
+(devworld/rogue.py) and the daemon with AUTH_MODE=enforce together under a live view, then
+reads the stream back and checks that nothing valid the fleet signed was lost, that order held
+per submission, and that every submission of the rogue was rejected and none published. Exit 0
+only if all of that holds.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,19 +30,24 @@ from rich.table import Table
 from devworld.emulator import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
+    KEY_SET_SECRET_NAME,
     Emulator,
     World,
+    create_key_set_secret,
     create_world,
     free_port,
     queue_depth,
     read_stream,
 )
+from devworld.rogue import Rogue
 from devworld.verify import decode_records, expected_sequences, verify
 from event_processor import app
-from event_processor.config import Settings
+from event_processor.config import AuthMode, Settings
 from event_processor.tools import aws
+from event_processor.tools.keys import read_key_set
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.sender import Sender
+from sensor_fleet.signer import FleetSigner
 
 if TYPE_CHECKING:
     from event_processor.worker import Worker
@@ -63,6 +71,11 @@ class DemoOptions:
     metrics_port: int = 9100
     endpoint_url: str | None = None  # an existing LocalStack instead of the embedded emulator
     seed: int = 1
+    rogue_every_rounds: int = 3  # the rogue tries each of its forgeries every N fleet rounds
+
+    def __post_init__(self) -> None:
+        if self.rogue_every_rounds < 1:
+            raise ValueError("rogue_every_rounds must be at least 1")
 
 
 class Snapshot:
@@ -106,12 +119,27 @@ class Snapshot:
         return lower_bound
 
 
-def _view(snap: Snapshot, elapsed_s: float, sent: int, rate: float) -> Table:
-    table = Table(title=f"event-processor demo · {elapsed_s:5.1f} s", show_header=False)
+@dataclass(frozen=True)
+class Frame:
+    """What one refresh of the live view shows."""
+
+    snap: Snapshot
+    elapsed_s: float
+    sent: int  # by the fleet
+    rogue_sent: int
+    rate: float  # events published per second
+
+
+def _view(frame: Frame) -> Table:
+    snap = frame.snap
+    table = Table(title=f"event-processor demo · {frame.elapsed_s:5.1f} s", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("submissions sent by the fleet", str(sent))
+    table.add_row("submissions sent by the fleet (signed)", str(frame.sent))
+    table.add_row("submissions sent by the rogue", str(frame.rogue_sent))
     table.add_row("received from SQS", f"{snap.total('messages_received_total'):.0f}")
+    for result, count in sorted(snap.by("auth_results_total", "result").items()):
+        table.add_row(f"authentication · {result}", f"{count:.0f}")
     for event_type, count in sorted(snap.by("events_published_total", "event_type").items()):
         table.add_row(f"published · {event_type}", f"{count:.0f}")
     for reason, count in sorted(snap.by("submissions_rejected_total", "reason").items()):
@@ -120,17 +148,22 @@ def _view(snap: Snapshot, elapsed_s: float, sent: int, rate: float) -> Table:
         table.add_row(f"rejected events · {reason}", f"{count:.0f}")
     table.add_row("sent to the DLQ", f"{snap.total('dlq_messages_sent_total'):.0f}")
     table.add_row("in flight", f"{snap.total('in_flight_submissions'):.0f}")
-    table.add_row("events/s", f"{rate:.0f}")
+    table.add_row("events/s", f"{frame.rate:.0f}")
     p50 = snap.quantile("submission_latency_seconds", 0.5)
     p99 = snap.quantile("submission_latency_seconds", 0.99)
     table.add_row("SQS → Kinesis p50 / p99", f"{p50 * 1000:.0f} ms / {p99 * 1000:.0f} ms")
     return table
 
 
-def _plain(snap: Snapshot, elapsed_s: float, sent: int, rate: float) -> str:
+def _plain(frame: Frame) -> str:
+    snap = frame.snap
+    auth_ok = snap.by("auth_results_total", "result").get("ok", 0.0)
+    auth_failed = snap.total("auth_results_total") - auth_ok
     return (
-        f"[{elapsed_s:5.1f}s] sent {sent} | received {snap.total('messages_received_total'):.0f}"
-        f" | published {snap.total('events_published_total'):.0f} ({rate:.0f}/s)"
+        f"[{frame.elapsed_s:5.1f}s] sent {frame.sent} + rogue {frame.rogue_sent}"
+        f" | received {snap.total('messages_received_total'):.0f}"
+        f" | auth ok {auth_ok:.0f}, failed {auth_failed:.0f}"
+        f" | published {snap.total('events_published_total'):.0f} ({frame.rate:.0f}/s)"
         f" | rejected submissions {snap.total('submissions_rejected_total'):.0f}, events "
         f"{snap.total('events_rejected_total'):.0f} | DLQ {snap.total('dlq_messages_sent_total'):.0f}"
         f" | in flight {snap.total('in_flight_submissions'):.0f}"
@@ -139,22 +172,43 @@ def _plain(snap: Snapshot, elapsed_s: float, sent: int, rate: float) -> str:
     )
 
 
-async def _fleet(
-    sender: Sender, options: DemoOptions, stop: asyncio.Event, bodies: list[str]
-) -> None:
-    """The simulated fleet, sped up: every round each device sends one submission.
+@dataclass(frozen=True)
+class _Fleet:
+    """The demo's senders: the fleet's devices, their signer, and the rogue among them."""
 
-    It sends with the sensor fleet's own Sender (in a thread: it is boto3), so the demo's
-    fleet behaves as `sensor-fleet simulate` does.
+    devices: list[str]
+    signer: FleetSigner
+    rogue: Rogue
+
+
+async def _fleet(
+    sender: Sender, fleet: _Fleet, options: DemoOptions, stop: asyncio.Event, bodies: list[str]
+) -> None:
+    """The simulated fleet, sped up: every round each device sends one signed submission, and
+    every few rounds the rogue tries its forgeries.
+
+    It sends with the sensor fleet's own Sender and signer (in a thread: it is boto3), so the
+    demo's fleet behaves as `sensor-fleet simulate` with a key set does.
     """
     rng = random.Random(options.seed)
-    devices = device_ids(options.devices, options.seed)
+    rounds = 0
     while not stop.is_set():
         round_bodies = [
-            encode(make_submission(rng, d, options.invalid_probability)) for d in devices
+            encode(make_submission(rng, d, options.invalid_probability)) for d in fleet.devices
+        ]
+        attributes = [
+            fleet.signer.attributes(d, body)
+            for d, body in zip(fleet.devices, round_bodies, strict=True)
         ]
         # Only what SQS accepted is expected in the stream.
-        bodies.extend(await asyncio.to_thread(sender.send, round_bodies))
+        bodies.extend(await asyncio.to_thread(sender.send, round_bodies, attributes))
+        if rounds % options.rogue_every_rounds == 0:
+            attempts = fleet.rogue.attempts()
+            accepted = await asyncio.to_thread(
+                sender.send, [a.body for a in attempts], [a.attributes for a in attempts]
+            )
+            fleet.rogue.record(attempts, set(accepted))
+        rounds += 1
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(options.round_interval_s):
                 await stop.wait()
@@ -175,7 +229,8 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
         sqs, kinesis = aws.client(settings, "sqs"), aws.client(settings, "kinesis")
         world = await asyncio.to_thread(create_world, sqs, kinesis)
         console.print(f"using the AWS endpoint at {world.endpoint_url}")
-        return await _run(world, sqs, kinesis, options, console)
+        secrets = aws.client(settings, "secretsmanager")
+        return await _run(world, _Clients(sqs, kinesis, secrets), options, console)
     emulator = Emulator()
     await asyncio.to_thread(emulator.start)
     try:
@@ -183,22 +238,34 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
         console.print(
             f"embedded AWS emulator (moto, patched for thread safety) at {world.endpoint_url}"
         )
-        sqs, kinesis = emulator.boto3_client("sqs"), emulator.boto3_client("kinesis")
-        return await _run(world, sqs, kinesis, options, console)
+        clients = _Clients(
+            *(emulator.boto3_client(s) for s in ("sqs", "kinesis", "secretsmanager"))
+        )
+        return await _run(world, clients, options, console)
     finally:
         await asyncio.to_thread(emulator.stop)
+
+
+@dataclass(frozen=True)
+class _Clients:
+    """boto3 clients on the world's endpoint."""
+
+    sqs: Any
+    kinesis: Any
+    secretsmanager: Any
 
 
 class _Progress:
     """Samples the registry for the live view and keeps a trailing events/s."""
 
-    def __init__(self, registry: CollectorRegistry, bodies: list[str]) -> None:
+    def __init__(self, registry: CollectorRegistry, bodies: list[str], rogue: Rogue) -> None:
         self._registry = registry
         self._bodies = bodies
+        self._rogue = rogue
         self._began = time.monotonic()
         self._published: deque[tuple[float, float]] = deque()
 
-    def frame(self) -> tuple[Snapshot, float, int, float]:
+    def frame(self) -> Frame:
         snap = Snapshot(self._registry)
         now = time.monotonic()
         self._published.append((now, snap.total("events_published_total")))
@@ -206,7 +273,7 @@ class _Progress:
             self._published.popleft()
         (t0, n0), (t1, n1) = self._published[0], self._published[-1]
         rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
-        return snap, now - self._began, len(self._bodies), rate
+        return Frame(snap, now - self._began, len(self._bodies), self._rogue.total, rate)
 
 
 async def _start_daemon(
@@ -242,12 +309,13 @@ async def _watch(
     with live or contextlib.nullcontext():
         while not worker.stop.is_set():
             await tick()
-            snap, elapsed, sent, rate = progress.frame()
+            frame = progress.frame()
+            elapsed = frame.elapsed_s
             if live is not None:
-                live.update(_view(snap, elapsed, sent, rate), refresh=True)
+                live.update(_view(frame), refresh=True)
             elif elapsed - last_plain >= _PLAIN_STATUS_EVERY_S:
                 last_plain = elapsed
-                console.print(_plain(snap, elapsed, sent, rate), highlight=False)
+                console.print(_plain(frame), highlight=False)
             if drain_deadline is None and elapsed >= options.duration_s:
                 fleet_stop.set()  # the fleet stops; the daemon gets to finish what it sent
                 drain_deadline = time.monotonic() + _DRAIN_TIMEOUT_S
@@ -257,7 +325,25 @@ async def _watch(
                 return
 
 
-async def _run(world: World, sqs: Any, kinesis: Any, options: DemoOptions, console: Console) -> int:
+def _key_set(secretsmanager: Any, settings: Settings) -> tuple[bool, FleetSigner]:
+    """Create the key set secret unless it exists, and read it as the fleet reads it; (whether
+    it was created, the fleet's signer)."""
+    assert settings.auth_keys_secret_id is not None
+    created = create_key_set_secret(secretsmanager, settings.auth_keys_secret_id)
+    keys = read_key_set(settings)
+    # A key set kept from before may hold several keys: the newest signs (ids sort by date).
+    return created, FleetSigner(keys, max(keys.keys))
+
+
+def _senders(signer: FleetSigner, options: DemoOptions) -> _Fleet:
+    """The fleet's devices; the rogue holds the first one's key and claims to be the second."""
+    devices = device_ids(options.devices, options.seed)
+    rng = random.Random(options.seed + 1)  # the rogue's own: the fleet's stays as it was
+    victim = devices[1] if len(devices) > 1 else str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    return _Fleet(devices, signer, Rogue(signer.device(devices[0]), victim, rng))
+
+
+async def _run(world: World, clients: _Clients, options: DemoOptions, console: Console) -> int:
     console.print(f"queue  {world.queue_url}\nDLQ    {world.dlq_url}\nstream {world.stream_name}")
     settings = Settings(
         endpoint_url=world.endpoint_url,
@@ -268,6 +354,20 @@ async def _run(world: World, sqs: Any, kinesis: Any, options: DemoOptions, conso
         wait_time_seconds=1,
         metrics_port=options.metrics_port,
         metrics_host="127.0.0.1",
+        auth_mode=AuthMode.ENFORCE,
+        auth_keys_secret_id=KEY_SET_SECRET_NAME,
+        auth_keys_file=None,  # one source: not one from the environment as well
+    )
+    try:
+        created, signer = await asyncio.to_thread(_key_set, clients.secretsmanager, settings)
+    except (aws.UsageError, aws.ToolError) as exc:
+        console.print(f"the key set is unusable: {exc}", highlight=False)
+        return 1
+    console.print(
+        f"keys   secret {KEY_SET_SECRET_NAME} ({'created' if created else 'kept as it was'}); "
+        f"the fleet signs with key id {signer.key_id}, the daemon enforces (AUTH_MODE=enforce)",
+        highlight=False,
+        soft_wrap=True,
     )
     registry = CollectorRegistry()
     daemon, worker = await _start_daemon(settings, registry)
@@ -286,11 +386,13 @@ async def _run(world: World, sqs: Any, kinesis: Any, options: DemoOptions, conso
 
     bodies: list[str] = []
     fleet_stop = asyncio.Event()
-    fleet = asyncio.create_task(_fleet(Sender(sqs, world.queue_url), options, fleet_stop, bodies))
-    progress = _Progress(registry, bodies)
+    senders = _senders(signer, options)
+    sender = Sender(clients.sqs, world.queue_url)
+    fleet = asyncio.create_task(_fleet(sender, senders, options, fleet_stop, bodies))
+    progress = _Progress(registry, bodies, senders.rogue)
 
     async def drained() -> bool:
-        return await asyncio.to_thread(queue_depth, sqs, world.queue_url) == 0
+        return await asyncio.to_thread(queue_depth, clients.sqs, world.queue_url) == 0
 
     await _watch(
         worker=worker,
@@ -305,17 +407,25 @@ async def _run(world: World, sqs: Any, kinesis: Any, options: DemoOptions, conso
     await fleet
     worker.stop.set()
     code = await daemon
-    console.print(_view(*progress.frame()))
+    final = progress.frame()
+    console.print(_view(final))
 
-    raw = await asyncio.to_thread(read_stream, kinesis, world.stream_name)
+    raw = await asyncio.to_thread(read_stream, clients.kinesis, world.stream_name)
     records = decode_records(raw)
+    # The fleet's submissions only: every event it signed (and the contract accepts) arrived.
     result = verify(records, expected_sequences(bodies))
-    console.print("verification: " + result.summary(), highlight=False)
+    console.print("verification: " + result.summary(), highlight=False, soft_wrap=True)
     ours = [r for r in records if r["submission_id"] in result.firsts]
     for record in ours[:3]:
         sample = {k: v for k, v in record.items() if not k.startswith("_")}
         console.print(f"sample record: {sample}", highlight=False, soft_wrap=True)
-    passed = code == 0 and result.ok and result.records > 0
+    rogue = senders.rogue.verdict(
+        final.snap.by("submissions_rejected_total", "reason"),
+        [str(r.get("submission_id")) for r in records],
+    )
+    for line in rogue.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    passed = code == 0 and result.ok and result.records > 0 and rogue.ok
     if interrupted:
         console.print("interrupted: what was still queued is not verified as published")
     console.print("RESULT: " + ("PASS" if passed else "FAIL"))

@@ -1,7 +1,7 @@
 """The embedded AWS emulator: moto's threaded server, made thread-safe, for tests, demo and bench.
 
-Owns starting/stopping the server, building (and deleting) a queue + DLQ + stream "world", and
-reading a stream.
+Owns starting/stopping the server, building (and deleting) a queue + DLQ + stream "world", the
+sensors' key set secret, and reading a stream.
 """
 
 from __future__ import annotations
@@ -23,12 +23,18 @@ import boto3
 from botocore.config import Config
 
 from event_processor.tools.aws import get_records, list_shard_ids, queue_counts
+from event_processor.tools.keys import new_entry, new_key_id
 
 log = logging.getLogger(__name__)
 
 # Dummy credentials: moto accepts anything, botocore just needs something to sign with.
 DUMMY_ACCESS_KEY_ID = "testing"
 DUMMY_SECRET_ACCESS_KEY = "testing"  # noqa: S105 - not a secret: moto ignores it
+
+# The local world's key set secret: the demo's, and the LocalStack init hook's default
+# (AUTH_KEYS_SECRET_NAME in docker-compose.yaml), so that a demo against that LocalStack signs
+# with the key set the compose fleet and daemon use.
+KEY_SET_SECRET_NAME = "event-processor/sensor-keys"  # noqa: S105 - a name, not a secret
 
 # How long create_world waits for the stream to become ACTIVE, and how often it looks.
 _STREAM_ACTIVE_TIMEOUT_S = 30.0
@@ -371,6 +377,19 @@ def create_world(
         dlq_url=dlq_url,
         stream_name=stream_name,
     )
+
+
+def create_key_set_secret(secretsmanager: Any, name: str = KEY_SET_SECRET_NAME) -> bool:
+    """Create the Secrets Manager secret `name` holding a new key set (one fresh master key),
+    unless it exists: then it is kept as it is (a LocalStack whose init hook made it, an earlier
+    demo). True if it was created. Nothing of the key is returned or logged: read the set as
+    the daemon does (event_processor.tools.keys.read_key_set)."""
+    key_set = {"keys": new_entry(new_key_id()), "revoked_devices": []}
+    try:
+        secretsmanager.create_secret(Name=name, SecretString=json.dumps(key_set))
+    except secretsmanager.exceptions.ResourceExistsException:
+        return False
+    return True
 
 
 def delete_world(sqs: Any, kinesis: Any, world: World) -> None:

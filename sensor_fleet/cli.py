@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import random
@@ -11,15 +12,18 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from event_processor import config, exitcodes, signals
+from event_processor.config import Settings
 from event_processor.tools import aws
-from sensor_fleet.generator import device_ids, encode, fleet_load, make_submission
+from event_processor.tools.keys import read_key_set
+from sensor_fleet.generator import device_ids, encode, fleet_submissions, make_submission
 from sensor_fleet.host import HostAgent, machine_device_id, read_host
-from sensor_fleet.sender import Sender, sqs_client
+from sensor_fleet.sender import MessageAttributes, Sender, sqs_client
+from sensor_fleet.signer import DeviceSigner, FleetSigner
 
 log = logging.getLogger("sensor_fleet")
 
@@ -30,8 +34,14 @@ def _env(name: str, default: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sensor-fleet", description=__doc__)
-    # The daemon's own settings (env and flags), so both resolve the same queue and region.
-    aws.add_flags(parser, "queue_url", "queue_name")
+    # The daemon's own settings (env and flags), so both resolve the same queue and region,
+    # and read the same key set: with one, every submission is signed.
+    aws.add_flags(parser, "queue_url", "queue_name", "auth_keys_secret_id", "auth_keys_file")
+    parser.add_argument(
+        "--key-id",
+        default=None,
+        help="the key set's master key to derive the devices' keys from (needed if several)",
+    )
     parser.add_argument(
         "--localstack",
         action="store_true",
@@ -62,16 +72,63 @@ def build_parser() -> argparse.ArgumentParser:
     host = modes.add_parser("host", help="a real agent for this machine")
     host.add_argument("--interval", type=float, default=float(_env("HOST_INTERVAL_SECONDS", "10")))
     host.add_argument("--rounds", type=int, default=0, help="stop after N scans (0: never)")
+    host.add_argument(
+        "--enrolment",
+        type=Path,
+        default=None,
+        help="sign as the device of this enrolment (what `event-processor keys derive` prints)",
+    )
     return parser
 
 
-def run_simulate(args: argparse.Namespace, sender: Sender, stop: threading.Event) -> int:
+def fleet_signer(args: argparse.Namespace, settings: Settings) -> FleetSigner | None:
+    """The simulated devices' signer when a key set is configured, as for the daemon."""
+    if not settings.has_key_source:
+        if args.key_id is not None:
+            raise aws.UsageError(
+                "--key-id needs a key set: pass --auth-keys-secret-id or --auth-keys-file"
+            )
+        return None
+    return FleetSigner(read_key_set(settings), args.key_id)
+
+
+def host_signer(args: argparse.Namespace, settings: Settings) -> DeviceSigner | None:
+    """The host agent's signer: its enrolment, or its key derived from the key set."""
+    path: Path | None = args.enrolment
+    if path is None:
+        fleet = fleet_signer(args, settings)
+        return None if fleet is None else fleet.device(machine_device_id())
+    if settings.has_key_source or args.key_id is not None:
+        raise aws.UsageError(
+            "--enrolment holds the device's key: pass it without a key set or --key-id"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise aws.UsageError(f"enrolment {path} is unreadable: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        # Not the decoder's message: it quotes the bytes it choked on.
+        raise aws.UsageError(f"enrolment {path} is not UTF-8 text") from None
+    try:
+        return DeviceSigner.from_enrolment(text)
+    except ValueError as exc:
+        raise aws.UsageError(f"enrolment {path}: {exc}") from None
+
+
+def run_simulate(
+    args: argparse.Namespace, sender: Sender, stop: threading.Event, signer: FleetSigner | None
+) -> int:
     rng = random.Random(args.seed)
     devices = device_ids(args.fleet_size, seed=args.seed or 0)
     rounds = 0
     while not stop.is_set():
         bodies = [encode(make_submission(rng, d, args.invalid_probability)) for d in devices]
-        accepted = len(sender.send(bodies))
+        # Signed as the device that sends it, whatever its (maybe broken) device_id says.
+        attributes = [
+            None if signer is None else signer.attributes(d, body)
+            for d, body in zip(devices, bodies, strict=True)
+        ]
+        accepted = len(sender.send(bodies, attributes))
         rounds += 1
         log.info("round sent", extra={"action": "round", "round": rounds, "accepted": accepted})
         if args.rounds and rounds >= args.rounds:
@@ -81,22 +138,29 @@ def run_simulate(args: argparse.Namespace, sender: Sender, stop: threading.Event
     return exitcodes.OK
 
 
-def run_load(args: argparse.Namespace, sender: Sender, stop: threading.Event) -> int:
-    submissions = fleet_load(args.seed, args.fleet_size, args.invalid_probability)
+def run_load(
+    args: argparse.Namespace, sender: Sender, stop: threading.Event, signer: FleetSigner | None
+) -> int:
+    submissions = fleet_submissions(args.seed, args.fleet_size, args.invalid_probability)
     events = 0
 
-    def batch(n: int) -> list[str]:
+    def send(n: int) -> None:
         nonlocal events
-        docs: list[dict[str, Any]] = [next(submissions) for _ in range(n)]
-        events += sum(len(v) for d in docs for v in d["events"].values())
-        return [encode(d) for d in docs]
+        bodies: list[str] = []
+        attributes: list[MessageAttributes | None] = []
+        for device, doc in itertools.islice(submissions, n):
+            events += sum(len(v) for v in doc["events"].values())
+            body = encode(doc)
+            bodies.append(body)
+            attributes.append(None if signer is None else signer.attributes(device, body))
+        sender.send(bodies, attributes)
 
     began = time.monotonic()
     if args.count is not None:
         remaining = args.count
         while remaining > 0 and not stop.is_set():
             n = min(100, remaining)
-            sender.send(batch(n))
+            send(n)
             remaining -= n
     else:
         target = args.rate * args.duration
@@ -105,7 +169,7 @@ def run_load(args: argparse.Namespace, sender: Sender, stop: threading.Event) ->
             due = min(target, args.rate * (time.monotonic() - began)) - sent
             if due >= 1:
                 n = int(min(due, 100))
-                sender.send(batch(n))
+                send(n)
                 sent += n
             else:
                 stop.wait(min(0.05, 1 / args.rate))  # pacing to the rate, not synchronisation
@@ -117,15 +181,19 @@ def run_load(args: argparse.Namespace, sender: Sender, stop: threading.Event) ->
     return exitcodes.OK
 
 
-def run_host(args: argparse.Namespace, sender: Sender, stop: threading.Event) -> int:
-    agent = HostAgent(machine_device_id())
+def run_host(
+    args: argparse.Namespace, sender: Sender, stop: threading.Event, signer: DeviceSigner | None
+) -> int:
+    # Enrolled, the agent is the device it was enrolled as.
+    agent = HostAgent(machine_device_id() if signer is None else signer.device_id)
     scans = 0
     while not stop.is_set():
         ps_output, tcp = read_host()
         processes, connections = agent.scan(ps_output, tcp)
         if processes or connections:
             doc = agent.submission(processes, connections, datetime.now().isoformat())
-            sender.send([encode(doc)])
+            body = encode(doc)
+            sender.send([body], None if signer is None else [signer.attributes(body)])
             log.info(
                 "host scan sent",
                 extra={
@@ -153,12 +221,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(config.explain(exc), file=sys.stderr)
         return exitcodes.USAGE
-    client = sqs_client(args.localstack, settings)
-    sender = Sender(client, aws.source_queue_url(client, settings))
+    device: DeviceSigner | None = None
+    fleet: FleetSigner | None = None
+    try:
+        # Before any client: a key set that cannot be read stops the fleet before it sends.
+        if mode == "host":
+            device = host_signer(args, settings)
+        else:
+            fleet = fleet_signer(args, settings)
+        client = sqs_client(args.localstack, settings)
+        sender = Sender(client, aws.source_queue_url(client, settings))
+    except aws.UsageError as exc:
+        print(exc, file=sys.stderr)
+        return exitcodes.USAGE
+    except aws.ToolError as exc:
+        print(exc, file=sys.stderr)
+        return exitcodes.STARTUP_FAILED
+    if (signer := device or fleet) is not None:
+        log.info(
+            "signing with key id %s",
+            signer.key_id,
+            extra={"action": "signing", "key_id": signer.key_id},
+        )
     stop = threading.Event()
-    runners = {"simulate": run_simulate, "load": run_load, "host": run_host}
     with signals.stop_on_signals(stop):
         try:
-            return runners[mode](args, sender, stop)
+            if mode == "host":
+                return run_host(args, sender, stop, device)
+            runner = run_load if mode == "load" else run_simulate
+            return runner(args, sender, stop, fleet)
         except KeyboardInterrupt:  # a second signal
             return exitcodes.INTERRUPTED

@@ -70,12 +70,22 @@ def device_ids(count: int, seed: int = 0) -> list[str]:
     return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
 
 
+def fleet_submissions(
+    seed: int | None, fleet_size: int, invalid_probability: float
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`sensor-fleet load`'s submissions in the order it sends them, each with the device that
+    sends it (and signs it: the body's own device_id may be broken on purpose)."""
+    rng = random.Random(seed)
+    devices = device_ids(fleet_size, seed=seed or 0)
+    while True:
+        device = rng.choice(devices)
+        yield device, make_submission(rng, device, invalid_probability)
+
+
 def fleet_load(
     seed: int | None, fleet_size: int, invalid_probability: float
 ) -> Iterator[dict[str, Any]]:
     """`sensor-fleet load`'s submissions in the order it sends them: the same for a seed (all
     but `time_created`), so a test can work out what a load sent."""
-    rng = random.Random(seed)
-    devices = device_ids(fleet_size, seed=seed or 0)
-    while True:
-        yield make_submission(rng, rng.choice(devices), invalid_probability)
+    for _, doc in fleet_submissions(seed, fleet_size, invalid_probability):
+        yield doc

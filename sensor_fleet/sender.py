@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from botocore.config import Config
@@ -15,13 +16,19 @@ from event_processor.tools import aws
 
 log = logging.getLogger(__name__)
 
-# SendMessageBatch takes at most 10 entries, and at most 256 KiB of bodies on queues that
-# keep the pre-2025 limit (1 MiB since): larger bodies go in batches of their own.
+# SendMessageBatch takes at most 10 entries, and at most 256 KiB of messages (bodies and
+# attributes) on queues that keep the pre-2025 limit (1 MiB since): larger ones go alone.
 _BATCH = 10
 _BATCH_BYTES = 256 * 1024
 # How long one batch keeps retrying through an outage before the fleet gives it up and
 # moves on (a real sensor would spool to disk; the emulated one just reports the drop).
 _OUTAGE_RIDE_S = 60.0
+
+# SendMessage's MessageAttributes: name -> {"DataType": ..., "StringValue": ...}, as
+# event_processor.signing.signature_attributes makes them.
+MessageAttributes = Mapping[str, Mapping[str, str]]
+# One message to send: its body and its attributes, if any.
+_Outgoing = tuple[str, MessageAttributes | None]
 
 
 class FailedEntries(Exception):
@@ -54,17 +61,26 @@ class Sender:
         self.sent = 0
         self.dropped = 0
 
-    def send(self, bodies: list[str]) -> list[str]:
-        """Send every body; return those SQS accepted. Never raises on AWS faults."""
+    def send(
+        self,
+        bodies: Sequence[str],
+        attributes: Sequence[MessageAttributes | None] | None = None,
+    ) -> list[str]:
+        """Send every body (with its MessageAttributes, `attributes[i]` for `bodies[i]`, when
+        given); return those SQS accepted. Never raises on AWS faults."""
+        if attributes is None:
+            attributes = [None] * len(bodies)
+        if len(attributes) != len(bodies):
+            raise ValueError(f"{len(bodies)} bodies but {len(attributes)} attribute sets")
         accepted: list[str] = []
-        for batch in _batches(bodies):
+        for batch in _batches(list(zip(bodies, attributes, strict=True))):
             accepted += self._send_batch(batch)
         self.sent += len(accepted)
         self.dropped += len(bodies) - len(accepted)
         return accepted
 
-    def _send_batch(self, bodies: list[str]) -> list[str]:
-        pending = dict(enumerate(bodies))
+    def _send_batch(self, batch: list[_Outgoing]) -> list[str]:
+        pending = dict(enumerate(batch))
         retrying = Retrying(
             wait=wait_random_exponential(multiplier=0.2, max=5),
             stop=stop_after_delay(self._outage_ride_s),
@@ -76,7 +92,7 @@ class Sender:
                 with attempt:
                     response = self._client.send_message_batch(
                         QueueUrl=self.queue_url,
-                        Entries=[{"Id": str(i), "MessageBody": b} for i, b in pending.items()],
+                        Entries=[_entry(i, outgoing) for i, outgoing in pending.items()],
                     )
                     for ok in response.get("Successful", []):
                         pending.pop(int(ok["Id"]), None)
@@ -87,21 +103,39 @@ class Sender:
                 "dropped submissions after retrying",
                 extra={"action": "dropped", "count": len(pending), "error": type(exc).__name__},
             )
-        return [body for i, body in enumerate(bodies) if i not in pending]
+        return [body for i, (body, _) in enumerate(batch) if i not in pending]
 
 
-def _batches(bodies: list[str]) -> list[list[str]]:
-    """Up to 10 bodies and 256 KiB a batch; a body over that goes alone."""
-    batches: list[list[str]] = []
-    batch: list[str] = []
+def _entry(entry_id: int, outgoing: _Outgoing) -> dict[str, Any]:
+    body, attributes = outgoing
+    entry: dict[str, Any] = {"Id": str(entry_id), "MessageBody": body}
+    if attributes:
+        entry["MessageAttributes"] = {name: dict(value) for name, value in attributes.items()}
+    return entry
+
+
+def _size(outgoing: _Outgoing) -> int:
+    """What SQS counts against its size limit: the body and each attribute's name, type and
+    value."""
+    body, attributes = outgoing
+    return len(body.encode()) + sum(
+        len(name.encode()) + sum(len(part.encode()) for part in value.values())
+        for name, value in (attributes or {}).items()
+    )
+
+
+def _batches(outgoing: list[_Outgoing]) -> list[list[_Outgoing]]:
+    """Up to 10 messages and 256 KiB a batch; a message over that goes alone."""
+    batches: list[list[_Outgoing]] = []
+    batch: list[_Outgoing] = []
     size = 0
-    for body in bodies:
-        body_size = len(body.encode())
-        if batch and (len(batch) == _BATCH or size + body_size > _BATCH_BYTES):
+    for message in outgoing:
+        message_size = _size(message)
+        if batch and (len(batch) == _BATCH or size + message_size > _BATCH_BYTES):
             batches.append(batch)
             batch, size = [], 0
-        batch.append(body)
-        size += body_size
+        batch.append(message)
+        size += message_size
     if batch:
         batches.append(batch)
     return batches

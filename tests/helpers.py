@@ -7,10 +7,11 @@ import asyncio
 import functools
 import inspect
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,16 @@ from event_processor import app
 from event_processor.awsjson import LeanKinesis, LeanSqs
 from event_processor.config import Settings
 from event_processor.tools.aws import queue_counts as sqs_queue_counts
-from sensor_fleet.sender import Sender
+from sensor_fleet.sender import MessageAttributes, Sender
 
 if TYPE_CHECKING:
     from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_sqs import SQSClient
 
+# One line of the demo's report on its rogue device (devworld.rogue.RogueVerdict.lines).
+_ROGUE_LINE = re.compile(
+    r"^  (?P<what>.+): sent (?P<sent>\d+), rejected as (?P<reason>\w+) (?P<n>\d+)$", re.M
+)
 # How long a CLI subprocess may take to log that it runs (imports, clients, start-up checks).
 CLI_START_TIMEOUT_S = 30.0
 
@@ -54,9 +59,24 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
-def send_bodies(emulator: Emulator, queue_url: str, bodies: list[str]) -> None:
-    """Send with the fleet's own Sender; every body must be accepted."""
-    accepted = Sender(client(emulator, "sqs"), queue_url).send(bodies)
+def check_rogue_refused(stdout: str) -> None:
+    """Assert the demo's report says its rogue device tried each forgery and every attempt was
+    rejected for its reason, none published."""
+    rogue = {m["reason"]: (int(m["sent"]), int(m["n"])) for m in _ROGUE_LINE.finditer(stdout)}
+    assert set(rogue) == {"signature_missing", "signature_invalid", "device_mismatch"}, stdout
+    assert all(sent > 0 and rejected >= sent for sent, rejected in rogue.values()), rogue
+    assert "every one rejected; its records in the stream: 0" in stdout
+
+
+def send_bodies(
+    emulator: Emulator,
+    queue_url: str,
+    bodies: list[str],
+    attributes: Sequence[MessageAttributes | None] | None = None,
+) -> None:
+    """Send with the fleet's own Sender (each body with its MessageAttributes, when given);
+    every body must be accepted."""
+    accepted = Sender(client(emulator, "sqs"), queue_url).send(bodies, attributes)
     assert len(accepted) == len(bodies), f"{len(bodies) - len(accepted)} bodies not sent"
 
 

@@ -62,11 +62,9 @@ def new_entry(key_id: str) -> dict[str, str]:
     return {key_id: base64.b64encode(secrets.token_bytes(NEW_KEY_BYTES)).decode()}
 
 
-def enrolment(keys: KeySet, device_id: str, key_id: str | None) -> dict[str, str]:
-    """What a device is issued: its id, the key id to name and its derived key (base64)."""
-    if _UUID.fullmatch(device_id) is None:
-        raise aws.UsageError("--device-id must be a canonical 8-4-4-4-12 UUID")
-    device_id = device_id.lower()  # the envelope carries the lowercase form
+def choose_key_id(keys: KeySet, key_id: str | None) -> str:
+    """The master key to derive devices' keys from: `key_id`, which must be in the set, or
+    the set's only key (--key-id is needed when there are several)."""
     if key_id is None:
         if len(keys.keys) != 1:
             raise aws.UsageError(
@@ -75,6 +73,15 @@ def enrolment(keys: KeySet, device_id: str, key_id: str | None) -> dict[str, str
         [key_id] = keys.keys
     if key_id not in keys.keys:
         raise aws.UsageError(f"key id {key_id} is not in the key set ({', '.join(keys.keys)})")
+    return key_id
+
+
+def enrolment(keys: KeySet, device_id: str, key_id: str | None) -> dict[str, str]:
+    """What a device is issued: its id, the key id to name and its derived key (base64)."""
+    if _UUID.fullmatch(device_id) is None:
+        raise aws.UsageError("--device-id must be a canonical 8-4-4-4-12 UUID")
+    device_id = device_id.lower()  # the envelope carries the lowercase form
+    key_id = choose_key_id(keys, key_id)
     if device_id in keys.revoked_devices:
         raise aws.UsageError(f"device {device_id} is revoked in the key set: it cannot enrol")
     device_key = keys.device_key(key_id, device_id)

@@ -4,11 +4,14 @@
 #   SQS queue  $QUEUE_NAME (submissions), redriving to $DLQ_NAME after $MAX_RECEIVE_COUNT receives
 #   SQS queue  $DLQ_NAME (submissions-dlq), keeping messages $DLQ_RETENTION_SECONDS (14 days)
 #   Kinesis    $STREAM_NAME (events), $SHARD_COUNT shards (2)
+#   Secret     $AUTH_KEYS_SECRET_NAME (event-processor/sensor-keys): the sensors' key set
+#              (docs/authentication.md), one fresh 32-byte master key, made once
 #
 # Idempotent: what exists is kept, attributes are set to the values above on every run (so a
 # changed MAX_RECEIVE_COUNT is applied), a stream that exists keeps its shards (a mismatch is
-# reported, not changed). Runs with `awslocal` (inside LocalStack) or any `awslocal` on PATH that
-# takes AWS CLI arguments. Exits 2 on an invalid setting, non-zero if a call fails.
+# reported, not changed), a key set secret that exists keeps its keys. Runs with `awslocal`
+# (inside LocalStack) or any `awslocal` on PATH that takes AWS CLI arguments. Exits 2 on an
+# invalid setting, non-zero if a call fails.
 set -euo pipefail
 
 QUEUE_NAME="${QUEUE_NAME:-submissions}"
@@ -19,6 +22,7 @@ MAX_RECEIVE_COUNT="${MAX_RECEIVE_COUNT:-5}"
 # SQS's maximum: dead letters should outlive the source queue's messages (4 days by default).
 DLQ_RETENTION_SECONDS="${DLQ_RETENTION_SECONDS:-1209600}"
 STREAM_ACTIVE_TIMEOUT_SECONDS="${STREAM_ACTIVE_TIMEOUT_SECONDS:-60}"
+AUTH_KEYS_SECRET_NAME="${AUTH_KEYS_SECRET_NAME:-event-processor/sensor-keys}"
 
 # LocalStack keeps resources per region: use the one the daemon and the fleet use.
 export AWS_DEFAULT_REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-eu-west-1}}"
@@ -49,6 +53,8 @@ require DLQ_RETENTION_SECONDS "$DLQ_RETENTION_SECONDS" '^[1-9][0-9]{1,6}$' 'a nu
 ((DLQ_RETENTION_SECONDS >= 60 && DLQ_RETENTION_SECONDS <= 1209600)) ||
     die "DLQ_RETENTION_SECONDS='$DLQ_RETENTION_SECONDS' is not in 60-1209600"
 require STREAM_ACTIVE_TIMEOUT_SECONDS "$STREAM_ACTIVE_TIMEOUT_SECONDS" '^[1-9][0-9]{0,3}$' 'a number of seconds'
+require AUTH_KEYS_SECRET_NAME "$AUTH_KEYS_SECRET_NAME" '^[A-Za-z0-9/_+=.@-]{1,512}$' \
+    'a secret name (1-512 of A-Z a-z 0-9 / _ + = . @ -)'
 
 # --- SQS -------------------------------------------------------------------------------------
 # CreateQueue without attributes returns the URL of a queue that already exists (it only fails
@@ -95,4 +101,33 @@ if [[ $open_shards != "$SHARD_COUNT" ]]; then
     log "warning: stream $STREAM_NAME has $open_shards open shards, not SHARD_COUNT=$SHARD_COUNT"
 fi
 log "stream $STREAM_NAME is ACTIVE with $open_shards open shards"
+
+# --- Secrets Manager -------------------------------------------------------------------------
+# The key set the daemon checks signatures with and the fleet signs with. Made once: a rerun
+# must not change the key that both already use. The key reaches the AWS CLI on stdin (printf
+# is a builtin: no command line that ps could show) and is never logged.
+if ! describe_error=$(awslocal secretsmanager describe-secret \
+    --secret-id "$AUTH_KEYS_SECRET_NAME" 2>&1 >/dev/null); then
+    if [[ $describe_error != *ResourceNotFoundException* ]]; then
+        log "error: describe-secret $AUTH_KEYS_SECRET_NAME failed: $describe_error"
+        exit 1
+    fi
+    # As `event-processor keys new` names keys: the date and 6 hex digits.
+    key_id="$(date -u +%Y-%m-%d)-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')"
+    master_key=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+    if create_error=$(printf '{"keys": {"%s": "%s"}, "revoked_devices": []}' "$key_id" "$master_key" |
+        awslocal secretsmanager create-secret --name "$AUTH_KEYS_SECRET_NAME" \
+            --description "event-processor: the sensors' key set (docs/authentication.md)" \
+            --secret-string file:///dev/stdin 2>&1 >/dev/null); then
+        log "secret $AUTH_KEYS_SECRET_NAME created: a key set with master key $key_id"
+    elif [[ $create_error == *ResourceExistsException* ]]; then
+        log "secret $AUTH_KEYS_SECRET_NAME exists: kept as it is"  # made by a hook running alongside
+    else
+        log "error: create-secret $AUTH_KEYS_SECRET_NAME failed: ${create_error//"$master_key"/<key>}"
+        exit 1
+    fi
+    unset master_key
+else
+    log "secret $AUTH_KEYS_SECRET_NAME exists: kept as it is"
+fi
 log "ready"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 
 import pytest
 
-from devworld.emulator import Emulator
-from tests.helpers import run_cli
+from devworld.emulator import KEY_SET_SECRET_NAME, Emulator
+from tests.helpers import check_rogue_refused, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -28,22 +29,31 @@ def demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_demo_on_the_embedded_emulator_verifies() -> None:
-    """The demo starts its own emulator, runs fleet and daemon, and verifies the stream."""
+    """The demo starts its own emulator, runs a signing fleet, a rogue device and the daemon in
+    enforce mode, and verifies the stream and the rogue's rejections."""
     result = demo("--duration", "4", "--invalid-probability", "0.05")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RESULT: PASS" in result.stdout
     assert "missing 0, unexpected 0, out of order 0" in result.stdout
     assert "sample record:" in result.stdout
+    assert "the daemon enforces (AUTH_MODE=enforce)" in result.stdout
+    check_rogue_refused(result.stdout)
 
 
 def test_demo_against_an_existing_endpoint_twice(emulator: Emulator) -> None:
-    """--endpoint-url reuses an existing world (as a LocalStack has); a second run still verifies."""
+    """--endpoint-url reuses an existing world and key set secret (as a LocalStack has); a
+    second run still verifies."""
     env = {k: v for k, v in emulator.client_env().items() if k != "AWS_ENDPOINT_URL"}
-    for _ in range(2):
+    secrets = emulator.boto3_client("secretsmanager")
+    with contextlib.suppress(secrets.exceptions.ResourceNotFoundException):
+        secrets.delete_secret(SecretId=KEY_SET_SECRET_NAME, ForceDeleteWithoutRecovery=True)
+    for run in range(2):
         result = demo("--duration", "2", "--endpoint-url", emulator.endpoint_url, env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "RESULT: PASS" in result.stdout
         assert emulator.endpoint_url in result.stdout
+        # The key set secret: made by the first run, kept by the second.
+        assert ("(created)" if run == 0 else "(kept as it was)") in result.stdout
 
 
 def test_demo_takes_another_port_when_9100_is_busy() -> None:

@@ -1,24 +1,53 @@
-"""The sensor-fleet console script's modes against the embedded emulator."""
+"""The sensor-fleet console script's modes against the embedded emulator, signing too."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import itertools
+import json
 import os
 import subprocess
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from devworld.emulator import Emulator, World, free_port
-from event_processor.config import Settings
+from devworld.verify import expected_sequences
+from event_processor.config import AuthMode, Settings
+from event_processor.keyset import KeySet
 from event_processor.models import Submission, parse_submission
+from event_processor.signing import Envelope
+from event_processor.tools.keys import enrolment, new_entry
+from sensor_fleet.generator import device_ids, encode, fleet_load
 from sensor_fleet.sender import Sender, sqs_client
-from tests.helpers import drain_queue, run_cli
+from sensor_fleet.signer import FleetSigner
+from tests.conftest import settings_for
+from tests.factories import submission
+from tests.helpers import (
+    check_order,
+    client,
+    drain_queue,
+    eventually,
+    queue_depth,
+    run_cli,
+    send_bodies,
+    stream_records,
+)
 
 
-def fleet(emulator: Emulator, world: World, *args: str) -> subprocess.CompletedProcess[str]:
-    """`sensor-fleet ARGS` to completion, sending to `world`'s queue on the emulator."""
-    env = {**os.environ, **emulator.client_env(), "QUEUE_URL": world.queue_url}
-    env.pop("LOCALSTACK_HOST", None)
-    return run_cli("sensor-fleet", *args, env=env, timeout_s=120)
+def fleet(
+    emulator: Emulator, world: World, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`sensor-fleet ARGS` to completion, sending to `world`'s queue on the emulator (`env`
+    added to its environment)."""
+    full = {**os.environ, **emulator.client_env(), "QUEUE_URL": world.queue_url, **(env or {})}
+    full.pop("LOCALSTACK_HOST", None)
+    return run_cli("sensor-fleet", *args, env=full, timeout_s=120)
 
 
 def test_simulate_sends_one_submission_per_device_per_round(
@@ -89,3 +118,153 @@ def test_localstack_client_is_used_when_asked(emulator: Emulator, world: World) 
     result = fleet(emulator, world, "--localstack", "load", "--count", "5")
     assert result.returncode == 0, result.stderr
     assert len(drain_queue(emulator, world.queue_url)) == 5
+
+
+# --- signing (docs/authentication.md) -----------------------------------------------------------
+
+
+def key_set_file(tmp_path: Path, *key_ids: str) -> Path:
+    """A key set file holding a fresh master key for each id."""
+    doc = {"keys": {k: v for key_id in key_ids for k, v in new_entry(key_id).items()}}
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return path
+
+
+def key_set_secret(emulator: Emulator, *key_ids: str) -> tuple[str, KeySet]:
+    """A Secrets Manager secret of the emulator holding a fresh master key for each id: (its
+    name, the key set)."""
+    doc = {"keys": {k: v for key_id in key_ids for k, v in new_entry(key_id).items()}}
+    name = f"sensor-keys-{uuid.uuid4().hex[:8]}"
+    client(emulator, "secretsmanager").create_secret(Name=name, SecretString=json.dumps(doc))
+    return name, KeySet.parse(json.dumps(doc))
+
+
+def envelopes(keys: KeySet, messages: list[dict[str, Any]]) -> list[Envelope]:
+    """Each message's envelope, checked by the daemon's own verifier (which must accept it)."""
+    verified = [keys.verify(m.get("MessageAttributes", {}), m["Body"]) for m in messages]
+    assert all(isinstance(v, Envelope) for v in verified), verified
+    return [v for v in verified if isinstance(v, Envelope)]
+
+
+def test_simulate_signs_as_each_device_with_a_key_set_file(
+    emulator: Emulator, world: World, tmp_path: Path
+) -> None:
+    """--auth-keys-file: every submission is signed as the device that sends it, also when the
+    generator broke the body's device_id."""
+    path = key_set_file(tmp_path, "k1")
+    result = fleet(emulator, world, "--seed", "5", "--auth-keys-file", str(path), "simulate",
+                   "--fleet-size", "4", "--rounds", "2", "--round-min", "0", "--round-max", "0",
+                   "--invalid-probability", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "signing with key id k1" in result.stderr
+    messages = drain_queue(emulator, world.queue_url)
+    assert len(messages) == 8
+    signed = envelopes(KeySet.parse(path.read_bytes()), messages)
+    assert sorted({e.device_id for e in signed}) == sorted(device_ids(4, seed=5))
+    assert {e.key_id for e in signed} == {"k1"}
+    assert {orjson.loads(base64.b64decode(m["Body"]))["device_id"] for m in messages} == {
+        "not-an-uuid"
+    }
+
+
+def test_load_signs_from_the_secret_with_the_key_id_it_is_given(
+    emulator: Emulator, world: World
+) -> None:
+    """AUTH_KEYS_SECRET_ID with two keys: no --key-id is a usage error naming the ids (nothing
+    sent, no key shown); --key-id picks the master key."""
+    name, keys = key_set_secret(emulator, "2026-11-02-aaaaaa", "2026-12-03-bbbbbb")
+    refused = fleet(emulator, world, "load", "--count", "5", env={"AUTH_KEYS_SECRET_ID": name})
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "2026-11-02-aaaaaa, 2026-12-03-bbbbbb): pass --key-id" in refused.stderr
+    for master in keys.keys.values():
+        assert base64.b64encode(master).decode() not in refused.stdout + refused.stderr
+    assert drain_queue(emulator, world.queue_url) == []
+
+    result = fleet(emulator, world, "--key-id", "2026-12-03-bbbbbb", "load", "--count", "25",
+                   env={"AUTH_KEYS_SECRET_ID": name})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    signed = envelopes(keys, drain_queue(emulator, world.queue_url))
+    assert len(signed) == 25
+    assert {e.key_id for e in signed} == {"2026-12-03-bbbbbb"}
+
+
+def test_host_signs_as_its_enrolment(emulator: Emulator, world: World, tmp_path: Path) -> None:
+    """host --enrolment: the agent reports as the enrolled device and signs as it; with a key
+    set as well it refuses to start."""
+    keys = KeySet.parse(key_set_file(tmp_path, "k1").read_bytes())
+    enrolled = str(uuid.uuid4())
+    path = tmp_path / "enrolment.json"
+    path.write_text(json.dumps(enrolment(keys, enrolled, None)), encoding="utf-8")
+    # Each scan runs a new `ps`, which the next scan reports: the second scan always sends.
+    result = fleet(emulator, world, "host", "--rounds", "2", "--interval", "0.2",
+                   "--enrolment", str(path))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"device {enrolled}:" in result.stdout
+    messages = drain_queue(emulator, world.queue_url)
+    assert messages
+    assert {e.device_id for e in envelopes(keys, messages)} == {enrolled}
+    assert {orjson.loads(base64.b64decode(m["Body"]))["device_id"] for m in messages} == {enrolled}
+
+    both = fleet(emulator, world, "--auth-keys-file", str(tmp_path / "keys.json"), "host",
+                 "--rounds", "1", "--enrolment", str(path))  # fmt: skip
+    assert both.returncode == 2
+    assert "--enrolment holds the device's key" in both.stderr
+
+
+def test_an_unreadable_key_set_stops_the_fleet_before_it_sends(
+    emulator: Emulator, world: World, tmp_path: Path
+) -> None:
+    """A missing secret exits 3 naming it; an invalid key set file exits 2; nothing is sent."""
+    missing = fleet(emulator, world, "load", "--count", "5",
+                    env={"AUTH_KEYS_SECRET_ID": f"no-such-{uuid.uuid4().hex}"})  # fmt: skip
+    assert missing.returncode == 3, missing.stderr
+    assert "no-such-" in missing.stderr
+    invalid = tmp_path / "keys.json"
+    invalid.write_text('{"keys": {"k1": "c2hvcnQ="}}', encoding="utf-8")
+    result = fleet(emulator, world, "--auth-keys-file", str(invalid), "load", "--count", "5")
+    assert result.returncode == 2
+    assert "invalid key set: key k1 is 5 bytes" in result.stderr
+    assert drain_queue(emulator, world.queue_url) == []
+
+
+async def test_an_enforcing_daemon_publishes_the_signed_fleet_and_rejects_the_unsigned(
+    emulator: Emulator, world: World, daemon: Any
+) -> None:
+    """AUTH_MODE=enforce on the same secret: the signed load is published whole (its broken
+    bodies rejected by the contract, not the signature); unsigned bodies go to the DLQ."""
+    name, keys = key_set_secret(emulator, "k1")
+    load = await asyncio.to_thread(
+        fleet, emulator, world, "--seed", "3", "load", "--count", "60", "--fleet-size", "5",
+        "--invalid-probability", "0.05", env={"AUTH_KEYS_SECRET_ID": name},
+    )  # fmt: skip
+    assert load.returncode == 0, load.stderr
+    docs = list(itertools.islice(fleet_load(3, 5, 0.05), 60))
+    unsigned = [encode(submission()) for _ in range(3)]
+    stolen = FleetSigner(keys).device(device_ids(5, seed=3)[0])
+    impostor = encode(submission(device_id=device_ids(5, seed=3)[1]))
+    await asyncio.to_thread(
+        send_bodies, emulator, world.queue_url, [*unsigned, impostor],
+        [None, None, None, stolen.attributes(impostor)],
+    )  # fmt: skip
+
+    settings = settings_for(world, auth_mode=AuthMode.ENFORCE, auth_keys_secret_id=name)
+    running = await daemon(settings)
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    assert await running.stop() == 0
+
+    expected = expected_sequences([encode(d) for d in docs])
+    assert check_order(await asyncio.to_thread(stream_records, emulator, world)) == expected
+    auth = "event_processor_auth_results_total"
+    assert running.metric(auth, {"result": "ok"}) == 60
+    assert running.metric(auth, {"result": "signature_missing"}) == 3
+    assert running.metric(auth, {"result": "device_mismatch"}) == 1
+    dead = await asyncio.to_thread(drain_queue, emulator, world.dlq_url)
+    rejected = {m["Body"]: m["MessageAttributes"]["reason"]["StringValue"] for m in dead}
+    assert {b: rejected[b] for b in [*unsigned, impostor]} == {
+        **dict.fromkeys(unsigned, "signature_missing"),
+        impostor: "device_mismatch",
+    }
+    assert set(rejected.values()) - {"signature_missing", "device_mismatch"} <= {
+        "invalid_field", "invalid_body", "not_an_object"
+    }  # fmt: skip

@@ -30,7 +30,7 @@ def localstack() -> LocalStack:
     except (urllib.error.URLError, OSError) as exc:
         pytest.fail(f"LocalStack is not reachable at {url} ({exc}): {START_HINT}")
     services = health.get("services", {})
-    for name in ("sqs", "kinesis"):
+    for name in ("sqs", "kinesis", "secretsmanager"):
         if services.get(name) not in {"running", "available"}:
             pytest.fail(f"LocalStack at {url} has {name} {services.get(name)!r}: {START_HINT}")
     if not init.get("completed"):

@@ -24,7 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from devworld.emulator import World, free_port, read_stream
 from devworld.localstack_host import Service, compose_service
 from devworld.verify import decode_records, expected_sequences
+from event_processor.config import Settings
+from event_processor.keyset import KeySet
 from event_processor.tools.aws import queue_counts
+from event_processor.tools.keys import read_key_set
 from sensor_fleet import generator
 from sensor_fleet.generator import encode
 from tests.helpers import Cli, wait_for
@@ -120,6 +123,18 @@ def drain(localstack: LocalStack, queue_url: str, timeout_s: float = 120.0) -> l
 def stream_records(localstack: LocalStack, world: World) -> list[dict[str, Any]]:
     """Every record of the stream, decoded, with its shard and sequence number."""
     return decode_records(read_stream(localstack.client("kinesis"), world.stream_name))
+
+
+def compose_key_set(localstack: LocalStack) -> KeySet:
+    """The key set the init hook stored, read as the fleet and the tools read it."""
+    secret_id = localstack.compose_env("event-processor")["AUTH_KEYS_SECRET_ID"]
+    settings = Settings(
+        endpoint_url=localstack.endpoint_url,
+        aws_region=localstack.region,
+        auth_keys_secret_id=secret_id,
+        auth_keys_file=None,
+    )
+    return read_key_set(settings)
 
 
 def world_env(world: World) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""`event-processor demo --endpoint-url` against LocalStack, as the README offers it."""
+"""`event-processor demo --endpoint-url` against LocalStack, as the README offers it: signed
+fleet, rogue device, daemon enforcing the init hook's key set."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import sys
 
 import pytest
 
+from tests.helpers import check_rogue_refused
 from tests.localstack.support import LocalStack
 
 pytestmark = pytest.mark.localstack
 
 
 def test_demo_against_localstack_verifies(localstack: LocalStack) -> None:
-    """The demo runs fleet and daemon on LocalStack's world and its read-back passes."""
+    """The demo runs fleet, rogue and daemon on LocalStack's world and key set; the read-back
+    passes and every submission of the rogue was rejected."""
     env = {**os.environ, **localstack.client_env(), "PYTHONUNBUFFERED": "1"}
     del env["AWS_ENDPOINT_URL"]  # the flag alone says where
     result = subprocess.run(
@@ -27,10 +30,14 @@ def test_demo_against_localstack_verifies(localstack: LocalStack) -> None:
         + "\n".join(
             line
             for line in result.stdout.splitlines()
-            if line.startswith(("verification:", "RESULT:"))
+            if line.startswith(("keys", "verification:", "rogue", "RESULT:")) or ": sent " in line
         )
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"using the AWS endpoint at {localstack.endpoint_url}" in result.stdout
+    # The init hook's key set, kept: the demo signs as the compose fleet does.
+    secret = localstack.compose_env("localstack")["AUTH_KEYS_SECRET_NAME"]
+    assert f"keys   secret {secret} (kept as it was)" in result.stdout
     assert "missing 0, unexpected 0, out of order 0, split across shards 0" in result.stdout
+    check_rogue_refused(result.stdout)
     assert "RESULT: PASS" in result.stdout

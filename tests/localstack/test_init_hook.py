@@ -1,4 +1,5 @@
-"""localstack/ready.d/init-aws.sh as LocalStack runs it: a READY hook that creates the world."""
+"""localstack/ready.d/init-aws.sh as LocalStack runs it: a READY hook that creates the world,
+the sensors' key set secret included."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from devworld.emulator import World
-from tests.localstack.support import LocalStack, http_json
+from tests.localstack.support import LocalStack, compose_key_set, http_json
 
 pytestmark = pytest.mark.localstack
 
@@ -34,3 +35,20 @@ def test_hook_created_queue_dlq_and_stream(localstack: LocalStack, compose_world
     stream = summary["StreamDescriptionSummary"]
     assert (stream["StreamStatus"], stream["OpenShardCount"]) == ("ACTIVE", int(env["SHARD_COUNT"]))
     assert stream["OpenShardCount"] == 2
+
+
+def test_hook_stored_the_key_set(localstack: LocalStack) -> None:
+    """The secret the daemon and the fleet name holds a valid key set of one 32-byte key."""
+    env = localstack.compose_env("localstack")
+    assert (
+        localstack.compose_env("event-processor")["AUTH_KEYS_SECRET_ID"]
+        == (env["AUTH_KEYS_SECRET_NAME"])
+    )
+    keys = compose_key_set(localstack)
+    assert [len(master) for master in keys.keys.values()] == [32]
+    assert keys.revoked_devices == frozenset()
+    secret = localstack.client("secretsmanager").describe_secret(
+        SecretId=env["AUTH_KEYS_SECRET_NAME"]
+    )
+    assert secret["Name"] == env["AUTH_KEYS_SECRET_NAME"]
+    print(f"\n[init hook] secret {secret['Name']}: key ids {sorted(keys.keys)}")

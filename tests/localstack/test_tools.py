@@ -3,24 +3,29 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import orjson
 import pytest
 
 from devworld.emulator import World, read_stream
+from event_processor.signing import SIGNATURE_ATTRIBUTE
 from event_processor.tools.aws import queue_counts
 from sensor_fleet.sender import Sender
+from sensor_fleet.signer import FleetSigner
 from tests.factories import encode, new_process, submission
 from tests.helpers import wait_for
 from tests.localstack.support import (
     EXIT_TIMEOUT_S,
     LocalStack,
+    compose_key_set,
     daemon,
     drain,
     run_cli,
@@ -38,6 +43,20 @@ NULL_DEVICE = 2
 WITH_BAD_EVENT = 3
 
 
+def send_signed(localstack: LocalStack, world: World, bodies: list[str]) -> list[str]:
+    """Send `bodies`, each signed with compose's key set by the device it names (a random one
+    when it names none); return those SQS accepted."""
+    signer = FleetSigner(compose_key_set(localstack))
+    attributes = []
+    for body in bodies:
+        try:
+            device = json.loads(base64.b64decode(body, validate=True))["device_id"]
+        except (ValueError, TypeError, KeyError):
+            device = None
+        attributes.append(signer.attributes(device or str(uuid.uuid4()), body))
+    return Sender(localstack.client("sqs"), world.queue_url).send(bodies, attributes)
+
+
 def test_operator_tools_on_what_the_daemon_left(
     localstack: LocalStack, fresh_world: World, tmp_path: Path
 ) -> None:
@@ -51,7 +70,8 @@ def test_operator_tools_on_what_the_daemon_left(
         + [encode({**submission(), "device_id": None}) for _ in range(NULL_DEVICE)]
         + [encode(submission(bad_event)) for _ in range(WITH_BAD_EVENT)]
     )
-    assert len(Sender(sqs, world.queue_url).send(bodies)) == len(bodies)
+    # Signed, for compose's daemon enforces signatures: what it rejects, the contract rejects.
+    assert len(send_signed(localstack, world, bodies)) == len(bodies)
     with daemon(localstack, tmp_path / "daemon.log", **world_env(world)) as running:
         wait_drained(localstack, world, 120, running)
         assert running.terminate()[0] == 0
@@ -77,6 +97,8 @@ def test_operator_tools_on_what_the_daemon_left(
     assert "failed 0" in redrive.stdout
     moved = drain(localstack, world.queue_url)
     assert sorted(m["Body"] for m in moved) == sorted(NOT_JSON)
+    # Each carries its signature back, so that an enforcing daemon takes it again.
+    assert all(SIGNATURE_ATTRIBUTE in m["MessageAttributes"] for m in moved)
     assert queue_counts(sqs, world.dlq_url) == (letters - len(NOT_JSON), 0)
 
     tail = run_cli(localstack, world, "tail", "--from", "trim-horizon", "--no-follow")
@@ -105,7 +127,7 @@ def test_tail_follows_until_sigterm(
             env=env, stdout=sink, stderr=subprocess.PIPE,
         )  # fmt: skip
     try:
-        Sender(localstack.client("sqs"), world.queue_url).send([encode(d) for d in docs])
+        send_signed(localstack, world, [encode(d) for d in docs])
         with daemon(localstack, tmp_path / "daemon.log", **world_env(world)) as running:
             wait_for(
                 lambda: len(out.read_bytes().splitlines()) >= len(docs) * 3,

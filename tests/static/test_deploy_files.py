@@ -27,7 +27,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from devworld.emulator import Emulator
+from devworld.emulator import KEY_SET_SECRET_NAME, Emulator
+from event_processor.config import AuthMode
+from event_processor.keyset import KeySet
 from tests.static.support import (
     DOCKERFILE,
     PROMETHEUS_CONFIG,
@@ -255,6 +257,7 @@ def unique_names() -> dict[str, str]:
         "QUEUE_NAME": f"static-submissions-{suffix}",
         "DLQ_NAME": f"static-submissions-dlq-{suffix}",
         "STREAM_NAME": f"static-events-{suffix}",
+        "AUTH_KEYS_SECRET_NAME": f"static/sensor-keys-{suffix}",
     }
 
 
@@ -365,9 +368,48 @@ def test_init_script_takes_settings_from_the_environment(
     assert int(redrive_policy(emulator, names["QUEUE_NAME"])["maxReceiveCount"]) == 7
 
 
+def test_init_script_makes_the_key_set_secret_once(emulator: Emulator, awslocal_dir: Path) -> None:
+    """The first run stores a valid key set of one fresh 32-byte key; a second run keeps it
+    unchanged; neither prints the key."""
+    names = unique_names()
+    secret_name = names["AUTH_KEYS_SECRET_NAME"]
+    secrets = emulator.boto3_client("secretsmanager")
+    runs = []
+    stored = []
+    for attempt in (1, 2):
+        result = run_init_script(emulator, awslocal_dir, **names)
+        assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
+        runs.append(result)
+        stored.append(secrets.get_secret_value(SecretId=secret_name))
+
+    assert stored[1]["VersionId"] == stored[0]["VersionId"]
+    assert stored[1]["SecretString"] == stored[0]["SecretString"]
+    keys = KeySet.parse(stored[0]["SecretString"])
+    ((key_id, master),) = keys.keys.items()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}-[0-9a-f]{6}", key_id)
+    assert len(master) == 32
+    assert keys.revoked_devices == frozenset()
+    assert f"secret {secret_name} created: a key set with master key {key_id}" in runs[0].stderr
+    assert f"secret {secret_name} exists: kept as it is" in runs[1].stderr
+    encoded = json.loads(stored[0]["SecretString"])["keys"][key_id]
+    for result in runs:
+        assert encoded not in result.stdout + result.stderr
+
+    # Another secret gets another key: the key is drawn, not fixed.
+    other = unique_names()
+    assert run_init_script(emulator, awslocal_dir, **other).returncode == 0
+    fresh = secrets.get_secret_value(SecretId=other["AUTH_KEYS_SECRET_NAME"])["SecretString"]
+    assert set(KeySet.parse(fresh).keys.values()) != {master}
+
+
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("MAX_RECEIVE_COUNT", "0"), ("SHARD_COUNT", "two"), ("QUEUE_NAME", "has space")],
+    [
+        ("MAX_RECEIVE_COUNT", "0"),
+        ("SHARD_COUNT", "two"),
+        ("QUEUE_NAME", "has space"),
+        ("AUTH_KEYS_SECRET_NAME", "has space"),
+    ],
 )
 def test_init_script_rejects_an_invalid_setting(
     emulator: Emulator, awslocal_dir: Path, setting: str, value: str
@@ -421,6 +463,9 @@ def test_localstack_service(compose: dict[str, Any]) -> None:
     assert defaults["STREAM_NAME"] == "events"
     assert defaults["SHARD_COUNT"] == "2"
     assert defaults["MAX_RECEIVE_COUNT"] == "5"
+    assert set(defaults["SERVICES"].split(",")) == {"sqs", "kinesis", "secretsmanager"}
+    # The demo's secret too: a demo against this LocalStack signs with the compose key set.
+    assert defaults["AUTH_KEYS_SECRET_NAME"] == KEY_SET_SECRET_NAME
 
 
 class _FakeLocalStack(QuietHandler):
@@ -490,6 +535,13 @@ def test_event_processor_service(compose: dict[str, Any]) -> None:
     assert duration_s(spec["stop_grace_period"]) > grace
     assert spec.get("stop_signal", "SIGTERM") == "SIGTERM"
 
+    # Enforces signatures with the key set the init hook made, unless AUTH_MODE says otherwise.
+    assert spec["environment"]["AUTH_MODE"] == "${AUTH_MODE:-enforce}"
+    assert (
+        env["AUTH_KEYS_SECRET_ID"]
+        == environment(service(compose, "localstack"))["AUTH_KEYS_SECRET_NAME"]
+    )
+
 
 def test_event_processor_environment_is_valid_settings(compose: dict[str, Any]) -> None:
     """Every daemon setting in compose is a real setting, and the values validate."""
@@ -497,6 +549,8 @@ def test_event_processor_environment_is_valid_settings(compose: dict[str, Any]) 
     # aws_default_region: an alias of aws_region, which is also set.
     parsed = daemon_settings(env, not_settings=NOT_SETTINGS, aliases={"aws_default_region"})
     assert parsed.metrics_port == 9100
+    assert parsed.auth_mode is AuthMode.ENFORCE
+    assert parsed.auth_keys_secret_id == KEY_SET_SECRET_NAME
 
 
 def test_sensor_fleet_service(compose: dict[str, Any]) -> None:
@@ -511,6 +565,8 @@ def test_sensor_fleet_service(compose: dict[str, Any]) -> None:
     assert env["LOCALSTACK_HOST"] == "localstack:4566"
     assert env["QUEUE_NAME"] == environment(daemon)["QUEUE_NAME"]
     assert spec["healthcheck"] == {"disable": True}
+    # Signs with the key set the daemon checks.
+    assert env["AUTH_KEYS_SECRET_ID"] == environment(daemon)["AUTH_KEYS_SECRET_ID"]
 
 
 def test_prometheus_scrapes_the_daemon(compose: dict[str, Any]) -> None:

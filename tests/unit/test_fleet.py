@@ -1,13 +1,31 @@
-"""The fleet's pure parts: host parsers on recorded samples, and the generator's shape."""
+"""The fleet's pure parts: host parsers on recorded samples, the generator's shape, the signers
+and the sender's batching."""
 
 from __future__ import annotations
 
+import base64
+import itertools
+import json
 import random
 from pathlib import Path
 
+import pytest
+
+from event_processor.keyset import KeySet
 from event_processor.models import Submission, parse_submission
-from sensor_fleet.generator import device_ids, encode, make_submission
+from event_processor.signing import Envelope
+from event_processor.tools.aws import UsageError
+from event_processor.tools.keys import enrolment
+from sensor_fleet.generator import (
+    device_ids,
+    encode,
+    fleet_load,
+    fleet_submissions,
+    make_submission,
+)
 from sensor_fleet.host import Connection, HostAgent, parse_proc_net_tcp, parse_ps
+from sensor_fleet.sender import _batches
+from sensor_fleet.signer import DeviceSigner, FleetSigner
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -71,3 +89,81 @@ def test_generator_breaks_fields_at_the_asked_rate() -> None:
     assert doc["submission_id"] == "not-an-uuid"
     assert all(p["cmdl"] is None for p in doc["events"]["new_process"])
     assert all(c["destination_ip"] == "not-an-ip" for c in doc["events"]["network_connection"])
+
+
+# --- signing -----------------------------------------------------------------------------------
+
+DEVICE = "93552c93-6e6f-48fe-bbf9-6ba6ac20c120"
+TWO_KEYS = KeySet({"2026-11-02-9c1f0a": bytes(range(32)), "2026-12-03-5f2a9c": bytes(32)})
+
+
+def test_fleet_signer_signs_with_the_key_keys_derive_issues() -> None:
+    """Each device signs with the key `keys derive` would enrol it with, and the daemon's check
+    accepts it."""
+    signer = FleetSigner(TWO_KEYS, "2026-12-03-5f2a9c")
+    issued = enrolment(TWO_KEYS, DEVICE, "2026-12-03-5f2a9c")
+    assert signer.device(DEVICE).device_key == base64.b64decode(issued["device_key"])
+    body = encode({"device_id": DEVICE})
+    verdict = TWO_KEYS.verify(signer.attributes(DEVICE, body), body)
+    assert isinstance(verdict, Envelope)
+    assert (verdict.device_id, verdict.key_id) == (DEVICE, "2026-12-03-5f2a9c")
+
+
+def test_fleet_signer_needs_a_key_id_when_the_set_has_several() -> None:
+    """As `keys derive`: no --key-id with two keys, or an id not in the set, is a usage error
+    naming the ids; with one key, that key signs."""
+    with pytest.raises(UsageError, match="2026-11-02-9c1f0a, 2026-12-03-5f2a9c"):
+        FleetSigner(TWO_KEYS)
+    with pytest.raises(UsageError, match="k9 is not in the key set"):
+        FleetSigner(TWO_KEYS, "k9")
+    assert FleetSigner(KeySet({"only": bytes(32)})).key_id == "only"
+
+
+def test_a_broken_device_id_is_still_signed_as_the_sensor() -> None:
+    """A body whose device_id the generator broke is signed with the sending device's id, so
+    the contract rejects it, not the signature."""
+    doc = make_submission(random.Random(1), DEVICE, invalid_probability=1.0)
+    assert doc["device_id"] == "not-an-uuid"
+    body = encode(doc)
+    verdict = TWO_KEYS.verify(
+        FleetSigner(TWO_KEYS, "2026-11-02-9c1f0a").attributes(DEVICE, body), body
+    )
+    assert isinstance(verdict, Envelope)
+    assert verdict.device_id == DEVICE
+
+
+def test_device_signer_reads_an_enrolment_and_never_shows_its_key() -> None:
+    """`keys derive`'s JSON makes a signer of that device; its repr and a bad enrolment's error
+    hold no key."""
+    issued = enrolment(TWO_KEYS, DEVICE, "2026-11-02-9c1f0a")
+    signer = DeviceSigner.from_enrolment(json.dumps(issued))
+    body = "eyJ9"
+    verdict = TWO_KEYS.verify(signer.attributes(body), body)
+    assert isinstance(verdict, Envelope)
+    assert (verdict.device_id, verdict.key_id) == (DEVICE, "2026-11-02-9c1f0a")
+    assert issued["device_key"] not in repr(signer)
+    broken = json.dumps({**issued, "device_key": issued["device_key"] + "!"})
+    with pytest.raises(ValueError, match="not an enrolment") as error:
+        DeviceSigner.from_enrolment(broken)
+    assert issued["device_key"] not in str(error.value)
+
+
+def test_fleet_submissions_are_fleet_load_with_their_senders() -> None:
+    """load's submissions with their senders are fleet_load's, in order, and each sender is a
+    fleet device (the body's device_id unless broken)."""
+    devices = set(device_ids(5, seed=7))
+    with_senders = list(itertools.islice(fleet_submissions(7, 5, 0.3), 200))
+    docs = list(itertools.islice(fleet_load(7, 5, 0.3), 200))
+    strip = [{k: v for k, v in d.items() if k != "time_created"} for d in docs]
+    assert [{k: v for k, v in d.items() if k != "time_created"} for _, d in with_senders] == strip
+    assert {device for device, _ in with_senders} <= devices
+    assert all(d["device_id"] in {device, "not-an-uuid"} for device, d in with_senders)
+    assert any(d["device_id"] == "not-an-uuid" for _, d in with_senders)
+
+
+def test_batches_count_attributes_against_the_size_limit() -> None:
+    """Two messages whose bodies fit one 256 KiB batch go in two when their attributes do not."""
+    body = "x" * (128 * 1024 - 50)
+    attributes = {"sensor-signature": {"DataType": "String", "StringValue": "v" * 100}}
+    assert len(_batches([(body, None), (body, None)])) == 1
+    assert len(_batches([(body, attributes), (body, attributes)])) == 2
