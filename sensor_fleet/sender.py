@@ -12,6 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from event_processor.config import Settings
+from event_processor.letters import message_size
 from event_processor.tools import aws
 
 log = logging.getLogger(__name__)
@@ -114,28 +115,19 @@ def _entry(entry_id: int, outgoing: _Outgoing) -> dict[str, Any]:
     return entry
 
 
-def _size(outgoing: _Outgoing) -> int:
-    """What SQS counts against its size limit: the body and each attribute's name, type and
-    value."""
-    body, attributes = outgoing
-    return len(body.encode()) + sum(
-        len(name.encode()) + sum(len(part.encode()) for part in value.values())
-        for name, value in (attributes or {}).items()
-    )
-
-
 def _batches(outgoing: list[_Outgoing]) -> list[list[_Outgoing]]:
     """Up to 10 messages and 256 KiB a batch; a message over that goes alone."""
     batches: list[list[_Outgoing]] = []
     batch: list[_Outgoing] = []
     size = 0
     for message in outgoing:
-        message_size = _size(message)
-        if batch and (len(batch) == _BATCH or size + message_size > _BATCH_BYTES):
+        body, attributes = message
+        message_bytes = message_size(body, attributes or {})
+        if batch and (len(batch) == _BATCH or size + message_bytes > _BATCH_BYTES):
             batches.append(batch)
             batch, size = [], 0
         batch.append(message)
-        size += message_size
+        size += message_bytes
     if batch:
         batches.append(batch)
     return batches

@@ -28,6 +28,7 @@ from tests.helpers import (
     eventually,
     queue_counts,
     queue_depth,
+    send_bodies,
     stream_records,
 )
 
@@ -87,18 +88,8 @@ def signed(doc: dict[str, Any], *, device: str, key_id: str = "k1", master: byte
 
 
 def send(emulator: Emulator, queue_url: str, messages: list[Sent]) -> None:
-    """SendMessageBatch with each message's attributes; every entry must be accepted."""
-    sqs = client(emulator, "sqs")
-    for start in range(0, len(messages), 10):
-        batch = messages[start : start + 10]
-        response = sqs.send_message_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(i), "MessageBody": body, "MessageAttributes": attributes}
-                for i, (body, attributes) in enumerate(batch)
-            ],
-        )
-        assert len(response.get("Successful", [])) == len(batch), response.get("Failed")
+    """Send with the fleet's Sender, each body with its attributes; all must be accepted."""
+    send_bodies(emulator, queue_url, [body for body, _ in messages], [a for _, a in messages])
 
 
 async def drained(emulator: Emulator, world: World) -> None:
