@@ -31,6 +31,7 @@ async def test_a_drain_publishes_every_valid_event_and_counts_calls() -> None:
     assert result.function_calls is not None
     assert result.function_calls > result.records
     assert result.cpu_s > 0
+    assert result.seconds > 0
 
 
 async def test_enforce_verifies_every_signature_and_publishes_what_off_does(
