@@ -1,4 +1,9 @@
-"""`make bench` / `python -m devworld.bench`: drain the same backlog three ways and print a table.
+"""`make bench` / `python -m devworld.bench`: drain the same backlog several ways; print a table.
+
+The daemon drains it twice, with AUTH_MODE=off (`daemon`) and enforce (`daemon-enforce`, the
+key set in an AUTH_KEYS_FILE), and the table is followed by enforce's cost against off. The
+backlog is signed for every strategy (each submission's sensor-signature attribute, made with
+a key set of the bench's own), so the two daemon rows differ in AUTH_MODE alone.
 
 `--scenario` adds the issue-10 scenarios (bench/scenarios.py): memory, hostile, restart, or
 all of them after the throughput table; `make bench` runs all.
@@ -18,15 +23,20 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from statistics import median
+from typing import Final
 
 from devworld.bench import scenarios
+from devworld.bench.compare import Comparison, header, in_turn
 from devworld.bench.daemon import Process, compile_daemon, daemon_env
-from devworld.bench.workloads import backlog, load
+from devworld.bench.workloads import BenchKeys, MessageAttributes, fleet_backlog, load
 from devworld.emulator import Emulator, World, queue_depth, read_stream
 from devworld.faultproxy import FaultProxy
 from devworld.verify import decode_records, expected_sequences, verify
@@ -37,6 +47,11 @@ _POLL_S = 0.05
 _STRATEGY_TIMEOUT_S = 900.0
 # A drained strategy has nothing in flight: it exits well within this after SIGTERM.
 _STOP_TIMEOUT_S = 60.0
+# The daemon's strategies: their AUTH_MODE (enforce reads the bench's key set).
+DAEMON_MODES: Final = {"daemon": "off", "daemon-enforce": "enforce"}
+STRATEGIES: Final = (*DAEMON_MODES, "naive", "ceiling")
+# The strategies' name column.
+_NAME_WIDTH = 16
 
 
 @dataclass
@@ -150,13 +165,14 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
-        "--only", nargs="*", default=["daemon", "naive", "ceiling"], help="strategies to run"
+        "--only", nargs="*", choices=STRATEGIES, default=list(STRATEGIES), help="strategies to run"
     )
     parser.add_argument(
         "--repeat",
         type=int,
         default=1,
-        help="rounds of the strategies, back to back; medians are printed after the rows",
+        help="rounds of the strategies, back to back (in reverse order every other round);"
+        " medians are printed after the rows",
     )
     parser.add_argument(
         "--scenario",
@@ -183,30 +199,42 @@ def main() -> int:
 
 
 def throughput(args: argparse.Namespace) -> bool:
-    """The strategies table: daemon, naive and ceiling drain the same fleet backlog.
+    """The strategies table: the daemon (off and enforce), naive and ceiling drain the same
+    signed fleet backlog.
 
-    `--repeat N` runs the strategies N times, back to back in turn, each on a world of its
-    own, and prints the medians too: this VM is shared, so one run is one sample.
+    `--repeat N` runs the strategies N times, back to back in turn (`in_turn`), each on a
+    world of its own, and prints the medians too: this VM is shared, so one run is one sample.
     """
-    bodies = backlog(args.submissions, args.seed)
+    submissions = fleet_backlog(args.submissions, args.seed)
+    bodies = [body for _, body in submissions]
+    keys = BenchKeys.new()
+    attributes = keys.sign(submissions)
     expected = expected_sequences(bodies)
     valid_events = sum(len(s) for s in expected.values())
     print(f"hot path (decode+validate+build+serialize): {hot_path_us(bodies * 5):.2f} µs/event")
 
     results: list[Result] = []
-    with Emulator() as emulator, FaultProxy(emulator.endpoint_url) as proxy:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-keys-") as key_dir,
+        Emulator() as emulator,
+        FaultProxy(emulator.endpoint_url) as proxy,
+    ):
+        key_file = keys.write(Path(key_dir))
         proxy.latency_s = args.latency_ms / 1000
         print(
             f"world: moto {emulator.endpoint_url} (patched: locked mutations, O(1) receive/put), "
             f"proxy {proxy.endpoint_url} adding {args.latency_ms:g} ms per AWS call"
         )
-        print(f"backlog: {len(bodies)} submissions, {valid_events} valid events\n")
+        print(
+            f"backlog: {len(bodies)} submissions, {valid_events} valid events, each signed"
+            f" (key set {key_file} for AUTH_MODE=enforce)\n"
+        )
         # Start-up is measured on a queue that stays empty: what a strategy costs before work.
         idle = emulator.create_world(
             queue_name="bench-idle", dlq_name="bench-idle-dlq", stream_name="bench-idle"
         )
         for round_ in range(args.repeat):
-            for name in args.only:
+            for name in in_turn(args.only, round_):
                 result = _one_strategy(
                     name,
                     f"{name}-{round_}",
@@ -214,7 +242,9 @@ def throughput(args: argparse.Namespace) -> bool:
                     proxy=proxy,
                     idle=idle,
                     bodies=bodies,
+                    attributes=attributes,
                     expected=expected,
+                    key_file=key_file,
                 )
                 results.append(result)
     _print_table(results)
@@ -229,7 +259,9 @@ def _one_strategy(
     proxy: FaultProxy,
     idle: World,
     bodies: list[str],
+    attributes: list[MessageAttributes],
     expected: dict[str, list[int]],
+    key_file: Path,
 ) -> Result:
     """Drain a fresh copy of the backlog with one strategy; its figures and verification."""
     world = emulator.create_world(
@@ -237,10 +269,14 @@ def _one_strategy(
         dlq_name=f"bench-{world_name}-dlq",
         stream_name=f"bench-{world_name}",
     )
-    load(emulator, world, bodies)
+    load(emulator, world, bodies, attributes)
     valid_events = sum(len(s) for s in expected.values())
-    if name == "daemon":
-        env = daemon_env(emulator, world, proxy.endpoint_url)
+    if name in DAEMON_MODES:
+        mode = DAEMON_MODES[name]
+        auth = {"AUTH_MODE": mode}
+        if mode != "off":
+            auth["AUTH_KEYS_FILE"] = str(key_file)
+        env = daemon_env(emulator, world, proxy.endpoint_url, **auth)
         argv = [sys.executable, "-m", "event_processor", "run"]
         idle_env = env | {
             "QUEUE_URL": idle.queue_url,
@@ -263,7 +299,7 @@ def _one_strategy(
     print(f"    AWS calls: {sum(calls.values())} {dict(sorted(calls.items()))}")
     records = read_stream(emulator.boto3_client("kinesis"), world.stream_name)
     result = Result(name, seconds, valid_events, cpu_s, rss, startup)
-    if name == "daemon":
+    if name in DAEMON_MODES:
         check = verify(decode_records(records), expected)
         result.verified = "ok" if check.ok else "FAILED: " + check.summary()
     else:
@@ -282,7 +318,7 @@ def _print_table(results: list[Result]) -> None:
     for r in results:
         rounds.setdefault(r.name, []).append(r)
     print(
-        f"\n{'strategy':<10}{'events/s':>10}{'x naive':>9}{'x ceiling':>10}"
+        f"\n{'strategy':<{_NAME_WIDTH}}{'events/s':>10}{'x naive':>9}{'x ceiling':>10}"
         f"{'CPU µs/ev':>11}{'start-up s':>12}{'steady µs/ev':>14}{'peak RSS MB':>13}  verified"
     )
     for index, r in enumerate(results):
@@ -293,25 +329,38 @@ def _print_table(results: list[Result]) -> None:
         x_naive = f"{r.events_per_s / naive.events_per_s:.1f}" if naive else "-"
         x_ceiling = f"{r.events_per_s / ceiling.events_per_s:.2f}" if ceiling else "-"
         print(
-            f"{r.name:<10}{r.events_per_s:>10.0f}{x_naive:>9}{x_ceiling:>10}"
+            f"{r.name:<{_NAME_WIDTH}}{r.events_per_s:>10.0f}{x_naive:>9}{x_ceiling:>10}"
             f"{r.cpu_us_per_event:>11.1f}{r.startup_cpu_s:>12.2f}{r.steady_us_per_event:>14.1f}"
             f"{r.peak_rss_mb:>13.1f}  {r.verified}"
         )
-    daemons, ceilings = rounds.get("daemon", []), rounds.get("ceiling", [])
-    for daemon, ceiling in zip(daemons, ceilings, strict=False):
-        print(
-            f"daemon / ceiling CPU per event: {daemon.cpu_us_per_event / ceiling.cpu_us_per_event:.2f}"
-            f" all in, {daemon.steady_us_per_event / ceiling.steady_us_per_event:.2f} steady"
-        )
+    ceilings = rounds.get("ceiling", [])
+    for name in DAEMON_MODES:
+        for daemon, ceiling in zip(rounds.get(name, []), ceilings, strict=False):
+            print(
+                f"{name} / ceiling CPU per event: "
+                f"{daemon.cpu_us_per_event / ceiling.cpu_us_per_event:.2f} all in, "
+                f"{daemon.steady_us_per_event / ceiling.steady_us_per_event:.2f} steady"
+            )
     if any(len(runs) > 1 for runs in rounds.values()):
         print("\nmedians:")
         for name, runs in rounds.items():
             print(
-                f"{name:<10}{median(r.events_per_s for r in runs):>10.0f} events/s"
+                f"{name:<{_NAME_WIDTH}}{median(r.events_per_s for r in runs):>10.0f} events/s"
                 f"{median(r.cpu_us_per_event for r in runs):>8.1f} µs/ev all in"
                 f"{median(r.startup_cpu_s for r in runs):>7.2f} s start-up"
                 f"{median(r.steady_us_per_event for r in runs):>8.1f} µs/ev steady"
             )
+    off, enforce = (rounds.get(name, []) for name in DAEMON_MODES)
+    if off and len(off) == len(enforce):
+        print(f"\n{header(len(off))}")
+        figures: tuple[tuple[str, Callable[[Result], float], bool], ...] = (
+            ("CPU µs/event, all in", lambda r: r.cpu_us_per_event, False),
+            ("CPU µs/event, steady", lambda r: r.steady_us_per_event, False),
+            ("events/s", lambda r: r.events_per_s, True),
+        )
+        for label, figure, relative in figures:
+            values = Comparison.of([figure(r) for r in off], [figure(r) for r in enforce])
+            print(values.line(label, digits=0 if relative else 1, relative=relative))
 
 
 def _nth(runs: list[Result] | None, index: int) -> Result | None:

@@ -12,7 +12,7 @@ it waits for a core (often right after a write has woken the proxy: aiohttp's _w
 are counted too. Shares are what to compare; the CPU the daemon really used is printed from
 /proc, and `make bench` measures it (wait4).
 
-    python -m devworld.bench.profile [--submissions N] [--rate HZ]
+    python -m devworld.bench.profile [--submissions N] [--rate HZ] [--auth-mode enforce]
     python -m devworld.bench.profile --summarise .profile/daemon-....raw
 """
 
@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -207,7 +208,7 @@ def record(args: argparse.Namespace) -> Path:
     """Drain the backlog under py-spy; the raw profile's path."""
     # Imported here: --summarise needs neither moto nor the daemon's packages.
     from devworld.bench.daemon import compile_daemon, daemon_env  # noqa: PLC0415
-    from devworld.bench.workloads import backlog, load  # noqa: PLC0415
+    from devworld.bench.workloads import BenchKeys, fleet_backlog, load  # noqa: PLC0415
     from devworld.emulator import Emulator, queue_depth  # noqa: PLC0415
     from devworld.faultproxy import FaultProxy  # noqa: PLC0415
 
@@ -215,16 +216,26 @@ def record(args: argparse.Namespace) -> Path:
     if py_spy is None:
         raise SystemExit("py-spy is missing: pip install py-spy (it is in the dev extra)")
     PROFILE_DIR.mkdir(exist_ok=True)
-    out = PROFILE_DIR / f"daemon-{datetime.now(UTC):%Y%m%dT%H%M%S}.{args.format}"
+    out = PROFILE_DIR / (f"daemon-{args.auth_mode}-{datetime.now(UTC):%Y%m%dT%H%M%S}.{args.format}")
     compile_daemon()
-    bodies = backlog(args.submissions, args.seed)
-    with Emulator() as emulator, FaultProxy(emulator.endpoint_url) as proxy:
+    # Signed as make bench's backlog is, whatever the mode: the modes' profiles then compare.
+    submissions = fleet_backlog(args.submissions, args.seed)
+    bodies = [body for _, body in submissions]
+    keys = BenchKeys.new()
+    with (
+        tempfile.TemporaryDirectory(prefix="profile-keys-") as key_dir,
+        Emulator() as emulator,
+        FaultProxy(emulator.endpoint_url) as proxy,
+    ):
         proxy.latency_s = args.latency_ms / 1000
         world = emulator.create_world(
             queue_name="profile", dlq_name="profile-dlq", stream_name="profile"
         )
-        load(emulator, world, bodies)
-        env = daemon_env(emulator, world, proxy.endpoint_url)
+        load(emulator, world, bodies, keys.sign(submissions))
+        auth = {"AUTH_MODE": args.auth_mode}
+        if args.auth_mode != "off":
+            auth["AUTH_KEYS_FILE"] = str(keys.write(Path(key_dir)))
+        env = daemon_env(emulator, world, proxy.endpoint_url, **auth)
         argv = [
             py_spy,
             "record",
@@ -294,6 +305,12 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--rate", type=int, default=_DEFAULT_RATE_HZ, help="samples per second")
+    parser.add_argument(
+        "--auth-mode",
+        choices=("off", "enforce"),
+        default="off",
+        help="the daemon's AUTH_MODE (enforce reads the bench's key set from a file)",
+    )
     parser.add_argument(
         "--format",
         choices=("raw", "speedscope"),

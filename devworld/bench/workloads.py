@@ -1,21 +1,36 @@
 """Backlogs for the bench: fleet traffic, bodies near SQS's 1 MiB limit, and hostile bodies.
 
 Every body is built from sensor_fleet's generator (or its envelope) and loaded with its Sender,
-so the bench exercises the same wire format as the fleet.
+so the bench exercises the same wire format as the fleet. A signed backlog (AUTH_MODE, see
+docs/authentication.md) carries each body's `sensor-signature` attribute, made with
+`event_processor.signing` and a key set of the bench's own; the Sender sends bodies only, so
+those go through `_send_signed` here until it takes attributes.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 
 from devworld.emulator import Emulator, World
+from event_processor import signing
+from event_processor.keyset import KeySet
+from event_processor.letters import message_size
+from event_processor.tools.keys import new_entry
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.sender import Sender
+
+_T = TypeVar("_T")
+# SendMessage's MessageAttributes: name -> {"DataType": ..., "StringValue": ...}.
+MessageAttributes = dict[str, dict[str, str]]
 
 # SQS's limit for one message body and for a whole SendMessageBatch (1 MiB since 2025;
 # moto 5.2 enforces both), so near-limit bodies go one batch each.
@@ -32,11 +47,51 @@ HOSTILE_KINDS = ("numbers", "empty_objects", "mixed")
 _MIXED_ITEMS: tuple[Any, ...] = (1, {}, "x", None, [], {"cmdl": ""}, True, {"user": 7})
 
 
-def backlog(count: int, seed: int) -> list[str]:
-    """Fleet-like submissions: 3-5 events of each type, 1% broken fields, as the fleet sends."""
+def fleet_backlog(count: int, seed: int) -> list[tuple[str, str]]:
+    """(device id, body) of fleet-like submissions: 3-5 events of each type, 1% broken fields,
+    as the fleet sends them. The device is the sender, which signs with its own id even when
+    the body's device_id is the broken field."""
     rng = random.Random(seed)
     devices = device_ids(100, seed)
-    return [encode(make_submission(rng, rng.choice(devices), 0.01)) for _ in range(count)]
+    submissions = []
+    for _ in range(count):
+        device_id = rng.choice(devices)
+        submissions.append((device_id, encode(make_submission(rng, device_id, 0.01))))
+    return submissions
+
+
+def backlog(count: int, seed: int) -> list[str]:
+    """The bodies of `fleet_backlog(count, seed)`: what an unsigned fleet sends."""
+    return [body for _, body in fleet_backlog(count, seed)]
+
+
+@dataclass(frozen=True)
+class BenchKeys:
+    """A key set of one fresh master key: the daemon reads `text`, the bench signs with it."""
+
+    key_id: str
+    text: str
+
+    @classmethod
+    def new(cls, key_id: str = "bench") -> BenchKeys:
+        return cls(key_id, json.dumps({"keys": new_entry(key_id)}))
+
+    def write(self, directory: Path) -> Path:
+        """The key set as an AUTH_KEYS_FILE in `directory`; its path."""
+        path = directory / "bench-keys.json"
+        path.write_text(self.text)
+        path.chmod(0o600)
+        return path
+
+    def sign(self, submissions: Sequence[tuple[str, str]]) -> list[MessageAttributes]:
+        """Each (device id, body)'s attributes, as that device signs it (its derived key)."""
+        keys = KeySet.parse(self.text)
+        return [
+            signing.signature_attributes(
+                keys.device_key(self.key_id, device_id), self.key_id, device_id, body
+            )
+            for device_id, body in submissions
+        ]
 
 
 def _envelope(rng: random.Random, device_id: str) -> dict[str, Any]:
@@ -126,24 +181,67 @@ def hostile_body(kind: str, items: int, seed: int) -> str:
     return body
 
 
-def _batches(bodies: list[str]) -> list[list[str]]:
-    """Consecutive groups of at most 10 bodies and SQS_MAX_BYTES in total, in order."""
-    groups: list[list[str]] = [[]]
-    size = 0
-    for body in bodies:
-        length = len(body.encode())
-        if groups[-1] and (len(groups[-1]) == _BATCH_ENTRIES or size + length > SQS_MAX_BYTES):
+def _batches(items: Sequence[_T], size: Callable[[_T], int]) -> list[list[_T]]:
+    """Consecutive groups of at most 10 items and SQS_MAX_BYTES in total, in order."""
+    groups: list[list[_T]] = [[]]
+    total = 0
+    for item in items:
+        length = size(item)
+        if groups[-1] and (len(groups[-1]) == _BATCH_ENTRIES or total + length > SQS_MAX_BYTES):
             groups.append([])
-            size = 0
-        groups[-1].append(body)
-        size += length
+            total = 0
+        groups[-1].append(item)
+        total += length
     return [group for group in groups if group]
 
 
-def load(emulator: Emulator, world: World, bodies: list[str]) -> None:
-    """Send every body to the world's queue with the fleet's Sender, straight to moto."""
-    sender = Sender(emulator.boto3_client("sqs"), world.queue_url)
-    # One send per batch that fits, because SQS caps a batch's total size as well.
-    accepted = sum(len(sender.send(group)) for group in _batches(bodies))
+def _body_bytes(body: str) -> int:
+    return len(body.encode())
+
+
+def _message_bytes(message: tuple[str, MessageAttributes]) -> int:
+    return message_size(*message)
+
+
+def load(
+    emulator: Emulator,
+    world: World,
+    bodies: list[str],
+    attributes: Sequence[MessageAttributes] | None = None,
+) -> None:
+    """Send every body to the world's queue, straight to moto: with the fleet's Sender, or
+    with `attributes[i]` on `bodies[i]` (a signed backlog, `BenchKeys.sign`)."""
+    sqs = emulator.boto3_client("sqs")
+    if attributes is not None:
+        # One send per batch that fits, because SQS caps a batch's total size as well.
+        for group in _batches(list(zip(bodies, attributes, strict=True)), _message_bytes):
+            _send_signed(sqs, world.queue_url, group)
+        return
+    sender = Sender(sqs, world.queue_url)
+    # One send per batch that fits (see above).
+    accepted = sum(len(sender.send(group)) for group in _batches(bodies, _body_bytes))
     if accepted != len(bodies):
         raise RuntimeError(f"only {accepted} of {len(bodies)} backlog messages were sent")
+
+
+def _send_signed(sqs: Any, queue_url: str, messages: list[tuple[str, MessageAttributes]]) -> None:
+    """One SendMessageBatch of bodies with their attributes, every entry's result checked.
+
+    The bench's stand-in for the Sender until it takes attributes: straight to moto, where a
+    failed entry is a bug of the bench, so it raises rather than retries.
+    """
+    response = sqs.send_message_batch(
+        QueueUrl=queue_url,
+        Entries=[
+            {"Id": str(index), "MessageBody": body, "MessageAttributes": attributes}
+            for index, (body, attributes) in enumerate(messages)
+        ],
+    )
+    sent = {entry["Id"] for entry in response.get("Successful", [])}
+    unsent = [str(index) for index in range(len(messages)) if str(index) not in sent]
+    if unsent:
+        failed = {entry["Id"]: entry.get("Code") for entry in response.get("Failed", [])}
+        raise RuntimeError(
+            f"{len(unsent)} of {len(messages)} signed backlog messages were not sent: "
+            + ", ".join(f"entry {index}: {failed.get(index, 'no result')}" for index in unsent)
+        )
