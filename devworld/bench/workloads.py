@@ -3,8 +3,7 @@
 Every body is built from sensor_fleet's generator (or its envelope) and loaded with its Sender,
 so the bench exercises the same wire format as the fleet. A signed backlog (AUTH_MODE, see
 docs/authentication.md) carries each body's `sensor-signature` attribute, made with
-`event_processor.signing` and a key set of the bench's own; the Sender sends bodies only, so
-those go through `_send_signed` here until it takes attributes.
+`event_processor.signing` and a key set of the bench's own.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +22,6 @@ import orjson
 from devworld.emulator import Emulator, World
 from event_processor import signing
 from event_processor.keyset import KeySet
-from event_processor.letters import message_size
 from event_processor.tools.keys import new_entry
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.sender import Sender
@@ -181,67 +179,15 @@ def hostile_body(kind: str, items: int, seed: int) -> str:
     return body
 
 
-def _batches(items: Sequence[_T], size: Callable[[_T], int]) -> list[list[_T]]:
-    """Consecutive groups of at most 10 items and SQS_MAX_BYTES in total, in order."""
-    groups: list[list[_T]] = [[]]
-    total = 0
-    for item in items:
-        length = size(item)
-        if groups[-1] and (len(groups[-1]) == _BATCH_ENTRIES or total + length > SQS_MAX_BYTES):
-            groups.append([])
-            total = 0
-        groups[-1].append(item)
-        total += length
-    return [group for group in groups if group]
-
-
-def _body_bytes(body: str) -> int:
-    return len(body.encode())
-
-
-def _message_bytes(message: tuple[str, MessageAttributes]) -> int:
-    return message_size(*message)
-
-
 def load(
     emulator: Emulator,
     world: World,
     bodies: list[str],
     attributes: Sequence[MessageAttributes] | None = None,
 ) -> None:
-    """Send every body to the world's queue, straight to moto: with the fleet's Sender, or
-    with `attributes[i]` on `bodies[i]` (a signed backlog, `BenchKeys.sign`)."""
-    sqs = emulator.boto3_client("sqs")
-    if attributes is not None:
-        # One send per batch that fits, because SQS caps a batch's total size as well.
-        for group in _batches(list(zip(bodies, attributes, strict=True)), _message_bytes):
-            _send_signed(sqs, world.queue_url, group)
-        return
-    sender = Sender(sqs, world.queue_url)
-    # One send per batch that fits (see above).
-    accepted = sum(len(sender.send(group)) for group in _batches(bodies, _body_bytes))
+    """Send every body to the world's queue with the fleet's Sender, straight to moto
+    (with `attributes[i]` on `bodies[i]` for a signed backlog, `BenchKeys.sign`)."""
+    sender = Sender(emulator.boto3_client("sqs"), world.queue_url)
+    accepted = len(sender.send(bodies, attributes))
     if accepted != len(bodies):
         raise RuntimeError(f"only {accepted} of {len(bodies)} backlog messages were sent")
-
-
-def _send_signed(sqs: Any, queue_url: str, messages: list[tuple[str, MessageAttributes]]) -> None:
-    """One SendMessageBatch of bodies with their attributes, every entry's result checked.
-
-    The bench's stand-in for the Sender until it takes attributes: straight to moto, where a
-    failed entry is a bug of the bench, so it raises rather than retries.
-    """
-    response = sqs.send_message_batch(
-        QueueUrl=queue_url,
-        Entries=[
-            {"Id": str(index), "MessageBody": body, "MessageAttributes": attributes}
-            for index, (body, attributes) in enumerate(messages)
-        ],
-    )
-    sent = {entry["Id"] for entry in response.get("Successful", [])}
-    unsent = [str(index) for index in range(len(messages)) if str(index) not in sent]
-    if unsent:
-        failed = {entry["Id"]: entry.get("Code") for entry in response.get("Failed", [])}
-        raise RuntimeError(
-            f"{len(unsent)} of {len(messages)} signed backlog messages were not sent: "
-            + ", ".join(f"entry {index}: {failed.get(index, 'no result')}" for index in unsent)
-        )

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from devworld.bench.workloads import SQS_MAX_BYTES, BenchKeys, _batches, fleet_backlog
+from devworld.bench.workloads import BenchKeys, fleet_backlog
 from event_processor.keyset import KeySet
-from event_processor.letters import message_size
 from event_processor.signing import Envelope
 
 
@@ -32,20 +31,3 @@ def test_another_key_set_does_not_verify_them() -> None:
     other = KeySet.parse(BenchKeys.new().text)
     for (_, body), attributes in zip(submissions, BenchKeys.new().sign(submissions), strict=True):
         assert not isinstance(other.verify(attributes, body), Envelope)
-
-
-def test_batches_count_attributes_toward_the_batch_limit() -> None:
-    """At most 10 messages and SQS_MAX_BYTES a batch, bodies and attributes counted, in order."""
-    body = "x" * (SQS_MAX_BYTES // 4)
-    attributes = {"sensor-signature": {"DataType": "String", "StringValue": "v" * 200}}
-    messages = [(body, attributes)] * 9 + [("small", attributes)] * 15
-
-    def size(message: tuple[str, dict[str, dict[str, str]]]) -> int:
-        return message_size(*message)
-
-    groups = _batches(messages, size)
-    assert [m for group in groups for m in group] == messages
-    assert all(len(g) <= 10 and sum(size(m) for m in g) <= SQS_MAX_BYTES for g in groups)
-    # Four bodies of a quarter of the limit would fit without their attributes; with them,
-    # three do, then ten entries at most.
-    assert [len(g) for g in groups] == [3, 3, 10, 8]
