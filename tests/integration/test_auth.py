@@ -346,7 +346,11 @@ async def test_a_key_set_file_is_read_again_at_each_refresh(
         ),
         FAST_POLICY,
     )
-    keys_file.write_text(key_set_text({"k1": K1, "k2": K2}))
+    await eventually(lambda: running.worker.ready)
+    # Replaced whole, as Kubernetes swaps a mounted Secret: a reader never sees half a file.
+    staged = tmp_path / "keys.json.new"
+    staged.write_text(key_set_text({"k1": K1, "k2": K2}))
+    staged.replace(keys_file)
     await eventually(lambda: running.metric("event_processor_auth_keyset_keys") == 2, timeout_s=10)
     messages = [
         signed(submission(device_id=DEVICE_A), device=DEVICE_A),
