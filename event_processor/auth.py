@@ -23,8 +23,6 @@ from event_processor.keyset import KeySet, KeySetError, device_mismatch
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter
-
     from event_processor.keyset import KeySource
     from event_processor.metrics import Metrics
     from event_processor.signing import Envelope
@@ -185,11 +183,11 @@ class Authenticator:
             raise ValueError("AUTH_MODE=off checks nothing: build no Authenticator")
         self.enforce = mode is AuthMode.ENFORCE
         self._store = store
-        self._metrics = metrics
-        self._results: dict[str, Counter] = {
-            r: metrics.auth_results.labels(r) for r in (RESULT_OK, *AUTH_REASONS)
-        }
-        self._verified: dict[str, Counter] = {}  # key id -> its child, bounded by the key set
+        self._results = metrics.auth_results.counts
+        for result in (RESULT_OK, *AUTH_REASONS):
+            self._results.setdefault(result, 0)  # exported from the start, at 0
+        # By key id: bounded, since only a key id of the key set verifies.
+        self._verified = metrics.auth_verified.counts
 
     async def verify(self, attributes: Mapping[str, Any], body: str) -> Envelope | Rejection | None:
         """The envelope if the signature holds; else its rejection (enforce) or None (monitor:
@@ -207,14 +205,9 @@ class Authenticator:
             assert keys is not None
             verdict = keys.verify(attributes, body)
         if isinstance(verdict, Rejection):
-            self._results[verdict.reason].inc()
+            self._results[verdict.reason] += 1
             return verdict if self.enforce else None
-        verified = self._verified.get(verdict.key_id)
-        if verified is None:
-            verified = self._verified[verdict.key_id] = self._metrics.auth_verified.labels(
-                verdict.key_id
-            )
-        verified.inc()
+        self._verified[verdict.key_id] = self._verified.get(verdict.key_id, 0) + 1
         return verdict
 
     def settle(self, envelope: Envelope, device_id: str | None) -> Rejection | None:
@@ -222,7 +215,7 @@ class Authenticator:
         (enforce: its rejection) when the body names another device. `device_id` None: the
         body was rejected before it named a valid one, and that rejection says why."""
         if device_id is None or device_id == envelope.device_id:
-            self._results[RESULT_OK].inc()
+            self._results[RESULT_OK] += 1
             return None
-        self._results[Reason.DEVICE_MISMATCH].inc()
+        self._results[Reason.DEVICE_MISMATCH] += 1
         return device_mismatch(envelope, device_id) if self.enforce else None

@@ -17,7 +17,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 # Submission latency spans SQS dwell time, so the buckets reach minutes.
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
@@ -93,6 +93,30 @@ class OptionalGauge:
         value = self.value if self._function is None else self._function()
         if value is not None:
             family.add_metric([], value)
+        yield family
+
+
+class Counts:
+    """A labelled counter kept as plain numbers, exported when scraped: for what is counted
+    once per message, where a Counter child's inc() takes a lock each time. The event loop is
+    the only writer, and scrapes run on it too."""
+
+    def __init__(
+        self, name: str, documentation: str, label: str, registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.counts: dict[str, float] = {}  # label value -> count; the hot path adds to it
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, count in list(self.counts.items()):
+            family.add_metric([value], count)
         yield family
 
 
@@ -248,20 +272,19 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
-        self.auth_results = Counter(
-            "auth_results",
+        # Once per message each: plain counts (Counts), not Counter children.
+        self.auth_results = Counts(
+            "_".join(filter(None, (ns, "auth_results"))),
             "Submissions whose signature was checked, by result: ok, or the reason it failed"
             " (rejected under enforce, only counted under monitor)",
-            ["result"],
-            namespace=ns,
-            registry=registry,
+            "result",
+            registry,
         )
-        self.auth_verified = Counter(
-            "auth_verified",
+        self.auth_verified = Counts(
+            "_".join(filter(None, (ns, "auth_verified"))),
             "Valid signatures, by the key id that made them: a rotation's old key falls to 0",
-            ["key_id"],
-            namespace=ns,
-            registry=registry,
+            "key_id",
+            registry,
         )
         self.auth_keyset_age = OptionalGauge(
             "_".join(filter(None, (ns, "auth_keyset_age_seconds"))),

@@ -4,6 +4,7 @@ forms it refuses (pure logic)."""
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import re
 from pathlib import Path
@@ -61,10 +62,10 @@ def test_a_reference_envelope_parses_and_matches_only_its_own_body(vector: dict[
     envelope = parse_envelope(vector["attribute_value"])
     assert envelope is not None
     assert (envelope.device_id, envelope.key_id) == (vector["device_id"], vector["key_id"])
-    device_key = bytes.fromhex(vector["device_key_hex"])
+    device_key = signing.MacKey(bytes.fromhex(vector["device_key_hex"]))
     assert signing.matches(envelope, device_key, vector["body"])
     assert not signing.matches(envelope, device_key, vector["body"] + " ")
-    assert not signing.matches(envelope, bytes(32), vector["body"])
+    assert not signing.matches(envelope, signing.MacKey(bytes(32)), vector["body"])
 
 
 def test_signature_attributes_are_one_string_attribute() -> None:
@@ -117,3 +118,13 @@ def test_a_well_formed_envelope_with_the_longest_key_id_parses() -> None:
 def test_a_body_with_a_lone_surrogate_signs_without_raising() -> None:
     """SQS refuses such a body, but a malformed string still gets a MAC, never an exception."""
     assert len(signing.signature(bytes(32), "k1", DEVICE, "a\ud800b")) == 43
+
+
+@pytest.mark.parametrize("key_bytes", [0, 1, 32, 63, 64, 65, 200])
+def test_mac_key_is_hmac_sha256_for_any_key_length(key_bytes: int) -> None:
+    """The precomputed-state HMAC is the stdlib's HMAC-SHA256, keys longer than a block too."""
+    key = bytes(range(key_bytes % 256)) * (key_bytes // 256 + 1)
+    key = key[:key_bytes]
+    for data in (b"", b"x", bytes(range(256)) * 9):
+        assert signing.MacKey(key).mac(data) == hmac.digest(key, data, "sha256")
+    assert repr(signing.MacKey(key)) == "MacKey(...)"
