@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import orjson
 
 from event_processor import constants, signing
-from event_processor.contract import UUID_PATTERN, Reason, Rejection
+from event_processor.contract import Reason, Rejection
 from event_processor.signing import SIGNATURE_ATTRIBUTE, Envelope
 
 if TYPE_CHECKING:
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
 # Secrets Manager holds at most 64 KiB in a secret; a file is held to the same, so that a
 # wrong path (a log, a disk image) is refused rather than read whole.
 MAX_KEY_SET_BYTES: Final = 64 * 1024
-_KEY_ID: Final = re.compile(signing.KEY_ID_PATTERN)
-_UUID: Final = re.compile(UUID_PATTERN)
 _FIELDS: Final = frozenset({"keys", "revoked_devices"})
 _MISSING: Final = Rejection(
     Reason.SIGNATURE_MISSING, SIGNATURE_ATTRIBUTE, f"no {SIGNATURE_ATTRIBUTE} message attribute"
@@ -157,7 +154,7 @@ def _keys(value: Any) -> dict[str, bytes]:
         raise KeySetError('the key set needs "keys": an object of at least one key id')
     keys: dict[str, bytes] = {}
     for position, (key_id, encoded) in enumerate(value.items(), start=1):
-        if _KEY_ID.fullmatch(key_id) is None:
+        if not signing.is_key_id(key_id):
             raise KeySetError(f"key id #{position} is not 1-64 characters of A-Z a-z 0-9 . _ -")
         if not isinstance(encoded, str):
             raise KeySetError(f"key {key_id} is not a base64 string")
@@ -178,7 +175,7 @@ def _revoked(value: Any) -> frozenset[str]:
     if not isinstance(value, list):
         raise KeySetError("revoked_devices must be an array of device ids")
     for position, device_id in enumerate(value):
-        if not isinstance(device_id, str) or _UUID.fullmatch(device_id) is None:
+        if not isinstance(device_id, str) or not signing.is_device_id(device_id):
             raise KeySetError(f"revoked_devices[{position}] is not a UUID")
     return frozenset(device_id.lower() for device_id in value)
 

@@ -14,6 +14,8 @@ import hmac
 import re
 from typing import Final, NamedTuple
 
+from event_processor.contract import UUID_PATTERN
+
 # The message attribute that carries the envelope.
 SIGNATURE_ATTRIBUTE: Final = "sensor-signature"
 VERSION: Final = "v1"
@@ -32,6 +34,8 @@ _ENVELOPE: Final = re.compile(
     rf";k=({KEY_ID_PATTERN});s=([A-Za-z0-9_-]{{43}})"
 )
 _URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_KEY_ID: Final = re.compile(KEY_ID_PATTERN)
+_DEVICE_ID: Final = re.compile(UUID_PATTERN)
 # Longer than any well-formed envelope (5 + 36 + 3 + 64 + 3 + 43): not worth a regex scan.
 _MAX_ENVELOPE_CHARS: Final = 160
 
@@ -112,6 +116,17 @@ def signature_attributes(
     """SendMessage's MessageAttributes carrying the envelope for `body`."""
     value = envelope_value(device_key, key_id, device_id, body)
     return {SIGNATURE_ATTRIBUTE: {"DataType": "String", "StringValue": value}}
+
+
+def is_key_id(text: str) -> bool:
+    """Whether `text` can be a key id: what the envelope's `k` and the key set accept."""
+    return _KEY_ID.fullmatch(text) is not None
+
+
+def is_device_id(text: str) -> bool:
+    """Whether `text` is a canonical 8-4-4-4-12 UUID, either case (the envelope's `d` is its
+    lowercase form)."""
+    return _DEVICE_ID.fullmatch(text) is not None
 
 
 def parse_envelope(value: str) -> Envelope | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import re
 import secrets
 import sys
 from datetime import UTC, datetime
@@ -18,13 +17,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import exitcodes, signing
 from event_processor.config import Settings
-from event_processor.contract import UUID_PATTERN
 from event_processor.keyset import KeySet, KeySetError, parse_secret, read_file
 from event_processor.tools import aws
 
 # A new master key: twice the minimum would be no stronger; HMAC-SHA256's own block is 64.
 NEW_KEY_BYTES: Final = signing.MIN_MASTER_KEY_BYTES
-_UUID: Final = re.compile(UUID_PATTERN)
 
 
 def read_key_set(settings: Settings) -> KeySet:
@@ -78,7 +75,7 @@ def choose_key_id(keys: KeySet, key_id: str | None) -> str:
 
 def enrolment(keys: KeySet, device_id: str, key_id: str | None) -> dict[str, str]:
     """What a device is issued: its id, the key id to name and its derived key (base64)."""
-    if _UUID.fullmatch(device_id) is None:
+    if not signing.is_device_id(device_id):
         raise aws.UsageError("--device-id must be a canonical 8-4-4-4-12 UUID")
     device_id = device_id.lower()  # the envelope carries the lowercase form
     key_id = choose_key_id(keys, key_id)
@@ -103,7 +100,7 @@ def read_enrolment(text: str) -> tuple[str, str, bytes]:
         raise ValueError(
             'not an enrolment: {"device_id": ..., "key_id": ..., "device_key": <base64>}'
         ) from None
-    if _UUID.fullmatch(device_id) is None or re.fullmatch(signing.KEY_ID_PATTERN, key_id) is None:
+    if not signing.is_device_id(device_id) or not signing.is_key_id(key_id):
         raise ValueError("the enrolment's device_id or key_id is malformed")
     return device_id.lower(), key_id, device_key
 
@@ -144,7 +141,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def new_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     key_id = args.key_id or new_key_id()
-    if re.fullmatch(signing.KEY_ID_PATTERN, key_id) is None:
+    if not signing.is_key_id(key_id):
         print("--key-id must be 1-64 characters of A-Z a-z 0-9 . _ -", file=sys.stderr)
         return exitcodes.USAGE
     entry = new_entry(key_id)
