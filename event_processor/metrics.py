@@ -62,14 +62,25 @@ def read_memory_limit_bytes(
     return None
 
 
+def _full_name(namespace: str, name: str) -> str:
+    """A metric's name under its namespace, joined as prometheus_client joins its own."""
+    return "_".join(filter(None, (namespace, name)))
+
+
 class OptionalGauge:
     """An unlabelled gauge that exports no sample while its value is None: an unknown value is
     absent from /metrics (its HELP and TYPE stay), never a bogus 0."""
 
     def __init__(
-        self, name: str, documentation: str, registry: CollectorRegistry, value: float | None
+        self,
+        name: str,
+        documentation: str,
+        registry: CollectorRegistry,
+        value: float | None,
+        *,
+        namespace: str = "",
     ) -> None:
-        self.name = name
+        self.name = _full_name(namespace, name)
         self.documentation = documentation
         self.value = value
         self._function: Callable[[], float | None] | None = None
@@ -102,9 +113,15 @@ class Counts:
     the only writer, and scrapes run on it too."""
 
     def __init__(
-        self, name: str, documentation: str, label: str, registry: CollectorRegistry
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        registry: CollectorRegistry,
+        *,
+        namespace: str = "",
     ) -> None:
-        self.name = name
+        self.name = _full_name(namespace, name)
         self.documentation = documentation
         self.label = label
         self.counts: dict[str, float] = {}  # label value -> count; the hot path adds to it
@@ -140,10 +157,11 @@ class Metrics:
             # Once, at start-up: a limit resized in place is seen after the next restart.
             memory_limit_bytes = read_memory_limit_bytes()
         self.memory_limit_bytes = OptionalGauge(
-            "_".join(filter(None, (ns, "memory_limit_bytes"))),  # as prometheus_client joins
+            "memory_limit_bytes",
             "Memory limit of the process's cgroup (absent when it has none)",
             registry,
             memory_limit_bytes,
+            namespace=ns,
         )
         self.budget_limit_bytes = Gauge(
             "memory_budget_bytes",
@@ -274,29 +292,33 @@ class Metrics:
         )
         # Once per message each: plain counts (Counts), not Counter children.
         self.auth_results = Counts(
-            "_".join(filter(None, (ns, "auth_results"))),
+            "auth_results",
             "Submissions whose signature was checked, by result: ok, or the reason it failed"
             " (rejected under enforce, only counted under monitor)",
             "result",
             registry,
+            namespace=ns,
         )
         self.auth_verified = Counts(
-            "_".join(filter(None, (ns, "auth_verified"))),
+            "auth_verified",
             "Valid signatures, by the key id that made them: a rotation's old key falls to 0",
             "key_id",
             registry,
+            namespace=ns,
         )
         self.auth_keyset_age = OptionalGauge(
-            "_".join(filter(None, (ns, "auth_keyset_age_seconds"))),
+            "auth_keyset_age_seconds",
             "Seconds since the key set in use was read (absent before the first read)",
             registry,
             None,
+            namespace=ns,
         )
         self.auth_keyset_refresh_interval = OptionalGauge(
-            "_".join(filter(None, (ns, "auth_keyset_refresh_interval_seconds"))),
+            "auth_keyset_refresh_interval_seconds",
             "AUTH_KEYS_REFRESH_SECONDS (absent when AUTH_MODE is off)",
             registry,
             None,
+            namespace=ns,
         )
         self.auth_keyset_keys = Gauge(
             "auth_keyset_keys",
