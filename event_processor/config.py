@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -186,6 +187,37 @@ class Settings(BaseSettings):
     @property
     def has_key_source(self) -> bool:
         return self.auth_keys_secret_id is not None or self.auth_keys_file is not None
+
+    def effective(self) -> dict[str, str | int | float | bool | None]:
+        """Every setting as resolved, for the start line and `check`: plain values, secrets
+        masked. No setting is a secret itself (the key set's secret id names it; credentials
+        are botocore's), but a URL may carry a password in its user part."""
+        shown: dict[str, str | int | float | bool | None] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, StrEnum):
+                value = value.value
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, str):
+                value = mask_url(value)
+            shown[name] = value
+        return shown
+
+
+MASK = "****"
+
+
+def mask_url(text: str) -> str:
+    """`text` with the password of a URL's user part replaced by MASK (other text unchanged)."""
+    if "@" not in text or "://" not in text:
+        return text
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
 
 
 def env_names(name: str) -> str:

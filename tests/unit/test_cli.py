@@ -133,3 +133,18 @@ def test_run_imports_neither_the_dev_world_nor_the_tools_sdk() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.splitlines()
     assert out == ["[]", "False False"]
+
+
+def test_effective_settings_are_plain_values_with_url_passwords_masked() -> None:
+    shown = Settings(
+        endpoint_url="http://user:hunter2@localhost:4566",
+        dlq_url="https://sqs.eu-west-1.amazonaws.com/1/dlq",
+        auth_mode="monitor",
+        auth_keys_file="/etc/keys.json",
+    ).effective()
+    assert shown["endpoint_url"] == "http://user:****@localhost:4566"
+    assert shown["dlq_url"] == "https://sqs.eu-west-1.amazonaws.com/1/dlq"
+    assert shown["auth_mode"] == "monitor"
+    assert shown["auth_keys_file"] == "/etc/keys.json"
+    assert set(shown) == set(Settings.model_fields)
+    assert "hunter2" not in repr(shown)
