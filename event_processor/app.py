@@ -17,7 +17,7 @@ from event_processor import __version__, awsmodels, constants, exitcodes, http, 
 from event_processor.auth import Authenticator, KeyStore
 from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.budget import MemoryBudget
-from event_processor.config import AuthMode
+from event_processor.config import AuthMode, mask_url
 from event_processor.dlq import DeadLetterQueue
 from event_processor.keyset import FileKeySource, KeySetError, SecretsManagerKeySource
 from event_processor.metrics import Metrics
@@ -381,9 +381,9 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             "event processor running",
             extra={
                 "action": "running",
-                "queue_url": queue_url,
+                "queue_url": mask_url(queue_url),
                 "stream": settings.stream_name,
-                "dlq_url": settings.dlq_url,
+                "dlq_url": None if settings.dlq_url is None else mask_url(settings.dlq_url),
                 "metrics_port": metrics_port,
                 "auth_mode": settings.auth_mode.value,
                 "version": __version__,
