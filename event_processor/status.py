@@ -1,5 +1,6 @@
 """What an operator reads in the logs: rejections summarised at most once an interval, a
-periodic status line, and the totals the `stopped` line carries (docs/operations.md, "Logs").
+periodic status line, and the totals the `stopped` line carries (docs/operations.md, "The
+daemon's logs").
 
 The pipeline only counts into a `RejectionTally`; the lines are written by the `Reporter`'s
 two loops, which run beside the worker's heartbeat as side tasks.
@@ -103,7 +104,7 @@ class RejectionTally:
 def log_rejections(summary: RejectionSummary) -> None:
     """One `rejections` line; ids only, never a body or a signature."""
     log.info(
-        "submissions rejected",
+        "rejections since the last line",
         extra={
             "action": "rejections",
             "submissions": summary.submissions,
