@@ -13,11 +13,11 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from event_processor import awsmodels, constants, exitcodes, http, signals
+from event_processor import __version__, awsmodels, constants, exitcodes, http, signals
 from event_processor.auth import Authenticator, KeyStore
 from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.budget import MemoryBudget
-from event_processor.config import AuthMode
+from event_processor.config import AuthMode, mask_url
 from event_processor.dlq import DeadLetterQueue
 from event_processor.keyset import FileKeySource, KeySetError, SecretsManagerKeySource
 from event_processor.metrics import Metrics
@@ -25,6 +25,7 @@ from event_processor.pipeline import Pipeline
 from event_processor.retry import RetryPolicy
 from event_processor.sink import KinesisSink
 from event_processor.source import SqsSource
+from event_processor.status import Reporter
 from event_processor.worker import Worker
 
 if TYPE_CHECKING:
@@ -183,13 +184,15 @@ async def _resolve(
 
 @dataclass(frozen=True)
 class Parts:
-    """The daemon's parts, wired; `source` and `dlq` are to be closed after the worker, and
-    `keys` (None with AUTH_MODE=off) is to be loaded before it runs."""
+    """The daemon's parts, wired; `source` and `dlq` are to be closed after the worker,
+    `keys` (None with AUTH_MODE=off) is to be loaded before it runs, and `reporter` gives
+    the `stopped` line its totals."""
 
     source: SqsSource
     dlq: DeadLetterQueue
     worker: Worker
     keys: KeyStore | None
+    reporter: Reporter
 
 
 def assemble(
@@ -227,6 +230,7 @@ def assemble(
     dead_letters = DeadLetterQueue(
         dlq, settings.dlq_url, metrics, policy, resolved.dlq_max_message_bytes
     )
+    reporter = Reporter(metrics, settings.log_interval_seconds)
     pipeline = Pipeline(
         source,
         sink,
@@ -235,6 +239,7 @@ def assemble(
         budget=budget,
         partition_key=settings.partition_key,
         auth=auth,
+        rejections=reporter.rejections,
     )
     worker = Worker(
         source,
@@ -248,9 +253,13 @@ def assemble(
         batch_size=settings.batch_size,
         max_in_flight=settings.max_in_flight,
         shutdown_grace_s=settings.shutdown_grace_seconds,
-        side_tasks=() if keys is None else (keys.run,),
+        side_tasks=(
+            reporter.report_rejections,
+            reporter.report_status,
+            *(() if keys is None else (keys.run,)),
+        ),
     )
-    return Parts(source, dead_letters, worker, keys)
+    return Parts(source, dead_letters, worker, keys, reporter)
 
 
 async def _read_key_set(keys: KeyStore, worker: Worker) -> int | None:
@@ -267,6 +276,34 @@ async def _read_key_set(keys: KeyStore, worker: Worker) -> int | None:
         log.info("stopped before the key set was read", extra={"action": "stopped"})
         return exitcodes.OK
     return None
+
+
+async def _run_worker(parts: Parts) -> int:
+    """Run the worker until it has stopped and drained; log the totals and how it ended."""
+    try:
+        await parts.worker.run()
+    except Exception:
+        parts.reporter.flush()
+        log.exception("worker crashed", extra={"action": "crashed", **parts.reporter.totals()})
+        return exitcodes.FAILED
+    parts.reporter.flush()
+    drained = parts.worker.drained
+    # A second signal cut the drain short: say so to the shell and the orchestrator, as the
+    # tools do (the unfinished messages were released for redelivery all the same).
+    code = exitcodes.INTERRUPTED if drained.forced else exitcodes.OK
+    log.info(
+        "stopped",
+        extra={
+            "action": "stopped",
+            "exit_code": code,
+            "forced": drained.forced,
+            "grace_expired": drained.grace_expired,
+            "unfinished": drained.unfinished,
+            "released": drained.released,
+            **parts.reporter.totals(),
+        },
+    )
+    return code
 
 
 async def run(settings: Settings, hooks: Hooks | None = None) -> int:
@@ -344,17 +381,13 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             "event processor running",
             extra={
                 "action": "running",
-                "queue_url": queue_url,
+                "queue_url": mask_url(queue_url),
                 "stream": settings.stream_name,
-                "dlq_url": settings.dlq_url,
+                "dlq_url": None if settings.dlq_url is None else mask_url(settings.dlq_url),
                 "metrics_port": metrics_port,
                 "auth_mode": settings.auth_mode.value,
+                "version": __version__,
+                "settings": settings.effective(),
             },
         )
-        try:
-            await worker.run()
-        except Exception:
-            log.exception("worker crashed", extra={"action": "crashed"})
-            return exitcodes.FAILED
-        log.info("stopped", extra={"action": "stopped"})
-    return exitcodes.OK
+        return await _run_worker(parts)

@@ -166,6 +166,15 @@ class Settings(BaseSettings):
         float,
         Field(ge=1, le=86_400, description="seconds between reads of the key set"),
     ] = 300.0
+    log_interval_seconds: Annotated[
+        float,
+        Field(
+            ge=1,
+            le=3600,
+            description="seconds between status lines, and the least time between two "
+            "rejection summaries (the first rejection after a quiet interval is logged at once)",
+        ),
+    ] = 60.0
     log_level: Annotated[LogLevel, Field(description="log level")] = LogLevel.INFO
     log_format: Annotated[LogFormat, Field(description="text or json (one object a line)")] = (
         LogFormat.TEXT

@@ -71,6 +71,12 @@ RECEIVE_STOP_WINDOW_S = 1.0
 # cancelled: botocore's own retries could otherwise hold the exit well past the grace.
 SINK_CLOSE_TIMEOUT_S = 5.0
 
+# --- Logs an operator reads (docs/operations.md, "The daemon's logs") ---
+# Message ids kept per rejection reason for the next `rejections` line: enough to find a
+# few of the dead letters with `dlq inspect`, few enough that a broken rollout rejecting
+# thousands a second keeps no more than this per reason between two lines.
+REJECTION_EXAMPLES = 3
+
 # --- Heartbeat ---
 # A submission is extended when half its visibility window is gone, so one lost or slow
 # ChangeMessageVisibility call still leaves half a window of slack.

@@ -13,5 +13,6 @@ FAILED = 1
 USAGE = 2
 # Start-up failed: a queue or stream is missing, unreachable or unfit (the DLQ's size limit).
 STARTUP_FAILED = 3
-# Interrupted by a second SIGINT/SIGTERM (128 + SIGINT, as a shell reports it).
+# Interrupted by a second SIGINT/SIGTERM (128 + SIGINT, as a shell reports it): a tool stopped
+# before it was done, or the daemon's drain cut short (its unfinished messages were released).
 INTERRUPTED = 130

@@ -31,6 +31,16 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+def _text(value: Any) -> str:
+    """A field's value on a text line: counts by reason as `invalid_body:12,unknown_key:3`,
+    lists as `a|b|c`, nothing as `-`, so that a line stays one `key=value` per field."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}:{_text(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple):
+        return "|".join(_text(v) for v in value) or "-"
+    return str(value)
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,7 +49,7 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         extras = _extras(record)
         if extras:
-            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            line += " " + " ".join(f"{k}={_text(v)}" for k, v in extras.items())
         return line
 
 

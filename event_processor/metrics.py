@@ -62,6 +62,19 @@ def read_memory_limit_bytes(
     return None
 
 
+def read(metric: Counter | Gauge) -> dict[str, float]:
+    """A counter's or gauge's current values by its one label's value ("" when it has none):
+    for the log lines that repeat what /metrics says, read once an interval."""
+    values: dict[str, float] = {}
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_created"):  # a counter's creation time, not a count
+                continue
+            key = next(iter(sample.labels.values()), "")
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
 def _full_name(namespace: str, name: str) -> str:
     """A metric's name under its namespace, joined as prometheus_client joins its own."""
     return "_".join(filter(None, (namespace, name)))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from event_processor.errors import BatchEntryFailed, PublishFailed
 from event_processor.letters import submission_letter
 from event_processor.models import PartitionKey, Rejection, format_timestamp, parse_packed
+from event_processor.status import RejectionTally
 
 if TYPE_CHECKING:
     from event_processor.auth import Authenticator
@@ -47,6 +48,7 @@ class Pipeline:
         budget: MemoryBudget,
         partition_key: PartitionKey,
         auth: Authenticator | None = None,
+        rejections: RejectionTally | None = None,
     ) -> None:
         self._budget = budget
         self._auth = auth  # None: AUTH_MODE=off, nothing is checked
@@ -56,6 +58,8 @@ class Pipeline:
         self._metrics = metrics
         self._partition_key = partition_key
         self._outcomes = {o: metrics.submissions.labels(o.value) for o in Outcome}
+        # Counted for the `rejections` log line; a tally nobody reads when none is given.
+        self._rejections = rejections or RejectionTally(interval_s=float("inf"))
 
     async def process(self, message: Message, hold: Hold) -> Outcome:
         try:
@@ -120,6 +124,7 @@ class Pipeline:
             if letters.counts:
                 for reason, count in letters.counts.items():
                     self._metrics.events_rejected.labels(reason).inc(count)
+                self._rejections.events(letters.counts, message.message_id)
                 dead = letters.letters(parsed.submission_id, parsed.device_id)
                 del letters
                 await self._dlq.send(dead)
@@ -137,6 +142,7 @@ class Pipeline:
     async def _reject(self, message: Message, body: str, rejection: Rejection) -> Outcome:
         """The whole submission to the DLQ, with its original body and attributes; then delete."""
         self._metrics.submissions_rejected.labels(rejection.reason.value).inc()
+        self._rejections.submission(rejection.reason.value, message.message_id)
         await self._dlq.send([submission_letter(message, body, rejection)])
         await self._source.delete(message)
         return Outcome.REJECTED

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -52,6 +53,16 @@ class Capacity:
         self._free += count
         if self._free > 0:
             self._available.set()
+
+
+@dataclass
+class DrainOutcome:
+    """How the last shutdown went, for the `stopped` line and the exit code."""
+
+    forced: bool = False  # a second signal (or cancellation) cut the drain short
+    grace_expired: bool = False  # SHUTDOWN_GRACE_SECONDS ran out with work in flight
+    unfinished: int = 0  # in flight when the drain ended: cancelled, to be redelivered
+    released: int = 0  # of those, made visible again at once (the rest after their timeout)
 
 
 class Worker:
@@ -98,6 +109,7 @@ class Worker:
         self.stop = asyncio.Event()  # first SIGTERM/SIGINT: drain
         self.force = asyncio.Event()  # second signal: stop waiting for the drain
         self.running = False
+        self.drained = DrainOutcome()
         self._source_ok = True
         self._receiving: set[asyncio.Task[object]] = set()  # receivers inside ReceiveMessage
         # Loops that run beside the heartbeat (the key set's refresh) and end with it.
@@ -184,6 +196,7 @@ class Worker:
         await asyncio.gather(*side, return_exceptions=True)
         # 3. Release what is unfinished, once nothing of ours can land on the stream after it.
         await self._release_unfinished()
+        self.drained.forced = self.force.is_set()
         self.running = False
 
     async def _drain(self) -> None:
@@ -198,6 +211,7 @@ class Worker:
                         [*self._in_flight, force], return_when=asyncio.FIRST_COMPLETED
                     )
         except TimeoutError:
+            self.drained.grace_expired = True
             log.warning("shutdown grace expired", extra={"action": "grace_expired"})
         finally:
             force.cancel()
@@ -210,9 +224,11 @@ class Worker:
         # Requests already on the wire complete first, so that a redelivery elsewhere
         # cannot overtake a record of ours still in flight.
         await self._sink.close()
+        self.drained.unfinished = len(unfinished)
         if unfinished:
             messages = [m for _, m in unfinished]
             released = await self._source.change_visibility(messages, 0)
+            self.drained.released = len(released)
             log.info(
                 "released unfinished messages",
                 extra={"action": "released", "count": len(released), "asked": len(messages)},

@@ -23,6 +23,7 @@ from event_processor.metrics import Metrics
 from event_processor.models import PartitionKey
 from event_processor.pipeline import Pipeline
 from event_processor.retry import RetryPolicy
+from event_processor.status import RejectionTally
 from event_processor.worker import Worker
 from tests.factories import received_message
 
@@ -220,6 +221,7 @@ class Fakes:
         self,
         partition_key: PartitionKey = PartitionKey.DEVICE_ID,
         auth: Authenticator | None = None,
+        rejections: RejectionTally | None = None,
     ) -> Pipeline:
         return Pipeline(
             self.source,  # type: ignore[arg-type]
@@ -229,6 +231,7 @@ class Fakes:
             budget=self.budget,
             partition_key=partition_key,
             auth=auth,
+            rejections=rejections,
         )
 
     async def authenticator(self, mode: AuthMode, keys: KeySet) -> Authenticator:

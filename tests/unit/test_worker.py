@@ -13,7 +13,7 @@ import pytest
 
 from event_processor import constants
 from event_processor.source import Message
-from event_processor.worker import Worker
+from event_processor.worker import DrainOutcome, Worker
 from tests.factories import encode, submission
 from tests.helpers import eventually
 from tests.unit.fakes import Fakes
@@ -80,6 +80,7 @@ async def test_a_stop_ends_receiving_then_drains_what_is_in_flight() -> None:
     )
     assert fakes.source.visibility == []
     assert fakes.metric(SUBMISSIONS, {"outcome": "published"}) == 3
+    assert worker.drained == DrainOutcome(), "drained whole: nothing forced or released"
     assert_all_let_go(fakes, worker)
 
 
@@ -106,6 +107,9 @@ async def test_what_the_grace_leaves_unfinished_is_released_with_visibility_0(
     assert fakes.calls[-2:] == ["sink.close", "visibility 0"]
     actions = [getattr(r, "action", None) for r in caplog.records]
     assert "grace_expired" in actions
+    assert worker.drained == DrainOutcome(
+        forced=False, grace_expired=True, unfinished=2, released=2
+    )
     assert fakes.metric(SUBMISSIONS, {"outcome": "published"}) == 1
     assert fakes.metric(SUBMISSIONS, {"outcome": "failed"}) == 0
     assert_all_let_go(fakes, worker)
@@ -159,6 +163,10 @@ async def test_a_second_stop_skips_the_rest_of_the_grace_but_still_releases(how:
 
     assert time.monotonic() - started_at < LONG_GRACE_S / 2
     assert worker.force.is_set()
+    if how == "second signal":  # a cancellation raises instead of reporting
+        assert worker.drained == DrainOutcome(
+            forced=True, grace_expired=False, unfinished=1, released=1
+        )
     assert fakes.source.deleted == []
     assert [([m.message_id for m in ms], t) for ms, t in fakes.source.visibility] == [
         ([messages[0].message_id], 0)
