@@ -235,15 +235,24 @@ def unknown_region(resource: Resource, place: Where) -> StartupError:
     )
 
 
+def region_problem(
+    resource: Resource, place: Where, partitions: Mapping[str, Any] | None = None
+) -> StartupError | None:
+    """unknown_region when no endpoint URL is set and no partition knows the region: botocore
+    would build a host name that does not exist, and the call would fail as unreachable."""
+    if place.custom:
+        return None
+    if region_is_known(place.region, load_partitions() if partitions is None else partitions):
+        return None
+    return unknown_region(resource, place)
+
+
 def check_region(
     resource: Resource, place: Where, partitions: Mapping[str, Any] | None = None
 ) -> None:
-    """Raise unknown_region when no endpoint URL is set and no partition knows the region:
-    botocore would build a host name that does not exist and report it as unreachable."""
-    if place.custom:
-        return
-    if not region_is_known(place.region, load_partitions() if partitions is None else partitions):
-        raise unknown_region(resource, place)
+    """Before a call: raise region_problem's error, if any."""
+    if (problem := region_problem(resource, place, partitions)) is not None:
+        raise problem
 
 
 def diagnose(
@@ -253,7 +262,8 @@ def diagnose(
     partitions: Mapping[str, Any] | None = None,
 ) -> StartupError:
     """What a failed call on `resource` means for the operator."""
-    check_region(resource, place, partitions)  # a bad region explains any failure below
+    if (problem := region_problem(resource, place, partitions)) is not None:
+        return problem  # a region that does not exist explains any failure
     name = str(resource)
     setting = resource.setting
     if isinstance(exc, ClientError):
