@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="check what `run` needs (settings, queues, stream, key set, metrics port) without "
         "receiving; exits 0, or with the code `run` would exit with",
         description="Make every start-up check of `run` with the same settings and report each "
-        "one: for a pre-deploy step or an init container (docs/operations.md, Checking a "
-        "deployment). Nothing is received or deleted.",
+        'one: for a pre-deploy step or an init container (docs/operations.md, "check"). '
+        "Nothing is received or deleted.",
     )
     check.add_argument("--json", action="store_true", help="print the report as one JSON document")
     _add_settings_flags(check)
