@@ -131,6 +131,12 @@ async def _key_source(
     return source, diagnosis.where_of(client, settings.endpoint_url)
 
 
+def _key_set_words(settings: Settings, place: Where | None) -> Callable[[BaseException], str]:
+    """An unreadable key set (`run` waits for it, not ready) in start-up's words."""
+    resource = diagnosis.key_set_resource(settings)
+    return lambda exc: str(diagnosis.key_set_unreadable(resource, exc, place))
+
+
 def _pool(settings: Settings) -> int:
     # The pool must cover every PutRecords, receive and batch call in flight at once.
     return settings.max_put_requests + settings.receivers + 16
@@ -175,6 +181,7 @@ def assemble(
     kinesis: KinesisApi,
     dlq: DlqApi,
     key_source: KeySource | None = None,
+    describe_key_error: Callable[[BaseException], str] = str,
 ) -> Parts:
     """Wire the parts around the three clients (and the key set's source, which AUTH_MODE
     monitor and enforce need): `run` does it with the AWS clients, and
@@ -186,7 +193,13 @@ def assemble(
     auth: Authenticator | None = None
     if settings.auth_mode is not AuthMode.OFF:
         assert key_source is not None, "Settings holds AUTH_MODE to a key set source"
-        keys = KeyStore(key_source, metrics, policy, refresh_s=settings.auth_keys_refresh_seconds)
+        keys = KeyStore(
+            key_source,
+            metrics,
+            policy,
+            refresh_s=settings.auth_keys_refresh_seconds,
+            describe=describe_key_error,
+        )
         auth = Authenticator(settings.auth_mode, keys, metrics)
     source = SqsSource(
         sqs,
@@ -281,6 +294,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             kinesis=kinesis_api,
             dlq=dlq_api,
             key_source=key_source,
+            describe_key_error=_key_set_words(settings, key_place),
         )
         # Closed in reverse: the DLQ's sends, then the source's deletes.
         stack.push_async_callback(parts.source.close)

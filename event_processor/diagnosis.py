@@ -382,6 +382,20 @@ def key_set_invalid(resource: Resource, problem: str, place: Where | None) -> St
     )
 
 
+def key_set_unreadable(resource: Resource, exc: BaseException, place: Where | None) -> StartupError:
+    """A key set that could not be read (a file's OSError, a secret's AWS error)."""
+    if isinstance(exc, OSError):
+        return key_file_unreadable(resource, exc)
+    if place is None:
+        return StartupError(
+            str(resource),
+            f"cannot be read: {quote(str(exc))}",
+            "see the error above",
+            setting=resource.setting,
+        )
+    return diagnose(exc, resource, place)
+
+
 def key_file_unreadable(resource: Resource, exc: OSError) -> StartupError:
     reason = exc.strerror or type(exc).__name__
     return StartupError(

@@ -175,11 +175,8 @@ async def read_key_set(source: KeySource, resource: Resource, place: Where | Non
         keys = await source.read()
     except KeySetError as exc:
         raise diagnosis.key_set_invalid(resource, str(exc), place) from exc
-    except OSError as exc:
-        raise diagnosis.key_file_unreadable(resource, exc) from exc
-    except AWS_ERRORS as exc:
-        assert place is not None, "a secret is read through a client"
-        raise diagnosis.diagnose(exc, resource, place) from exc
+    except (OSError, *AWS_ERRORS) as exc:
+        raise diagnosis.key_set_unreadable(resource, exc, place) from exc
     return len(keys.keys)
 
 

@@ -21,7 +21,7 @@ from event_processor import app, exitcodes
 from event_processor.config import MASK
 from tests.conftest import FAST_POLICY, settings_for
 from tests.factories import encode, submission
-from tests.helpers import client, queue_counts, send_bodies
+from tests.helpers import client, eventually, queue_counts, send_bodies
 
 # A master key long enough for the key set (signing.MIN_MASTER_KEY_BYTES); never to be printed.
 MASTER_KEY = base64.b64encode(b"k" * 32).decode()
@@ -202,6 +202,26 @@ async def test_an_invalid_key_set_file_names_the_file_and_its_setting(
     assert short not in caplog.text
 
 
+async def test_an_unreadable_key_file_is_named_while_run_waits_for_it(
+    world: World, tmp_path: Path, daemon: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key set file not there (yet): run waits, not ready, saying which file and setting."""
+    caplog.set_level(logging.WARNING, logger="event_processor")
+    missing = tmp_path / "keys.json"
+    running = await daemon(settings_for(world, auth_mode="enforce", auth_keys_file=missing))
+
+    def warnings() -> list[Any]:
+        return [r for r in caplog.records if getattr(r, "action", None) == "keyset_unreadable"]
+
+    await eventually(lambda: bool(warnings()), timeout_s=10)
+    assert not running.worker.ready
+    assert warnings()[0].error.startswith(
+        f"key set file {missing} cannot be read: No such file or directory "
+        "(AUTH_KEYS_FILE / --auth-keys-file). Fix: "
+    )
+    assert await running.stop() == exitcodes.OK
+
+
 # --- event-processor check -------------------------------------------------------------------
 
 
@@ -279,6 +299,16 @@ async def test_check_exits_2_for_an_invalid_key_set_as_run_would(
     code, output = await check(settings_for(world, auth_mode="enforce", auth_keys_file=keys_file))
     assert code == exitcodes.USAGE
     assert "is not a valid key set" in check_line(output, "key set")
+
+
+async def test_check_fails_an_unreadable_key_file_that_run_would_wait_for(
+    world: World, tmp_path: Path
+) -> None:
+    """A key set file that is not there: FAILED, exit 3 (run would wait, not ready)."""
+    missing = tmp_path / "keys.json"
+    code, output = await check(settings_for(world, auth_mode="enforce", auth_keys_file=missing))
+    assert code == exitcodes.STARTUP_FAILED
+    assert f"key set file {missing} cannot be read" in check_line(output, "key set")
 
 
 async def test_check_binds_the_metrics_port_and_releases_it(world: World) -> None:
