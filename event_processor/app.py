@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import CollectorRegistry
 
-from event_processor import __version__, awsmodels, constants, exitcodes, http, signals
+from event_processor import __version__, awsmodels, constants, diagnosis, exitcodes, http, signals
 from event_processor.auth import Authenticator, KeyStore
 from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.budget import MemoryBudget
@@ -22,6 +21,7 @@ from event_processor.dlq import DeadLetterQueue
 from event_processor.keyset import FileKeySource, KeySetError, SecretsManagerKeySource
 from event_processor.metrics import Metrics
 from event_processor.pipeline import Pipeline
+from event_processor.preflight import Preflight, Resolved, check_all, read_key_set
 from event_processor.retry import RetryPolicy
 from event_processor.sink import KinesisSink
 from event_processor.source import SqsSource
@@ -29,6 +29,8 @@ from event_processor.status import Reporter
 from event_processor.worker import Worker
 
 if TYPE_CHECKING:
+    from typing import TextIO
+
     from aiobotocore.session import AioSession, ClientCreatorContext
     from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_secretsmanager import SecretsManagerClient
@@ -36,13 +38,10 @@ if TYPE_CHECKING:
 
     from event_processor.awsjson import DlqApi, KinesisApi, SqsApi
     from event_processor.config import Settings
+    from event_processor.diagnosis import StartupError, Where
     from event_processor.keyset import KeySource
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """The queue or stream is missing or unreachable: retrying in-process will not help."""
 
 
 @dataclass
@@ -120,13 +119,23 @@ def secretsmanager_client(
     )
 
 
-async def _key_source(settings: Settings, session: AioSession, stack: AsyncExitStack) -> KeySource:
-    """The key set's source, as configured (Settings allows exactly one)."""
+async def _key_source(
+    settings: Settings, session: AioSession, stack: AsyncExitStack
+) -> tuple[KeySource, Where | None]:
+    """The key set's source, as configured (Settings allows exactly one), and where its
+    client calls (None for a file)."""
     if settings.auth_keys_file is not None:
-        return FileKeySource(settings.auth_keys_file)
+        return FileKeySource(settings.auth_keys_file), None
     assert settings.auth_keys_secret_id is not None
     client = await stack.enter_async_context(secretsmanager_client(session, settings))
-    return SecretsManagerKeySource(client, settings.auth_keys_secret_id)
+    source = SecretsManagerKeySource(client, settings.auth_keys_secret_id)
+    return source, diagnosis.where_of(client, settings.endpoint_url)
+
+
+def _key_set_words(settings: Settings, place: Where | None) -> Callable[[BaseException], str]:
+    """An unreadable key set (`run` waits for it, not ready) in start-up's words."""
+    resource = diagnosis.key_set_resource(settings)
+    return lambda exc: str(diagnosis.key_set_unreadable(resource, exc, place))
 
 
 def _pool(settings: Settings) -> int:
@@ -134,52 +143,22 @@ def _pool(settings: Settings) -> int:
     return settings.max_put_requests + settings.receivers + 16
 
 
-@dataclass(frozen=True)
-class Resolved:
-    queue_url: str
-    max_message_bytes: int  # the source queue's MaximumMessageSize
-    dlq_max_message_bytes: int  # the DLQ's (packed letters are cut to fit it)
+async def _preflight(
+    settings: Settings, session: AioSession, stack: AsyncExitStack, policy: RetryPolicy
+) -> Preflight:
+    """The start-up checks over the daemon's own clients (entered on `stack`)."""
+    sqs = await stack.enter_async_context(sqs_client(session, settings))
+    kinesis = await stack.enter_async_context(kinesis_client(session, settings))
+    # botocore's partitions (regions and their patterns): its endpoint rules loaded them
+    # with the clients, so this is the loader's cached copy.
+    partitions = session.get_data("partitions")
+    return Preflight(settings, sqs, kinesis, policy, partitions)
 
 
-async def _max_message_bytes(sqs: SQSClient, queue_url: str) -> int:
-    attributes = (
-        await sqs.get_queue_attributes(
-            QueueUrl=queue_url, AttributeNames=["QueueArn", "MaximumMessageSize"]
-        )
-    ).get("Attributes", {})
-    size = int(attributes.get("MaximumMessageSize", constants.SQS_MAX_MESSAGE_BYTES))
-    return min(max(size, constants.SQS_MIN_MESSAGE_BYTES), constants.SQS_MAX_MESSAGE_BYTES)
-
-
-async def _resolve(
-    settings: Settings, sqs: SQSClient, kinesis: KinesisClient, policy: RetryPolicy
-) -> Resolved:
-    try:
-        queue_url = settings.queue_url
-        if queue_url is None:
-            queue_url = (await sqs.get_queue_url(QueueName=settings.queue_name))["QueueUrl"]
-        max_message_bytes = await _max_message_bytes(sqs, queue_url)
-        # The Kinesis client makes one attempt per call (kinesis_config): retry this one here
-        # as botocore would, so a blip at start-up is not reported as a missing stream.
-        async for attempt in policy.with_limits(
-            3, constants.STARTUP_DESCRIBE_DEADLINE_S
-        ).retrying():
-            with attempt:
-                await kinesis.describe_stream_summary(StreamName=settings.stream_name)
-        dlq_max = max_message_bytes
-        if settings.dlq_url is not None:
-            dlq_max = await _max_message_bytes(sqs, settings.dlq_url)
-    except (BotoCoreError, ClientError) as exc:
-        raise StartupError(str(exc)) from exc
-    if dlq_max < max_message_bytes:
-        # A rejected submission goes to the DLQ with its original body: one the source
-        # accepts must fit the DLQ, or rule 4 (every rejection reaches the DLQ) cannot hold.
-        raise StartupError(
-            f"the DLQ's MaximumMessageSize ({dlq_max}) is below the source queue's "
-            f"({max_message_bytes}): a rejected submission could not be dead-lettered; "
-            "raise the DLQ's (sqs set-queue-attributes ... MaximumMessageSize)"
-        )
-    return Resolved(queue_url, max_message_bytes, dlq_max)
+def _startup_failed(error: StartupError) -> int:
+    """Log why start-up failed (the message and its parts); the exit code it calls for."""
+    log.error("start-up failed", extra={"action": "startup_failed", **error.fields()})
+    return error.exit_code
 
 
 @dataclass(frozen=True)
@@ -205,6 +184,7 @@ def assemble(
     kinesis: KinesisApi,
     dlq: DlqApi,
     key_source: KeySource | None = None,
+    describe_key_error: Callable[[BaseException], str] = str,
 ) -> Parts:
     """Wire the parts around the three clients (and the key set's source, which AUTH_MODE
     monitor and enforce need): `run` does it with the AWS clients, and
@@ -216,7 +196,13 @@ def assemble(
     auth: Authenticator | None = None
     if settings.auth_mode is not AuthMode.OFF:
         assert key_source is not None, "Settings holds AUTH_MODE to a key set source"
-        keys = KeyStore(key_source, metrics, policy, refresh_s=settings.auth_keys_refresh_seconds)
+        keys = KeyStore(
+            key_source,
+            metrics,
+            policy,
+            refresh_s=settings.auth_keys_refresh_seconds,
+            describe=describe_key_error,
+        )
         auth = Authenticator(settings.auth_mode, keys, metrics)
     source = SqsSource(
         sqs,
@@ -262,16 +248,17 @@ def assemble(
     return Parts(source, dead_letters, worker, keys, reporter)
 
 
-async def _read_key_set(keys: KeyStore, worker: Worker) -> int | None:
+async def _read_key_set(
+    keys: KeyStore, worker: Worker, settings: Settings, place: Where | None
+) -> int | None:
     """Read the key set before anything is received (not ready meanwhile); an exit code if
     the daemon is not to run: the key set is invalid (2), or it was stopped first (0)."""
     try:
         loaded = await keys.load(worker.stop)
     except KeySetError as exc:
-        log.error(  # noqa: TRY400 - the key set's problem is the whole story
-            "invalid key set", extra={"action": "startup_failed", "error": str(exc)}
+        return _startup_failed(
+            diagnosis.key_set_invalid(diagnosis.key_set_resource(settings), str(exc), place)
         )
-        return exitcodes.USAGE
     if not loaded:
         log.info("stopped before the key set was read", extra={"action": "stopped"})
         return exitcodes.OK
@@ -313,13 +300,12 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
     session = get_session()
     awsmodels.use_on(session)  # the same models, read for a fraction of the start-up CPU
     async with AsyncExitStack() as stack:
-        sqs = await stack.enter_async_context(sqs_client(session, settings))
-        kinesis = await stack.enter_async_context(kinesis_client(session, settings))
+        preflight = await _preflight(settings, session, stack, hooks.policy)
+        sqs, kinesis = preflight.sqs, preflight.kinesis
         try:
-            resolved = await _resolve(settings, sqs, kinesis, hooks.policy)
-        except StartupError as exc:
-            log.error("start-up failed", extra={"action": "startup_failed", "error": str(exc)})  # noqa: TRY400
-            return exitcodes.STARTUP_FAILED
+            resolved = await preflight.resolve()
+        except diagnosis.StartupError as exc:
+            return _startup_failed(exc)
 
         queue_url = resolved.queue_url
         # The hot calls' clients: the lean path in front of botocore's (README, "Performance").
@@ -333,9 +319,9 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             kinesis_api = await LeanKinesis.create(kinesis, credentials, settings.stream_name)
             if settings.dlq_url is not None:
                 dlq_api = await LeanDlq.create(sqs, credentials, settings.dlq_url)
-        key_source = None
+        key_source, key_place = None, None
         if settings.auth_mode is not AuthMode.OFF:
-            key_source = await _key_source(settings, session, stack)
+            key_source, key_place = await _key_source(settings, session, stack)
         parts = assemble(
             settings,
             resolved,
@@ -345,6 +331,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             kinesis=kinesis_api,
             dlq=dlq_api,
             key_source=key_source,
+            describe_key_error=_key_set_words(settings, key_place),
         )
         # Closed in reverse: the DLQ's sends, then the source's deletes.
         stack.push_async_callback(parts.source.close)
@@ -360,23 +347,19 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
                     settings.metrics_port,
                 )
             except OSError as exc:  # the port is taken (node_exporter also likes 9100)
-                log.error(  # noqa: TRY400 - the OS's reason is the whole story
-                    "start-up failed: cannot serve metrics",
-                    extra={
-                        "action": "startup_failed",
-                        "error": str(exc),
-                        "metrics_port": settings.metrics_port,
-                    },
+                return _startup_failed(
+                    diagnosis.metrics_port_taken(settings.metrics_host, settings.metrics_port, exc)
                 )
-                return exitcodes.STARTUP_FAILED
             stack.push_async_callback(runner.cleanup)
         if hooks.install_signals:
             signals.install(worker.stop, worker.force)
             stack.callback(signals.uninstall)
         if hooks.on_started is not None:
             hooks.on_started(worker, metrics_port)
-        if parts.keys is not None and (code := await _read_key_set(parts.keys, worker)) is not None:
-            return code
+        if parts.keys is not None:
+            code = await _read_key_set(parts.keys, worker, settings, key_place)
+            if code is not None:
+                return code
         log.info(
             "event processor running",
             extra={
@@ -391,3 +374,31 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             },
         )
         return await _run_worker(parts)
+
+
+async def check(
+    settings: Settings, out: TextIO, policy: RetryPolicy | None = None, *, as_json: bool = False
+) -> int:
+    """`event-processor check`: `run`'s start-up checks, each reported, through the clients
+    `run` builds; nothing is received. The exit code is the one `run` would start with."""
+    session = get_session()
+    awsmodels.use_on(session)
+    async with AsyncExitStack() as stack:
+        preflight = await _preflight(settings, session, stack, policy or RetryPolicy())
+        read_keys = None
+        if settings.auth_mode is not AuthMode.OFF:
+            source, place = await _key_source(settings, session, stack)
+            resource = diagnosis.key_set_resource(settings)
+
+            async def read_keys() -> int:
+                return await read_key_set(source, resource, place)
+
+        return await check_all(
+            settings,
+            preflight,
+            registry=CollectorRegistry(),
+            key_set=read_keys,
+            out=out,
+            version=__version__,
+            as_json=as_json,
+        )

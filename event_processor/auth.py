@@ -57,8 +57,11 @@ class KeyStore:
         refresh_s: float,
         unknown_key_refresh_min_s: float = constants.AUTH_UNKNOWN_KEY_REFRESH_MIN_S,
         clock: Callable[[], float] = time.monotonic,
+        describe: Callable[[BaseException], str] = str,
     ) -> None:
+        # describe: a failed read in the operator's words (app passes diagnosis's).
         self._source = source
+        self._describe = describe
         self._metrics = metrics
         self._policy = policy
         self._refresh_s = refresh_s
@@ -94,7 +97,7 @@ class KeyStore:
                         extra={
                             "action": "keyset_unreadable",
                             "source": self._source.name,
-                            "error": str(exc),
+                            "error": self._describe(exc),
                         },
                     )
                     backoff = Backoff(forever.retrying())
@@ -128,7 +131,7 @@ class KeyStore:
                     extra={
                         "action": "keyset_refresh_failed",
                         "source": self._source.name,
-                        "error": str(exc),
+                        "error": self._describe(exc),
                         "age_s": round(self._age() or 0.0, 1),
                     },
                 )

@@ -1,8 +1,9 @@
-"""Command line: `event-processor run` (the daemon). Every setting is an env var and a flag.
+"""Command line: `event-processor run` (the daemon) and `check` (its start-up checks alone).
+Every setting is an env var and a flag.
 
 `demo` runs the daemon on the embedded emulator (the `devworld` package, `demo` extra);
 `dlq inspect`, `dlq redrive`, `tail` and `keys` are the operator tools of `event_processor.tools`,
-each registering its own sub-command (docs/operations.md). Only `run` imports the daemon
+each registering its own sub-command (docs/operations.md). Only `run` and `check` import the daemon
 (`app`, and through it aiobotocore and aiohttp); a tool imports boto3 when it runs.
 """
 
@@ -59,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
     _add_settings_flags(run)
+    check = commands.add_parser(
+        "check",
+        help="check what `run` needs (settings, queues, stream, key set, metrics port) without "
+        "receiving; exits 0, or with the code `run` would exit with",
+        description="Make every start-up check of `run` with the same settings and report each "
+        'one: for a pre-deploy step or an init container (docs/operations.md, "check"). '
+        "Nothing is received or deleted.",
+    )
+    check.add_argument("--json", action="store_true", help="print the report as one JSON document")
+    _add_settings_flags(check)
+    check.set_defaults(handler=_check)
     demo = commands.add_parser(
         "demo", help="run fleet + daemon on the embedded emulator, then verify the stream"
     )
@@ -106,6 +118,20 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def _check(args: argparse.Namespace) -> int:
+    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    try:
+        settings = load_settings(given)
+    except ValidationError as exc:
+        print(explain(exc), file=sys.stderr)
+        return exitcodes.USAGE
+    logs.configure(settings.log_level.value, settings.log_format.value)
+    # Imported here, as for `run`: the daemon's clients and checks.
+    from event_processor import app  # noqa: PLC0415
+
+    return run_loop(app.check(settings, sys.stdout, as_json=args.json))
 
 
 def _demo(args: argparse.Namespace) -> int:

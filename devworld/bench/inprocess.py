@@ -42,7 +42,7 @@ from prometheus_client import CollectorRegistry
 
 from devworld.bench.compare import Comparison, header, in_turn
 from devworld.bench.workloads import BenchKeys, MessageAttributes, fleet_backlog
-from event_processor import app, constants
+from event_processor import app, constants, preflight
 from event_processor.auth import RESULT_OK
 from event_processor.config import AuthMode, Settings
 from event_processor.keyset import FileKeySource
@@ -173,7 +173,7 @@ async def drain(
         auth_mode=auth_mode,
         auth_keys_file=key_file,
     )
-    resolved = app.Resolved(_QUEUE_URL, _MAX_MESSAGE_BYTES, _MAX_MESSAGE_BYTES)
+    resolved = preflight.Resolved(_QUEUE_URL, _MAX_MESSAGE_BYTES, _MAX_MESSAGE_BYTES)
     sqs, kinesis = Sqs(bodies, latency_s, attributes), Kinesis(latency_s)
     registry = CollectorRegistry()
     metrics = Metrics(registry)

@@ -18,7 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
-from event_processor import config, constants, exitcodes
+from event_processor import config, constants, diagnosis, exitcodes
 from event_processor.config import Settings, env_names
 
 Clock = Callable[[], float]
@@ -106,23 +106,36 @@ def client(settings: Settings, service: str) -> Any:
     )
 
 
-def check_queue(sqs: Any, queue_url: str, what: str) -> None:
+def check_queue(sqs: Any, queue_url: str, what: str, settings: Settings | None = None) -> None:
+    """That the queue exists and can be read; ToolError with the daemon's own words if not
+    (`what`: "source queue" or "DLQ"; `settings` name the endpoint flag when given)."""
+    if what == "DLQ":
+        resource = diagnosis.dlq_resource(queue_url)
+    else:
+        resource = diagnosis.Resource(what, queue_url, ("queue_url",))
+    place = diagnosis.where_of(sqs, None if settings is None else settings.endpoint_url)
     try:
+        diagnosis.check_region(resource, place)
         sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
     except (ClientError, BotoCoreError) as exc:
-        raise ToolError(f"{what} {queue_url} is missing or unreachable: {exc}") from exc
+        raise ToolError(str(diagnosis.diagnose(exc, resource, place))) from exc
+    except diagnosis.StartupError as exc:
+        raise ToolError(str(exc)) from exc
 
 
 def source_queue_url(sqs: Any, settings: Settings) -> str:
     """As the daemon resolves it: QUEUE_URL wins, else QUEUE_NAME (GetQueueUrl)."""
     if settings.queue_url:
         return settings.queue_url
+    resource = diagnosis.source_resource(settings)
+    place = diagnosis.where_of(sqs, settings.endpoint_url)
     try:
+        diagnosis.check_region(resource, place)
         return str(sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"])
     except (ClientError, BotoCoreError) as exc:
-        raise ToolError(
-            f"source queue {settings.queue_name} is missing or unreachable: {exc}"
-        ) from exc
+        raise ToolError(str(diagnosis.diagnose(exc, resource, place))) from exc
+    except diagnosis.StartupError as exc:
+        raise ToolError(str(exc)) from exc
 
 
 def queue_counts(sqs: Any, queue_url: str) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from typing import Any, Final, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from event_processor import exitcodes, signing
+from event_processor import diagnosis, exitcodes, signing
 from event_processor.config import Settings
 from event_processor.keyset import KeySet, KeySetError, parse_secret, read_file
 from event_processor.tools import aws
@@ -32,7 +32,8 @@ def read_key_set(settings: Settings) -> KeySet:
             try:
                 return KeySet.parse(read_file(settings.auth_keys_file))
             except OSError as exc:
-                raise aws.ToolError(f"key set file is unreadable: {exc}") from exc
+                problem = diagnosis.key_file_unreadable(diagnosis.key_set_resource(settings), exc)
+                raise aws.ToolError(str(problem)) from exc
         secret_id = settings.auth_keys_secret_id
         if secret_id is None:
             raise aws.UsageError(
@@ -43,7 +44,9 @@ def read_key_set(settings: Settings) -> KeySet:
         try:
             response = client.get_secret_value(SecretId=secret_id)
         except (ClientError, BotoCoreError) as exc:
-            raise aws.ToolError(f"secret {secret_id} is missing or unreadable: {exc}") from exc
+            place = diagnosis.where_of(client, settings.endpoint_url)
+            problem = diagnosis.diagnose(exc, diagnosis.key_set_resource(settings), place)
+            raise aws.ToolError(str(problem)) from exc
         return parse_secret(response, secret_id)
     except KeySetError as exc:
         raise aws.UsageError(f"invalid key set: {exc}") from exc

@@ -16,7 +16,7 @@ from typing import Any, Literal, TextIO
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
-from event_processor import exitcodes, signals
+from event_processor import diagnosis, exitcodes, signals
 from event_processor.config import Settings
 from event_processor.tools import aws
 from event_processor.tools.args import positive_float, positive_int
@@ -238,7 +238,8 @@ def command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
                 stop=stop,
             )
     except kinesis.exceptions.ResourceNotFoundException as exc:
-        print(f"stream {stream_name} not found: {exc}", file=sys.stderr)
+        place = diagnosis.where_of(kinesis, settings.endpoint_url)
+        print(diagnosis.diagnose(exc, diagnosis.stream_resource(settings), place), file=sys.stderr)
         return exitcodes.STARTUP_FAILED
     except (ClientError, BotoCoreError) as exc:
         print(f"tail failed: {exc}", file=sys.stderr)
