@@ -71,11 +71,6 @@ class Pacer:
             return constants.SQS_MAX_BATCH_ENTRIES
         return max(1, min(constants.SQS_MAX_BATCH_ENTRIES, int(self.rate)))
 
-    @property
-    def longest_wait_s(self) -> float:
-        """The longest `wait` for one batch can block."""
-        return 0.0 if self.rate is None else self.batch_size / self.rate
-
     def wait(self, count: int) -> bool:
         """Block until `count` more messages may go; False if stopped meanwhile."""
         if self.rate is None:
