@@ -558,6 +558,82 @@ async def test_redrive_ends_while_the_daemon_rejects_again(
     assert len(records) == 3 * VALID
 
 
+class Spy:
+    """The emulator's SQS client, recording the `source_message_id` of every message received."""
+
+    def __init__(self, sqs: Any) -> None:
+        self._sqs = sqs
+        self.source_of: dict[str, str | None] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+    def receive_message(self, **kwargs: Any) -> Any:
+        response = self._sqs.receive_message(**kwargs)
+        for message in response.get("Messages", []):
+            source = (message.get("MessageAttributes") or {}).get("source_message_id")
+            self.source_of[message["MessageId"]] = source and source["StringValue"]
+        return response
+
+
+async def test_redrive_ends_under_live_traffic(
+    emulator: Emulator, world: World, daemon: Any
+) -> None:
+    """While sensors keep sending bad submissions that the daemon keeps dead-lettering, a run
+    still ends by itself, has moved every letter that was there, and never a letter that one
+    of its own moves came back as."""
+    sqs = client(emulator, "sqs")
+    invalid = [f"still not json {i}" for i in range(INVALID)]
+    originals = await asyncio.to_thread(
+        put_letters, sqs, world.dlq_url, [x for b in invalid for x in letters_for(b)]
+    )
+    running = await daemon(settings_for(world))
+    sending = threading.Event()
+    sent_live: list[str] = []
+
+    def traffic() -> None:
+        live = client(emulator, "sqs")
+        while not sending.wait(0.02):  # a sensor's pace, not a synchronisation
+            body = f"live {len(sent_live)}"
+            live.send_message(QueueUrl=world.queue_url, MessageBody=body)
+            sent_live.append(body)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    spy = Spy(sqs)
+    out = io.StringIO()
+    try:
+        summary = await asyncio.wait_for(
+            asyncio.to_thread(
+                redrive.redrive,
+                spy,
+                world.dlq_url,
+                world.queue_url,
+                verbose=True,
+                out=out,
+                err=io.StringIO(),
+                settle_s=2,
+            ),
+            timeout=60,
+        )
+        assert sender.is_alive(), "the run ended while the traffic went on"
+    finally:
+        sending.set()
+        await asyncio.to_thread(sender.join)
+
+    moves = [line.split() for line in out.getvalue().splitlines()]
+    moved, new_ids = {m[1] for m in moves}, {m[3] for m in moves}
+    assert len(moves) == len(moved) == summary.moved, "each letter moved at most once"
+    assert set(originals) <= moved, "every letter that was there moved"
+    assert all(spy.source_of[old] not in new_ids for old in moved), "none its own moves caused"
+    assert summary.rejected_again.total() > 0
+    assert summary.arrived > 0, "the live letters after the start were left alone"
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    received = running.metric("event_processor_messages_received_total")
+    assert received == len(sent_live) + summary.moved
+    assert await running.stop() == 0
+
+
 # --------------------------------------------------------------------------------------------
 # The dry run's check
 
