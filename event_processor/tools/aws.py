@@ -85,6 +85,8 @@ def add_flags(
         if name in required:
             description = description.partition(";")[0]
             where = f"env {env_names(name)}; required"
+        elif field.default is None:  # unset means what the description says, not "None"
+            where = f"env {env_names(name)}"
         else:
             shown = getattr(field.default, "value", field.default)
             where = f"env {env_names(name)}; default {shown}"

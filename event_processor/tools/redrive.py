@@ -833,7 +833,11 @@ def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"move only letters with this reason: {', '.join(KNOWN_REASONS)}",
     )
     parser.add_argument(
-        "--rate", type=positive_float, default=None, help="at most N messages per second"
+        "--rate",
+        type=positive_float,
+        default=None,
+        metavar="N",
+        help="at most N messages per second (default: unlimited)",
     )
     parser.add_argument(
         "--dry-run",
@@ -841,7 +845,9 @@ def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="check what would move against the current contract (and signatures, when a key "
         "set is configured); change nothing",
     )
-    parser.add_argument("--max", type=positive_int, default=None, help="move at most N messages")
+    parser.add_argument(
+        "--max", type=positive_int, default=None, metavar="N", help="move at most N messages"
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "-v", "--verbose", action="store_true", help="a line per letter (stderr with --json)"
