@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TextIO
 
 from botocore.config import Config
@@ -66,16 +66,32 @@ def dlq_url_of(settings: Settings) -> str:
     return settings.dlq_url
 
 
-def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
-    """Flags for these Settings fields (plus the endpoint and region), named as `run` names them."""
-    for name in ("endpoint_url", "aws_region", *names):
+def add_flags(
+    parser: argparse._ActionsContainer,
+    *names: str,
+    required: Collection[str] = (),
+    with_aws: bool = True,
+) -> None:
+    """Flags for these Settings fields (plus, `with_aws`, the endpoint and region), named as
+    `run` names them, their help built from the field's description.
+
+    A field in `required` is one the tool cannot do without (it says how to fix its absence):
+    its help drops the description's "; unset: ..." tail, which says what the daemon does
+    without it and does not apply here.
+    """
+    for name in ("endpoint_url", "aws_region", *names) if with_aws else names:
         field = Settings.model_fields[name]
-        shown = getattr(field.default, "value", field.default)
+        description = str(field.description)
+        if name in required:
+            description = description.partition(";")[0]
+            where = f"env {env_names(name)}; required"
+        elif field.default is None:  # unset means what the description says, not "None"
+            where = f"env {env_names(name)}"
+        else:
+            shown = getattr(field.default, "value", field.default)
+            where = f"env {env_names(name)}; default {shown}"
         parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=None,
-            help=f"{field.description} [env {env_names(name)}; default {shown}]",
+            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{description} [{where}]"
         )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from event_processor.contract import Reason
 from event_processor.letters import (
     KIND_EVENTS,
     KIND_SUBMISSION,
@@ -26,6 +27,9 @@ from event_processor.letters import (
 # without a `reason` attribute was moved by SQS's own redrive policy (after maxReceiveCount):
 # it is an original submission, listed under the reason `none`.
 NO_REASON = "none"
+# What a letter's `reason` attribute may be, so what `--reason` may name: a typo is an error,
+# never a filter that silently matches nothing.
+KNOWN_REASONS = (*(reason.value for reason in Reason), NO_REASON)
 # Rejected events of an event letter shown in an example: the first ones of the example's reason.
 EXAMPLE_EVENTS = 2
 

@@ -5,9 +5,6 @@ with examples, consuming nothing (docs/operations.md).
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import codecs
 import json
 import sys
 import threading
@@ -25,7 +22,7 @@ from event_processor.letters import KIND_EVENTS, KIND_SUBMISSION, RejectedEventE
 from event_processor.tools import aws, peek
 from event_processor.tools.args import non_negative_int, positive_int
 from event_processor.tools.dead_letters import Letter, LetterEvents
-from event_processor.tools.text import PREVIEW_CHARS, plural, preview
+from event_processor.tools.text import PREVIEW_CHARS, decoded_preview, plural, preview
 
 
 @dataclass(frozen=True)
@@ -49,9 +46,10 @@ class InspectReport:
     max_messages: int  # the --limit
     read: int = 0
     limited: bool = False  # the limit stopped the scan: there was at least one more message
-    complete: bool = False  # the scan reached the end: every visible message was read
+    complete: bool = False  # the scan reached the end: every message there at the start was read
     interrupted: bool = False  # Ctrl-C/SIGTERM stopped the scan
     not_released: int = 0  # messages read that could not be made visible again at the end
+    arrived_after_start: int = 0  # messages sent after the scan started: not counted
     # (reason attribute, kind) -> messages read; a letter of events of several reasons has the
     # reason attribute MIXED_REASONS.
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -105,17 +103,22 @@ def inspect_dlq(
 ) -> InspectReport:
     """Read up to `max_messages` DLQ messages without consuming any, and count them by reason.
 
-    Pages through the whole DLQ (`peek`: each page hidden while the scan runs, everything
-    released at the end, nothing deleted). Messages are counted by their `reason` attribute and
-    kind; the rejected events that event letters list are counted too, by each event's own
-    reason. `stop` set (a signal) ends the scan early, as `interrupted`.
+    Pages through the DLQ (`peek`: each page hidden while the scan runs, everything released
+    at the end, nothing deleted), reading what it held at the start: letters that arrive
+    meanwhile are held and released too but not counted, and the scan ends once only such
+    letters come, however fast the daemon writes them. Messages are counted by their `reason`
+    attribute and kind; the rejected events that event letters list are counted too, by each
+    event's own reason. `stop` set (a signal) ends the scan early, as `interrupted`.
     """
-    visible, not_visible = aws.queue_counts(sqs, dlq_url)
-    report = InspectReport(dlq_url, visible, not_visible, max_messages)
-    with peek.peek(sqs, dlq_url, stop=stop, err=err) as scan:
+    start = peek.start_of(sqs, dlq_url)
+    report = InspectReport(
+        dlq_url, start.approximate_visible, start.approximate_not_visible, max_messages
+    )
+    with peek.peek(sqs, dlq_url, stop=stop, err=err, start=start) as scan:
         _count(report, scan, examples)
     report.complete, report.interrupted = scan.complete, scan.interrupted
     report.not_released = scan.not_released
+    report.arrived_after_start = scan.arrived
     return report
 
 
@@ -138,21 +141,6 @@ def _count(report: InspectReport, letters: peek.Peek, examples: int) -> None:
             shown = report.examples.setdefault(reason, [])
             if len(shown) < examples:
                 shown.append(letter)
-
-
-def _decoded_preview(body: str, limit: int = PREVIEW_CHARS) -> str | None:
-    """The start of a base64 body, decoded, if it is base64 of UTF-8 text (the fleet's format)."""
-    compact = "".join(body[: limit * 2].split())
-    compact = compact[: len(compact) - len(compact) % 4]
-    if not compact or body.lstrip().startswith(("{", "[")):
-        return None
-    try:
-        raw = base64.b64decode(compact, validate=True)
-        # Incremental: a character cut at the end of the prefix is not an error.
-        text = codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return preview(text, limit) if text else None
 
 
 def _attribute_text(value: Mapping[str, Any]) -> str:
@@ -202,7 +190,7 @@ def _example_json(letter: Letter, reason: str) -> dict[str, Any]:
         "attributes": {name: _attribute_text(v) for name, v in sorted(letter.attributes.items())},
         "body_chars": len(letter.body),
         "body_preview": preview(letter.body),
-        "decoded_preview": _decoded_preview(letter.body),
+        "decoded_preview": decoded_preview(letter.body),
     }
     if letter.events is not None:
         events = letter.events
@@ -231,6 +219,7 @@ def report_json(report: InspectReport) -> dict[str, Any]:
         "complete": report.complete,
         "interrupted": report.interrupted,
         "not_released": report.not_released,
+        "arrived_after_start": report.arrived_after_start,
         "by_kind": report.by_kind(),
         "events": sum(report.events.values()),
         "event_submissions": len(report.event_submissions),
@@ -298,6 +287,11 @@ def format_report(report: InspectReport) -> str:
         lines.append(
             f"  WARNING: {plural(report.not_released, 'message')} could not be released; SQS"
             " shows them again when their hold runs out"
+        )
+    if report.arrived_after_start:
+        lines.append(
+            f"  ({plural(report.arrived_after_start, 'message')} arrived during the scan: not"
+            " counted)"
         )
     if report.approximate_not_visible:
         lines.append("  (messages in flight are hidden by their receiver and not counted)")
@@ -376,7 +370,7 @@ def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "and kind, and show examples. When --limit stops the scan, the counts are a sample; "
         "the report says so.",
     )
-    aws.add_flags(parser, "dlq_url")
+    aws.add_flags(parser, "dlq_url", required=("dlq_url",))
     parser.add_argument(
         "--limit",
         "--max",  # the old name, still accepted

@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -34,6 +37,56 @@ PEEK_WAIT_S = 1
 # A scan also stops after this many receives in a row brought only messages already read: holds
 # running out faster than the scan gets past them. The scan is then not `complete`.
 PEEK_IDLE_RECEIVES = 5
+# The start boundary (docs/operations.md, "What a run covers"): SQS gives no snapshot of a queue,
+# so a letter counts as there at the start when its SentTimestamp (SQS's clock) is at most the
+# start plus a margin. The start is read from the Date header of SQS's own response, so the
+# host's clock plays no part: the header is whole seconds (up to 1 s early), and SQS's hosts
+# agree to well under a second, hence 2 s. Only without that header is the host's clock used,
+# with a margin for a host that is off by up to a minute. A margin errs late on purpose: a
+# letter that arrives just after the start is then treated as older and read (a redrive moves
+# it once), while one too early would leave a letter that was there unread.
+START_MARGIN_MS = 2_000
+HOST_CLOCK_MARGIN_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a queue held when a tool started: the time bound and SQS's approximate counts."""
+
+    sent_by_ms: int  # letters whose SentTimestamp is at most this were there at the start
+    approximate_visible: int
+    approximate_not_visible: int
+
+    def holds(self, letter: Letter) -> bool:
+        """Whether `letter` was in the queue at the start (no timestamp: assumed so)."""
+        sent = letter.system.get("SentTimestamp")
+        return sent is None or not sent.isdigit() or int(sent) <= self.sent_by_ms
+
+
+def start_of(sqs: Any, queue_url: str, *, clock: Callable[[], float] = time.time) -> Start:
+    """The queue's Start, from one GetQueueAttributes: its counts and SQS's clock (`clock`,
+    the host's, only if the response has no Date header)."""
+    response = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    attributes = response["Attributes"]
+    return Start(
+        _server_ms(response, clock),
+        int(attributes.get("ApproximateNumberOfMessages", 0)),
+        int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+    )
+
+
+def _server_ms(response: Mapping[str, Any], clock: Callable[[], float]) -> int:
+    """The start bound in milliseconds: SQS's Date header plus START_MARGIN_MS, else the host's."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if date:
+        try:
+            return int(parsedate_to_datetime(date).timestamp() * 1000) + START_MARGIN_MS
+        except (TypeError, ValueError):
+            pass  # unparsable: the host's clock below
+    return int(clock() * 1000) + HOST_CLOCK_MARGIN_MS
 
 
 def receive(
@@ -107,22 +160,24 @@ class Peek:
         wait_s: int,
         idle_receives: int,
         stop: threading.Event | None,
+        start: Start | None = None,
     ) -> None:
         self._sqs = sqs
         self._queue_url = queue_url
         self._hold_s = hold_s
         self._wait_s = wait_s
-        self._idle_receives = idle_receives
+        self._idle = Idle(idle_receives)
         self._stop = stop
+        self.start = start
         # Message id -> newest receipt handle of every message received: all are released.
         self.held: dict[str, str] = {}
-        self.complete = False  # a receive found nothing visible: every message was read
+        self.complete = False  # the scan read every message there (from the start) to read
         self.interrupted = False  # `stop` was set before the scan was done
         self.not_released = 0  # messages the release failed for (after the `with` block)
+        self.arrived = 0  # messages sent after the start: held, released, never yielded
 
     def __iter__(self) -> Iterator[Letter]:
-        idle = 0
-        while idle < self._idle_receives:
+        while not self._idle.done:
             if self._stop is not None and self._stop.is_set():
                 self.interrupted = True
                 return
@@ -136,13 +191,44 @@ class Peek:
             if not batch:
                 self.complete = True
                 return
-            new = [m for m in batch if m["MessageId"] not in self.held]
+            new = [Letter.from_message(m) for m in batch if m["MessageId"] not in self.held]
             # Recorded before any is yielded, so a caller that stops mid-page releases the rest.
             for message in batch:
                 self.held[message["MessageId"]] = message["ReceiptHandle"]
-            idle = 0 if new else idle + 1
-            for message in new:
-                yield Letter.from_message(message)
+            fresh = [x for x in new if self.start is None or self.start.holds(x)]
+            self.arrived += len(new) - len(fresh)
+            self._idle.record(fresh=len(fresh), later=len(new) - len(fresh))
+            yield from fresh
+        self.complete = self._idle.complete
+
+
+class Idle:
+    """When a scan bounded by its start ends: after `limit` receives in a row that brought no
+    message from before the start not read yet (the start's messages are done: only later ones
+    come), or only messages read already (their hold ran out: the scan is then not complete).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.later = 0  # receives in a row that brought only messages sent after the start
+        self.stale = 0  # ... and those that brought only messages read already
+
+    def record(self, *, fresh: int, later: int) -> None:
+        if fresh:
+            self.later = self.stale = 0
+        elif later:
+            self.later += 1
+        else:
+            self.stale += 1
+
+    @property
+    def done(self) -> bool:
+        return self.later + self.stale >= self.limit
+
+    @property
+    def complete(self) -> bool:
+        """Ended by later messages alone: no hold ran out on the way."""
+        return self.stale == 0
 
 
 @contextlib.contextmanager
@@ -155,14 +241,23 @@ def peek(
     idle_receives: int = PEEK_IDLE_RECEIVES,
     stop: threading.Event | None = None,
     err: TextIO | None = None,
+    start: Start | None = None,
 ) -> Iterator[Peek]:
     """A scan that consumes nothing: each receive hides its page for `hold_s`, none is deleted.
 
     Every message read is released (made visible again) when the block ends, also on errors
-    and Ctrl-C; release failures go to `err` (default stderr) and `Peek.not_released`.
+    and Ctrl-C; release failures go to `err` (default stderr) and `Peek.not_released`. With
+    `start`, only messages that were there at the start are yielded, and the scan ends once
+    only later ones come (`Idle`), however fast they keep arriving.
     """
     scan = Peek(
-        sqs, queue_url, hold_s=hold_s, wait_s=wait_s, idle_receives=idle_receives, stop=stop
+        sqs,
+        queue_url,
+        hold_s=hold_s,
+        wait_s=wait_s,
+        idle_receives=idle_receives,
+        stop=stop,
+        start=start,
     )
     try:
         yield scan

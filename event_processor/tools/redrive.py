@@ -1,33 +1,49 @@
 """`dlq redrive`: move rejected submissions from the DLQ back to the source queue, each
-deleted from the DLQ only after it was sent (docs/operations.md).
+deleted from the DLQ only after it was sent, each at most once, and only those that were there
+when the run started (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants, exitcodes, signals
-from event_processor.config import Settings
-from event_processor.letters import KIND_EVENTS
+from event_processor.config import AuthMode, Settings
+from event_processor.contract import Rejection
+from event_processor.keyset import KeySet, device_mismatch
+from event_processor.letters import KIND_EVENTS, string_attribute
+from event_processor.models import PartitionKey, format_timestamp, parse_packed
+from event_processor.signing import Envelope
 from event_processor.tools import aws, peek
 from event_processor.tools.args import positive_float, positive_int
-from event_processor.tools.dead_letters import Letter
-from event_processor.tools.text import plural, preview
+from event_processor.tools.dead_letters import KNOWN_REASONS, Letter
+from event_processor.tools.keys import read_key_set
+from event_processor.tools.text import body_preview, counts, plural, preview
 
-# A received message is hidden this long (plus the pacing wait) while it is being moved; if the
-# tool dies, SQS shows it again after that. Messages not moved are released at the end anyway.
-REDRIVE_HOLD_S = 30
 # Long poll of a redrive receive: an empty long poll means nothing visible is left.
 REDRIVE_WAIT_S = 1
+# After the scan, how long a run waits at most for the daemon to take what it moved, so that
+# the letters those come back as are counted ("rejected again") rather than found by the next
+# run. It ends sooner when the source queue is empty or nothing takes from it (`_Redrive.settle`).
+SETTLE_MAX_S = 10.0
+# A progress line on stderr this often while a run goes (not with --quiet).
+PROGRESS_EVERY_S = 5.0
+# Examples per verdict that a dry run shows (all of them with --verbose).
+DRY_RUN_EXAMPLES = 3
+# Characters of a body in a dry run's lines.
+DRY_RUN_PREVIEW_CHARS = 100
 
 
 class Pacer:
@@ -55,11 +71,6 @@ class Pacer:
             return constants.SQS_MAX_BATCH_ENTRIES
         return max(1, min(constants.SQS_MAX_BATCH_ENTRIES, int(self.rate)))
 
-    @property
-    def longest_wait_s(self) -> float:
-        """The longest `wait` for one batch can block."""
-        return 0.0 if self.rate is None else self.batch_size / self.rate
-
     def wait(self, count: int) -> bool:
         """Block until `count` more messages may go; False if stopped meanwhile."""
         if self.rate is None:
@@ -77,18 +88,98 @@ class Pacer:
         self._sent += count
 
 
+# --------------------------------------------------------------------------------------------
+# What the daemon would do with a letter moved back (the dry run's check)
+
+PUBLISH = "publish"  # a verdict: the daemon would publish it (some of its events may be rejected)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the daemon would do with a submission now: publish it, or reject it whole."""
+
+    rejection: Rejection | None  # None: it would be published
+    events_rejected: dict[str, int]  # its events the daemon would dead-letter, by reason
+
+    @property
+    def name(self) -> str:
+        return PUBLISH if self.rejection is None else self.rejection.reason.value
+
+
+class ContractCheck:
+    """The daemon's own checks on a submission, in its order (pipeline.Pipeline._process): the
+    signature when a key set is given, then the body with `parse_packed`, then the device the
+    body names against the one that signed it. Nothing it returns holds a key or a MAC."""
+
+    def __init__(
+        self,
+        keys: KeySet | None = None,
+        *,
+        enforce: bool = True,
+        partition_key: PartitionKey = PartitionKey.DEVICE_ID,
+    ) -> None:
+        self.keys = keys
+        self.enforce = enforce  # AUTH_MODE=monitor: a bad signature is counted, not rejected
+        self._partition_key = partition_key
+
+    def __call__(self, letter: Letter) -> Verdict:
+        body = letter.body
+        signer: Envelope | None = None
+        if self.keys is not None:
+            checked = self.keys.verify(letter.original_attributes(), body)
+            if isinstance(checked, Rejection):
+                if self.enforce:
+                    return Verdict(checked, {})
+            else:
+                signer = checked
+        rejected: Counter[str] = Counter()
+
+        def count(sequence: int, event_type: str, event: Any, rejection: Rejection) -> None:
+            rejected[rejection.reason.value] += 1
+
+        processed_at = format_timestamp(datetime.now(UTC))
+        parsed = parse_packed(body, processed_at, self._partition_key, count)
+        if isinstance(parsed, Rejection):
+            return Verdict(parsed, {})
+        if signer is not None and self.enforce and parsed.device_id != signer.device_id:
+            return Verdict(device_mismatch(signer, parsed.device_id), {})
+        return Verdict(None, dict(rejected))
+
+    def describe(self) -> str:
+        if self.keys is None:
+            return "signatures not checked: AUTH_MODE=off"
+        mode = "enforce" if self.enforce else "monitor: bad signatures publish"
+        return f"signatures checked ({mode}) against key ids {', '.join(sorted(self.keys.keys))}"
+
+
+# --------------------------------------------------------------------------------------------
+# The summary
+
+
 @dataclass
 class RedriveSummary:
     dry_run: bool
+    start: peek.Start | None = None  # what the DLQ held when the run started
     moved: int = 0  # sent to the source queue and deleted from the DLQ (dry run: would move)
     skipped_events: int = 0  # event letters: not submissions, never moved
     skipped_event_count: int = 0  # the rejected events those letters list
     skipped_other: Counter[str] = field(default_factory=Counter)  # reason -> not chosen
     failed: int = 0
-    read: int = 0
-    approximate_visible: int = 0
-    limited: bool = False  # dry run: --max stopped the scan, with more to move behind it
-    complete: bool = True  # dry run: the scan reached the end of the DLQ (or --max)
+    read: int = 0  # letters from before the start looked at
+    # Letters that this run's own moves came back as (their source_message_id, or for one SQS's
+    # redrive policy moved, their MessageId, is a message this run sent): never moved again.
+    rejected_again: Counter[str] = field(default_factory=Counter)  # submissions by reason
+    rejected_again_letters: int = 0  # event letters of moved submissions (they published)
+    rejected_again_events: int = 0  # the rejected events those letters list
+    arrived: int = 0  # letters sent after the start, not by this run: not moved, not counted
+    # The dry run's check: what the daemon would do with each letter it would move.
+    verdicts: Counter[str] = field(default_factory=Counter)  # PUBLISH or reason -> letters
+    events_rejected: Counter[str] = field(default_factory=Counter)  # of those it would publish
+    check: str | None = None  # ContractCheck.describe()
+    examples: dict[str, list[str]] = field(default_factory=dict)  # verdict -> lines
+    limited: bool = False  # --max stopped the run, with more to move behind it
+    complete: bool = False  # every letter from before the start was read (or --max reached)
+    settled: str | None = None  # how the wait for the daemon ended (SETTLED_*); None: no wait
     interrupted: bool = False
     aborted: str | None = None
 
@@ -96,10 +187,42 @@ class RedriveSummary:
     def skipped(self) -> int:
         return self.skipped_events + sum(self.skipped_other.values())
 
-    def skip_events(self, letter: Letter) -> None:
-        """Count an event letter as skipped, with the rejected events it lists."""
-        self.skipped_events += 1
-        self.skipped_event_count += 0 if letter.events is None else letter.events.count
+    @property
+    def approximate_at_start(self) -> int:
+        return 0 if self.start is None else self.start.approximate_visible
+
+    @property
+    def left(self) -> int:
+        """Letters from before the start not looked at: SQS's approximate count at the start
+        minus those read, so approximate too."""
+        return max(0, self.approximate_at_start - self.read)
+
+    def skip(self, letter: Letter, why: str) -> None:
+        if why == "event":
+            self.skipped_events += 1
+            self.skipped_event_count += 0 if letter.events is None else letter.events.count
+        else:
+            self.skipped_other[letter.reason] += 1
+
+    def reject_again(self, letter: Letter) -> None:
+        if letter.events is not None:
+            self.rejected_again_letters += 1
+            self.rejected_again_events += letter.events.count
+        else:
+            self.rejected_again[letter.reason] += 1
+
+    def progress(self) -> str:
+        """The running totals, one line (stderr, every PROGRESS_EVERY_S)."""
+        if self.dry_run:
+            return (
+                f"dry run: read {self.read} of ~{self.approximate_at_start}: would move"
+                f" {self.moved}, skipped {self.skipped}"
+            )
+        return (
+            f"redrive: read {self.read} of ~{self.approximate_at_start}: moved {self.moved},"
+            f" rejected again {self.rejected_again.total()}, skipped {self.skipped},"
+            f" failed {self.failed}"
+        )
 
     def text(self) -> str:
         verb = "would move" if self.dry_run else "moved"
@@ -110,26 +233,161 @@ class RedriveSummary:
                 f" {plural(self.skipped_event_count, 'rejected event')} (not submissions)"
             )
         if self.skipped_other:
-            other = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped_other.items()))
-            parts.append(f"other reasons ({other})")
+            parts.append(f"other reasons ({counts(self.skipped_other)})")
         detail = f" [{'; '.join(parts)}]" if parts else ""
         head = "dry run, nothing changed: " if self.dry_run else ""
         lines = [f"{head}{verb} {self.moved}, skipped {self.skipped}{detail}, failed {self.failed}"]
-        if self.dry_run and self.limited:
+        if self.dry_run and self.check is not None:
+            lines.append(self._verdicts_line())
+        if self.rejected_again:
             lines.append(
-                f"NOTE: a SAMPLE: the dry run stopped at --max {self.moved} after reading"
-                f" {self.read} of ~{self.approximate_visible} messages; the DLQ holds more to move"
+                f"rejected again: {self.rejected_again.total()} ({counts(self.rejected_again)}):"
+                " the daemon dead-lettered them again after this run moved them, so the cause"
+                " is not fixed; they are left in the DLQ"
             )
-        elif self.dry_run and not self.complete and not self.interrupted:
+        if self.rejected_again_letters:
             lines.append(
-                f"NOTE: the dry run stopped early: {peek.PEEK_IDLE_RECEIVES} receives in a row"
-                " brought only messages already read (their hold ran out); it may have missed some"
+                f"moved submissions published with rejected events:"
+                f" {plural(self.rejected_again_letters, 'event letter')} listing"
+                f" {plural(self.rejected_again_events, 'rejected event')}, left in the DLQ"
             )
+        if self.arrived:
+            lines.append(
+                f"arrived after the start: {plural(self.arrived, 'letter')}, not moved (a later"
+                " run takes them)"
+            )
+        lines += self._notes()
+        if self.dry_run:
+            for verdict, shown in self.examples.items():
+                lines.append(f"examples ({_verdict_text(verdict)}):")
+                lines += shown
+        return "\n".join(lines)
+
+    def _verdicts_line(self) -> str:
+        published = self.verdicts[PUBLISH]
+        rejected = Counter({k: n for k, n in self.verdicts.items() if k != PUBLISH})
+        events = ""
+        if self.events_rejected:
+            events = (
+                f" (with {plural(self.events_rejected.total(), 'rejected event')}:"
+                f" {counts(self.events_rejected)})"
+            )
+        again = f" ({counts(rejected)})" if rejected else ""
+        return (
+            f"checked against the current contract ({self.check}): would publish"
+            f" {published}{events}, would be rejected again {rejected.total()}{again}"
+        )
+
+    def _notes(self) -> list[str]:
+        lines = []
+        if self.limited:
+            head = "a SAMPLE: the dry run stopped" if self.dry_run else "stopped"
+            lines.append(
+                f"NOTE: {head} at --max {self.moved} after reading {self.read} of"
+                f" ~{self.approximate_at_start} messages; the DLQ holds more to move"
+            )
+        elif not self.complete and not self.interrupted and not self.aborted:
+            lines.append(
+                f"NOTE: stopped early: {peek.PEEK_IDLE_RECEIVES} receives in a row brought only"
+                " letters already read (their hold ran out); it may have missed some"
+            )
+        if self.settled in SETTLE_NOTES:
+            lines.append(f"NOTE: {SETTLE_NOTES[self.settled]}")
         if self.interrupted:
-            lines.append("interrupted: stopped before the DLQ was done; run again to go on")
+            lines.append(
+                f"interrupted: ~{self.left} letters from before the start not looked at (SQS's"
+                " approximate count at the start minus those read); run again to go on"
+            )
         if self.aborted:
             lines.append(f"aborted: {self.aborted}")
-        return "\n".join(lines)
+        return lines
+
+    def as_json(self) -> dict[str, Any]:
+        """The summary as one JSON object (`--json`; keys documented in docs/operations.md)."""
+        rejected = {k: n for k, n in self.verdicts.items() if k != PUBLISH}
+        return {
+            "dry_run": self.dry_run,
+            "start_sent_by": None if self.start is None else _iso_ms(self.start.sent_by_ms),
+            "approximate_at_start": self.approximate_at_start,
+            "read": self.read,
+            "moved": self.moved,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "skipped_event_letters": self.skipped_events,
+            "skipped_events": self.skipped_event_count,
+            "skipped_by_reason": dict(self.skipped_other),
+            "rejected_again": self.rejected_again.total(),
+            "rejected_again_by_reason": dict(self.rejected_again),
+            "rejected_again_event_letters": self.rejected_again_letters,
+            "rejected_again_events": self.rejected_again_events,
+            "arrived_after_start": self.arrived,
+            "check": None
+            if not self.dry_run
+            else {
+                "signatures": self.check,
+                "would_publish": self.verdicts[PUBLISH],
+                "would_publish_events_rejected": dict(self.events_rejected),
+                "would_be_rejected_again": sum(rejected.values()),
+                "would_be_rejected_again_by_reason": rejected,
+            },
+            "limited": self.limited,
+            "complete": self.complete,
+            "settled": self.settled,
+            "interrupted": self.interrupted,
+            "left": self.left,
+            "aborted": self.aborted,
+        }
+
+
+# How the wait for the daemon ended (`_Redrive.settle`), and what the summary says of it.
+SETTLED_TAKEN = "taken"  # the source queue emptied: every moved submission was finished
+SETTLED_UNTAKEN = "untaken"  # nothing took from the source queue (no daemon running?)
+SETTLED_TIMEOUT = "timeout"  # SETTLE_MAX_S passed with the source queue still busy
+SETTLED_INTERRUPTED = "interrupted"
+SETTLE_NOTES = {
+    SETTLED_UNTAKEN: "nothing took the moved submissions from the source queue while this ran"
+    " (is the daemon running?); those rejected again later are not counted here",
+    SETTLED_TIMEOUT: f"the source queue was still busy {SETTLE_MAX_S:g} s after the scan; moved"
+    " submissions rejected again later are not counted here",
+}
+
+
+def _verdict_text(verdict: str) -> str:
+    return "would publish" if verdict == PUBLISH else f"would be rejected again: {verdict}"
+
+
+def _iso_ms(millis: int) -> str:
+    return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="seconds")
+
+
+class Progress:
+    """Running totals on stderr every PROGRESS_EVERY_S, for a person watching a long run."""
+
+    def __init__(
+        self,
+        summary: RedriveSummary,
+        err: TextIO,
+        *,
+        enabled: bool,
+        clock: aws.Clock = time.monotonic,
+        every_s: float = PROGRESS_EVERY_S,
+    ) -> None:
+        self._summary = summary
+        self._err = err
+        self._enabled = enabled
+        self._clock = clock
+        self._every_s = every_s
+        self._due = clock() + every_s
+
+    def tick(self, text: str | None = None) -> None:
+        """The running totals (or `text`), if the last line is PROGRESS_EVERY_S old."""
+        if self._enabled and (now := self._clock()) >= self._due:
+            self._due = now + self._every_s
+            print(self._summary.progress() if text is None else text, file=self._err, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
 
 
 def _chosen(letter: Letter, reason: str | None) -> str | None:
@@ -162,8 +420,13 @@ class _Redrive:
     Holding them is what lets the scan get past them: released at once, the same messages
     would come back on the next receive (moto always returns the oldest first), and the scan
     would never reach the ones behind them. They are released (ChangeMessageVisibility 0) as
-    soon as the scan ends, also on errors and Ctrl-C; if the tool dies, SQS shows them again
+    soon as the run ends, also on errors and Ctrl-C; if the tool dies, SQS shows them again
     after the hold.
+
+    It ends by itself (issue 20: a run that moved the same submission 28,190 times while the
+    daemon kept dead-lettering it): only letters from before the start are moved, each once;
+    a letter its own moves came back as is recognised by its `source_message_id` and never
+    moved; and the scan ends once receives bring only such later letters (`peek.Idle`).
     """
 
     def __init__(
@@ -172,25 +435,39 @@ class _Redrive:
         dlq_url: str,
         queue_url: str,
         *,
+        start: peek.Start,
         reason: str | None,
         max_messages: int | None,
         pacer: Pacer,
-        out: TextIO,
+        out: TextIO | None,
         err: TextIO,
+        progress: Progress,
+        summary: RedriveSummary,
+        clock: aws.Clock,
+        settle_s: float,
     ) -> None:
         self.sqs = sqs
         self.dlq_url = dlq_url
         self.queue_url = queue_url
+        self.start = start
         self.reason = reason
         self.max_messages = max_messages
         self.pacer = pacer
-        self.out = out
+        self.out = out  # a line per message moved; None: none (not --verbose)
         self.err = err
-        self.summary = RedriveSummary(dry_run=False)
-        # Message id -> latest receipt handle of every message received and not deleted: all
-        # are released at the end.
+        self.progress = progress
+        self.summary = summary
+        self.clock = clock
+        self.settle_s = settle_s
+        # Holds outlast the run, so that a skipped letter does not come back mid-scan: a
+        # paced run lasts about the DLQ's count over the rate.
+        paced_s = 0 if pacer.rate is None else math.ceil(start.approximate_visible / pacer.rate)
+        self.hold_s = min(peek.PEEK_HOLD_S + paced_s, constants.SQS_MAX_VISIBILITY_S)
+        # Message id -> latest receipt handle of every message received and not deleted: all are
+        # released at the end.
         self.held: dict[str, str] = {}
         self.seen: set[str] = set()
+        self.sent: set[str] = set()  # message ids this run sent to the source queue
 
     def remaining(self) -> int | None:
         if self.max_messages is None:
@@ -198,59 +475,142 @@ class _Redrive:
         return self.max_messages - self.summary.moved - self.summary.failed
 
     def run(self, stop: threading.Event) -> RedriveSummary:
-        hold_s = min(
-            REDRIVE_HOLD_S + int(self.pacer.longest_wait_s) + 1, constants.SQS_MAX_VISIBILITY_S
-        )
         try:
-            while (left := self.remaining()) is None or left > 0:
-                if stop.is_set():
-                    self.summary.interrupted = True
-                    break
-                count = self.pacer.batch_size if left is None else min(self.pacer.batch_size, left)
-                messages = peek.receive(
-                    self.sqs, self.dlq_url, count=count, visibility_s=hold_s, wait_s=REDRIVE_WAIT_S
-                )
-                if not messages:
-                    break  # an empty long poll: nothing visible is left
-                chosen = self.sort(messages, left)
-                if not chosen:
-                    continue
-                if not self.pacer.wait(len(chosen)):
-                    self.summary.interrupted = True
-                    break
-                self.pacer.sent(len(chosen))
-                for batch in _size_batches(chosen):
-                    self.move(batch)
+            self.scan(stop)
+            if self.sent and not self.summary.interrupted:
+                self.settle(stop)
         except (ClientError, BotoCoreError) as exc:
             self.summary.aborted = f"{type(exc).__name__}: {exc}"
         finally:
             self.release()
         return self.summary
 
-    def sort(self, messages: list[dict[str, Any]], left: int | None) -> list[Letter]:
-        """The letters to move now. Every message received is held until deleted or released."""
+    def scan(self, stop: threading.Event) -> None:
+        """Move the letters from before the start, until none is left to read."""
+        idle = peek.Idle(peek.PEEK_IDLE_RECEIVES)
+        while not idle.done:
+            if stop.is_set():
+                self.summary.interrupted = True
+                return
+            left = self.remaining()
+            if left is not None and left <= 0:
+                self.summary.complete = True
+                return
+            messages = peek.receive(
+                self.sqs,
+                self.dlq_url,
+                count=constants.SQS_MAX_BATCH_ENTRIES,
+                visibility_s=self.hold_s,
+                wait_s=REDRIVE_WAIT_S,
+            )
+            if not messages:
+                self.summary.complete = True  # an empty long poll: nothing visible is left
+                return
+            chosen, fresh, later = self.sort(messages, left)
+            idle.record(fresh=fresh, later=later)
+            if not self.send(chosen, stop):
+                self.summary.interrupted = True
+                return
+            self.progress.tick()
+        self.summary.complete = idle.complete
+
+    def ours(self, letter: Letter) -> bool:
+        """Whether `letter` is what a message this run sent came back as: dead-lettered by the
+        daemon (`source_message_id`), or moved by SQS's redrive policy (same MessageId)."""
+        source = string_attribute(letter.attributes, "source_message_id")
+        return letter.message_id in self.sent or (source is not None and source in self.sent)
+
+    def sort(
+        self, messages: list[dict[str, Any]], left: int | None
+    ) -> tuple[list[Letter], int, int]:
+        """The letters to move now, and how many letters from before the start (fresh) and
+        after it (later) were new to this run. Every message received is held until deleted or
+        released."""
         chosen: list[Letter] = []
+        fresh = later = 0
         for message in messages:
             letter = Letter.from_message(message)
+            self.held[letter.message_id] = letter.receipt_handle
             if letter.message_id in self.seen:
                 # Seen already (its hold ran out during a long run): hidden again by this
-                # receive; keep the newest receipt handle for the release.
-                self.held[letter.message_id] = letter.receipt_handle
+                # receive; the newest receipt handle is kept for the release.
                 continue
             self.seen.add(letter.message_id)
-            self.held[letter.message_id] = letter.receipt_handle
+            if self.ours(letter):
+                later += 1
+                self.summary.reject_again(letter)
+                continue
+            if not self.start.holds(letter):
+                later += 1
+                self.summary.arrived += 1
+                continue
             why = _chosen(letter, self.reason)
             if why is None and left is not None and len(chosen) >= left:
                 self.seen.discard(letter.message_id)  # beyond --max: not looked at, released
+                self.summary.limited = True
                 continue
+            fresh += 1
             self.summary.read += 1
-            if why == "event":
-                self.summary.skip_events(letter)
-            elif why == "reason":
-                self.summary.skipped_other[letter.reason] += 1
-            else:
+            if why is None:
                 chosen.append(letter)
-        return chosen
+            else:
+                self.summary.skip(letter, why)
+        return chosen, fresh, later
+
+    def send(self, chosen: list[Letter], stop: threading.Event) -> bool:
+        """Move `chosen` at the pacer's pace; False if stopped before all went."""
+        for start in range(0, len(chosen), self.pacer.batch_size):
+            paced = chosen[start : start + self.pacer.batch_size]
+            if not self.pacer.wait(len(paced)):
+                return False
+            self.pacer.sent(len(paced))
+            for batch in _size_batches(paced):
+                self.move(batch)
+        return True
+
+    def settle(self, stop: threading.Event) -> None:
+        """Wait (at most `settle_s`) for the daemon to finish what this run moved, reading the
+        DLQ meanwhile, so that what comes back is counted as rejected again.
+
+        The source queue's counts, read before and after a receive from the DLQ that found
+        nothing, say when to stop: both 0 before it means every moved message was finished
+        (the daemon deletes one only after its dead letter was sent), so that receive saw them
+        all; nothing in flight and no fewer visible after its long poll than before means
+        nothing takes from the queue.
+        """
+        deadline = self.clock() + self.settle_s
+        while True:
+            if stop.is_set():
+                self.summary.settled = SETTLED_INTERRUPTED
+                return
+            if self.clock() >= deadline:
+                self.summary.settled = SETTLED_TIMEOUT
+                return
+            before = aws.queue_counts(self.sqs, self.queue_url)
+            messages = peek.receive(
+                self.sqs,
+                self.dlq_url,
+                count=constants.SQS_MAX_BATCH_ENTRIES,
+                visibility_s=self.hold_s,
+                wait_s=REDRIVE_WAIT_S,
+            )
+            chosen, _, _ = self.sort(messages, self.remaining())
+            if chosen and not self.send(chosen, stop):
+                self.summary.settled = SETTLED_INTERRUPTED
+                return
+            self.progress.tick(
+                f"{self.summary.progress()}; waiting up to {self.settle_s:g} s for the daemon to"
+                f" take the {plural(len(self.sent), 'submission')} moved"
+            )
+            if messages:
+                continue  # more may be visible: read on before judging the source queue
+            if before == (0, 0):
+                self.summary.settled = SETTLED_TAKEN
+                return
+            visible, in_flight = aws.queue_counts(self.sqs, self.queue_url)
+            if in_flight == 0 and before[1] == 0 and visible >= before[0]:
+                self.summary.settled = SETTLED_UNTAKEN
+                return
 
     def fail(self, letter: Letter, why: str) -> None:
         self.summary.failed += 1
@@ -278,6 +638,9 @@ class _Redrive:
         sent: dict[str, str] = {}  # entry id -> new message id
         for entry in response.get("Successful", []):
             sent[entry["Id"]] = entry["MessageId"]
+        # Known before the delete: should the delete fail, what the copy comes back as is
+        # still recognised as this run's.
+        self.sent.update(sent.values())
         failed = {entry["Id"]: entry for entry in response.get("Failed", [])}
         for entry_id, letter in by_id.items():
             if entry_id not in sent:
@@ -302,10 +665,11 @@ class _Redrive:
             if entry_id in deleted:
                 del self.held[letter.message_id]
                 self.summary.moved += 1
-                print(
-                    f"moved {letter.message_id} -> {new_ids[entry_id]} reason={letter.reason}",
-                    file=self.out,
-                )
+                if self.out is not None:
+                    print(
+                        f"moved {letter.message_id} -> {new_ids[entry_id]} reason={letter.reason}",
+                        file=self.out,
+                    )
             else:
                 why = peek.error_text(failed.get(entry_id, {"Code": "NoResultForEntry"}))
                 self.fail(letter, self.duplicate(new_ids[entry_id], why))
@@ -323,17 +687,21 @@ class _Redrive:
 def _dry_run(
     sqs: Any,
     dlq_url: str,
+    summary: RedriveSummary,
     *,
+    start: peek.Start,
     reason: str | None,
     max_messages: int | None,
-    out: TextIO,
+    check: ContractCheck,
+    out: TextIO | None,
     err: TextIO,
+    progress: Progress,
     stop: threading.Event,
 ) -> RedriveSummary:
-    """Peek at the whole DLQ as `inspect` does (hidden page by page, all released at the end)."""
-    summary = RedriveSummary(dry_run=True)
-    summary.approximate_visible, _ = aws.queue_counts(sqs, dlq_url)
-    with peek.peek(sqs, dlq_url, stop=stop, err=err) as scan:
+    """Peek at the DLQ's letters from before the start as `inspect` does (hidden page by page,
+    all released at the end) and check each one that would move as the daemon would."""
+    summary.check = check.describe()
+    with peek.peek(sqs, dlq_url, stop=stop, err=err, start=start) as scan:
         for letter in scan:
             why = _chosen(letter, reason)
             if why is None and max_messages is not None and summary.moved >= max_messages:
@@ -341,20 +709,35 @@ def _dry_run(
                 summary.limited = True
                 break
             summary.read += 1
-            if why == "event":
-                summary.skip_events(letter)
-            elif why == "reason":
-                summary.skipped_other[letter.reason] += 1
-            else:
-                summary.moved += 1
-                print(
-                    f"would move {letter.message_id} reason={letter.reason}:"
-                    f" {preview(letter.body, 80)}",
-                    file=out,
-                )
+            if why is not None:
+                summary.skip(letter, why)
+                continue
+            summary.moved += 1
+            verdict = check(letter)
+            summary.verdicts[verdict.name] += 1
+            summary.events_rejected.update(verdict.events_rejected)
+            line = _dry_run_line(letter, verdict)
+            if out is not None:
+                print(f"would move {letter.message_id} reason={letter.reason}: {line}", file=out)
+            shown = summary.examples.setdefault(verdict.name, [])
+            if len(shown) < DRY_RUN_EXAMPLES:
+                shown.append(f"  {letter.message_id} (reason={letter.reason}): {line}")
+            progress.tick()
+    summary.arrived = scan.arrived
     summary.complete = scan.complete or summary.limited
     summary.interrupted = scan.interrupted
     return summary
+
+
+def _dry_run_line(letter: Letter, verdict: Verdict) -> str:
+    """A letter's verdict and decoded body, one line (the rejection's detail names no secret)."""
+    if verdict.rejection is not None:
+        said = f"{verdict.name}: {preview(verdict.rejection.detail, DRY_RUN_PREVIEW_CHARS)}"
+    elif verdict.events_rejected:
+        said = f"publish, with rejected events ({counts(verdict.events_rejected)})"
+    else:
+        said = "publish"
+    return f"{said}; body: {body_preview(letter.body, DRY_RUN_PREVIEW_CHARS)}"
 
 
 def redrive(
@@ -366,35 +749,63 @@ def redrive(
     rate: float | None = None,
     dry_run: bool = False,
     max_messages: int | None = None,
+    check: ContractCheck | None = None,
+    verbose: bool = False,
+    progress: bool = True,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     stop: threading.Event | None = None,
     clock: aws.Clock = time.monotonic,
+    start: peek.Start | None = None,
+    settle_s: float = SETTLE_MAX_S,
 ) -> RedriveSummary:
     """Move rejected submissions (of `reason`, if given) from the DLQ back to the source queue.
 
-    Each message is deleted from the DLQ only after SendMessageBatch reported its entry sent;
-    event letters are never moved (they are not submissions): the summary counts them and the
-    rejected events they list. With `dry_run` the DLQ is only peeked at (`peek.peek`: paged
-    through, every message made visible again at the end) and nothing changes.
+    Only letters that were in the DLQ at `start` (read from SQS when not given) are moved, each
+    at most once; what this run's own moves come back as is counted as rejected again and left
+    in the DLQ. Each message is deleted from the DLQ only after SendMessageBatch reported its
+    entry sent; event letters are never moved (they are not submissions): the summary counts
+    them and the rejected events they list. With `dry_run` the DLQ is only peeked at
+    (`peek.peek`: paged through, every message made visible again at the end), nothing
+    changes, and each letter that would move is put through `check` (default: the contract,
+    signatures unchecked). `verbose`: a line per letter on `out`; `progress`: running totals on
+    `err`.
     """
     if queue_url == dlq_url:
         raise ValueError("the source queue and the DLQ are the same queue")
     stop = threading.Event() if stop is None else stop
+    start = peek.start_of(sqs, dlq_url) if start is None else start
+    summary = RedriveSummary(dry_run=dry_run, start=start)
+    ticker = Progress(summary, err, enabled=progress, clock=clock)
+    lines = out if verbose else None
     if dry_run:
         return _dry_run(
-            sqs, dlq_url, reason=reason, max_messages=max_messages, out=out, err=err, stop=stop
+            sqs,
+            dlq_url,
+            summary,
+            start=start,
+            reason=reason,
+            max_messages=max_messages,
+            check=ContractCheck() if check is None else check,
+            out=lines,
+            err=err,
+            progress=ticker,
+            stop=stop,
         )
-    pacer = Pacer(rate, stop, clock)
     run = _Redrive(
         sqs,
         dlq_url,
         queue_url,
+        start=start,
         reason=reason,
         max_messages=max_messages,
-        pacer=pacer,
-        out=out,
+        pacer=Pacer(rate, stop, clock),
+        out=lines,
         err=err,
+        progress=ticker,
+        summary=summary,
+        clock=clock,
+        settle_s=settle_s,
     )
     return run.run(stop)
 
@@ -407,20 +818,59 @@ def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = dlq_commands.add_parser(
         "redrive",
         help="move rejected submissions from the DLQ back to the source queue",
-        description="Move rejected submissions back to the source queue, deleting each from "
-        "the DLQ only after it was sent. Rejected-event letters are not submissions and are "
-        "never moved. Reason `none` means messages SQS's redrive policy moved.",
+        description="Move the rejected submissions that are in the DLQ when it starts back to "
+        "the source queue, each once, deleting each from the DLQ only after it was sent. What "
+        "the daemon dead-letters again meanwhile is counted as rejected again and left in the "
+        "DLQ; the run ends by itself. Rejected-event letters are not submissions and are never "
+        "moved. Reason `none` means messages SQS's redrive policy moved.",
     )
-    aws.add_flags(parser, "dlq_url", "queue_url", "queue_name")
-    parser.add_argument("--reason", default=None, help="move only messages with this reason")
+    aws.add_flags(parser, "dlq_url", "queue_url", "queue_name", required=("dlq_url",))
     parser.add_argument(
-        "--rate", type=positive_float, default=None, help="at most N messages per second"
+        "--reason",
+        default=None,
+        choices=KNOWN_REASONS,
+        metavar="REASON",
+        help=f"move only letters with this reason: {', '.join(KNOWN_REASONS)}",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="print what would move; change nothing"
+        "--rate",
+        type=positive_float,
+        default=None,
+        metavar="N",
+        help="at most N messages per second (default: unlimited)",
     )
-    parser.add_argument("--max", type=positive_int, default=None, help="move at most N messages")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check what would move against the current contract (and signatures, when a key "
+        "set is configured); change nothing",
+    )
+    parser.add_argument(
+        "--max", type=positive_int, default=None, metavar="N", help="move at most N messages"
+    )
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "-v", "--verbose", action="store_true", help="a line per letter (stderr with --json)"
+    )
+    output.add_argument(
+        "-q", "--quiet", action="store_true", help="the summary only: no progress on stderr"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
+    signatures = parser.add_argument_group(
+        "signatures", "for --dry-run: check them as the daemon would (docs/authentication.md)"
+    )
+    aws.add_flags(signatures, "auth_mode", "auth_keys_secret_id", "auth_keys_file", with_aws=False)
     parser.set_defaults(handler=command)
+
+
+def contract_check(settings: Settings) -> ContractCheck:
+    """The checks the daemon with these settings makes; reads the key set when AUTH_MODE is on."""
+    keys = None if settings.auth_mode is AuthMode.OFF else read_key_set(settings)
+    return ContractCheck(
+        keys, enforce=settings.auth_mode is AuthMode.ENFORCE, partition_key=settings.partition_key
+    )
 
 
 @aws.tool_command
@@ -432,12 +882,16 @@ def command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     aws.check_queue(sqs, queue_url, "source queue")
     if queue_url == dlq_url:
         raise aws.UsageError("refusing to redrive: the source queue is the DLQ")
-    print(
-        f"{'dry run: ' if args.dry_run else ''}redrive {dlq_url} -> {queue_url}"
-        f" (reason: {args.reason or 'any'}, rate: {args.rate or 'unlimited'} msgs/s,"
-        f" max: {args.max or 'all'})",
-        file=out,
-    )
+    check = contract_check(settings) if args.dry_run else None
+    # With --json, stdout carries the summary alone: the rest goes to stderr.
+    talk: TextIO = sys.stderr if args.json else out
+    if not args.quiet:
+        print(
+            f"{'dry run: ' if args.dry_run else ''}redrive {dlq_url} -> {queue_url}"
+            f" (reason: {args.reason or 'any'}, rate: {args.rate or 'unlimited'} msgs/s,"
+            f" max: {args.max or 'all'})",
+            file=talk,
+        )
     stop = threading.Event()
     with signals.stop_on_signals(stop):
         try:
@@ -449,16 +903,22 @@ def command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
                 rate=args.rate,
                 dry_run=args.dry_run,
                 max_messages=args.max,
-                out=out,
+                check=check,
+                verbose=args.verbose,
+                progress=not args.quiet,
+                out=talk,
                 stop=stop,
             )
-        except (ClientError, BotoCoreError) as exc:  # a dry run's receive failed
+        except (ClientError, BotoCoreError) as exc:  # the start's look or a dry run's receive
             print(f"redrive failed: {exc}", file=sys.stderr)
             return exitcodes.FAILED
         except KeyboardInterrupt:  # a second signal: held messages were released on the way
             print("interrupted", file=sys.stderr)
             return exitcodes.INTERRUPTED
-    print(summary.text(), file=out)
+    if args.json:
+        out.write(json.dumps(summary.as_json(), indent=2) + "\n")
+    else:
+        print(summary.text(), file=out)
     if summary.interrupted:
         return exitcodes.INTERRUPTED
     return exitcodes.FAILED if summary.failed or summary.aborted else exitcodes.OK

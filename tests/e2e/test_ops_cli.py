@@ -129,7 +129,7 @@ def test_inspect_and_dry_run_see_the_whole_dlq(emulator: Emulator, world: World)
     assert f"SAMPLE: 40 of ~{HUNDREDS} messages (stopped at --limit 40)" in result.stdout
     assert counts(emulator, world.dlq_url) == (HUNDREDS, 0)
 
-    result = cli(emulator, world, "dlq", "redrive", "--dry-run")
+    result = cli(emulator, world, "dlq", "redrive", "--dry-run", "--verbose")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("would move ") == HUNDREDS + 1  # a line each + the summary
     assert f"would move {HUNDREDS}, skipped 0" in result.stdout
@@ -164,9 +164,9 @@ def test_redrive_resolves_the_queue_by_name(emulator: Emulator, world: World) ->
 
 
 def test_redrive_dry_run(emulator: Emulator, world: World) -> None:
-    """`--dry-run` lists what would move and changes nothing."""
+    """`--dry-run --verbose` lists what would move and changes nothing."""
     mixed_dlq(emulator, world)
-    result = cli(emulator, world, "dlq", "redrive", "--dry-run")
+    result = cli(emulator, world, "dlq", "redrive", "--dry-run", "--verbose")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("would move ") == 8  # 7 lines + the summary
     assert "dry run, nothing changed: would move 7, skipped 1" in result.stdout
@@ -263,6 +263,7 @@ async def test_redrive_sigterm_stops_and_releases(emulator: Emulator, world: Wor
         "redrive",
         "--rate",
         "2",
+        "--verbose",
         env=ops_env(emulator, world),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
