@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from event_processor import config, constants, exitcodes
-from event_processor.config import Settings, env_names
+from event_processor.config import Settings
 
 Clock = Callable[[], float]
 
@@ -69,13 +69,12 @@ def dlq_url_of(settings: Settings) -> str:
 def add_flags(parser: argparse.ArgumentParser, *names: str) -> None:
     """Flags for these Settings fields (plus the endpoint and region), named as `run` names them."""
     for name in ("endpoint_url", "aws_region", *names):
-        field = Settings.model_fields[name]
-        shown = getattr(field.default, "value", field.default)
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=None,
-            help=f"{field.description} [env {env_names(name)}; default {shown}]",
+            metavar=config.flag_metavar(name),
+            help=config.flag_help(name),
         )
 
 
