@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import annotated_types
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
@@ -404,11 +403,10 @@ def value_range(name: str) -> str | None:
     """A numeric setting's bounds from its Field constraints, e.g. "1-10" or ">= 1"."""
     low: float | None = None
     high: float | None = None
+    # pydantic keeps ge/le as annotated_types.Ge/Le objects, each with the one attribute.
     for constraint in Settings.model_fields[name].metadata:
-        if isinstance(constraint, annotated_types.Ge):
-            low = constraint.ge  # type: ignore[assignment]  # numbers, in this model
-        elif isinstance(constraint, annotated_types.Le):
-            high = constraint.le  # type: ignore[assignment]
+        low = getattr(constraint, "ge", low)
+        high = getattr(constraint, "le", high)
     if low is not None and high is not None:
         return f"{_number(low)}-{_number(high)}"
     if low is not None:
