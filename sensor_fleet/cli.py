@@ -297,6 +297,8 @@ def run_host(
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=_env("LOG_LEVEL", "INFO"), stream=sys.stderr)
+    # botocore says at INFO where it found the credentials and the endpoint, for every client.
+    logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLogger().level))
     mode = args.mode or "simulate"
     if args.mode is None:  # bare `sensor-fleet` means simulate with its defaults
         args = build_parser().parse_args([*(argv or sys.argv[1:]), "simulate"])
