@@ -9,7 +9,6 @@ works from a script); what to try next, and the rest, goes to stderr.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import tempfile
@@ -105,21 +104,20 @@ def exports(emulator: Emulator, world: World, key_set_secret: str | None) -> str
 
 
 def _command(name: str) -> str:
-    """How to call one of our console scripts from here: the venv's, relative if it is below
-    the current directory (`.venv/bin/event-processor`), else by name."""
+    """How to call one of our console scripts: this venv's, relative if it is below the current
+    directory (`.venv/bin/event-processor`), else its absolute path; by name if it has none."""
     script = Path(sys.executable).parent / name
     if not script.exists():
         return name
-    try:
-        return str(Path(os.path.relpath(script)))
-    except ValueError:  # another drive (Windows)
-        return str(script)
+    here = Path.cwd()
+    return str(script.relative_to(here)) if script.is_relative_to(here) else str(script)
 
 
 def next_steps(env_file: Path | None, signed: bool) -> str:
     """What to try with the world, for stderr."""
     daemon, fleet = _command("event-processor"), _command("sensor-fleet")
-    source = f"`. {env_file}`" if env_file is not None else "paste the exports above"
+    # Absolute: the other shell may be elsewhere, and `. name` alone searches PATH.
+    source = f"`. {env_file.absolute()}`" if env_file is not None else "paste the exports above"
     unsigned = "env -u AUTH_MODE -u AUTH_KEYS_SECRET_ID " if signed else ""
     steps = [
         f"The world is up. In a second shell, {source}, then run the daemon:",
@@ -133,7 +131,7 @@ def next_steps(env_file: Path | None, signed: bool) -> str:
     steps += [
         f"  {daemon} dlq inspect                       # the DLQ by reason, with examples",
         f"  {daemon} dlq redrive --dry-run             # what a redrive would move",
-        f"  {daemon} tail --from trim-horizon --no-follow   # the stream as JSON lines",
+        f"  {daemon} tail --from trim-horizon --no-follow --limit 5   # records as JSON lines",
         "Ctrl-C here stops the world; its queues, stream and key set go with it.",
     ]
     return "\n".join(steps)
