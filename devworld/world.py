@@ -166,11 +166,12 @@ def serve(args: argparse.Namespace, stop: threading.Event, out: TextIO, err: Tex
             create_key_set_secret(emulator.boto3_client("secretsmanager"))
             secret = KEY_SET_SECRET_NAME
         text = exports(emulator, world, secret)
+        # The file first: whoever sees the exports on stdout may look for it at once.
+        if env_file is not None:
+            _write_atomically(env_file, text)
         # One write, then flush: a reader of the pipe gets the exports whole.
         out.write(text)
         out.flush()
-        if env_file is not None:
-            _write_atomically(env_file, text)
         print(next_steps(env_file, signed=secret is not None), file=err, flush=True)
         stop.wait()
         print("world: stopping", file=err, flush=True)
