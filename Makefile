@@ -10,7 +10,7 @@ TOOLS_STAMP := $(TOOLS_VENV)/.installed
 # aiobotocore's botocore pin, so it gets a venv of its own for the deploy-file checks.
 CHECKOV := checkov==3.3.30
 
-.PHONY: install tools run test lint bench profile clean localstack-install test-localstack
+.PHONY: install tools run world test lint bench profile clean localstack-install test-localstack
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ $(STAMP): pyproject.toml
 
 run: install
 	$(BIN)/event-processor demo
+
+# The embedded emulator with the queue, DLQ, stream and key set, up until Ctrl-C; it prints
+# the exports for other shells (docs/local-world.md). WORLD_ARGS: --port 0, --no-auth, --env-file.
+world: install
+	$(BIN)/python -m devworld.world $(WORLD_ARGS)
 
 test: install tools
 	$(BIN)/pytest -q

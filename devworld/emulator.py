@@ -233,9 +233,19 @@ class Emulator:
         self._clients: dict[str, Any] = {}
 
     def start(self) -> None:
-        """Start the server (no-op if already started) on a fresh, empty moto state."""
+        """Start the server (no-op if already started) on a fresh, empty moto state.
+
+        Raises OSError if the port asked for is taken.
+        """
         if self._server is not None:
             return
+        if self._port:
+            # moto binds in its server thread: on a taken port that thread dies and its
+            # start() waits for it forever. Bind here first (as werkzeug does, reusing
+            # TIME_WAIT) so that start() fails instead.
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((self._host, self._port))
         patch_moto()
         from moto.server import ThreadedMotoServer  # noqa: PLC0415 - heavy import, only when used
 

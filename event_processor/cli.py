@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from event_processor import __version__, constants, contract, exitcodes, logs  # noqa: E402
-from event_processor.config import Settings, env_names, explain  # noqa: E402
+from event_processor.config import (  # noqa: E402
+    GROUP_TITLES,
+    Group,
+    Settings,
+    explain,
+    flag_help,
+    flag_metavar,
+    group_of,
+)
 from event_processor.tools import inspect, keys, redrive, tail  # noqa: E402
 
 if _collecting:
@@ -37,17 +45,20 @@ if TYPE_CHECKING:
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field, derived from the model so the two cannot drift."""
-    group = parser.add_argument_group("settings (flags override environment variables)")
-    for name, field in Settings.model_fields.items():
-        default = field.default
-        shown = getattr(default, "value", default)
-        group.add_argument(
+    """One flag per Settings field, derived from the model so the two cannot drift: in its
+    Field's section, with its placeholder, range or choices, variables and default."""
+    groups = {group: parser.add_argument_group(GROUP_TITLES[group]) for group in Group}
+    # A field that names no section still gets its flag (the help tests catch it).
+    other = parser.add_argument_group("other settings")
+    for name in Settings.model_fields:
+        group = group_of(name)
+        # No argparse `choices`: a bad value is a setting error (exit 2, named as the setting).
+        (other if group is None else groups[group]).add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
             default=argparse.SUPPRESS,
-            metavar=name.split("_")[-1].upper(),
-            help=f"{field.description} [env {env_names(name)}; default {shown}]",
+            metavar=flag_metavar(name),
+            help=flag_help(name),
         )
 
 
@@ -58,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
+    run = commands.add_parser(
+        "run",
+        help="run the daemon until SIGTERM/SIGINT",
+        description="Run the daemon until SIGTERM or SIGINT (a second one skips the drain). "
+        "Every setting is an environment variable and a flag; flags win.",
+    )
     _add_settings_flags(run)
     check = commands.add_parser(
         "check",
@@ -72,27 +88,53 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(check)
     check.set_defaults(handler=_check)
     demo = commands.add_parser(
-        "demo", help="run fleet + daemon on the embedded emulator, then verify the stream"
+        "demo",
+        help="run fleet + daemon on the embedded emulator, then verify the stream",
+        description="Start the embedded AWS emulator (or use --endpoint-url), run a sped-up "
+        "signing sensor fleet, a rogue device and the daemon (AUTH_MODE=enforce) together, then "
+        "read the stream back and verify it. Exit 0 only if nothing valid was lost and every "
+        "forgery was rejected. Ctrl-C ends it early. Needs the demo extra.",
     )
-    demo.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
-    demo.add_argument("--devices", type=int, default=10, help="fleet size (default 10)")
     demo.add_argument(
-        "--round-interval", type=float, default=1.0, help="seconds between fleet rounds (default 1)"
+        "--duration",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long the fleet sends before the check (default %(default)g)",
+    )
+    demo.add_argument(
+        "--devices", type=int, default=10, metavar="N", help="fleet size (default %(default)s)"
+    )
+    demo.add_argument(
+        "--round-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between fleet rounds, each device sending one submission a round "
+        "(default %(default)g)",
     )
     demo.add_argument(
         "--invalid-probability",
         type=float,
         default=0.01,
-        help="share of broken fields (default 0.01)",
+        metavar="P",
+        help="share of fields the fleet breaks, 0-1, which the daemon rejects to the DLQ "
+        "(default %(default)g)",
     )
     demo.add_argument(
-        "--metrics-port", type=int, default=9100, help="serve /metrics here; 0 disables"
+        "--metrics-port",
+        type=int,
+        default=9100,
+        metavar="PORT",
+        help="serve the daemon's /metrics here (any free port if taken); 0 disables "
+        "(default %(default)s)",
     )
     demo.add_argument(
         "--endpoint-url",
         default=None,
+        metavar="URL",
         help="use this AWS endpoint (e.g. LocalStack at http://localhost:4566) "
-        "instead of the embedded emulator",
+        "instead of the embedded emulator (default: the embedded emulator)",
     )
     demo.set_defaults(handler=_demo)
     # The operator tools register their own sub-commands (a boto3 client only when one runs).

@@ -33,52 +33,136 @@ def _env(name: str, default: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sensor-fleet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sensor-fleet",
+        description="Emulated EDR agents sending submissions to the daemon's SQS queue, one "
+        "message each; with a key set configured, every submission is signed. The mode "
+        "(simulate, load or host) comes after the common options; `sensor-fleet MODE --help` "
+        "describes each.",
+    )
     # The daemon's own settings (env and flags), so both resolve the same queue and region,
     # and read the same key set: with one, every submission is signed.
     aws.add_flags(parser, "queue_url", "queue_name", "auth_keys_secret_id", "auth_keys_file")
     parser.add_argument(
         "--key-id",
         default=None,
-        help="the key set's master key to derive the devices' keys from (needed if several)",
+        metavar="ID",
+        help="the key set's master key to derive the devices' keys from (needed if it holds "
+        "several; default: its only one)",
     )
     parser.add_argument(
         "--localstack",
         action="store_true",
         help="use localstack-client (also implied by LOCALSTACK_HOST)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable runs")
-    modes = parser.add_subparsers(dest="mode")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="random seed, for repeatable runs (default: a new one each run)",
+    )
+    modes = parser.add_subparsers(dest="mode", metavar="{simulate,load,host}")
 
-    simulate = modes.add_parser("simulate", help="the original fleet (default)")
-    simulate.add_argument("--fleet-size", type=int, default=int(_env("FLEET_SIZE", "10")))
+    simulate = modes.add_parser(
+        "simulate",
+        help="the fleet: each device sends one submission a round (default)",
+        description="Each of the fleet's devices (fixed ids) sends one submission every "
+        "round, rounds a random --round-min to --round-max seconds apart, until Ctrl-C.",
+    )
+    _fleet_flags(simulate, fleet_size="10")
     simulate.add_argument(
-        "--invalid-probability", type=float, default=float(_env("INVALID_PROBABILITY", "0.01"))
+        "--round-min",
+        type=float,
+        default=float(_env("ROUND_MIN_SECONDS", "30")),
+        metavar="SECONDS",
+        help="least time between rounds [env ROUND_MIN_SECONDS; default %(default)g]",
     )
-    simulate.add_argument("--round-min", type=float, default=float(_env("ROUND_MIN_SECONDS", "30")))
-    simulate.add_argument("--round-max", type=float, default=float(_env("ROUND_MAX_SECONDS", "45")))
-    simulate.add_argument("--rounds", type=int, default=0, help="stop after N rounds (0: never)")
+    simulate.add_argument(
+        "--round-max",
+        type=float,
+        default=float(_env("ROUND_MAX_SECONDS", "45")),
+        metavar="SECONDS",
+        help="most time between rounds [env ROUND_MAX_SECONDS; default %(default)g]",
+    )
+    simulate.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N rounds (default 0: never)",
+    )
 
-    load = modes.add_parser("load", help="send fast, for benchmarks")
+    load = modes.add_parser(
+        "load",
+        help="send fast, for benchmarks",
+        description="Send submissions from the fleet's devices as fast as asked, then print "
+        "what was sent: --count N at once, or --rate R per second for --duration seconds.",
+    )
     what = load.add_mutually_exclusive_group(required=True)
-    what.add_argument("--count", type=int, help="send N submissions as fast as possible")
-    what.add_argument("--rate", type=float, help="submissions per second (with --duration)")
-    load.add_argument("--duration", type=float, default=10.0)
-    load.add_argument("--fleet-size", type=int, default=int(_env("FLEET_SIZE", "100")))
-    load.add_argument(
-        "--invalid-probability", type=float, default=float(_env("INVALID_PROBABILITY", "0.01"))
+    what.add_argument(
+        "--count", type=int, metavar="N", help="send N submissions as fast as possible"
     )
+    what.add_argument(
+        "--rate",
+        type=float,
+        metavar="PER_SECOND",
+        help="send this many submissions a second, for --duration",
+    )
+    load.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long --rate sends (default %(default)g)",
+    )
+    _fleet_flags(load, fleet_size="100")
 
-    host = modes.add_parser("host", help="a real agent for this machine")
-    host.add_argument("--interval", type=float, default=float(_env("HOST_INTERVAL_SECONDS", "10")))
-    host.add_argument("--rounds", type=int, default=0, help="stop after N scans (0: never)")
+    host = modes.add_parser(
+        "host",
+        help="a real agent for this machine",
+        description="Every --interval, report this machine's new processes (ps) and "
+        "established TCP connections (/proc/net/tcp) as one submission; the device id is "
+        "derived from /etc/machine-id.",
+    )
+    host.add_argument(
+        "--interval",
+        type=float,
+        default=float(_env("HOST_INTERVAL_SECONDS", "10")),
+        metavar="SECONDS",
+        help="time between scans [env HOST_INTERVAL_SECONDS; default %(default)g]",
+    )
+    host.add_argument(
+        "--rounds", type=int, default=0, metavar="N", help="stop after N scans (default 0: never)"
+    )
     host.add_argument(
         "--enrolment",
         type=Path,
         default=None,
-        help="sign as the device of this enrolment (what `event-processor keys derive` prints)",
+        metavar="PATH",
+        help="sign as the device of this enrolment (what `event-processor keys derive` "
+        "prints); instead of a key set",
     )
     return parser
+
+
+def _fleet_flags(parser: argparse.ArgumentParser, *, fleet_size: str) -> None:
+    """The simulated fleet's size and its share of broken fields (simulate and load)."""
+    parser.add_argument(
+        "--fleet-size",
+        type=int,
+        default=int(_env("FLEET_SIZE", fleet_size)),
+        metavar="N",
+        help="devices in the fleet, each with a fixed id [env FLEET_SIZE; default %(default)s]",
+    )
+    parser.add_argument(
+        "--invalid-probability",
+        type=float,
+        default=float(_env("INVALID_PROBABILITY", "0.01")),
+        metavar="P",
+        help="share of fields sent broken, 0-1 (bad ids, addresses, command lines), which "
+        "the daemon rejects to the DLQ [env INVALID_PROBABILITY; default %(default)g]",
+    )
 
 
 def fleet_signer(args: argparse.Namespace, settings: Settings) -> FleetSigner | None:
@@ -213,6 +297,8 @@ def run_host(
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=_env("LOG_LEVEL", "INFO"), stream=sys.stderr)
+    # botocore says at INFO where it found the credentials and the endpoint, for every client.
+    logging.getLogger("botocore").setLevel(max(logging.WARNING, logging.getLogger().level))
     mode = args.mode or "simulate"
     if args.mode is None:  # bare `sensor-fleet` means simulate with its defaults
         args = build_parser().parse_args([*(argv or sys.argv[1:]), "simulate"])

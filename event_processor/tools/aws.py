@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from event_processor import config, constants, diagnosis, exitcodes
-from event_processor.config import Settings, env_names
+from event_processor.config import Settings
 
 Clock = Callable[[], float]
 
@@ -72,26 +72,16 @@ def add_flags(
     required: Collection[str] = (),
     with_aws: bool = True,
 ) -> None:
-    """Flags for these Settings fields (plus, `with_aws`, the endpoint and region), named as
-    `run` names them, their help built from the field's description.
-
-    A field in `required` is one the tool cannot do without (it says how to fix its absence):
-    its help drops the description's "; unset: ..." tail, which says what the daemon does
-    without it and does not apply here.
-    """
+    """Flags for these Settings fields (plus, `with_aws`, the endpoint and region), named and
+    described as `run` names them (config.flag_help); a field in `required` is one the tool
+    cannot do without."""
     for name in ("endpoint_url", "aws_region", *names) if with_aws else names:
-        field = Settings.model_fields[name]
-        description = str(field.description)
-        if name in required:
-            description = description.partition(";")[0]
-            where = f"env {env_names(name)}; required"
-        elif field.default is None:  # unset means what the description says, not "None"
-            where = f"env {env_names(name)}"
-        else:
-            shown = getattr(field.default, "value", field.default)
-            where = f"env {env_names(name)}; default {shown}"
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, help=f"{description} [{where}]"
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=config.flag_metavar(name),
+            help=config.flag_help(name, required=name in required),
         )
 
 
