@@ -184,7 +184,15 @@ class Metrics:
         )
         self.budget_used_bytes = Gauge(
             "memory_budget_used_bytes",
-            "Bytes held for in-flight submissions: bodies, packed events, dead letters",
+            "Bytes held of the memory budget: in-flight submissions' bodies, packed events and "
+            "dead letters, and what receives in progress reserved for the bodies they may bring",
+            namespace=ns,
+            registry=registry,
+        )
+        self.budget_reserved_bytes = Gauge(
+            "memory_budget_reserved_bytes",
+            "Of memory_budget_used_bytes, what receives in progress reserved: idle long polls "
+            "hold it until they return (it makes room for work that waits)",
             namespace=ns,
             registry=registry,
         )

@@ -165,6 +165,7 @@ class Reporter:
         outcomes = read(metrics.submissions)
         limit = read(metrics.budget_limit_bytes).get("", 0.0)
         used = read(metrics.budget_used_bytes).get("", 0.0)
+        reserved = read(metrics.budget_reserved_bytes).get("", 0.0)
         return {
             "uptime_s": round(self._clock() - self._started_at, 1),
             "received": _int(read(metrics.messages_received).get("", 0.0)),
@@ -176,10 +177,17 @@ class Reporter:
             "events_rejected": _int(sum(read(metrics.events_rejected).values())),
             "dlq_sent": _int(sum(read(metrics.dlq_sends).values())),
             "in_flight": _int(read(metrics.in_flight_submissions).get("", 0.0)),
-            "memory_budget_used_pct": round(100 * used / limit, 1) if limit else 0.0,
+            # Apart: idle long polls reserve most of the budget by design, which says nothing
+            # of the load, while what submissions hold does.
+            "memory_held_pct": _pct(used - reserved, limit),
+            "memory_reserved_pct": _pct(reserved, limit),
             "rejected_by_reason": _by_reason(read(metrics.submissions_rejected)),
             "events_rejected_by_reason": _by_reason(read(metrics.events_rejected)),
         }
+
+
+def _pct(part: float, whole: float) -> float:
+    return round(100 * max(0.0, part) / whole, 1) if whole else 0.0
 
 
 def _int(value: float) -> int:

@@ -99,7 +99,9 @@ class Worker:
         self._receive_share = max(
             self._reserve_each, int(budget.limit_bytes * constants.RECEIVE_BUDGET_SHARE)
         )
-        self._receive_reserved = 0
+        self._receive_reserved = 0  # counted before a reservation waits for the budget
+        self._receive_granted = 0  # what the budget granted to reservations
+        metrics.budget_reserved_bytes.set_function(lambda: self._receive_granted)
         self._share_freed = asyncio.Event()
         self._holds: dict[asyncio.Task[object], Hold] = {}
         self._grace_s = shutdown_grace_s
@@ -311,10 +313,12 @@ class Worker:
             self._receive_reserved -= nbytes
             self._share_freed.set()
             raise
+        self._receive_granted += nbytes
         return reservation, count
 
     def _unreserve(self, reservation: Hold) -> None:
         self._receive_reserved -= reservation.nbytes
+        self._receive_granted -= reservation.nbytes
         self._share_freed.set()
         self._budget.release(reservation)
 

@@ -90,9 +90,10 @@ def daemon_settings(
 
 PACKAGE_DIR = ROOT / "event_processor"
 # The daemon's modules that call AWS, and the service of the client each one holds as
-# `self._client` (app.py names its clients `sqs` and `kinesis`).
+# `self._client` (app.py and preflight.py name theirs `sqs` and `kinesis`, or `self.sqs`...).
 CLIENT_MODULES = {
     "app.py": None,
+    "preflight.py": None,
     "source.py": "sqs",
     "dlq.py": "sqs",
     "sink.py": "kinesis",
@@ -101,7 +102,9 @@ CLIENT_MODULES = {
     "pipeline.py": None,
     "batcher.py": None,
 }
-AWS_CALL = re.compile(r"await\s+(?P<client>sqs|kinesis|self\._client)\.(?P<method>[a-z_]+)\(")
+AWS_CALL = re.compile(
+    r"await\s+(?P<client>(?:self\.)?(?:sqs|kinesis)|self\._client)\.(?P<method>[a-z_]+)\("
+)
 # IAM authorises a batch call with the single call's action.
 BATCH_ACTIONS = {
     "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
@@ -117,7 +120,7 @@ def daemon_aws_actions() -> set[str]:
         source = (PACKAGE_DIR / module).read_text(encoding="utf-8")
         for match in AWS_CALL.finditer(source):
             client = match["client"]
-            owner = service if client == "self._client" else client
+            owner = service if client == "self._client" else client.removeprefix("self.")
             assert owner, f"{module} calls {match['method']} on a client of unknown service"
             operation = "".join(part.capitalize() for part in match["method"].split("_"))
             action = f"{owner}:{operation}"

@@ -154,6 +154,7 @@ def test_totals_are_read_from_the_metrics() -> None:
     metrics.in_flight_submissions.set(6)
     metrics.budget_limit_bytes.set(1000)
     metrics.budget_used_bytes.set(250)
+    metrics.budget_reserved_bytes.set(100)
     clock.now += 90.5
 
     assert reporter.totals() == {
@@ -167,7 +168,8 @@ def test_totals_are_read_from_the_metrics() -> None:
         "events_rejected": 4,
         "dlq_sent": 5,
         "in_flight": 6,
-        "memory_budget_used_pct": 25.0,
+        "memory_held_pct": 15.0,
+        "memory_reserved_pct": 10.0,
         "rejected_by_reason": {"invalid_body": 2, "signature_invalid": 1},
         "events_rejected_by_reason": {"unknown_event_type": 4},
     }
@@ -179,7 +181,7 @@ def test_totals_of_a_daemon_that_did_nothing_are_zeros() -> None:
     totals = reporter.totals()
     assert totals["received"] == totals["published"] == totals["dlq_sent"] == 0
     assert totals["rejected_by_reason"] == {}
-    assert totals["memory_budget_used_pct"] == 0.0
+    assert totals["memory_held_pct"] == totals["memory_reserved_pct"] == 0.0
 
 
 async def test_the_pipeline_counts_rejected_submissions_and_events_into_the_tally() -> None:
