@@ -162,14 +162,22 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(main)
 
 
-def _check(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """`run`'s and `check`'s settings from the environment and flags, logging configured by
+    them; None (each bad setting said on stderr) when they are invalid."""
     given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
     try:
         settings = load_settings(given)
     except ValidationError as exc:
         print(explain(exc), file=sys.stderr)
-        return exitcodes.USAGE
+        return None
     logs.configure(settings.log_level.value, settings.log_format.value)
+    return settings
+
+
+def _check(args: argparse.Namespace) -> int:
+    if (settings := _settings(args)) is None:
+        return exitcodes.USAGE
     # Imported here, as for `run`: the daemon's clients and checks.
     from event_processor import app  # noqa: PLC0415
 
@@ -204,14 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is not None:
         return int(handler(args))
-    overrides = vars(args)
-    overrides.pop("command")
-    try:
-        settings = load_settings(overrides)
-    except ValidationError as exc:
-        print(explain(exc), file=sys.stderr)
+    if (settings := _settings(args)) is None:
         return exitcodes.USAGE
-    logs.configure(settings.log_level.value, settings.log_format.value)
     # Start-up builds ~100,000 objects that live as long as the process (modules, botocore's
     # service models, clients): the cyclic collector would scan them again and again, twice
     # in full while importing alone. It waits until start-up is done, and what start-up built

@@ -20,16 +20,12 @@ from typing import Any, TextIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants, exitcodes, signals
-from event_processor.config import AuthMode, Settings
-from event_processor.contract import Rejection
-from event_processor.keyset import KeySet, device_mismatch
+from event_processor.config import Settings
 from event_processor.letters import KIND_EVENTS, string_attribute
-from event_processor.models import PartitionKey, format_timestamp, parse_packed
-from event_processor.signing import Envelope
 from event_processor.tools import aws, peek
 from event_processor.tools.args import positive_float, positive_int
 from event_processor.tools.dead_letters import KNOWN_REASONS, Letter
-from event_processor.tools.keys import read_key_set
+from event_processor.tools.recheck import PUBLISH, ContractCheck, Verdict, contract_check
 from event_processor.tools.text import body_preview, counts, plural, preview
 
 # Long poll of a redrive receive: an empty long poll means nothing visible is left.
@@ -86,70 +82,6 @@ class Pacer:
 
     def sent(self, count: int) -> None:
         self._sent += count
-
-
-# --------------------------------------------------------------------------------------------
-# What the daemon would do with a letter moved back (the dry run's check)
-
-PUBLISH = "publish"  # a verdict: the daemon would publish it (some of its events may be rejected)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the daemon would do with a submission now: publish it, or reject it whole."""
-
-    rejection: Rejection | None  # None: it would be published
-    events_rejected: dict[str, int]  # its events the daemon would dead-letter, by reason
-
-    @property
-    def name(self) -> str:
-        return PUBLISH if self.rejection is None else self.rejection.reason.value
-
-
-class ContractCheck:
-    """The daemon's own checks on a submission, in its order (pipeline.Pipeline._process): the
-    signature when a key set is given, then the body with `parse_packed`, then the device the
-    body names against the one that signed it. Nothing it returns holds a key or a MAC."""
-
-    def __init__(
-        self,
-        keys: KeySet | None = None,
-        *,
-        enforce: bool = True,
-        partition_key: PartitionKey = PartitionKey.DEVICE_ID,
-    ) -> None:
-        self.keys = keys
-        self.enforce = enforce  # AUTH_MODE=monitor: a bad signature is counted, not rejected
-        self._partition_key = partition_key
-
-    def __call__(self, letter: Letter) -> Verdict:
-        body = letter.body
-        signer: Envelope | None = None
-        if self.keys is not None:
-            checked = self.keys.verify(letter.original_attributes(), body)
-            if isinstance(checked, Rejection):
-                if self.enforce:
-                    return Verdict(checked, {})
-            else:
-                signer = checked
-        rejected: Counter[str] = Counter()
-
-        def count(sequence: int, event_type: str, event: Any, rejection: Rejection) -> None:
-            rejected[rejection.reason.value] += 1
-
-        processed_at = format_timestamp(datetime.now(UTC))
-        parsed = parse_packed(body, processed_at, self._partition_key, count)
-        if isinstance(parsed, Rejection):
-            return Verdict(parsed, {})
-        if signer is not None and self.enforce and parsed.device_id != signer.device_id:
-            return Verdict(device_mismatch(signer, parsed.device_id), {})
-        return Verdict(None, dict(rejected))
-
-    def describe(self) -> str:
-        if self.keys is None:
-            return "signatures not checked: AUTH_MODE=off"
-        mode = "enforce" if self.enforce else "monitor: bad signatures publish"
-        return f"signatures checked ({mode}) against key ids {', '.join(sorted(self.keys.keys))}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,6 +401,16 @@ class _Redrive:
         self.seen: set[str] = set()
         self.sent: set[str] = set()  # message ids this run sent to the source queue
 
+    def receive(self) -> list[dict[str, Any]]:
+        """A batch of the DLQ, hidden for the run's hold (every one is released at the end)."""
+        return peek.receive(
+            self.sqs,
+            self.dlq_url,
+            count=constants.SQS_MAX_BATCH_ENTRIES,
+            visibility_s=self.hold_s,
+            wait_s=REDRIVE_WAIT_S,
+        )
+
     def remaining(self) -> int | None:
         if self.max_messages is None:
             return None
@@ -496,13 +438,7 @@ class _Redrive:
             if left is not None and left <= 0:
                 self.summary.complete = True
                 return
-            messages = peek.receive(
-                self.sqs,
-                self.dlq_url,
-                count=constants.SQS_MAX_BATCH_ENTRIES,
-                visibility_s=self.hold_s,
-                wait_s=REDRIVE_WAIT_S,
-            )
+            messages = self.receive()
             if not messages:
                 self.summary.complete = True  # an empty long poll: nothing visible is left
                 return
@@ -587,13 +523,7 @@ class _Redrive:
                 self.summary.settled = SETTLED_TIMEOUT
                 return
             before = aws.queue_counts(self.sqs, self.queue_url)
-            messages = peek.receive(
-                self.sqs,
-                self.dlq_url,
-                count=constants.SQS_MAX_BATCH_ENTRIES,
-                visibility_s=self.hold_s,
-                wait_s=REDRIVE_WAIT_S,
-            )
+            messages = self.receive()
             chosen, _, _ = self.sort(messages, self.remaining())
             if chosen and not self.send(chosen, stop):
                 self.summary.settled = SETTLED_INTERRUPTED
@@ -863,14 +793,6 @@ def register(dlq_commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     aws.add_flags(signatures, "auth_mode", "auth_keys_secret_id", "auth_keys_file", with_aws=False)
     parser.set_defaults(handler=command)
-
-
-def contract_check(settings: Settings) -> ContractCheck:
-    """The checks the daemon with these settings makes; reads the key set when AUTH_MODE is on."""
-    keys = None if settings.auth_mode is AuthMode.OFF else read_key_set(settings)
-    return ContractCheck(
-        keys, enforce=settings.auth_mode is AuthMode.ENFORCE, partition_key=settings.partition_key
-    )
 
 
 @aws.tool_command

@@ -22,7 +22,7 @@ from event_processor.contract import Reason, Rejection
 from event_processor.keyset import KeySet
 from event_processor.letters import submission_letter
 from event_processor.signing import SIGNATURE_ATTRIBUTE, signature_attributes
-from event_processor.tools import aws, inspect, peek, redrive
+from event_processor.tools import aws, inspect, peek, recheck, redrive
 from event_processor.tools.dead_letters import KNOWN_REASONS
 from event_processor.tools.text import counts
 from tests.conftest import settings_for
@@ -660,7 +660,7 @@ def test_dry_run_checks_each_letter_against_the_contract(emulator: Emulator, wor
 
     assert out.getvalue() == "", "no line per letter without --verbose"
     assert summary.verdicts == {
-        redrive.PUBLISH: 2,
+        recheck.PUBLISH: 2,
         "invalid_body": len(GARBAGE),
         "not_an_object": len(ARRAYS),
     }
@@ -715,23 +715,23 @@ def test_dry_run_checks_signatures_as_the_daemon_would(emulator: Emulator, world
         dry_run=True,
         verbose=True,
         out=io.StringIO(),
-        check=redrive.ContractCheck(keys),
+        check=recheck.ContractCheck(keys),
     )
     monitored = redrive.redrive(
         sqs,
         world.dlq_url,
         world.queue_url,
         dry_run=True,
-        check=redrive.ContractCheck(keys, enforce=False),
+        check=recheck.ContractCheck(keys, enforce=False),
     )
 
     assert enforced.verdicts == {
-        redrive.PUBLISH: 1,
+        recheck.PUBLISH: 1,
         "unknown_key": 1,
         "device_mismatch": 1,
         "signature_missing": 1,
     }
-    assert monitored.verdicts == {redrive.PUBLISH: 4}
+    assert monitored.verdicts == {recheck.PUBLISH: 4}
     text = enforced.text() + json.dumps(enforced.as_json())
     assert "signatures checked (enforce) against key ids k1" in text
     for attributes in (good_attributes, unknown_attributes):

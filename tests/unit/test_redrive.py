@@ -11,7 +11,7 @@ from typing import Any
 from event_processor.contract import Reason
 from event_processor.keyset import KeySet
 from event_processor.signing import signature_attributes
-from event_processor.tools import peek, redrive
+from event_processor.tools import peek, recheck, redrive
 from event_processor.tools.dead_letters import Letter
 from event_processor.tools.text import body_preview
 from tests.factories import encode, submission
@@ -142,18 +142,18 @@ def test_progress_prints_every_interval_on_its_clock() -> None:
 def test_contract_check_is_the_daemons() -> None:
     """Garbage is invalid_body, a valid body publishes (its bad events counted), and with a key
     set an unsigned body is rejected under enforce and published under monitor."""
-    check = redrive.ContractCheck()
+    check = recheck.ContractCheck()
     assert check(letter("not json")).name == Reason.INVALID_BODY.value
     bad_event = submission({"new_process": [{}], "network_connection": []})
     verdict = check(letter(encode(bad_event)))
-    assert (verdict.name, verdict.events_rejected) == (redrive.PUBLISH, {"missing_field": 1})
+    assert (verdict.name, verdict.events_rejected) == (recheck.PUBLISH, {"missing_field": 1})
 
     keys = KeySet({"k1": MASTER})
     body = encode(submission(device_id=DEVICE))
     attributes = signature_attributes(keys.device_key("k1", DEVICE), "k1", DEVICE, body)
-    assert redrive.ContractCheck(keys)(letter(body, attributes=attributes)).name == "publish"
-    assert redrive.ContractCheck(keys)(letter(body)).name == "signature_missing"
-    assert redrive.ContractCheck(keys, enforce=False)(letter(body)).name == "publish"
+    assert recheck.ContractCheck(keys)(letter(body, attributes=attributes)).name == "publish"
+    assert recheck.ContractCheck(keys)(letter(body)).name == "signature_missing"
+    assert recheck.ContractCheck(keys, enforce=False)(letter(body)).name == "publish"
 
 
 def test_body_preview_decodes_base64_and_says_so() -> None:
