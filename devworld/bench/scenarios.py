@@ -497,11 +497,9 @@ def dlq_outage(bench: Bench) -> bool:
         f"answers 503 for the first {args.outage_s:g} s; {len(bodies) - half} bodies arrive "
         f"after {args.outage_s / 2:g} s"
     )
-    load(bench.emulator, world, bodies[:half])
     sqs = bench.emulator.boto3_client("sqs")
     counters = bench.counters()
-    began = time.time()
-    seconds, drained, ended, result = _outage_run(bench, world, bodies[half:])
+    began, seconds, drained, ended, result = _outage_run(bench, world, bodies[:half], bodies[half:])
 
     records, arrivals = read_arrivals(bench.emulator.boto3_client("kinesis"), world.stream_name)
     check = verify(records, expected)
@@ -532,18 +530,26 @@ def dlq_outage(bench: Bench) -> bool:
     return not _failed(check, drained=drained)
 
 
-def _outage_run(bench: Bench, world: World, later: list[str]) -> tuple[float, bool, float, Exit]:
-    """Run a daemon with the DLQ down for `--outage-s`, `later` arriving halfway through, until
-    the queue is empty after the outage (or the cap): (seconds, drained, outage end, exit)."""
+def _outage_run(
+    bench: Bench, world: World, first: list[str], later: list[str]
+) -> tuple[float, float, bool, float, Exit]:
+    """Start a daemon; once it is ready (start-up reads the DLQ's attributes), take the DLQ
+    down for `--outage-s`, load `first` and, halfway through, `later`; run until the queue
+    is empty after the outage (or the cap). (outage start, seconds from it, drained, outage
+    end, exit); times from time.time()."""
     args = bench.args
     sqs = bench.emulator.boto3_client("sqs")
-    bench.proxy.configure(queues_down=frozenset({world.dlq_url}))
     outage_ends_at: float | None = None
     drained = False
     try:
         with Daemon(bench.env(world)) as daemon:
+            if daemon.wait_ready(_READY_TIMEOUT_S) is None:
+                raise RuntimeError("the daemon did not become ready")
+            bench.proxy.configure(queues_down=frozenset({world.dlq_url}))
+            began, started = time.time(), time.monotonic()
+            load(bench.emulator, world, first)
             while daemon.poll() is None:
-                seconds = time.monotonic() - daemon.started
+                seconds = time.monotonic() - started
                 if later and seconds >= args.outage_s / 2:
                     load(bench.emulator, world, later)
                     later = []
@@ -556,11 +562,11 @@ def _outage_run(bench: Bench, world: World, later: list[str]) -> tuple[float, bo
                 if seconds > args.outage_cap_s:
                     break
                 time.sleep(_POLL_S)
-            seconds = time.monotonic() - daemon.started
+            seconds = time.monotonic() - started
             result = daemon.stop(_DEFAULT_GRACE_S + _EXIT_SLACK_S)
     finally:
         bench.proxy.configure(queues_down=frozenset())
-    return seconds, drained, outage_ends_at or time.time(), result
+    return began, seconds, drained, outage_ends_at or time.time(), result
 
 
 def read_queue(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
