@@ -127,9 +127,9 @@ class Pipeline:
                 for reason, count in letters.counts.items():
                     self._metrics.events_rejected.labels(reason).inc(count)
                 self._rejections.events(letters.counts, message.message_id)
+                letters_nbytes = letters.nbytes  # before letters(), which lets go of them
                 dead = letters.letters(parsed.submission_id, parsed.device_id)
                 # From here the lane alone holds the records, and lets go of them when done.
-                letters_nbytes = letters.nbytes
                 del letters, parsed
                 sending = asyncio.ensure_future(self._dlq.send(dead, message.received_at))
                 del dead

@@ -375,3 +375,25 @@ async def test_monitor_publishes_what_enforce_would_reject_and_counts_it() -> No
     assert fakes.dlq.sent == []
     assert fakes.metric(AUTH_RESULTS, {"result": "signature_missing"}) == 1
     assert fakes.metric(AUTH_RESULTS, {"result": "device_mismatch"}) == 1
+
+
+async def test_letters_the_dlq_has_not_taken_hold_only_their_bytes_and_the_message() -> None:
+    """DLQ pending, lane acknowledged: not deleted, not republished, and the hold is just the
+    letters' bytes; once the DLQ takes them, the delete."""
+    fakes = Fakes()
+    fakes.dlq.gate = asyncio.Event()
+    doc = submission(MIXED_EVENTS)
+    message = received_message(encode(doc))
+    packer = fakes.dlq.packer(message)
+    parse_packed(message.body, PROCESSED_AT, PartitionKey.DEVICE_ID, packer.add)
+    hold = held(fakes, message)
+    task = asyncio.create_task(fakes.pipeline().process(message, hold))
+
+    await eventually(lambda: hold.nbytes == packer.nbytes, timeout_s=5, interval_s=0.001)
+    assert fakes.sink.lane(doc["submission_id"]).future.done()
+    assert fakes.source.deleted == []
+    assert fakes.calls == ["publish", "dlq.send"]
+    fakes.dlq.gate.set()
+    assert await asyncio.wait_for(task, timeout=5) is Outcome.PUBLISHED
+    assert fakes.calls == ["publish", "dlq.send", "delete"], "published once"
+    assert hold.nbytes == 0
