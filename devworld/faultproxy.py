@@ -21,6 +21,9 @@ Faults can be changed at any time from any thread:
   `down_mode` is "reset", with the connection dropped without an answer.
 * `fail_operations`: calls of these operations (e.g. {"ReceiveMessage"}) fail with HTTP 500,
   not forwarded.
+* `queues_down`: SQS calls naming one of these queue URLs (the request's `QueueUrl`) are
+  answered HTTP 503 ServiceUnavailable, not forwarded: one queue is down (the DLQ, say) while
+  the others answer.
 * `latency_s`: every call waits this long before it is handled, like an in-region round trip.
 * `shard_records_per_s` / `shard_bytes_per_s`: per-shard token buckets (burst = one second's
   worth). A PutRecords entry whose shard has no token left is answered, per record, with
@@ -62,6 +65,7 @@ SQS_ERROR = "sqs_error"
 KINESIS_DOWN = "kinesis_down"
 SQS_DOWN = "sqs_down"
 OPERATION_FAILED = "operation_failed"
+QUEUE_DOWN = "queue_down"
 RECEIVE_DELAYED = "receive_delayed"
 SHARD_THROTTLED = "shard_throttled"  # counted per entry
 _RANDOM_FAULTS = (ENTRY_FAILURE, THROTTLE, SQS_ERROR)
@@ -108,6 +112,7 @@ class Faults:
     sqs_down: bool = False
     down_mode: DownMode = "500"
     fail_operations: frozenset[str] = frozenset()
+    queues_down: frozenset[str] = frozenset()
     receive_delay_s: float = 0.0
     latency_s: float = 0.0
     # Per-shard token buckets, as Kinesis enforces them (1,000 records/s and 1 MiB/s per
@@ -414,6 +419,9 @@ class FaultProxy:
             elif operation in faults.fail_operations:
                 self._injected[OPERATION_FAILED] += 1
                 kind = OPERATION_FAILED
+            elif faults.queues_down and _queue_url(body) in faults.queues_down:
+                self._injected[QUEUE_DOWN] += 1
+                kind = QUEUE_DOWN
             elif faults.sqs_error_rate and self._rngs[SQS_ERROR].random() < faults.sqs_error_rate:
                 self._injected[SQS_ERROR] += 1
                 kind = SQS_ERROR
@@ -421,6 +429,8 @@ class FaultProxy:
                 kind = None
         if kind == SQS_DOWN and faults.down_mode == "reset":
             raise _Reset
+        if kind == QUEUE_DOWN:
+            return _error(503, "ServiceUnavailable", "The queue is unavailable (fault proxy)")
         if kind is not None:
             return _error(500, "InternalError", "We encountered an internal error (fault proxy)")
         if operation == "ReceiveMessage" and faults.receive_delay_s > 0:
@@ -541,6 +551,16 @@ class FaultProxy:
         if delay_s > 0:
             await asyncio.sleep(delay_s)  # the fault itself: an answer that is slow to arrive
         return web.Response(status=status, body=payload, headers=relayed)
+
+
+def _queue_url(body: bytes) -> str | None:
+    """The `QueueUrl` an SQS JSON-protocol request names, if any."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    url = doc.get("QueueUrl") if isinstance(doc, dict) else None
+    return url if isinstance(url, str) else None
 
 
 def _json_headers(*, kinesis: bool) -> dict[str, str]:

@@ -40,8 +40,13 @@ class Batcher(Generic[T]):
         size_of: Callable[[T], int] | None = None,
         max_concurrent: int = 4,
         partial_concurrent: int = 1,
+        drop_abandoned: bool = False,
     ) -> None:
+        """`drop_abandoned`: cancel a call (retries included) once every awaiter of its batch
+        is gone, for calls that retry for long and are worth nothing to nobody (dead letters
+        of released submissions). Off for deletes: one on the wire had better land."""
         self._send = send
+        self._drop_abandoned = drop_abandoned
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._size_of = size_of
@@ -91,11 +96,20 @@ class Batcher(Generic[T]):
             task.add_done_callback(self._tasks.discard)
 
     async def _flush(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        call = self._send([entry for entry, _ in batch])
+        sending: asyncio.Future[list[BaseException | None]] | None = None
+        if self._drop_abandoned:
+            # A task of its own, so that it can be cancelled without cancelling this one.
+            sending = asyncio.ensure_future(call)
+            _cancel_when_abandoned(sending, [future for _, future in batch])
         try:
-            outcomes = await self._send([entry for entry, _ in batch])
+            outcomes = await (call if sending is None else sending)
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
+            me = asyncio.current_task()
+            if sending is not None and sending.cancelled() and me and not me.cancelling():
+                return  # abandoned by every awaiter: nothing to hand out
             raise
         except Exception as exc:  # handed to every awaiter of the batch, none is swallowed
             for _, future in batch:
@@ -120,6 +134,21 @@ class Batcher(Generic[T]):
             future.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _cancel_when_abandoned(call: asyncio.Future[Any], futures: list[asyncio.Future[None]]) -> None:
+    """Cancel `call` once every one of `futures` is cancelled (their awaiters gave up)."""
+    left = len(futures)
+
+    def gone(future: asyncio.Future[None]) -> None:
+        nonlocal left
+        if future.cancelled():
+            left -= 1
+            if left == 0 and not call.done():
+                call.cancel()
+
+    for future in futures:
+        future.add_done_callback(gone)
 
 
 class RetriableEntries(Exception):

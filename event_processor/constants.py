@@ -95,10 +95,16 @@ RETRY_MAX_BACKOFF_S = 5.0
 # than parked forever. The attempt cap is only a backstop against a zero-delay loop.
 PUBLISH_RETRY_DEADLINE_S = 60 * 60
 PUBLISH_RETRY_MAX_ATTEMPTS = 10_000
-# Deletes, visibility changes and DLQ sends are small and idempotent: a few tries, then the
-# message is simply redelivered later, which is safe.
+# Deletes and visibility changes are small and idempotent: a few tries, then the message is
+# simply redelivered later, which is safe.
 SQS_CALL_MAX_ATTEMPTS = 8
 SQS_CALL_DEADLINE_S = 60.0
+# Dead letters are not: by the time they wait, their submission's valid events are usually on
+# the stream, and a redelivery publishes them again (and after maxReceiveCount redeliveries
+# SQS's redrive moves the whole valid body to the DLQ). So letters retry while the DLQ fails
+# for as long as the heartbeat can hold their message (counted from its receive); only then
+# is it left for redelivery. The attempt cap is the records' backstop.
+DLQ_RETRY_DEADLINE_S = HEARTBEAT_CAP_S
 
 # --- Sink health ---
 # After this many consecutive PutRecords calls that failed whole, Kinesis counts as down:

@@ -1,15 +1,22 @@
 """Dead letters: every rejection reaches the DLQ with its reason, or is at least logged.
 
-The letters themselves (format, packing, size) are `letters`; this module sends them.
+The letters themselves (format, packing, size) are `letters`; this module sends them. While
+the DLQ fails, letters wait (their messages held by the heartbeat) for up to the policy's
+letters deadline from the receive, and the DLQ is reported down once, then up once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
 from event_processor.batcher import Batcher, retry_entries
+from event_processor.errors import BatchEntryFailed, error_code
 from event_processor.letters import DeadLetter, LetterPacker
 
 if TYPE_CHECKING:
@@ -39,19 +46,32 @@ class DeadLetterQueue:
         # The DLQ's MaximumMessageSize, read at start-up: packed letters are cut to fit it.
         self.max_message_bytes = max_message_bytes
         self._metrics = metrics
-        self._policy = policy
+        self._policy = policy.for_letters()
+        self._deadline_s = policy.letters_deadline_s
         self._sender: Batcher[DeadLetter] = Batcher(
             self._send_batch,
             max_entries=constants.SQS_MAX_BATCH_ENTRIES,
             max_bytes=constants.SQS_MAX_BATCH_BYTES,
             size_of=lambda letter: letter.size,
+            # Letters of a submission released (shutdown) or past its deadline are made again
+            # on its redelivery: a batch nobody waits for stops retrying.
+            drop_abandoned=True,
         )
+        self.up = True  # False from a failed SendMessageBatch call until one goes through
+        self._down_since = 0.0
+        metrics.dlq_up.set(1)
+        self._letters_waiting = 0
+        self._submissions_waiting = 0
+        metrics.dlq_letters_waiting.set_function(lambda: self._letters_waiting)
+        metrics.dlq_submissions_waiting.set_function(lambda: self._submissions_waiting)
 
     def packer(self, message: Message) -> LetterPacker:
         return LetterPacker(message, self.max_message_bytes)
 
-    async def send(self, letters: list[DeadLetter]) -> None:
-        """Return once every letter is in the DLQ; raise if one could not be sent."""
+    async def send(self, letters: list[DeadLetter], received_at: float | None = None) -> None:
+        """Return once every letter is in the DLQ; raise BatchEntryFailed if one could not be
+        sent: refused (not retriable), or still failing `letters_deadline_s` after
+        `received_at` (monotonic: the receive of their message; None: from now)."""
         if not letters:
             return
         if self.url is None:
@@ -69,7 +89,25 @@ class DeadLetterQueue:
                     },
                 )
             return
-        await self._sender.submit_many(letters)
+        since = time.monotonic() if received_at is None else received_at
+        left_s = max(0.0, since + self._deadline_s - time.monotonic())
+        self._letters_waiting += len(letters)
+        self._submissions_waiting += 1
+        deadline = asyncio.timeout(left_s)
+        try:
+            async with deadline:
+                await self._sender.submit_many(letters)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise BatchEntryFailed(
+                "SendMessageBatch",
+                "DeadlineExceeded",
+                f"the DLQ did not take the letters within {self._deadline_s:g} s of the receive",
+            ) from None
+        finally:
+            self._letters_waiting -= len(letters)
+            self._submissions_waiting -= 1
 
     async def close(self) -> None:
         await self._sender.close()
@@ -86,8 +124,15 @@ class DeadLetterQueue:
             }
 
         async def call(entries: list[Any]) -> Any:
-            with self._metrics.aws_call("SendMessageBatch"):
-                return await self._client.send_message_batch(QueueUrl=url, Entries=entries)
+            try:
+                with self._metrics.aws_call("SendMessageBatch"):
+                    response = await self._client.send_message_batch(QueueUrl=url, Entries=entries)
+            except (BotoCoreError, ClientError) as exc:
+                # Refused calls too (AccessDenied, QueueDoesNotExist): the DLQ takes nothing.
+                self._call_failed(exc)
+                raise
+            self._call_succeeded()
+            return response
 
         outcomes = await retry_entries(
             "SendMessageBatch", letters, entry, call, policy=self._policy, metrics=self._metrics
@@ -96,3 +141,31 @@ class DeadLetterQueue:
             if outcome is None:
                 self._metrics.dlq_sends.labels(letter.kind).inc()
         return outcomes
+
+    # --- health: logged once per state change, not per attempt ------------------------
+
+    def _call_failed(self, exc: BaseException) -> None:
+        # One failed call is already botocore's attempts (standard mode) failing in a row.
+        if not self.up:
+            return
+        self.up = False
+        self._down_since = time.monotonic()
+        self._metrics.dlq_up.set(0)
+        log.warning(
+            "dlq unavailable, holding dead letters",
+            extra={"action": "dlq_down", "error": error_code(exc)},
+        )
+
+    def _call_succeeded(self) -> None:
+        if self.up:
+            return
+        self.up = True
+        self._metrics.dlq_up.set(1)
+        log.warning(
+            "dlq available again",
+            extra={
+                "action": "dlq_up",
+                "down_s": round(time.monotonic() - self._down_since, 1),
+                "letters_waiting": self._letters_waiting,
+            },
+        )

@@ -234,6 +234,26 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        self.dlq_up = Gauge(
+            "dlq_up",
+            "0 while SendMessageBatch calls to the DLQ fail (after botocore's retries), else 1:"
+            " dead letters wait, their messages held, and valid-only submissions keep flowing",
+            namespace=ns,
+            registry=registry,
+        )
+        self.dlq_letters_waiting = Gauge(
+            "dlq_letters_waiting",
+            "Dead letters handed to the DLQ sender and not yet acknowledged",
+            namespace=ns,
+            registry=registry,
+        )
+        self.dlq_submissions_waiting = Gauge(
+            "dlq_submissions_waiting",
+            "In-flight submissions whose dead letters wait for the DLQ (each holds an in-flight"
+            " slot and its letters' bytes of the memory budget until they are sent)",
+            namespace=ns,
+            registry=registry,
+        )
         self.put_records_failed = Counter(
             "put_records_failed_records",
             "PutRecords entries that failed, by error code",

@@ -8,8 +8,10 @@ a redelivery produces duplicates that consumers can drop, never a loss.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 class Outcome(StrEnum):
     PUBLISHED = "published"  # every valid event published (rejected events, if any, in the DLQ)
     REJECTED = "rejected"  # the whole submission went to the DLQ
-    FAILED = "failed"  # left in SQS for redelivery: publish or DLQ gave up
+    FAILED = "failed"  # left in SQS for redelivery: publish or DLQ gave up (or refused)
 
 
 class Pipeline:
@@ -117,32 +119,65 @@ class Pipeline:
             return await self._reject(message, body, parsed)
         del body
 
-        records = parsed.records
-        published = self._sink.publish(records, message.received_at)
+        records_nbytes = parsed.records.nbytes
+        published = self._sink.publish(parsed.records, message.received_at)
+        sending: asyncio.Future[None] | None = None
         try:
-            # Dead letters travel while the lane publishes; both must land before the delete.
             if letters.counts:
                 for reason, count in letters.counts.items():
                     self._metrics.events_rejected.labels(reason).inc(count)
                 self._rejections.events(letters.counts, message.message_id)
+                letters_nbytes = letters.nbytes  # before letters(), which lets go of them
                 dead = letters.letters(parsed.submission_id, parsed.device_id)
-                del letters
-                await self._dlq.send(dead)
+                # From here the lane alone holds the records, and lets go of them when done.
+                del letters, parsed
+                sending = asyncio.ensure_future(self._dlq.send(dead, message.received_at))
                 del dead
-                self._budget.resize(hold, records.nbytes)
-            await published
+                await self._land_both(published, sending, hold, records_nbytes, letters_nbytes)
+            else:
+                await published
         finally:
-            # A failed DLQ send or a cancellation abandons the lane; no-op when it is done.
+            # A failure or a cancellation abandons the lane and the letters; no-op when done.
             published.cancel()
+            if sending is not None:
+                sending.cancel()
         await self._source.delete(message)
         if message.sent_at_s is not None:
             self._metrics.submission_latency.observe(max(0.0, time.time() - message.sent_at_s))
         return Outcome.PUBLISHED
 
+    async def _land_both(
+        self,
+        published: asyncio.Future[None],
+        sending: asyncio.Future[None],
+        hold: Hold,
+        records_nbytes: int,
+        letters_nbytes: int,
+    ) -> None:
+        """Wait for the lane and the dead letters, which travel together; raise the first
+        failure (the caller then abandons the other).
+
+        Neither waits for the other: while the DLQ is down the lane still finishes, and the
+        message is then held (the heartbeat keeps it invisible) with only its letters, so
+        that its events are published once, not again on a redelivery.
+        """
+        waiting: set[asyncio.Future[None]] = {published, sending}
+        while waiting:
+            done, waiting = await asyncio.wait(waiting, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+            # What has landed lets go of its bytes; letters that wait keep theirs.
+            self._budget.resize(
+                hold,
+                (0 if published.done() else records_nbytes)
+                + (0 if sending.done() else letters_nbytes),
+            )
+
     async def _reject(self, message: Message, body: str, rejection: Rejection) -> Outcome:
         """The whole submission to the DLQ, with its original body and attributes; then delete."""
         self._metrics.submissions_rejected.labels(rejection.reason.value).inc()
         self._rejections.submission(rejection.reason.value, message.message_id)
-        await self._dlq.send([submission_letter(message, body, rejection)])
+        # While the DLQ is down this waits, the message held, as valid events' letters do.
+        await self._dlq.send([submission_letter(message, body, rejection)], message.received_at)
         await self._source.delete(message)
         return Outcome.REJECTED

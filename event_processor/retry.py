@@ -9,7 +9,7 @@ botocore's own attempts.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tenacity import (
@@ -33,9 +33,16 @@ class RetryPolicy:
     max_backoff_s: float = constants.RETRY_MAX_BACKOFF_S
     max_attempts: int = constants.SQS_CALL_MAX_ATTEMPTS
     deadline_s: float = constants.SQS_CALL_DEADLINE_S
+    # How long a submission's dead letters may wait for the DLQ, from its receive (tests
+    # shorten it to show what happens after).
+    letters_deadline_s: float = constants.DLQ_RETRY_DEADLINE_S
 
     def with_limits(self, max_attempts: int, deadline_s: float) -> RetryPolicy:
-        return RetryPolicy(self.initial_s, self.max_backoff_s, max_attempts, deadline_s)
+        return replace(self, max_attempts=max_attempts, deadline_s=deadline_s)
+
+    def for_letters(self) -> RetryPolicy:
+        """Dead letters' SendMessageBatch: retried for as long as their messages may wait."""
+        return self.with_limits(constants.PUBLISH_RETRY_MAX_ATTEMPTS, self.letters_deadline_s)
 
     def retrying(self) -> AsyncRetrying:
         """A tenacity controller for one call (retrying what is_retriable names); re-raises

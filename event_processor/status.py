@@ -177,6 +177,8 @@ class Reporter:
             "events_rejected": _int(sum(read(metrics.events_rejected).values())),
             "dlq_sent": _int(sum(read(metrics.dlq_sends).values())),
             "in_flight": _int(read(metrics.in_flight_submissions).get("", 0.0)),
+            # Of those, held only because the DLQ does not take their letters yet.
+            "dlq_waiting": _int(read(metrics.dlq_submissions_waiting).get("", 0.0)),
             # Apart: idle long polls reserve most of the budget by design, which says nothing
             # of the load, while what submissions hold does.
             "memory_held_pct": _pct(used - reserved, limit),

@@ -1,4 +1,5 @@
-"""The issue-10 scenarios of `make bench`: memory, hostile bodies, and a restart on a slow stream.
+"""The scenarios of `make bench`: memory, hostile bodies, a restart on a slow stream (issue 10),
+and an outage of the DLQ (issue 21).
 
 Each drains its own world (queue, DLQ, stream) with the daemon as a subprocess, through the
 fault proxy, and reports what the OS, the queues and the stream say: nothing here reads the
@@ -34,7 +35,7 @@ from devworld.verify import Verification, decode_records, expected_sequences, ve
 from event_processor.tools.aws import get_records
 from sensor_fleet.generator import device_ids
 
-SCENARIOS = ("memory", "hostile", "restart")
+SCENARIOS = ("memory", "hostile", "restart", "dlq-outage")
 MIB = 1024 * 1024
 
 # How often a scenario looks at the queues while a daemon works.
@@ -60,9 +61,13 @@ class Bench:
     proxy: FaultProxy
     args: argparse.Namespace
 
-    def world(self, name: str) -> World:
+    def world(self, name: str, **options: Any) -> World:
+        """A world of its own for one scenario; `options` as create_world takes them."""
         return self.emulator.create_world(
-            queue_name=f"bench-{name}", dlq_name=f"bench-{name}-dlq", stream_name=f"bench-{name}"
+            queue_name=f"bench-{name}",
+            dlq_name=f"bench-{name}-dlq",
+            stream_name=f"bench-{name}",
+            **options,
         )
 
     def env(self, world: World, **settings: str) -> dict[str, str]:
@@ -114,6 +119,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--restart-after-s", type=float, default=6.0, help="SIGTERM after")
     group.add_argument("--restart-grace-s", type=float, default=10.0)
     group.add_argument("--restart-cap-s", type=float, default=300.0)
+    # The issue-21 report: fleet traffic, adversarial bodies, the DLQ answering 503 for 60 s.
+    group.add_argument("--outage-submissions", type=int, default=400, help="fleet bodies")
+    group.add_argument("--outage-hostile", type=int, default=6, help="bodies of invalid events")
+    group.add_argument("--outage-junk", type=int, default=6, help="bodies rejected whole")
+    group.add_argument("--outage-s", type=float, default=60.0, help="the DLQ down this long")
+    group.add_argument("--outage-visibility-s", type=int, default=10)
+    group.add_argument("--outage-max-receives", type=int, default=5, help="maxReceiveCount")
+    group.add_argument("--outage-cap-s", type=float, default=240.0)
 
 
 def run(names: list[str], args: argparse.Namespace) -> bool:
@@ -126,6 +139,7 @@ def run(names: list[str], args: argparse.Namespace) -> bool:
             "memory": memory,
             "hostile": hostile,
             "restart": restart,
+            "dlq-outage": dlq_outage,
         }
         for name in names:
             # The machine may be shared: say how busy it was when the scenario began.
@@ -444,3 +458,128 @@ def restart(bench: Bench) -> bool:
         flush=True,
     )
     return not _failed(check, drained=drained)
+
+
+# --- 4. dlq-outage --------------------------------------------------------------------------
+
+
+def dlq_outage(bench: Bench) -> bool:
+    """Fleet traffic and adversarial bodies while the DLQ answers 503 for `--outage-s`.
+
+    Half the backlog is there at the start, the other half arrives halfway through the
+    outage. What counts: valid submissions that SQS's redrive moved whole to the DLQ, valid
+    events published more than once, and valid events that reached the stream while the DLQ
+    was down.
+    """
+    args = bench.args
+    rng = random.Random(args.seed + 21)
+    fleet = backlog(args.outage_submissions, args.seed + 21)
+    kinds = HOSTILE_KINDS
+    hostile = [
+        hostile_body(kinds[i % len(kinds)], 300, args.seed + i) for i in range(args.outage_hostile)
+    ]
+    junk = [f"not a submission {i}" for i in range(args.outage_junk)]
+    bodies = fleet + hostile + junk
+    rng.shuffle(bodies)
+    expected = expected_sequences(bodies)
+    valid_bodies = {body for body in bodies if expected_sequences([body])}
+    total = sum(len(s) for s in expected.values())
+    world = bench.world(
+        "dlq-outage",
+        visibility_timeout_s=args.outage_visibility_s,
+        max_receive_count=args.outage_max_receives,
+    )
+    half = len(bodies) // 2
+    print(
+        f"  {len(bodies)} bodies ({len(fleet)} fleet, 1% broken fields; {len(hostile)} of 300 "
+        f"invalid events; {len(junk)} junk), {total} valid events; visibility "
+        f"{args.outage_visibility_s} s, maxReceiveCount {args.outage_max_receives}; the DLQ "
+        f"answers 503 for the first {args.outage_s:g} s; {len(bodies) - half} bodies arrive "
+        f"after {args.outage_s / 2:g} s"
+    )
+    sqs = bench.emulator.boto3_client("sqs")
+    counters = bench.counters()
+    began, seconds, drained, ended, result = _outage_run(bench, world, bodies[:half], bodies[half:])
+
+    records, arrivals = read_arrivals(bench.emulator.boto3_client("kinesis"), world.stream_name)
+    check = verify(records, expected)
+    unique, share = duplicate_share(check)
+    first: dict[tuple[str, int], float] = {}
+    for record, arrived in zip(records, arrivals, strict=True):
+        key = (record["submission_id"], record["sequence"])
+        first[key] = min(arrived, first.get(key, arrived))
+    during = sum(1 for arrived in first.values() if arrived < ended)
+    dead = read_queue(sqs, world.dlq_url)
+    redriven = [m for m in dead if "reason" not in m.get("MessageAttributes", {})]
+    valid_redriven = sum(1 for m in redriven if m["Body"] in valid_bodies)
+    calls = bench.proxy.stats()["calls"].get("PutRecords", 0) - counters["calls"].get(
+        "PutRecords", 0
+    )
+    print(bench.calls_since(counters))
+    print(_exit_line("daemon", result))
+    state = f"drained in {seconds:.1f} s" if drained else f"not drained after {seconds:.0f} s"
+    print(
+        f"dlq-outage: {state}; {valid_redriven} valid submissions redriven whole by SQS "
+        f"({len(redriven)} messages without a reason in the DLQ, {len(dead)} in all); "
+        f"published twice {check.duplicates} of {unique} unique events = {share:.1%}; "
+        f"{calls} PutRecords calls; {during} of {total} valid events on the stream before the "
+        f"DLQ came back ({ended - began:.0f} s after the start); "
+        f"verified {verdict(check, drained=drained)}",
+        flush=True,
+    )
+    return not _failed(check, drained=drained)
+
+
+def _outage_run(
+    bench: Bench, world: World, first: list[str], later: list[str]
+) -> tuple[float, float, bool, float, Exit]:
+    """Start a daemon; once it is ready (start-up reads the DLQ's attributes), take the DLQ
+    down for `--outage-s`, load `first` and, halfway through, `later`; run until the queue
+    is empty after the outage (or the cap). (outage start, seconds from it, drained, outage
+    end, exit); times from time.time()."""
+    args = bench.args
+    sqs = bench.emulator.boto3_client("sqs")
+    outage_ends_at: float | None = None
+    drained = False
+    try:
+        with Daemon(bench.env(world)) as daemon:
+            if daemon.wait_ready(_READY_TIMEOUT_S) is None:
+                raise RuntimeError("the daemon did not become ready")
+            bench.proxy.configure(queues_down=frozenset({world.dlq_url}))
+            began, started = time.time(), time.monotonic()
+            load(bench.emulator, world, first)
+            while daemon.poll() is None:
+                seconds = time.monotonic() - started
+                if later and seconds >= args.outage_s / 2:
+                    load(bench.emulator, world, later)
+                    later = []
+                if outage_ends_at is None and seconds >= args.outage_s:
+                    bench.proxy.configure(queues_down=frozenset())
+                    outage_ends_at = time.time()
+                if outage_ends_at is not None and queue_depth(sqs, world.queue_url) == 0:
+                    drained = True
+                    break
+                if seconds > args.outage_cap_s:
+                    break
+                time.sleep(_POLL_S)
+            seconds = time.monotonic() - started
+            result = daemon.stop(_DEFAULT_GRACE_S + _EXIT_SLACK_S)
+    finally:
+        bench.proxy.configure(queues_down=frozenset())
+    return began, seconds, drained, outage_ends_at or time.time(), result
+
+
+def read_queue(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
+    """Every message in `queue_url` with its attributes, hidden for the rest of the run."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        page: list[dict[str, Any]] = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+            VisibilityTimeout=600,
+            WaitTimeSeconds=0,
+        ).get("Messages", [])
+        if not page:
+            return messages
+        messages.extend(page)

@@ -87,3 +87,25 @@ def test_a_connection_the_emulator_drops_is_dropped_for_the_client_too(
         assert proxy.dropped("ReceiveMessage") == 1
     upstream.close()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_queue_down_answers_503_while_the_other_queues_answer(
+    emulator: Emulator, world: World, proxy: FaultProxy
+) -> None:
+    """`queues_down` fails the calls naming the DLQ, not those naming the source queue."""
+    proxy.configure(queues_down=frozenset({world.dlq_url}))
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=proxy.endpoint_url,
+        region_name=world.region,
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    entries = [{"Id": "0", "MessageBody": "letter"}]
+    with pytest.raises(ClientError) as failed:
+        sqs.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)
+    assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert failed.value.response["Error"]["Code"] == "ServiceUnavailable"
+    assert sqs.send_message_batch(QueueUrl=world.queue_url, Entries=entries)["Successful"]
+    assert proxy.injected(faultproxy.QUEUE_DOWN) == 1
+    proxy.configure(queues_down=frozenset())
+    assert sqs.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)["Successful"]

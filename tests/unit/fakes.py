@@ -165,7 +165,7 @@ class FakeDlq:
     def packer(self, message: Message) -> LetterPacker:
         return LetterPacker(message, self.max_message_bytes)
 
-    async def send(self, letters: list[DeadLetter]) -> None:
+    async def send(self, letters: list[DeadLetter], received_at: float | None = None) -> None:
         if not letters:
             return
         self.calls.append("dlq.send")

@@ -88,3 +88,35 @@ async def test_capacity_blocks_at_the_bound_and_partially_grants() -> None:
     assert not waiter.done()
     capacity.release(3)
     assert await asyncio.wait_for(waiter, timeout=1) == 3
+
+
+async def test_a_call_every_awaiter_left_is_cancelled_when_dropping_abandoned_batches() -> None:
+    """drop_abandoned: once every awaiter of a batch gave up, its call (a long retry) stops,
+    and close() has nothing left to wait for; a batch still awaited goes on."""
+    started: list[list[int]] = []
+    stopped: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def send(batch: list[int]) -> list[BaseException | None]:
+        started.append(batch)
+        try:
+            await gate.wait()  # a DLQ that keeps failing: retries without end
+        except asyncio.CancelledError:
+            stopped.append(batch)
+            raise
+        return [None] * len(batch)
+
+    batcher: Batcher[int] = Batcher(send, max_entries=2, drop_abandoned=True)
+    # [1] goes alone at once; [2, 3] as a full batch; 4 waits for a call to come back.
+    submits = {i: asyncio.create_task(batcher.submit(i)) for i in (1, 2, 3, 4)}
+    await eventually(lambda: started == [[1], [2, 3]], timeout_s=5, interval_s=0.001)
+    submits[2].cancel()
+    await eventually(submits[2].done, timeout_s=5, interval_s=0.001)
+    assert stopped == [], "3 still waits for its batch"
+    submits[3].cancel()
+    await eventually(lambda: stopped == [[2, 3]], timeout_s=5, interval_s=0.001)
+    gate.set()
+    await asyncio.gather(submits[1], submits[4])
+    await asyncio.wait_for(batcher.close(), timeout=5)
+    assert started == [[1], [2, 3], [4]]
+    assert stopped == [[2, 3]]

@@ -108,12 +108,11 @@ async def test_a_rejected_submission_goes_whole_to_the_dlq_then_is_deleted() -> 
 
 async def test_rejected_events_go_to_the_dlq_and_the_valid_ones_to_the_sink() -> None:
     """Per event: valid events published, rejected ones packed into letters with their reason,
-    counted by reason; the letters' bytes leave the budget once sent."""
+    counted by reason; the letters' and records' bytes leave the budget once they landed."""
     fakes = Fakes()
     doc = submission(MIXED_EVENTS)
     message = received_message(encode(doc))
     hold = held(fakes, message)
-    expected_nbytes = records_nbytes(message.body)
 
     outcome = await fakes.pipeline().process(message, hold)
 
@@ -133,7 +132,8 @@ async def test_rejected_events_go_to_the_dlq_and_the_valid_ones_to_the_sink() ->
     }
     assert fakes.source.deleted == [message]
     assert fakes.calls.index("delete") > fakes.calls.index("dlq.send")
-    assert hold.nbytes == expected_nbytes
+    # Letters sent and lane acknowledged: the submission holds nothing more of the budget.
+    assert hold.nbytes == 0
     reasons = "event_processor_events_rejected_total"
     assert fakes.metric(reasons, {"reason": "missing_field"}) == 1
     assert fakes.metric(reasons, {"reason": "event_not_an_object"}) == 1
@@ -375,3 +375,25 @@ async def test_monitor_publishes_what_enforce_would_reject_and_counts_it() -> No
     assert fakes.dlq.sent == []
     assert fakes.metric(AUTH_RESULTS, {"result": "signature_missing"}) == 1
     assert fakes.metric(AUTH_RESULTS, {"result": "device_mismatch"}) == 1
+
+
+async def test_letters_the_dlq_has_not_taken_hold_only_their_bytes_and_the_message() -> None:
+    """DLQ pending, lane acknowledged: not deleted, not republished, and the hold is just the
+    letters' bytes; once the DLQ takes them, the delete."""
+    fakes = Fakes()
+    fakes.dlq.gate = asyncio.Event()
+    doc = submission(MIXED_EVENTS)
+    message = received_message(encode(doc))
+    packer = fakes.dlq.packer(message)
+    parse_packed(message.body, PROCESSED_AT, PartitionKey.DEVICE_ID, packer.add)
+    hold = held(fakes, message)
+    task = asyncio.create_task(fakes.pipeline().process(message, hold))
+
+    await eventually(lambda: hold.nbytes == packer.nbytes, timeout_s=5, interval_s=0.001)
+    assert fakes.sink.lane(doc["submission_id"]).future.done()
+    assert fakes.source.deleted == []
+    assert fakes.calls == ["publish", "dlq.send"]
+    fakes.dlq.gate.set()
+    assert await asyncio.wait_for(task, timeout=5) is Outcome.PUBLISHED
+    assert fakes.calls == ["publish", "dlq.send", "delete"], "published once"
+    assert hold.nbytes == 0

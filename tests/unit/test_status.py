@@ -152,6 +152,7 @@ def test_totals_are_read_from_the_metrics() -> None:
     metrics.dlq_sends.labels("submission").inc(3)
     metrics.dlq_sends.labels("event").inc(2)
     metrics.in_flight_submissions.set(6)
+    metrics.dlq_submissions_waiting.set(2)
     metrics.budget_limit_bytes.set(1000)
     metrics.budget_used_bytes.set(250)
     metrics.budget_reserved_bytes.set(100)
@@ -168,6 +169,7 @@ def test_totals_are_read_from_the_metrics() -> None:
         "events_rejected": 4,
         "dlq_sent": 5,
         "in_flight": 6,
+        "dlq_waiting": 2,
         "memory_held_pct": 15.0,
         "memory_reserved_pct": 10.0,
         "rejected_by_reason": {"invalid_body": 2, "signature_invalid": 1},
