@@ -212,7 +212,8 @@ async def test_a_missing_private_part_sends_every_operation_by_the_client(
 async def test_with_every_part_in_place_no_operation_falls_back(
     emulator: Emulator, world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The control: the same calls all go by the lean path, the gauge says 1 for each."""
+    """The control: the same calls all go by the lean path, the gauge says 1 for each (a bump
+    that moved a private part fails here, not silently slower)."""
     registry = CollectorRegistry()
     gauge = Metrics(registry, memory_limit_bytes=None).lean_path
     async with daemon_clients(world, world.endpoint_url) as c:
