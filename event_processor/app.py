@@ -315,10 +315,15 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
         if settings.lean_aws_calls:
             # The credentials the clients were created with: the session resolved them once.
             credentials = await session.get_credentials()
-            sqs_api = await LeanSqs.create(sqs, credentials, queue_url)
-            kinesis_api = await LeanKinesis.create(kinesis, credentials, settings.stream_name)
+            # An operation the lean path cannot be prepared for goes by the client's own path
+            # (logged, and metrics.lean_path says which): slower, never a failed start.
+            gauge = metrics.lean_path
+            sqs_api = await LeanSqs.create(sqs, credentials, queue_url, gauge)
+            kinesis_api = await LeanKinesis.create(
+                kinesis, credentials, settings.stream_name, gauge
+            )
             if settings.dlq_url is not None:
-                dlq_api = await LeanDlq.create(sqs, credentials, settings.dlq_url)
+                dlq_api = await LeanDlq.create(sqs, credentials, settings.dlq_url, gauge)
         key_source, key_place = None, None
         if settings.auth_mode is not AuthMode.OFF:
             key_source, key_place = await _key_source(settings, session, stack)

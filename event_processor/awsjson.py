@@ -18,7 +18,9 @@ so this path encodes and decodes it directly (orjson) and keeps botocore for the
 
 An operation whose model needs anything else (timestamps, renamed members, host prefixes,
 checksums, compression, another signer) goes through the client as usual: `LeanCalls.create`
-checks each one once.
+checks each one once. So does an operation the path cannot be prepared for, or that breaks at
+a call, because a release of aiobotocore or botocore changed a private part it reads
+(`_Internals`): logged once, `event_processor_lean_path` 0, slower and never broken.
 """
 
 from __future__ import annotations
@@ -26,21 +28,24 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
 
+import aiobotocore.endpoint
+import botocore.auth
+import botocore.awsrequest
+import botocore.hooks
+import botocore.serialize
 import orjson
-from aiobotocore.endpoint import convert_to_response_dict
-from botocore.auth import SigV4Auth, _host_from_url  # type: ignore[attr-defined]  # the signer's own
-from botocore.awsrequest import AWSRequest, prepare_request_dict
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.exceptions import NoCredentialsError
-from botocore.hooks import first_non_none_response
-from botocore.serialize import create_serializer
 
 if TYPE_CHECKING:
     from aiobotocore.credentials import AioCredentials
     from botocore.model import OperationModel, Shape
+    from prometheus_client import Gauge
     from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_kinesis.type_defs import (
         DescribeStreamSummaryInputTypeDef,
@@ -66,6 +71,10 @@ log = logging.getLogger(__name__)
 # output (timestamp, float, document, union) sends that operation through botocore.
 _PLAIN_TYPES = frozenset({"string", "integer", "long", "boolean"})
 _SIGV4 = frozenset({None, "v4", "sigv4"})
+# What a changed private part raises when the lean path uses it: an attribute gone or renamed,
+# a signature changed, a key no longer there. Never an AWS or transport error: those are
+# botocore's own (aiobotocore's HTTP session maps every error of its own to one of them).
+_BROKEN = (AttributeError, TypeError, LookupError, NameError)
 
 
 class SqsApi(Protocol):
@@ -106,6 +115,63 @@ class KinesisApi(Protocol):
 
 class Unsupported(Exception):
     """The operation's model needs something the lean path does not do: botocore sends it."""
+
+
+class LeanPathBroken(Exception):
+    """The lean path failed at a call in a way no AWS answer explains (`_BROKEN`): the client
+    sends the operation from then on. `sent`: a request may have reached AWS before it failed."""
+
+    def __init__(self, operation: str, *, sent: bool) -> None:
+        super().__init__(
+            f"{operation}: the lean path failed {'after' if sent else 'before'} sending"
+        )
+        self.operation = operation
+        self.sent = sent
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for the log line: `_BROKEN`'s messages name code (attributes, arguments,
+    keys); another exception's could quote a URL or a value, so only its class is given."""
+    if isinstance(exc, _BROKEN):
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return type(exc).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class _Internals:
+    """The private or undocumented parts of aiobotocore and botocore the lean path uses, looked
+    up once per client at start-up, so that a release that renames one is found there rather
+    than at the first call. The pin in pyproject.toml bounds the releases; the fallback test
+    (tests/integration/test_lean_fallback.py) removes each of these in turn."""
+
+    endpoint: Any
+    http: Any  # the endpoint's HTTP session: pool, timeouts, proxies, TLS
+    parsers: Any  # the endpoint's response parser factory
+    resolve_endpoint: Callable[..., Awaitable[tuple[str, dict[str, str], Any]]]
+    user_agent: str
+    host_from_url: Callable[[str], str]
+    create_serializer: Callable[..., Any]
+    prepare_request_dict: Callable[..., None]
+    convert_to_response_dict: Callable[..., Awaitable[Any]]
+    first_non_none_response: Callable[[Any], Any]
+
+    @classmethod
+    def of(cls, client: Any) -> _Internals:
+        """Raises whatever a missing or changed part raises (AttributeError, mostly)."""
+        endpoint = client._endpoint
+        return cls(
+            endpoint=endpoint,
+            http=endpoint.http_session,
+            parsers=endpoint._response_parser_factory,
+            resolve_endpoint=client._resolve_endpoint_ruleset,
+            user_agent=client._user_agent_creator.to_string(),
+            # The signer's own, for the Host header (see _prepare).
+            host_from_url=botocore.auth._host_from_url,  # type: ignore[attr-defined]
+            create_serializer=botocore.serialize.create_serializer,
+            prepare_request_dict=botocore.awsrequest.prepare_request_dict,
+            convert_to_response_dict=aiobotocore.endpoint.convert_to_response_dict,
+            first_non_none_response=botocore.hooks.first_non_none_response,
+        )
 
 
 # --- codecs compiled from the shape model, once per operation ---------------------------------
@@ -200,17 +266,16 @@ class LeanCalls:
         self,
         client: Any,
         credentials: AioCredentials | None,
+        internals: _Internals | None,
         operations: Mapping[str, _Operation],
+        gauge: Gauge | None = None,
     ) -> None:
-        # botocore's own parts of this client (see the module docstring); private attributes
-        # of aiobotocore's client, read once here: the integration tests run every call of the
-        # daemon through this path against moto and the fault proxy.
+        # None when the client's private parts could not be read: then no operations either.
         self._client = client
         self._events = client.meta.events
-        self._endpoint = client._endpoint
-        self._http = client._endpoint.http_session
-        self._parsers = client._endpoint._response_parser_factory
+        self._internals = internals
         self._credentials = credentials
+        self._gauge = gauge
         self.operations = dict(operations)
 
     @classmethod
@@ -219,68 +284,122 @@ class LeanCalls:
         client: Any,
         credentials: AioCredentials | None,
         calls: Mapping[str, Mapping[str, Any]],
+        gauge: Gauge | None = None,
     ) -> LeanCalls:
         """Prepare `calls` (operation name -> the parameters every call of it shares, for the
-        endpoint rules); an operation the lean path cannot send is left to the client."""
+        endpoint rules). An operation the lean path cannot send, or cannot be prepared for
+        (for any reason: the daemon must start), is left to the client; `gauge` (labelled by
+        operation) says which: 1 on the lean path, 0 on the client's."""
         service = client.meta.service_model
+        internals: _Internals | None = None
+        unreadable: Exception | None = None
+        try:
+            internals = _Internals.of(client)
+        except Exception as exc:  # reported below, once per operation it sends to the client
+            unreadable = exc
         prepared: dict[str, _Operation] = {}
         for name, static_params in calls.items():
             try:
+                if internals is None:
+                    assert unreadable is not None
+                    raise unreadable
                 prepared[name] = await _prepare(
-                    client, service.operation_model(name), static_params
+                    client, internals, service.operation_model(name), static_params
                 )
             except Unsupported as exc:
                 log.warning(
                     "aws call on botocore's path",
                     extra={"action": "lean_unsupported", "operation": name, "reason": str(exc)},
                 )
-        return cls(client, credentials, prepared)
+            except Exception as exc:
+                # A private part missing or changed (a release the pin let in), or a bug of
+                # ours: the client's own path, slower and never broken.
+                _report_unavailable(name, "start-up", exc)
+            if gauge is not None:
+                gauge.labels(name).set(1 if name in prepared else 0)
+        return cls(client, credentials, internals, prepared, gauge)
 
     def __contains__(self, operation: str) -> bool:
         return operation in self.operations
 
+    async def call_or_fall_back(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        client_call: Callable[..., Awaitable[Any]],
+    ) -> Any:
+        """`operation` on the lean path while it is on it, else by `client_call` (the client's
+        own method). A call that breaks the lean path is sent again by the client, and so is
+        every later one; AWS and transport errors are raised as they are, on either path."""
+        if operation in self.operations:
+            try:
+                return await self.call(operation, params)
+            except LeanPathBroken as exc:
+                self._fall_back(exc)
+        return await client_call(**params)
+
+    def _fall_back(self, broken: LeanPathBroken) -> None:
+        """Send `broken.operation` by the client from now on; said once (calls that fail at
+        the same moment find it done)."""
+        if self.operations.pop(broken.operation, None) is None:
+            return
+        # After sending, the failed attempt may have reached AWS: its records or letters may
+        # land twice (at least once, as after a time-out).
+        stage = "after sending" if broken.sent else "before sending"
+        cause = broken.__cause__
+        _report_unavailable(broken.operation, stage, cause if cause is not None else broken)
+        if self._gauge is not None:
+            self._gauge.labels(broken.operation).set(0)
+
     async def call(self, operation: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Send `operation` with `params`; the parsed response, or the client's exception."""
+        """Send `operation` with `params`; the parsed response, or the client's exception.
+        LeanPathBroken when the path itself fails (`_BROKEN`), which no AWS answer causes."""
         op = self.operations[operation]
-        body = orjson.dumps(op.encode(params) if op.encode is not None else params)
-        context: dict[str, Any] = {}
-        attempts = 1
-        while True:
-            response, exception = await self._attempt(op, body)
-            delay = first_non_none_response(
-                await self._events.emit(
-                    op.needs_retry,
-                    response=response,
-                    endpoint=self._endpoint,
-                    operation=op.model,
-                    attempts=attempts,
-                    caught_exception=exception,
-                    request_dict={"context": context},
+        internals = self._internals
+        assert internals is not None  # no operations without them
+        sent = False
+        try:
+            body = orjson.dumps(op.encode(params) if op.encode is not None else params)
+            context: dict[str, Any] = {}
+            attempts = 1
+            while True:
+                request = await self._signed(op, body)
+                sent = True
+                response, exception = await self._exchange(op, internals, request)
+                delay = internals.first_non_none_response(
+                    await self._events.emit(
+                        op.needs_retry,
+                        response=response,
+                        endpoint=internals.endpoint,
+                        operation=op.model,
+                        attempts=attempts,
+                        caught_exception=exception,
+                        request_dict={"context": context},
+                    )
                 )
+                if delay is None or delay is False:
+                    break
+                await asyncio.sleep(delay)
+                attempts += 1
+            if exception is not None:
+                await self._events.emit(op.after_call_error, exception=exception, context=context)
+                raise exception
+            assert response is not None
+            http, parsed = response
+            parsed["ResponseMetadata"]["RetryAttempts"] = attempts - 1
+            await self._events.emit(
+                op.after_call, http_response=http, parsed=parsed, model=op.model, context=context
             )
-            if delay is None or delay is False:
-                break
-            await asyncio.sleep(delay)
-            attempts += 1
-        if exception is not None:
-            await self._events.emit(op.after_call_error, exception=exception, context=context)
-            raise exception
-        assert response is not None
-        http, parsed = response
-        parsed["ResponseMetadata"]["RetryAttempts"] = attempts - 1
-        await self._events.emit(
-            op.after_call, http_response=http, parsed=parsed, model=op.model, context=context
-        )
-        if http.status_code >= 300:
-            error = parsed.get("Error", {})
-            code = context.get("error_code_override") or error.get("Code")
-            raise self._client.exceptions.from_code(code)(parsed, operation)
+            if http.status_code >= 300:
+                error = parsed.get("Error", {})
+                code = context.get("error_code_override") or error.get("Code")
+                raise self._client.exceptions.from_code(code)(parsed, operation)
+        except _BROKEN as exc:
+            raise LeanPathBroken(operation, sent=sent) from exc
         return parsed
 
-    async def _attempt(
-        self, op: _Operation, body: bytes
-    ) -> tuple[tuple[Any, dict[str, Any]] | None, Exception | None]:
-        """One signed request: ((http response, parsed), None) or (None, transport error)."""
+    async def _signed(self, op: _Operation, body: bytes) -> Any:
+        """The request of one attempt, signed with the credentials as they are now."""
         request = AWSRequest(method=op.method, url=op.url, data=body, headers=dict(op.headers))
         credentials = self._credentials
         if credentials is None:
@@ -288,21 +407,26 @@ class LeanCalls:
         # Refreshed here when they are about to expire (IRSA, ECS and assumed roles).
         frozen = await credentials.get_frozen_credentials()
         SigV4Auth(frozen, op.signing_name, op.signing_region).add_auth(request)
-        prepared = request.prepare()
+        return request.prepare()
+
+    async def _exchange(
+        self, op: _Operation, internals: _Internals, request: Any
+    ) -> tuple[tuple[Any, dict[str, Any]] | None, Exception | None]:
+        """One request sent: ((http response, parsed), None) or (None, transport error)."""
         try:
-            http = await self._http.send(prepared)
+            http = await internals.http.send(request)
         except Exception as exc:  # botocore's exceptions: its retry handler classifies them
             return None, exc
         content = await http.content
         if http.status_code >= 300:
-            return (http, await self._botocore_parse(op, http)), None
+            return (http, await self._botocore_parse(op, internals, http)), None
         try:
             parsed = orjson.loads(content) if content else {}
             if op.decode is not None:
                 parsed = op.decode(parsed)
         except ValueError:
             # Not JSON, or a blob that is not base64: what botocore makes of it, as it would.
-            return (http, await self._botocore_parse(op, http)), None
+            return (http, await self._botocore_parse(op, internals, http)), None
         metadata: dict[str, Any] = {"HTTPStatusCode": http.status_code, "HTTPHeaders": http.headers}
         request_id = http.headers.get("x-amzn-requestid")
         if request_id is not None:
@@ -310,10 +434,12 @@ class LeanCalls:
         parsed["ResponseMetadata"] = metadata
         return (http, parsed), None
 
-    async def _botocore_parse(self, op: _Operation, http: Any) -> dict[str, Any]:
+    async def _botocore_parse(
+        self, op: _Operation, internals: _Internals, http: Any
+    ) -> dict[str, Any]:
         """A response as botocore's parser reads it; an error's modeled fields included."""
-        response_dict = await convert_to_response_dict(http, op.model)
-        parser = self._parsers.create_parser(op.model.service_model.resolved_protocol)
+        response_dict = await internals.convert_to_response_dict(http, op.model)
+        parser = internals.parsers.create_parser(op.model.service_model.resolved_protocol)
         parsed: dict[str, Any] = await parser.parse(response_dict, op.model.output_shape)
         if http.status_code < 300:
             return parsed
@@ -324,8 +450,24 @@ class LeanCalls:
         return parsed
 
 
+def _report_unavailable(operation: str, stage: str, exc: BaseException) -> None:
+    """The one line that says an operation left the lean path, and why (with the traceback:
+    what a bump of aiobotocore or botocore changed is found there)."""
+    log.warning(
+        "aws call on the client's own path: the lean path is unavailable",
+        extra={
+            "action": "lean_path_unavailable",
+            "operation": operation,
+            "stage": stage,
+            "reason": _reason(exc),
+        },
+        # The traceback of what names code only (see _reason).
+        exc_info=exc if isinstance(exc, _BROKEN) else None,
+    )
+
+
 async def _prepare(
-    client: Any, model: OperationModel, static_params: Mapping[str, Any]
+    client: Any, internals: _Internals, model: OperationModel, static_params: Mapping[str, Any]
 ) -> _Operation:
     """Check that the lean path can send `model`, and resolve what every call shares."""
     service = model.service_model
@@ -349,27 +491,21 @@ async def _prepare(
     # parameters every call shares (SQS and Kinesis resolve by region, FIPS, dual-stack and
     # the configured endpoint; a stream ARN would change Kinesis's host, a stream name does not).
     context: dict[str, Any] = {}
-    url, extra_headers, _ = await client._resolve_endpoint_ruleset(
-        model, dict(static_params), context
-    )
+    url, extra_headers, _ = await internals.resolve_endpoint(model, dict(static_params), context)
     if context.get("auth_type") not in _SIGV4:
         raise Unsupported(f"endpoint auth {context.get('auth_type')}")
     signing = context.get("signing", {})
     # The serializer's own request for its method, path and headers (target, content type,
     # SQS's query-compatible mode), and the client's user agent, as botocore would send them.
-    request = create_serializer(
+    request = internals.create_serializer(
         service.resolved_protocol, include_validation=False
     ).serialize_to_request({}, model)
     request["headers"].update(extra_headers)
-    prepare_request_dict(
-        request,
-        endpoint_url=url,
-        user_agent=client._user_agent_creator.to_string(),
-    )
+    internals.prepare_request_dict(request, endpoint_url=url, user_agent=internals.user_agent)
     # The Host header the signer would derive from the URL on every call, twice (a urlsplit
     # and an IPv6 check each: ~12 µs of the ~60 a small call's signing costs), derived once by
     # its own function; the HTTP session sends the header as given, the value it would send.
-    request["headers"]["host"] = _host_from_url(request["url"])
+    request["headers"]["host"] = internals.host_from_url(request["url"])
     event = f"{service.service_id.hyphenize()}.{model.name}"
     return _Operation(
         name=model.name,
@@ -389,7 +525,7 @@ async def _prepare(
 
 class LeanSqs:
     """SqsSource's client: ReceiveMessage and DeleteMessageBatch on the lean path (when their
-    models allow it), every other call by the aiobotocore client itself."""
+    models allow it and it could be prepared), every other call by the aiobotocore client."""
 
     def __init__(self, client: SQSClient, lean: LeanCalls) -> None:
         self._client = client
@@ -397,26 +533,34 @@ class LeanSqs:
 
     @classmethod
     async def create(
-        cls, client: SQSClient, credentials: AioCredentials | None, queue_url: str
+        cls,
+        client: SQSClient,
+        credentials: AioCredentials | None,
+        queue_url: str,
+        gauge: Gauge | None = None,
     ) -> LeanSqs:
         static = {"QueueUrl": queue_url}
         calls = {"ReceiveMessage": static, "DeleteMessageBatch": static}
-        return cls(client, await LeanCalls.create(client, credentials, calls))
+        return cls(client, await LeanCalls.create(client, credentials, calls, gauge))
 
     async def receive_message(
         self, **kwargs: Unpack[ReceiveMessageRequestTypeDef]
     ) -> ReceiveMessageResultTypeDef:
-        if "ReceiveMessage" not in self._lean:
-            return await self._client.receive_message(**kwargs)
-        return cast("ReceiveMessageResultTypeDef", await self._lean.call("ReceiveMessage", kwargs))
+        return cast(
+            "ReceiveMessageResultTypeDef",
+            await self._lean.call_or_fall_back(
+                "ReceiveMessage", kwargs, self._client.receive_message
+            ),
+        )
 
     async def delete_message_batch(
         self, **kwargs: Unpack[DeleteMessageBatchRequestTypeDef]
     ) -> DeleteMessageBatchResultTypeDef:
-        if "DeleteMessageBatch" not in self._lean:
-            return await self._client.delete_message_batch(**kwargs)
         return cast(
-            "DeleteMessageBatchResultTypeDef", await self._lean.call("DeleteMessageBatch", kwargs)
+            "DeleteMessageBatchResultTypeDef",
+            await self._lean.call_or_fall_back(
+                "DeleteMessageBatch", kwargs, self._client.delete_message_batch
+            ),
         )
 
     async def change_message_visibility_batch(
@@ -426,7 +570,8 @@ class LeanSqs:
 
 
 class LeanDlq:
-    """DeadLetterQueue's client: SendMessageBatch on the lean path (when its model allows it).
+    """DeadLetterQueue's client: SendMessageBatch on the lean path (when its model allows it
+    and it could be prepared).
 
     Not one of the three hot calls of normal traffic, but a letter batch through botocore cost
     as much as ~12 us for each event of the bench's backlog (1% broken fields): its bodies are
@@ -439,24 +584,29 @@ class LeanDlq:
 
     @classmethod
     async def create(
-        cls, client: SQSClient, credentials: AioCredentials | None, dlq_url: str
+        cls,
+        client: SQSClient,
+        credentials: AioCredentials | None,
+        dlq_url: str,
+        gauge: Gauge | None = None,
     ) -> LeanDlq:
         calls = {"SendMessageBatch": {"QueueUrl": dlq_url}}
-        return cls(client, await LeanCalls.create(client, credentials, calls))
+        return cls(client, await LeanCalls.create(client, credentials, calls, gauge))
 
     async def send_message_batch(
         self, **kwargs: Unpack[SendMessageBatchRequestTypeDef]
     ) -> SendMessageBatchResultTypeDef:
-        if "SendMessageBatch" not in self._lean:
-            return await self._client.send_message_batch(**kwargs)
         return cast(
-            "SendMessageBatchResultTypeDef", await self._lean.call("SendMessageBatch", kwargs)
+            "SendMessageBatchResultTypeDef",
+            await self._lean.call_or_fall_back(
+                "SendMessageBatch", kwargs, self._client.send_message_batch
+            ),
         )
 
 
 class LeanKinesis:
-    """KinesisSink's client: PutRecords on the lean path (when its model allows it), the
-    health probe (DescribeStreamSummary) by the aiobotocore client itself."""
+    """KinesisSink's client: PutRecords on the lean path (when its model allows it and it could
+    be prepared), the health probe (DescribeStreamSummary) by the aiobotocore client itself."""
 
     def __init__(self, client: KinesisClient, lean: LeanCalls) -> None:
         self._client = client
@@ -464,17 +614,22 @@ class LeanKinesis:
 
     @classmethod
     async def create(
-        cls, client: KinesisClient, credentials: AioCredentials | None, stream_name: str
+        cls,
+        client: KinesisClient,
+        credentials: AioCredentials | None,
+        stream_name: str,
+        gauge: Gauge | None = None,
     ) -> LeanKinesis:
         calls = {"PutRecords": {"StreamName": stream_name}}
-        return cls(client, await LeanCalls.create(client, credentials, calls))
+        return cls(client, await LeanCalls.create(client, credentials, calls, gauge))
 
     async def put_records(
         self, **kwargs: Unpack[PutRecordsInputTypeDef]
     ) -> PutRecordsOutputTypeDef:
-        if "PutRecords" not in self._lean:
-            return await self._client.put_records(**kwargs)
-        return cast("PutRecordsOutputTypeDef", await self._lean.call("PutRecords", kwargs))
+        return cast(
+            "PutRecordsOutputTypeDef",
+            await self._lean.call_or_fall_back("PutRecords", kwargs, self._client.put_records),
+        )
 
     async def describe_stream_summary(
         self, **kwargs: Unpack[DescribeStreamSummaryInputTypeDef]

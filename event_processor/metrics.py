@@ -310,6 +310,17 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        # Set at start-up for each of the calls the lean path may send, and set to 0 if one
+        # falls back at a call (awsjson.py); absent with LEAN_AWS_CALLS=false.
+        self.lean_path = Gauge(
+            "lean_path",
+            "1 while an AWS operation is sent by the lean request path, 0 when it goes by the"
+            " client's own (its model needs it, or the lean path could not be prepared or broke"
+            " at a call: see the lean_path_unavailable log line)",
+            ["operation"],
+            namespace=ns,
+            registry=registry,
+        )
         self.in_flight_submissions = Gauge(
             "in_flight_submissions",
             "Submissions received and not yet finished",

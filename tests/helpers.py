@@ -27,6 +27,7 @@ from devworld.verify import decode_records, verify
 from event_processor import app
 from event_processor.awsjson import LeanKinesis, LeanSqs
 from event_processor.config import Settings
+from event_processor.metrics import Metrics
 from event_processor.tools.aws import queue_counts as sqs_queue_counts
 from sensor_fleet.sender import MessageAttributes, Sender
 
@@ -257,7 +258,9 @@ class LeanClients:
 @asynccontextmanager
 async def lean_clients(world: World, endpoint_url: str) -> AsyncIterator[LeanClients]:
     """The daemon's two clients (its own configurations) and the lean path in front of them,
-    for `world` through `endpoint_url` (the emulator, a proxy in front of it, or LocalStack)."""
+    for `world` through `endpoint_url` (the emulator, a proxy in front of it, or LocalStack).
+    Every hot call must be on the lean path: otherwise the tests that compare it with botocore's
+    would compare botocore's with itself (after a bump that moved a private part, say)."""
     settings = Settings(
         endpoint_url=endpoint_url,
         aws_region=world.region,
@@ -272,9 +275,15 @@ async def lean_clients(world: World, endpoint_url: str) -> AsyncIterator[LeanCli
         app.kinesis_client(session, settings) as kinesis,
     ):
         credentials = await session.get_credentials()
-        yield LeanClients(
+        registry = CollectorRegistry()
+        gauge = Metrics(registry, memory_limit_bytes=None).lean_path
+        clients = LeanClients(
             sqs,
             kinesis,
-            await LeanSqs.create(sqs, credentials, world.queue_url),
-            await LeanKinesis.create(kinesis, credentials, world.stream_name),
+            await LeanSqs.create(sqs, credentials, world.queue_url, gauge),
+            await LeanKinesis.create(kinesis, credentials, world.stream_name, gauge),
         )
+        for operation in ("ReceiveMessage", "DeleteMessageBatch", "PutRecords"):
+            on_it = registry.get_sample_value("event_processor_lean_path", {"operation": operation})
+            assert on_it == 1.0, f"{operation} is not on the lean path"
+        yield clients
