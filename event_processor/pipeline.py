@@ -118,7 +118,7 @@ class Pipeline:
         del body
 
         records = parsed.records
-        published = self._sink.publish(records, message.received_at)
+        published = self._sink.publish(records, message.received_at, parsed.submission_id)
         try:
             # Dead letters travel while the lane publishes; both must land before the delete.
             if letters.counts:
