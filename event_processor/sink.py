@@ -458,7 +458,8 @@ class KinesisSink:
             extra={
                 "action": "order_violation",
                 "submission_id": lane.submission_id,
-                "event_index": lane.next,
+                # The record's `sequence` field: where to find it in the stream.
+                "event_sequence": lane.records[lane.next].sequence,
                 "shard_id": shard_id,
                 "previous_sequence_number": lane.sequence_number,
                 "sequence_number": sequence_number,
@@ -473,7 +474,8 @@ class KinesisSink:
             extra={
                 "action": "lane_shard_change",
                 "submission_id": lane.submission_id,
-                "event_index": lane.next,
+                # The record's `sequence` field: where to find it in the stream.
+                "event_sequence": lane.records[lane.next].sequence,
                 "previous_shard_id": lane.shard_id,
                 "shard_id": shard_id,
                 "previous_sequence_number": lane.sequence_number,

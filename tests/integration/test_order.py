@@ -67,7 +67,9 @@ async def test_a_lower_sequence_number_in_the_answer_is_counted_and_logged(
     [line] = lane_records(caplog, "order_violation")
     assert line.levelno == logging.WARNING
     assert line.__dict__["submission_id"] == submission_id
-    assert line.__dict__["event_index"] == 1, "the lane's second record, the first one seen again"
+    assert line.__dict__["event_sequence"] == 1, (
+        "the lane's second record, the first one seen again"
+    )
     assert line.__dict__["shard_id"].startswith("shardId-")
     previous, current = line.__dict__["previous_sequence_number"], line.__dict__["sequence_number"]
     assert int(current) < int(previous), (previous, current)

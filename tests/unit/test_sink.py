@@ -416,7 +416,7 @@ async def test_a_lower_or_equal_sequence_number_counts_and_logs_a_violation(
     [line] = [r for r in caplog.records if getattr(r, "action", None) == "order_violation"]
     assert line.levelno == logging.WARNING
     assert line.__dict__["submission_id"] == "sub-21"
-    assert line.__dict__["event_index"] == 2
+    assert line.__dict__["event_sequence"] == 2
     assert line.__dict__["shard_id"] == "shardId-000000000001"
     assert line.__dict__["previous_sequence_number"] == str(base + 1)
     assert line.__dict__["sequence_number"] == str(base + 1 + offset)
