@@ -430,14 +430,23 @@ class KinesisSink:
     def _acknowledged(self, lane: Lane, result: PutRecordsResultEntryTypeDef) -> int:
         """Check where the lane's head landed, pop it; 1 if it still counts in the in-flight
         gauge, else 0."""
-        shard_id = result.get("ShardId")
-        sequence_number = result.get("SequenceNumber")
-        if shard_id is not None and sequence_number is not None:
-            if shard_id == lane.shard_id:
-                if not sequence_after(sequence_number, lane.sequence_number):
-                    self._order_violated(lane, shard_id, sequence_number)
-            elif lane.shard_id is not None:
-                self._shard_changed(lane, shard_id, sequence_number)
+        try:
+            shard_id = result["ShardId"]
+            sequence_number = result["SequenceNumber"]
+        except KeyError:
+            pass  # an accepted record always has both; a stand-in may give neither
+        else:
+            previous = lane.sequence_number
+            if shard_id != lane.shard_id:
+                if lane.shard_id is not None:
+                    self._shard_changed(lane, shard_id, sequence_number)
+            elif (
+                # sequence_after's common case inlined, as this runs once per record
+                sequence_number <= previous
+                if len(sequence_number) == len(previous)
+                else not sequence_after(sequence_number, previous)
+            ):
+                self._order_violated(lane, shard_id, sequence_number)
             lane.shard_id = shard_id
             lane.sequence_number = sequence_number
         lane.next += 1

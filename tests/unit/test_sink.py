@@ -467,3 +467,21 @@ async def test_lanes_are_checked_apart() -> None:
     await asyncio.gather(sink.publish(records("a", 5)), sink.publish(records("b", 5)))
     assert len(client.stored) == 10
     assert counted(metrics, "order_violations") == 0
+
+
+async def test_an_answer_without_shard_or_number_is_not_checked() -> None:
+    """A stand-in that leaves ShardId and SequenceNumber out: published, nothing counted."""
+    client = AnsweringKinesis(lambda n, _: ("shardId-000000000000", str(n)))
+    answer = client.put_records
+
+    async def bare(StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        response = await answer(StreamName, Records)
+        return {**response, "Records": [{} for _ in Records]}
+
+    client.put_records = bare  # type: ignore[method-assign]
+    sink, metrics = make_sink(client)
+    async with asyncio.timeout(10):  # a KeyError in the sink would leave the lane hanging
+        await sink.publish(records("lane", 3))
+    assert len(client.stored) == 3
+    assert counted(metrics, "order_violations") == 0
+    assert counted(metrics, "lane_shard_changes") == 0
