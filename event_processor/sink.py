@@ -80,6 +80,18 @@ def sequence_after(sequence_number: str, previous: str) -> bool:
         return False
 
 
+def _placed(lane: Lane, shard_id: str, sequence_number: str) -> dict[str, object]:
+    """Log fields placing a lane's head, just acknowledged, and its predecessor in the stream."""
+    return {
+        "submission_id": lane.submission_id,
+        "event_sequence": lane.records[lane.next].sequence,  # the record's `sequence` field
+        "previous_shard_id": lane.shard_id,
+        "shard_id": shard_id,
+        "previous_sequence_number": lane.sequence_number,
+        "sequence_number": sequence_number,
+    }
+
+
 class _Listed:
     """A list of built records seen as `Records` (tests and tools publish lists)."""
 
@@ -464,15 +476,7 @@ class KinesisSink:
         self._metrics.order_violations.inc()
         log.warning(
             "stream order violated",
-            extra={
-                "action": "order_violation",
-                "submission_id": lane.submission_id,
-                # The record's `sequence` field: where to find it in the stream.
-                "event_sequence": lane.records[lane.next].sequence,
-                "shard_id": shard_id,
-                "previous_sequence_number": lane.sequence_number,
-                "sequence_number": sequence_number,
-            },
+            extra={"action": "order_violation", **_placed(lane, shard_id, sequence_number)},
         )
 
     def _shard_changed(self, lane: Lane, shard_id: str, sequence_number: str) -> None:
@@ -480,16 +484,7 @@ class KinesisSink:
         self._metrics.lane_shard_changes.inc()
         log.info(
             "lane moved to another shard",
-            extra={
-                "action": "lane_shard_change",
-                "submission_id": lane.submission_id,
-                # The record's `sequence` field: where to find it in the stream.
-                "event_sequence": lane.records[lane.next].sequence,
-                "previous_shard_id": lane.shard_id,
-                "shard_id": shard_id,
-                "previous_sequence_number": lane.sequence_number,
-                "sequence_number": sequence_number,
-            },
+            extra={"action": "lane_shard_change", **_placed(lane, shard_id, sequence_number)},
         )
 
     def _retry_later(self, lane: Lane, code: str, retriable: bool) -> None:
