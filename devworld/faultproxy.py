@@ -30,6 +30,12 @@ Faults can be changed at any time from any thread:
   ProvisionedThroughputExceededException, as Kinesis does; the others are forwarded.
 * `receive_delay_s`: a ReceiveMessage answer is held this long after the emulator gave it (its
   messages are already invisible), as a slow network would.
+* `sequence_inversions`: the next N stored PutRecords entries whose partition key was stored
+  before on the same shard are answered with a sequence number one below that earlier
+  record's (the record itself is stored as it came), as a stream that broke order would.
+* `shard_moves`: the next N partition keys stored again are answered from then on with a
+  shard id of their own (`shardId-0000000010NN`), as after a reshard into a child shard.
+  Both fault kinds follow partition keys, so drive them with one submission per key.
 
 The three rates draw from one seeded stream each, so the n-th Kinesis call (or SQS call, or
 PutRecords entry) after a rate is set meets the same fate on every run with the same seed.
@@ -68,6 +74,8 @@ OPERATION_FAILED = "operation_failed"
 QUEUE_DOWN = "queue_down"
 RECEIVE_DELAYED = "receive_delayed"
 SHARD_THROTTLED = "shard_throttled"  # counted per entry
+SEQUENCE_INVERTED = "sequence_inverted"  # counted per entry
+SHARD_MOVED = "shard_moved"  # counted per partition key moved
 _RANDOM_FAULTS = (ENTRY_FAILURE, THROTTLE, SQS_ERROR)
 
 KINESIS_PREFIX = "Kinesis_20131202."
@@ -120,6 +128,9 @@ class Faults:
     shard_records_per_s: float = 0.0
     shard_bytes_per_s: float = 0.0
     shard_count: int = 2
+    # Answers rewritten after the emulator stored the records; counted down as they are used.
+    sequence_inversions: int = 0
+    shard_moves: int = 0
 
 
 _FAULT_NAMES = frozenset(f.name for f in fields(Faults))
@@ -148,6 +159,10 @@ class FaultProxy:
         self._dropped: Counter[str] = Counter()
         # shard index -> (record tokens, byte tokens, last refill on the monotonic clock)
         self._buckets: dict[int, tuple[float, float, float]] = {}
+        # partition key -> (shard id, sequence number) last answered, while answers are
+        # rewritten; and the keys moved to a shard of their own -> that shard's id.
+        self._answered: dict[str, tuple[str, str]] = {}
+        self._moved: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -172,9 +187,11 @@ class FaultProxy:
             self._faults = replace(self._faults, **changes)
 
     def clear(self) -> None:
-        """No faults from now on; the counters are kept."""
+        """No faults from now on (moved keys go back to their shard); the counters are kept."""
         with self._lock:
             self._faults = Faults()
+            self._answered.clear()
+            self._moved.clear()
 
     @property
     def put_records_entry_failure_rate(self) -> float:
@@ -405,6 +422,7 @@ class FaultProxy:
             faults.put_records_entry_failure_rate
             or faults.shard_records_per_s
             or faults.shard_bytes_per_s
+            or self._rewrites_answers(faults)
         ):
             return await self._put_records(request, body, faults)
         return await self._forward(request, operation, body)
@@ -457,8 +475,43 @@ class FaultProxy:
         self._buckets[shard] = (records - 1, data - size, now)
         return False
 
+    def _rewrites_answers(self, faults: Faults) -> bool:
+        """Whether PutRecords answers are rewritten (sequence_inversions, shard_moves)."""
+        return bool(faults.sequence_inversions or faults.shard_moves or self._moved)
+
+    def _rewrite_answers(self, entries: list[Any], results: list[dict[str, Any]]) -> None:
+        """Answer stored entries as a stream that broke order, or was resharded, would.
+
+        Called with the lock held, after the emulator stored the records: only the answer
+        changes. A fault's count goes down as it is used.
+        """
+        for entry, result in zip(entries, results, strict=True):
+            if "SequenceNumber" not in result:
+                continue  # a failed entry: nothing was stored
+            key = str(entry["PartitionKey"])
+            before = self._answered.get(key)
+            if key not in self._moved and before is not None and self._faults.shard_moves:
+                self._moved[key] = f"shardId-{1000 + len(self._moved):012d}"
+                self._faults = replace(self._faults, shard_moves=self._faults.shard_moves - 1)
+                self._injected[SHARD_MOVED] += 1
+            if key in self._moved:
+                result["ShardId"] = self._moved[key]
+            elif (
+                before is not None
+                and before[0] == result["ShardId"]
+                and self._faults.sequence_inversions
+            ):
+                # One below its predecessor; an equal number would break order as well.
+                result["SequenceNumber"] = str(max(int(before[1]) - 1, 0))
+                self._faults = replace(
+                    self._faults, sequence_inversions=self._faults.sequence_inversions - 1
+                )
+                self._injected[SEQUENCE_INVERTED] += 1
+            self._answered[key] = (str(result["ShardId"]), str(result["SequenceNumber"]))
+
     async def _put_records(self, request: web.Request, body: bytes, faults: Faults) -> web.Response:
-        """Forward the entries that pass; answer the others as throttled entries."""
+        """Forward the entries that pass; answer the others as throttled entries; rewrite the
+        stored ones' answers when told to."""
         doc = json.loads(body)
         entries: list[Any] = doc.get("Records", [])
         rate = faults.put_records_entry_failure_rate
@@ -475,7 +528,8 @@ class FaultProxy:
                 }
                 self._injected[SHARD_THROTTLED] += len(throttled)
                 failed |= throttled
-        if not failed:
+            rewrite = self._rewrites_answers(faults)
+        if not failed and not rewrite:
             return await self._forward(request, "PutRecords", body)
         kept = [entry for i, entry in enumerate(entries) if i not in failed]
         stream = str(doc.get("StreamName") or doc.get("StreamARN") or "?")
@@ -485,9 +539,9 @@ class FaultProxy:
             "under account 123456789012 (fault proxy).",
         }
         if kept:
-            upstream = await self._forward(
-                request, "PutRecords", json.dumps({**doc, "Records": kept}).encode()
-            )
+            # Nothing cut out: the body goes as it came.
+            forwarded = json.dumps({**doc, "Records": kept}).encode() if failed else body
+            upstream = await self._forward(request, "PutRecords", forwarded)
             if upstream.status != 200 or upstream.body is None:
                 return upstream  # a whole-call failure: relayed as it came
             assert isinstance(upstream.body, bytes)
@@ -499,6 +553,9 @@ class FaultProxy:
         stored = iter(answer.get("Records", []))
         answer["Records"] = [failure if i in failed else next(stored) for i in range(len(entries))]
         answer["FailedRecordCount"] = int(answer.get("FailedRecordCount", 0)) + len(failed)
+        if rewrite:
+            with self._lock:
+                self._rewrite_answers(entries, answer["Records"])
         return web.Response(
             status=200,
             body=json.dumps(answer).encode(),

@@ -276,6 +276,21 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        # Order as Kinesis acknowledged it, checked per lane (sink.py, "Order observed").
+        self.order_violations = Counter(
+            "order_violations",
+            "Records Kinesis acknowledged on their lane's shard with a sequence number not "
+            "above their predecessor's: per-submission order broken in the stream",
+            namespace=ns,
+            registry=registry,
+        )
+        self.lane_shard_changes = Counter(
+            "lane_shard_changes",
+            "Records acknowledged on another shard than their predecessor's (a reshard): "
+            "consumers must read the parent shard to its end before the children",
+            namespace=ns,
+            registry=registry,
+        )
         self.visibility_extensions = Counter(
             "visibility_extensions",
             "Messages whose visibility the heartbeat extended",

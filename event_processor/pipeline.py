@@ -120,7 +120,7 @@ class Pipeline:
         del body
 
         records_nbytes = parsed.records.nbytes
-        published = self._sink.publish(parsed.records, message.received_at)
+        published = self._sink.publish(parsed.records, message.received_at, parsed.submission_id)
         sending: asyncio.Future[None] | None = None
         try:
             if letters.counts:

@@ -24,6 +24,15 @@ So a record is sent only after its predecessor is acknowledged, which is what ma
 stream order per submission hold, and each request still carries hundreds of records when
 hundreds of submissions are in flight. Throughput comes from the number of lanes, latency
 is paid once per event position, not once per event.
+
+Order observed. That design relies on Kinesis ordering what it accepts one after the other,
+which AWS states only coarsely ("coarsely ordered based on arrival time" without
+SequenceNumberForOrdering). Every acknowledged record comes back with its ShardId and
+SequenceNumber, so each lane checks its own: on the same shard as its predecessor, a record's
+sequence number must be greater, or it counts as an order violation. A record on another
+shard is a reshard, not a violation: the lane's partition key hashes to one open shard at a
+time, so its records can only move when that shard was split or merged into a child, whose
+numbers are not comparable with the parent's; those are counted apart.
 """
 
 from __future__ import annotations
@@ -44,12 +53,43 @@ from event_processor.models import EventType, Record, Records
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
-    from types_aiobotocore_kinesis.type_defs import PutRecordsRequestEntryTypeDef
+    from types_aiobotocore_kinesis.type_defs import (
+        PutRecordsRequestEntryTypeDef,
+        PutRecordsResultEntryTypeDef,
+    )
 
     from event_processor.awsjson import KinesisApi
     from event_processor.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def sequence_after(sequence_number: str, previous: str) -> bool:
+    """True when decimal string `sequence_number` is a greater integer than `previous`.
+
+    Kinesis's sequence numbers are decimal strings of up to 128 bits. Two of one length
+    compare as their integers do, and one shard's numbers nearly always have one length, so
+    int() runs only when the lengths differ (leading zeros would fool a length comparison).
+    Strings of different lengths that int() cannot read count as out of order, to be seen.
+    """
+    if len(sequence_number) == len(previous):
+        return sequence_number > previous
+    try:
+        return int(sequence_number) > int(previous)
+    except ValueError:
+        return False
+
+
+def _placed(lane: Lane, shard_id: str, sequence_number: str) -> dict[str, object]:
+    """Log fields placing a lane's head, just acknowledged, and its predecessor in the stream."""
+    return {
+        "submission_id": lane.submission_id,
+        "event_sequence": lane.records[lane.next].sequence,  # the record's `sequence` field
+        "previous_shard_id": lane.shard_id,
+        "shard_id": shard_id,
+        "previous_sequence_number": lane.sequence_number,
+        "sequence_number": sequence_number,
+    }
 
 
 class _Listed:
@@ -79,10 +119,26 @@ class Lane:
     finishing together.
     """
 
-    __slots__ = ("backoff", "count", "done", "next", "opened", "received_at", "records")
+    __slots__ = (
+        "backoff",
+        "count",
+        "done",
+        "next",
+        "opened",
+        "received_at",
+        "records",
+        "sequence_number",
+        "shard_id",
+        "submission_id",
+    )
 
     def __init__(
-        self, records: Records, done: asyncio.Future[None], received_at: float, opened: int
+        self,
+        records: Records,
+        done: asyncio.Future[None],
+        received_at: float,
+        opened: int,
+        submission_id: str = "",
     ) -> None:
         self.records = records
         self.count = len(records)  # asked once: `left` runs once per record acknowledged
@@ -91,6 +147,10 @@ class Lane:
         self.received_at = received_at
         self.opened = opened
         self.backoff: Backoff | None = None  # created on the first failure only
+        self.submission_id = submission_id  # for the logs only
+        # Where Kinesis put the last acknowledged record: its successor is checked against it.
+        self.shard_id: str | None = None
+        self.sequence_number = ""
 
     @property
     def left(self) -> int:
@@ -145,9 +205,13 @@ class KinesisSink:
     # --- the public face -------------------------------------------------------------
 
     def publish(
-        self, records: Records | list[Record], received_at: float | None = None
+        self,
+        records: Records | list[Record],
+        received_at: float | None = None,
+        submission_id: str = "",
     ) -> asyncio.Future[None]:
-        """Queue a submission's records as one lane, in turn by `received_at` (monotonic).
+        """Queue a submission's records as one lane, in turn by `received_at` (monotonic);
+        `submission_id` names the lane in the logs.
 
         The future resolves when every record is acknowledged, fails with PublishFailed when
         the retry policy gives up, and cancelling it abandons the lane's unsent records.
@@ -166,6 +230,7 @@ class KinesisSink:
             done,
             self._clock() if received_at is None else received_at,
             next(self._opened),
+            submission_id,
         )
         self._make_ready(lane)
         self._lanes += 1
@@ -307,7 +372,7 @@ class KinesisSink:
                 failed = result.get("ErrorCode")
                 if failed is None:
                     published[head.event_type] += 1
-                    in_flight += self._acknowledged(lane)
+                    in_flight += self._acknowledged(lane, result)
                 else:
                     throttled += failed in THROTTLE_CODES
                     self._metrics.put_records_failed.labels(failed).inc()
@@ -374,8 +439,28 @@ class KinesisSink:
             self._window = min(self._max_window, self._window + size / 2)
         self._metrics.put_window_records.set(self._window)
 
-    def _acknowledged(self, lane: Lane) -> int:
-        """Pop the lane's head; 1 if it still counts in the in-flight gauge, else 0."""
+    def _acknowledged(self, lane: Lane, result: PutRecordsResultEntryTypeDef) -> int:
+        """Check where the lane's head landed, pop it; 1 if it still counts in the in-flight
+        gauge, else 0."""
+        try:
+            shard_id = result["ShardId"]
+            sequence_number = result["SequenceNumber"]
+        except KeyError:
+            pass  # an accepted record always has both; a stand-in may give neither
+        else:
+            previous = lane.sequence_number
+            if shard_id != lane.shard_id:
+                if lane.shard_id is not None:
+                    self._shard_changed(lane, shard_id, sequence_number)
+            elif (
+                # sequence_after's common case inlined, as this runs once per record
+                sequence_number <= previous
+                if len(sequence_number) == len(previous)
+                else not sequence_after(sequence_number, previous)
+            ):
+                self._order_violated(lane, shard_id, sequence_number)
+            lane.shard_id = shard_id
+            lane.sequence_number = sequence_number
         lane.next += 1
         if lane.done.done():  # abandoned meanwhile: the gauge already let go of its records
             return 0
@@ -385,6 +470,22 @@ class KinesisSink:
         else:
             lane.done.set_result(None)
         return 1
+
+    def _order_violated(self, lane: Lane, shard_id: str, sequence_number: str) -> None:
+        """The head landed at or below its predecessor on the same shard: stream order broke."""
+        self._metrics.order_violations.inc()
+        log.warning(
+            "stream order violated",
+            extra={"action": "order_violation", **_placed(lane, shard_id, sequence_number)},
+        )
+
+    def _shard_changed(self, lane: Lane, shard_id: str, sequence_number: str) -> None:
+        """The head landed on another shard than its predecessor: the stream was resharded."""
+        self._metrics.lane_shard_changes.inc()
+        log.info(
+            "lane moved to another shard",
+            extra={"action": "lane_shard_change", **_placed(lane, shard_id, sequence_number)},
+        )
 
     def _retry_later(self, lane: Lane, code: str, retriable: bool) -> None:
         if lane.done.done():

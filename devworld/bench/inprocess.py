@@ -119,8 +119,13 @@ class Sqs:
         return {"Successful": ok, "Failed": []}
 
 
+# A Kinesis sequence number as the service writes them: 56 decimal digits, growing.
+_FIRST_SEQUENCE_NUMBER = 49_650 * 10**51
+_SHARD_ID = "shardId-000000000000"
+
+
 class Kinesis:
-    """The stream: every record is accepted."""
+    """The stream, one shard: every record is accepted, with the next sequence number."""
 
     def __init__(self, latency_s: float) -> None:
         self._latency_s = latency_s
@@ -131,10 +136,15 @@ class Kinesis:
         self.calls += 1
         await asyncio.sleep(self._latency_s)
         records = params["Records"]
+        first = _FIRST_SEQUENCE_NUMBER + self.records
         self.records += len(records)
+        # Real answers carry growing sequence numbers, which the sink checks per lane.
         return {
             "FailedRecordCount": 0,
-            "Records": [{"SequenceNumber": "1", "ShardId": "shardId-0"} for _ in records],
+            "Records": [
+                {"SequenceNumber": str(first + index), "ShardId": _SHARD_ID}
+                for index in range(len(records))
+            ],
         }
 
     async def describe_stream_summary(self, **_: Any) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
 from devworld import faultproxy
-from devworld.emulator import Emulator, World
+from devworld.emulator import Emulator, World, read_stream
 from devworld.faultproxy import FaultProxy
-from tests.helpers import LeanClients, lean_clients
+from tests.helpers import LeanClients, client, lean_clients
 
 _CALLS = 30
 _SEED = 7
@@ -109,3 +109,34 @@ def test_a_queue_down_answers_503_while_the_other_queues_answer(
     assert proxy.injected(faultproxy.QUEUE_DOWN) == 1
     proxy.configure(queues_down=frozenset())
     assert sqs.send_message_batch(QueueUrl=world.dlq_url, Entries=entries)["Successful"]
+
+
+async def test_rewritten_answers_leave_the_stored_records_as_they_came(
+    emulator: Emulator, world: World, proxy: FaultProxy
+) -> None:
+    """sequence_inversions answers a key's second record one below its first, shard_moves
+    a later key's records from a shard of their own; the stream holds what was sent."""
+    c: LeanClients
+    async with lean_clients(world, proxy.endpoint_url) as c:
+
+        async def put(key: str) -> tuple[str, str]:
+            answer = await c.lean_kinesis.put_records(
+                StreamName=world.stream_name, Records=[{"Data": b"x", "PartitionKey": key}]
+            )
+            [result] = answer["Records"]
+            return str(result["ShardId"]), str(result["SequenceNumber"])
+
+        proxy.configure(sequence_inversions=1)
+        first, second, third = await put("a"), await put("a"), await put("a")
+        assert second == (first[0], str(int(first[1]) - 1))
+        assert int(third[1]) > int(first[1]), "one inversion, then the emulator's numbers"
+        assert proxy.faults.sequence_inversions == 0
+
+        proxy.configure(shard_moves=1)
+        before, moved, still = await put("b"), await put("b"), await put("b")
+        assert moved[0] == still[0] == "shardId-000000001000" != before[0]
+        assert proxy.injected(faultproxy.SHARD_MOVED) == 1
+        proxy.clear()
+        assert (await put("b"))[0] == before[0], "clear() puts the key back on its shard"
+    stored = read_stream(client(emulator, "kinesis"), world.stream_name)
+    assert sorted(r["partition_key"] for r in stored) == ["a"] * 3 + ["b"] * 4

@@ -126,11 +126,14 @@ class FakeSink:
         self.healthy = True
         self.closed = False
 
-    def publish(self, records: Records, received_at: float | None = None) -> asyncio.Future[None]:
+    def publish(
+        self, records: Records, received_at: float | None = None, submission_id: str = ""
+    ) -> asyncio.Future[None]:
         self.calls.append("publish")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         built = [records[i] for i in range(len(records))]
-        submission_id = str(orjson.loads(built[0].data)["submission_id"]) if built else ""
+        if built and not submission_id:  # tests that publish directly name no submission
+            submission_id = str(orjson.loads(built[0].data)["submission_id"])
         self.lanes.append(Lane(submission_id, [r.sequence for r in built], received_at, future))
         if not self.hold_lanes:
             if self.fail_with is not None:

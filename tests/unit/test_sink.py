@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from event_processor.errors import PublishFailed
 from event_processor.metrics import Metrics
 from event_processor.models import EventType, Record
 from event_processor.retry import RetryPolicy
-from event_processor.sink import KinesisSink
+from event_processor.sink import KinesisSink, sequence_after
 from tests.helpers import eventually
 
 NO_WAIT = RetryPolicy(initial_s=0.0, max_backoff_s=0.0)
@@ -320,3 +321,167 @@ async def test_bytes_in_flight_are_bounded_across_requests() -> None:
     client.gate.set()
     await asyncio.gather(*futures)
     assert len(client.stored) == 40
+
+
+# --- order as Kinesis acknowledged it ----------------------------------------------------------
+
+# The largest sequence number Kinesis can give (128 bits): 39 decimal digits.
+MAX_SEQUENCE = 2**128 - 1
+
+
+class AnsweringKinesis(FakeKinesis):
+    """Stores everything and answers each stored record as `answer(n, key)` says: (shard,
+    number) for the n-th record stored (from 0), of partition key `key`."""
+
+    def __init__(self, answer: Callable[[int, str], tuple[str, str]]) -> None:
+        super().__init__()
+        self.answer = answer
+
+    async def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        self.requests.append(Records)
+        results: list[dict[str, Any]] = []
+        for entry in Records:
+            shard_id, sequence_number = self.answer(len(self.stored), entry["PartitionKey"])
+            self.stored.append((entry["PartitionKey"], entry["Data"]))
+            results.append({"SequenceNumber": sequence_number, "ShardId": shard_id})
+        return {"FailedRecordCount": 0, "Records": results}
+
+
+def counted(metrics: Metrics, name: str) -> float:
+    return metrics.registry.get_sample_value(f"event_processor_{name}_total") or 0.0
+
+
+@pytest.mark.parametrize(
+    ("sequence_number", "previous"),
+    [
+        ("2", "1"),
+        ("10", "9"),  # more digits: int() decides, not the strings' first characters
+        (str(MAX_SEQUENCE), str(MAX_SEQUENCE - 1)),
+        (str(2**127), str(2**127 - 1)),  # 39 digits against 39
+        (str(10**38), str(10**38 - 1)),  # 39 digits against 38
+        ("49650000000000000000000000000000000000000000000000000001", "4" * 56),
+        ("010", "9"),  # a leading zero: the longer string is not always the greater
+    ],
+)
+def test_sequence_after_agrees_with_integers(sequence_number: str, previous: str) -> None:
+    """Decimal strings up to 128 bits compare as their integers, either way round."""
+    assert int(sequence_number) > int(previous)
+    assert sequence_after(sequence_number, previous)
+    assert not sequence_after(previous, sequence_number)
+
+
+def test_sequence_after_matches_int_on_random_128_bit_pairs() -> None:
+    """Random pairs of every length up to 128 bits: the result is int(a) > int(b)."""
+    rng = random.Random(21)
+    for _ in range(5000):
+        a, b = rng.getrandbits(rng.randint(1, 128)), rng.getrandbits(rng.randint(1, 128))
+        if rng.random() < 0.1:
+            b = a  # equal numbers are not in order
+        assert sequence_after(str(a), str(b)) == (a > b), (a, b)
+
+
+def test_sequence_after_counts_an_unreadable_number_as_out_of_order() -> None:
+    """A sequence number int() cannot read is never taken as in order."""
+    assert not sequence_after("12x", "9")
+
+
+async def test_growing_sequence_numbers_count_no_violation_under_failures() -> None:
+    """Kinesis's numbers grow as records are stored: 30% failed entries and retries break none."""
+    client = FakeKinesis(entry_failure_rate=0.3, seed=5)
+    sink, metrics = make_sink(client)
+    await asyncio.gather(*(sink.publish(records(f"lane-{n}", 6)) for n in range(30)))
+    assert len(client.stored) == 180
+    assert counted(metrics, "order_violations") == 0
+    assert counted(metrics, "lane_shard_changes") == 0
+
+
+@pytest.mark.parametrize("offset", [-1, 0], ids=["lower", "equal"])
+async def test_a_lower_or_equal_sequence_number_counts_and_logs_a_violation(
+    offset: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 3rd record of a lane answered at or below the 2nd: one violation, logged with the
+    submission, the shard and both numbers; the lane still completes."""
+    base = 2**127  # 39 digits: the strings' comparison, not int(), decides
+
+    def answer(n: int, _: str) -> tuple[str, str]:
+        return "shardId-000000000001", str(base + (1 + offset if n == 2 else n))
+
+    client = AnsweringKinesis(answer)
+    sink, metrics = make_sink(client)
+    caplog.set_level(logging.INFO, logger="event_processor")
+    await sink.publish(records("lane", 4), submission_id="sub-21")
+    assert len(client.stored) == 4
+    assert counted(metrics, "order_violations") == 1
+    assert counted(metrics, "lane_shard_changes") == 0
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "order_violation"]
+    assert line.levelno == logging.WARNING
+    assert line.__dict__["submission_id"] == "sub-21"
+    assert line.__dict__["event_sequence"] == 2
+    assert line.__dict__["shard_id"] == "shardId-000000000001"
+    assert line.__dict__["previous_sequence_number"] == str(base + 1)
+    assert line.__dict__["sequence_number"] == str(base + 1 + offset)
+
+
+async def test_a_lane_moved_to_another_shard_counts_a_shard_change_not_a_violation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a reshard the lane's records land on a child shard whose numbers start low: one
+    shard change, logged at INFO, and no violation; order is checked again on the child."""
+
+    def answer(n: int, _: str) -> tuple[str, str]:
+        # Parent: large numbers; from the 3rd record on, a child that numbers from 1.
+        return (
+            ("shardId-000000000000", str(MAX_SEQUENCE - 10 + n))
+            if n < 2
+            else (
+                "shardId-000000000002",
+                str(n - 1),
+            )
+        )
+
+    client = AnsweringKinesis(answer)
+    sink, metrics = make_sink(client)
+    caplog.set_level(logging.INFO, logger="event_processor")
+    await sink.publish(records("lane", 5), submission_id="sub-7")
+    assert counted(metrics, "lane_shard_changes") == 1
+    assert counted(metrics, "order_violations") == 0
+    [line] = [r for r in caplog.records if getattr(r, "action", None) == "lane_shard_change"]
+    assert line.levelno == logging.INFO
+    assert line.__dict__["previous_shard_id"] == "shardId-000000000000"
+    assert line.__dict__["shard_id"] == "shardId-000000000002"
+    assert line.__dict__["submission_id"] == "sub-7"
+
+
+async def test_lanes_are_checked_apart() -> None:
+    """Lanes share a shard: a record below another lane's predecessor is no violation, since
+    order is promised per submission only."""
+    stored: Counter[str] = Counter()
+
+    def answer(n: int, key: str) -> tuple[str, str]:
+        # Lane "a" numbers from 100, lane "b" from 10: every b record is below a's last one.
+        stored[key] += 1
+        return "shardId-000000000000", str((100 if key == "a" else 10) + stored[key])
+
+    client = AnsweringKinesis(answer)
+    sink, metrics = make_sink(client)
+    await asyncio.gather(sink.publish(records("a", 5)), sink.publish(records("b", 5)))
+    assert len(client.stored) == 10
+    assert counted(metrics, "order_violations") == 0
+
+
+async def test_an_answer_without_shard_or_number_is_not_checked() -> None:
+    """A stand-in that leaves ShardId and SequenceNumber out: published, nothing counted."""
+    client = AnsweringKinesis(lambda n, _: ("shardId-000000000000", str(n)))
+    answer = client.put_records
+
+    async def bare(StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
+        response = await answer(StreamName, Records)
+        return {**response, "Records": [{} for _ in Records]}
+
+    client.put_records = bare  # type: ignore[method-assign]
+    sink, metrics = make_sink(client)
+    async with asyncio.timeout(10):  # a KeyError in the sink would leave the lane hanging
+        await sink.publish(records("lane", 3))
+    assert len(client.stored) == 3
+    assert counted(metrics, "order_violations") == 0
+    assert counted(metrics, "lane_shard_changes") == 0
