@@ -165,7 +165,12 @@ async def test_hostile_bodies_are_rejected_and_the_loop_keeps_going(
     valid = [encode(huge_cmdl), encode(many), encode(submission()), deep_event]
     await asyncio.to_thread(send_bodies, emulator, world.queue_url, hostile + valid)
     running = await daemon(settings_for(world))
-    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    # `many`'s 3,000 records go one after another (one in flight per lane): 3,000 round trips
+    # to the emulator, 25-31 s on a 2-core machine, beyond the default deadline.
+    await eventually(
+        lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0),
+        timeout_s=120,
+    )
     assert await running.stop() == 0
     records = await asyncio.to_thread(stream_records, emulator, world)
     assert check_order(records) == expected_sequences(valid)
