@@ -26,10 +26,10 @@ from devworld.emulator import queue_depth as emulator_queue_depth
 from devworld.verify import decode_records, verify
 from event_processor import app
 from event_processor.awsjson import LeanKinesis, LeanSqs
-from event_processor.config import Settings
 from event_processor.metrics import Metrics
 from event_processor.tools.aws import queue_counts as sqs_queue_counts
 from sensor_fleet.sender import MessageAttributes, Sender
+from tests.conftest import settings_for
 
 if TYPE_CHECKING:
     from types_aiobotocore_kinesis import KinesisClient
@@ -261,14 +261,7 @@ async def lean_clients(world: World, endpoint_url: str) -> AsyncIterator[LeanCli
     for `world` through `endpoint_url` (the emulator, a proxy in front of it, or LocalStack).
     Every hot call must be on the lean path: otherwise the tests that compare it with botocore's
     would compare botocore's with itself (after a bump that moved a private part, say)."""
-    settings = Settings(
-        endpoint_url=endpoint_url,
-        aws_region=world.region,
-        queue_url=world.queue_url,
-        dlq_url=world.dlq_url,
-        stream_name=world.stream_name,
-        wait_time_seconds=1,
-    )
+    settings = settings_for(world, endpoint_url=endpoint_url)
     session = get_session()
     async with (
         app.sqs_client(session, settings) as sqs,

@@ -28,7 +28,6 @@ from devworld.faultproxy import FaultProxy
 from devworld.verify import expected_sequences
 from event_processor import app, awsjson
 from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
-from event_processor.config import Settings
 from event_processor.metrics import Metrics
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, submission
@@ -60,14 +59,7 @@ class Clients:
 async def daemon_clients(world: World, endpoint_url: str) -> AsyncIterator[Clients]:
     """The daemon's two clients (its configurations) through `endpoint_url`; `by_client` lists
     the operations they send themselves (botocore's before-call, which the lean path skips)."""
-    settings = Settings(
-        endpoint_url=endpoint_url,
-        aws_region=world.region,
-        queue_url=world.queue_url,
-        dlq_url=world.dlq_url,
-        stream_name=world.stream_name,
-        wait_time_seconds=1,
-    )
+    settings = settings_for(world, endpoint_url=endpoint_url)
     session = get_session()
     async with (
         app.sqs_client(session, settings) as sqs,
