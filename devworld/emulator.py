@@ -203,6 +203,7 @@ class World:
     queue_url: str
     dlq_url: str
     stream_name: str
+    fifo: bool = False  # FIFO queue and FIFO DLQ (names end in ".fifo", as SQS requires)
 
 
 class WorldOptions(TypedDict, total=False):
@@ -214,6 +215,7 @@ class WorldOptions(TypedDict, total=False):
     shard_count: int
     max_receive_count: int
     visibility_timeout_s: int
+    fifo: bool
 
 
 class Emulator:
@@ -351,8 +353,13 @@ def create_world(
     shard_count: int = 2,
     max_receive_count: int = 5,
     visibility_timeout_s: int = 30,
+    fifo: bool = False,
 ) -> World:
     """Create (or find) the DLQ, the queue redriving to it, and an ACTIVE stream.
+
+    `fifo`: both queues FIFO (SQS requires a FIFO queue's DLQ to be FIFO), their names given
+    the ".fifo" suffix SQS requires, without content-based deduplication: every sender
+    (the sensors, the daemon's letters, redrive) gives its own MessageDeduplicationId.
 
     Idempotent, so that it also serves an existing LocalStack: CreateQueue returns the
     queue that exists, and an existing stream is used as it is. For the same reason a
@@ -360,7 +367,11 @@ def create_world(
     one that was there, and deleting a user's queue is worse than leaving a test's behind
     (a second call with the same names finishes the job).
     """
-    dlq_url: str = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
+    kind: dict[str, str] = {}
+    if fifo:
+        queue_name, dlq_name = _fifo_name(queue_name), _fifo_name(dlq_name)
+        kind = {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
+    dlq_url: str = sqs.create_queue(QueueName=dlq_name, Attributes=kind)["QueueUrl"]
     dlq_arn: str = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
@@ -368,6 +379,7 @@ def create_world(
     attributes = {
         "RedrivePolicy": json.dumps(redrive_policy),
         "VisibilityTimeout": str(visibility_timeout_s),
+        **kind,
     }
     try:
         queue_url: str = sqs.create_queue(QueueName=queue_name, Attributes=attributes)["QueueUrl"]
@@ -386,7 +398,12 @@ def create_world(
         queue_url=queue_url,
         dlq_url=dlq_url,
         stream_name=stream_name,
+        fifo=fifo,
     )
+
+
+def _fifo_name(name: str) -> str:
+    return name if name.endswith(".fifo") else f"{name}.fifo"
 
 
 def create_key_set_secret(secretsmanager: Any, name: str = KEY_SET_SECRET_NAME) -> bool:

@@ -109,6 +109,24 @@ def test_create_world_builds_queue_dlq_and_active_stream(
     assert len(kinesis.list_shards(StreamName="cw-stream")["Shards"]) == 3
 
 
+def test_create_world_fifo_makes_both_queues_fifo(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
+    """A FIFO world: queue and DLQ are FIFO, named *.fifo, and the queue redrives to the DLQ."""
+    world = make_world(queue_name="cwf-queue", dlq_name="cwf-dlq", fifo=True)
+    sqs = emulator.boto3_client("sqs")
+
+    assert world.fifo
+    assert world.queue_url.endswith("/cwf-queue.fifo")
+    assert world.dlq_url.endswith("/cwf-dlq.fifo")
+    queue, dlq = (
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        for url in (world.queue_url, world.dlq_url)
+    )
+    assert queue["FifoQueue"] == dlq["FifoQueue"] == "true"
+    assert json.loads(queue["RedrivePolicy"])["deadLetterTargetArn"] == dlq["QueueArn"]
+
+
 def test_client_env_points_at_the_emulator(emulator: Emulator) -> None:
     """client_env carries the endpoint, the region and dummy credentials for a subprocess."""
     assert emulator.client_env() == {
