@@ -200,12 +200,18 @@ async def _fleet(
             fleet.signer.attributes(d, body)
             for d, body in zip(fleet.devices, round_bodies, strict=True)
         ]
-        # Only what SQS accepted is expected in the stream.
-        bodies.extend(await asyncio.to_thread(sender.send, round_bodies, attributes))
+        # Only what SQS accepted is expected in the stream. On a FIFO queue each device is its
+        # own message group, and the rogue sends in the group of the device it stole from.
+        bodies.extend(
+            await asyncio.to_thread(sender.send, round_bodies, attributes, fleet.devices)
+        )
         if rounds % options.rogue_every_rounds == 0:
             attempts = fleet.rogue.attempts()
             accepted = await asyncio.to_thread(
-                sender.send, [a.body for a in attempts], [a.attributes for a in attempts]
+                sender.send,
+                [a.body for a in attempts],
+                [a.attributes for a in attempts],
+                [fleet.rogue.stolen.device_id] * len(attempts),
             )
             fleet.rogue.record(attempts, set(accepted))
         rounds += 1
