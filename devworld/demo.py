@@ -202,9 +202,7 @@ async def _fleet(
         ]
         # Only what SQS accepted is expected in the stream. On a FIFO queue each device is its
         # own message group, and the rogue sends in the group of the device it stole from.
-        bodies.extend(
-            await asyncio.to_thread(sender.send, round_bodies, attributes, fleet.devices)
-        )
+        bodies.extend(await asyncio.to_thread(sender.send, round_bodies, attributes, fleet.devices))
         if rounds % options.rogue_every_rounds == 0:
             attempts = fleet.rogue.attempts()
             accepted = await asyncio.to_thread(

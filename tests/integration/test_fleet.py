@@ -23,8 +23,8 @@ from event_processor.config import AuthMode, Settings
 from event_processor.keyset import KeySet
 from event_processor.models import Submission, parse_submission
 from event_processor.signing import Envelope
-from event_processor.tools.keys import enrolment, new_entry
 from event_processor.tools import fifo
+from event_processor.tools.keys import enrolment, new_entry
 from sensor_fleet.generator import device_ids, encode, fleet_load, fleet_submissions
 from sensor_fleet.sender import Sender, sqs_client
 from sensor_fleet.signer import FleetSigner
@@ -118,7 +118,9 @@ def test_load_to_a_fifo_queue_keeps_each_device_in_order(
         system = message["Attributes"]
         doc = orjson.loads(base64.b64decode(message["Body"]))
         received.setdefault(system["MessageGroupId"], []).append(_content(doc))
-        assert system["MessageDeduplicationId"] == hashlib.sha256(message["Body"].encode()).hexdigest()
+        assert (
+            system["MessageDeduplicationId"] == hashlib.sha256(message["Body"].encode()).hexdigest()
+        )
     assert sorted(received) == sorted(device_ids(devices, seed=8))
     assert received == sent
     assert min(len(v) for v in sent.values()) > 10

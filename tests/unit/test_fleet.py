@@ -14,6 +14,7 @@ import pytest
 from event_processor.keyset import KeySet
 from event_processor.models import Submission, parse_submission
 from event_processor.signing import Envelope
+from event_processor.tools import fifo
 from event_processor.tools.aws import UsageError
 from event_processor.tools.keys import enrolment
 from sensor_fleet.generator import (
@@ -24,7 +25,6 @@ from sensor_fleet.generator import (
     make_submission,
 )
 from sensor_fleet.host import Connection, HostAgent, parse_proc_net_tcp, parse_ps
-from event_processor.tools import fifo
 from sensor_fleet.sender import Sender, _batches
 from sensor_fleet.signer import DeviceSigner, FleetSigner
 
@@ -197,7 +197,7 @@ class _FlakySqs:
         self.fail_first = fail_first
         self.calls: list[list[dict[str, object]]] = []
 
-    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, object]]) -> object:  # noqa: N803
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, object]]) -> object:
         self.calls.append(Entries)
         failing = self.fail_first if len(self.calls) == 1 else set()
         return {
