@@ -21,7 +21,13 @@ from event_processor.dlq import DeadLetterQueue
 from event_processor.keyset import FileKeySource, KeySetError, SecretsManagerKeySource
 from event_processor.metrics import Metrics
 from event_processor.pipeline import Pipeline
-from event_processor.preflight import Preflight, Resolved, check_all, read_key_set
+from event_processor.preflight import (
+    Preflight,
+    Resolved,
+    check_all,
+    read_key_set,
+    spread_groups,
+)
 from event_processor.retry import RetryPolicy
 from event_processor.sink import KinesisSink
 from event_processor.source import SqsSource
@@ -211,10 +217,11 @@ def assemble(
         policy,
         wait_time_s=settings.wait_time_seconds,
         visibility_timeout_s=settings.visibility_timeout,
+        fifo=resolved.fifo,
     )
     sink = KinesisSink(kinesis, settings.stream_name, metrics, policy, settings.max_put_requests)
     dead_letters = DeadLetterQueue(
-        dlq, settings.dlq_url, metrics, policy, resolved.dlq_max_message_bytes
+        dlq, settings.dlq_url, metrics, policy, resolved.dlq_max_message_bytes, fifo=resolved.fifo
     )
     reporter = Reporter(metrics, settings.log_interval_seconds)
     pipeline = Pipeline(
@@ -308,6 +315,9 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             return _startup_failed(exc)
 
         queue_url = resolved.queue_url
+        spread = spread_groups(settings, resolved.fifo)
+        if spread is not None:
+            log.warning(spread, extra={"action": "fifo_groups_spread"})
         # The hot calls' clients: the lean path in front of botocore's (README, "Performance").
         sqs_api: SqsApi = sqs
         kinesis_api: KinesisApi = kinesis
@@ -374,6 +384,8 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
                 "dlq_url": None if settings.dlq_url is None else mask_url(settings.dlq_url),
                 "metrics_port": metrics_port,
                 "auth_mode": settings.auth_mode.value,
+                # FIFO: each message group's submissions are published one after another.
+                "source_kind": "fifo" if resolved.fifo else "standard",
                 "version": __version__,
                 "settings": settings.effective(),
             },

@@ -18,6 +18,7 @@ from event_processor import constants, diagnosis, exitcodes, http
 from event_processor.config import AuthMode, Settings, mask_url
 from event_processor.diagnosis import Resource, StartupError, Where
 from event_processor.keyset import KeySetError
+from event_processor.models import PartitionKey
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -80,6 +81,7 @@ class Resolved:
     queue_url: str
     max_message_bytes: int  # the source queue's MaximumMessageSize
     dlq_max_message_bytes: int  # the DLQ's (packed letters are cut to fit it)
+    fifo: bool = False  # a FIFO source (and so a FIFO DLQ): submissions in order per group
 
 
 class Preflight:
@@ -133,6 +135,8 @@ class Preflight:
             return None
         resource = diagnosis.dlq_resource(self._settings.dlq_url)
         dlq = await self._queue(resource, self._settings.dlq_url)
+        if source is not None and dlq.fifo != source.fifo:
+            raise diagnosis.dlq_kind_mismatch(resource, source.fifo, self.sqs_where)
         if source is not None and dlq.max_message_bytes < source.max_message_bytes:
             raise diagnosis.dlq_too_small(
                 resource, dlq.max_message_bytes, source.max_message_bytes, self.sqs_where
@@ -166,7 +170,7 @@ class Preflight:
         await self.stream()
         dlq = await self.dead_letter_queue(source)
         dlq_max = source.max_message_bytes if dlq is None else dlq.max_message_bytes
-        return Resolved(source.url, source.max_message_bytes, dlq_max)
+        return Resolved(source.url, source.max_message_bytes, dlq_max, source.fifo)
 
 
 async def read_key_set(source: KeySource, resource: Resource, place: Where | None) -> int:
@@ -270,6 +274,18 @@ def _fields(error: StartupError | None) -> dict[str, str]:
     return fields
 
 
+def spread_groups(settings: Settings, source_fifo: bool) -> str | None:
+    """Why a FIFO source's group order will not show on the stream, if it will not: records
+    keyed by submission spread a group over shards (docs/ordering.md)."""
+    if not source_fifo or settings.partition_key is PartitionKey.DEVICE_ID:
+        return None
+    return (
+        f"PARTITION_KEY={settings.partition_key.value} spreads each message group over "
+        "shards: the daemon publishes a group in order, but the stream keeps order per "
+        "submission only (PARTITION_KEY=device_id with groups by device keeps it per group)"
+    )
+
+
 def describe_queue(facts: QueueFacts) -> str:
     kind = "FIFO" if facts.fifo else "standard"
     return (
@@ -303,6 +319,9 @@ async def check_all(
     async def source_queue() -> tuple[str, str]:
         nonlocal source
         source = await preflight.source_queue()
+        spread = spread_groups(settings, source.fifo)
+        if spread is not None:
+            return WARN, f"{describe_queue(source)}; {spread}"
         return OK, describe_queue(source)
 
     async def stream() -> tuple[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import (
         ChangeMessageVisibilityBatchRequestEntryTypeDef,
         DeleteMessageBatchRequestEntryTypeDef,
+        ReceiveMessageRequestTypeDef,
     )
 
     from event_processor.awsjson import SqsApi
@@ -42,6 +44,7 @@ class Message:
     received_at: float  # monotonic
     visible_until: float  # monotonic
     extensions: int = field(default=0)
+    group_id: str | None = None  # MessageGroupId: a FIFO source's messages have one
 
 
 class SqsSource:
@@ -54,9 +57,15 @@ class SqsSource:
         *,
         wait_time_s: int,
         visibility_timeout_s: int,
+        fifo: bool = False,
     ) -> None:
         self._client = client
         self.queue_url = queue_url
+        # A FIFO queue's messages come with their group (groups.py orders by it).
+        self.fifo = fifo
+        self._system_attributes: list[Any] = ["ApproximateReceiveCount", "SentTimestamp"]
+        if fifo:
+            self._system_attributes.append("MessageGroupId")
         self._metrics = metrics
         self._policy = policy
         self._wait_time_s = wait_time_s
@@ -67,15 +76,21 @@ class SqsSource:
 
     async def receive(self, max_messages: int) -> list[Message]:
         """One long poll. Errors propagate: the receiver loop owns outage handling."""
+        request: ReceiveMessageRequestTypeDef = {
+            "QueueUrl": self.queue_url,
+            "MaxNumberOfMessages": max_messages,
+            "WaitTimeSeconds": self._wait_time_s,
+            "VisibilityTimeout": self.visibility_timeout_s,
+            "MessageSystemAttributeNames": self._system_attributes,
+            "MessageAttributeNames": ["All"],
+        }
+        if self.fifo:
+            # botocore resends this very request when an answer is lost (a reset, a 5xx): with
+            # the same attempt id SQS answers with the same messages, rather than keeping them
+            # (and so their whole groups) hidden until their visibility timeout runs out.
+            request["ReceiveRequestAttemptId"] = uuid.uuid4().hex
         with self._metrics.aws_call("ReceiveMessage"):
-            response = await self._client.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=max_messages,
-                WaitTimeSeconds=self._wait_time_s,
-                VisibilityTimeout=self.visibility_timeout_s,
-                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
-                MessageAttributeNames=["All"],
-            )
+            response = await self._client.receive_message(**request)
         now = time.monotonic()
         messages = []
         for raw in response.get("Messages", []):
@@ -91,6 +106,7 @@ class SqsSource:
                     attributes=dict(raw.get("MessageAttributes", {})),
                     received_at=now,
                     visible_until=now + self.visibility_timeout_s,
+                    group_id=system.get("MessageGroupId"),
                 )
             )
         self._metrics.messages_received.inc(len(messages))
@@ -100,15 +116,21 @@ class SqsSource:
         """Delete once the message's work is done; batched with concurrent deletes."""
         await self._deleter.submit(message)
 
-    async def change_visibility(self, messages: list[Message], timeout_s: int) -> list[Message]:
-        """Set the visibility of up to any number of messages; returns those that took it."""
+    async def change_visibility(
+        self, messages: list[Message], timeout_s: int, *, in_order: bool = False
+    ) -> list[Message]:
+        """Set the visibility of up to any number of messages; returns those that took it.
+        `in_order`: batch after batch, so that messages are released in the order given."""
         chunks = [
             messages[start : start + constants.SQS_MAX_BATCH_ENTRIES]
             for start in range(0, len(messages), constants.SQS_MAX_BATCH_ENTRIES)
         ]
-        # Concurrently: with hundreds in flight, one call after another would take longer
-        # than the half visibility window the heartbeat leaves itself.
-        results = await asyncio.gather(*(self._visibility_batch(c, timeout_s) for c in chunks))
+        if in_order:
+            results = [await self._visibility_batch(chunk, timeout_s) for chunk in chunks]
+        else:
+            # Concurrently: with hundreds in flight, one call after another would take longer
+            # than the half visibility window the heartbeat leaves itself.
+            results = await asyncio.gather(*(self._visibility_batch(c, timeout_s) for c in chunks))
         return [
             m
             for chunk, outcomes in zip(chunks, results, strict=True)
