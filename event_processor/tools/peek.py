@@ -126,7 +126,8 @@ class Groups:
     at a time (at most FIFO_RELEASE_BUDGET messages, so that a receive has room for one more),
     to be made visible again; the next receive brings them back, read already (`received`
     counts them as requeued) and the ones behind them. A group whose release brings nothing new
-    is not released again in the scan (`exhausted`), unless new messages of it come later; one
+    in a receive with room to spare is not released again in the scan (`exhausted`), unless
+    new messages of it come later; one
     whose release brings a whole receive of messages read already is `stuck`: a receive returns
     at most 10 messages, all from the head of the group, so what lies behind 10 held messages
     of a group cannot be read without deleting some of them. Does nothing on a standard queue.
@@ -160,11 +161,14 @@ class Groups:
                 new.add(group)
                 self.round_new += 1
         self.exhausted -= new
+        # A full receive may have been cut short of a group's next message: only a receive
+        # with room to spare says that nothing is behind a group's released messages.
+        full = len(letters) >= constants.SQS_MAX_BATCH_ENTRIES
         for group, count in requeued.items():
-            if group not in new:
+            if count >= constants.SQS_MAX_BATCH_ENTRIES:
+                self.stuck.add(group)
+            elif group not in new and not full:
                 self.exhausted.add(group)
-                if count >= constants.SQS_MAX_BATCH_ENTRIES:
-                    self.stuck.add(group)
         return sum(requeued.values())
 
     def start_round(self, held: Mapping[str, str], only: Collection[str] | None = None) -> bool:

@@ -4,16 +4,25 @@ they hold, which on a FIFO queue hide the rest of their group from every receive
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Callable, Collection
 from typing import Any
 
-from devworld.emulator import Emulator, World
+from devworld.emulator import Emulator, World, read_stream
+from devworld.verify import (
+    decode_records,
+    expected_device_order,
+    expected_sequences,
+    verify,
+    verify_device_order,
+)
 from event_processor.contract import Reason, Rejection
 from event_processor.letters import DeadLetter, submission_letter
 from event_processor.tools import fifo, inspect, redrive
-from tests.factories import received_message
-from tests.helpers import client, drain_queue
+from tests.conftest import settings_for
+from tests.factories import encode, received_message, submission
+from tests.helpers import client, drain_queue, eventually, queue_depth
 from tests.integration.test_ops import BAD_EVENTS, all_visible, letters_for
 
 
@@ -231,3 +240,51 @@ def test_a_standard_source_gets_no_group(emulator: Emulator, world: World) -> No
     assert moved["Body"] == body
     assert "MessageGroupId" not in moved["Attributes"]
     assert "MessageDeduplicationId" not in moved["Attributes"]
+
+
+async def test_redrive_with_the_daemon_on_a_fifo_world(
+    emulator: Emulator, make_world: Callable[..., World], daemon: Any
+) -> None:
+    """The daemon running on a FIFO world: valid submissions SQS's redrive policy had moved
+    (12 of one device) publish in their order, the invalid ones come back in their group and
+    are counted as rejected again behind the event letters the run holds; the run ends by
+    itself, complete, once the daemon took everything."""
+    world = make_world(fifo=True)
+    sqs = client(emulator, "sqs")
+    devices = ["6f1f2f4c-5a4e-4c53-9d43-2a8c8f6f3b11", "0c5a3a0e-8d9e-4f7a-b5e2-0f6c1d2e3a44"]
+    valid = {d: [encode(submission(device_id=d)) for _ in range(12 if i == 0 else 3)]
+             for i, d in enumerate(devices)}  # fmt: skip
+    bad = {d: [f"still not json {d[:4]} {i}" for i in range(3)] for d in devices}
+    grouped: list[tuple[str, DeadLetter]] = []
+    for d in devices:
+        grouped += events(d, 2)  # at the head: held, hiding the rest of the group
+        grouped += [(d, x) for body in bad[d] for x in letters_for(body)]
+    for d in devices:  # no reason attached: moved by SQS after five receives
+        for body in valid[d]:
+            grouped.append((d, DeadLetter("submission", body, {})))
+    await asyncio.to_thread(put_fifo_letters, sqs, world.dlq_url, grouped)
+    running = await daemon(settings_for(world))
+
+    summary = await asyncio.wait_for(
+        asyncio.to_thread(redrive.redrive, sqs, world.dlq_url, world.queue_url, out=io.StringIO()),
+        timeout=60,
+    )
+
+    moved = sum(map(len, valid.values())) + sum(map(len, bad.values()))
+    assert (summary.moved, summary.failed, summary.skipped_events) == (moved, 0, 4)
+    assert summary.rejected_again == {"invalid_body": 6}
+    assert (summary.complete, summary.settled, summary.unreachable) == (
+        True, redrive.SETTLED_TAKEN, 0
+    )  # fmt: skip
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    assert await running.stop() == 0
+    bodies = [body for d in devices for body in valid[d]]
+    records = decode_records(
+        await asyncio.to_thread(read_stream, client(emulator, "kinesis"), world.stream_name)
+    )
+    assert verify(records, expected_sequences(bodies)).ok
+    order = verify_device_order(records, expected_device_order(bodies))
+    assert (order.ok, order.pairs) == (True, 11 + 2)
+    left = await asyncio.to_thread(drain_queue, emulator, world.dlq_url)
+    again = {m["Body"]: m["Attributes"]["MessageGroupId"] for m in left if "not json" in m["Body"]}
+    assert again == {body: d for d in devices for body in bad[d]}
