@@ -283,6 +283,11 @@ def format_report(report: InspectReport) -> str:
         lines.append(
             f"  NOTE: interrupted: the counts below cover only the {report.read} messages read"
         )
+    elif report.unreachable and report.complete:
+        lines.append(
+            f"  ({plural(report.unreachable, 'message')} sent during the scan not read: behind"
+            " the first 10 of their FIFO message group)"
+        )
     elif report.unreachable:
         lines.append(
             f"  NOTE: ~{report.unreachable} messages not read: in a FIFO queue they are behind"

@@ -51,6 +51,9 @@ HOST_CLOCK_MARGIN_MS = 60_000
 # FIFO queues: held messages released at once to read past them, at most this many, so that
 # the receive after the release has room for at least one message behind them (`Groups`).
 FIFO_RELEASE_BUDGET = constants.SQS_MAX_BATCH_ENTRIES - 1
+# ... and a group whose release brought nothing the scan was after this many times in a row,
+# each time in a full receive that may have cut it short, is not released again.
+FIFO_RELEASE_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -140,16 +143,18 @@ class Groups:
         self.exhausted: set[str] = set()  # released without anything new coming back
         self.stuck: set[str] = set()  # released, and a whole receive came back read already
         self.rounds = 0
-        self.round_new = 0  # messages new to the scan received since the round started
+        self.round_new = 0  # messages the scan was after, received since the round started
         self._round: list[str] = []  # groups still to release in this round
         self._released: set[str] = set()  # message ids released, not received again yet
+        self._tries: dict[str, int] = {}  # releases of a group in a row that gained nothing
 
-    def received(self, letters: Sequence[Letter], seen: Collection[str]) -> int:
-        """Note a receive's letters (`seen`: message ids read before it); return how many were
-        released by this scan and came back."""
+    def received(self, letters: Sequence[Letter], progress: Collection[str]) -> int:
+        """Note a receive's letters; `progress`: the message ids among them that the scan was
+        after (new, and from before its start: later ones hide nothing it needs). Return how
+        many were released by this scan and came back."""
         if not self.fifo:
             return 0
-        new: set[str] = set()
+        gained: set[str] = set()
         requeued: dict[str, int] = {}
         for letter in letters:
             group = letter.group_id or ""
@@ -157,18 +162,23 @@ class Groups:
             if letter.message_id in self._released:
                 self._released.discard(letter.message_id)
                 requeued[group] = requeued.get(group, 0) + 1
-            if letter.message_id not in seen:
-                new.add(group)
+            if letter.message_id in progress:
+                gained.add(group)
                 self.round_new += 1
-        self.exhausted -= new
+        self.exhausted -= gained
+        for group in gained:
+            self._tries.pop(group, None)
         # A full receive may have been cut short of a group's next message: only a receive
-        # with room to spare says that nothing is behind a group's released messages.
+        # with room to spare says that nothing is behind a group's released messages, and a
+        # group cut short again and again (FIFO_RELEASE_TRIES) is given up.
         full = len(letters) >= constants.SQS_MAX_BATCH_ENTRIES
         for group, count in requeued.items():
             if count >= constants.SQS_MAX_BATCH_ENTRIES:
                 self.stuck.add(group)
-            elif group not in new and not full:
-                self.exhausted.add(group)
+            elif group not in gained:
+                self._tries[group] = self._tries.get(group, 0) + 1
+                if not full or self._tries[group] >= FIFO_RELEASE_TRIES:
+                    self.exhausted.add(group)
         return sum(requeued.values())
 
     def start_round(self, held: Mapping[str, str], only: Collection[str] | None = None) -> bool:
@@ -286,6 +296,7 @@ class Peek:
         self.interrupted = False  # `stop` was set before the scan was done
         self.not_released = 0  # messages the release failed for (after the `with` block)
         self.arrived = 0  # messages sent after the start: held, released, never yielded
+        self.fresh = 0  # messages yielded
         # FIFO: messages still visible when the scan ended, behind the first 10 of their group
         # (a scan that deletes nothing cannot read past those: `Groups`).
         self.unreachable = 0
@@ -308,22 +319,30 @@ class Peek:
             if not batch:
                 if self.groups.releasing or self._read_past_held():
                     continue
-                self.complete = not self.unreachable
+                # Out of reach: complete if that is only later messages, as far as SQS's count at
+                # the start tells.
+                self.complete = not self.unreachable or (
+                    self.start is not None and self.fresh >= self.start.approximate_visible
+                )
                 return
             letters = [Letter.from_message(m) for m in batch]
-            requeued = self.groups.received(letters, self.seen)
             new = [x for x in letters if x.message_id not in self.seen]
+            fresh = [x for x in new if self.start is None or self.start.holds(x)]
+            requeued = self.groups.received(letters, {x.message_id for x in fresh})
             # Recorded before any is yielded, so a caller that stops mid-page releases the rest.
             for letter in letters:
                 self.held[letter.message_id] = letter.receipt_handle
                 self.seen.add(letter.message_id)
-            fresh = [x for x in new if self.start is None or self.start.holds(x)]
             self.arrived += len(new) - len(fresh)
-            self._idle.record(
-                fresh=len(fresh),
-                later=len(new) - len(fresh),
-                requeued_only=requeued == len(letters) - len(new),
-            )
+            self.fresh += len(fresh)
+            if fresh or not released:
+                # A receive after a release that brought nothing to read is neither progress
+                # nor idleness: the next groups of the round are still to come (`Groups`).
+                self._idle.record(
+                    fresh=len(fresh),
+                    later=len(new) - len(fresh),
+                    requeued_only=requeued == len(letters) - len(new),
+                )
             if not self.groups.releasing and (
                 released or len(batch) < constants.SQS_MAX_BATCH_ENTRIES
             ):

@@ -230,6 +230,13 @@ class RedriveSummary:
                 f"NOTE: {head} at --max {self.moved} after reading {self.read} of"
                 f" ~{self.approximate_at_start} messages; the DLQ holds more to move"
             )
+        elif self.unreachable and self.complete and not self.interrupted and not self.aborted:
+            lines.append(
+                f"NOTE: ~{self.unreachable} letters sent after the start (letters rejected again"
+                " among them, then not counted) were not read: in a FIFO DLQ they are behind 10"
+                " letters of their message group that this run holds (docs/operations.md, FIFO"
+                " queues)"
+            )
         elif self.unreachable and not self.interrupted and not self.aborted:
             behind = (
                 "the first 10 letters of their message group (a dry run deletes nothing)"
@@ -475,11 +482,16 @@ class _Redrive:
             if not messages:
                 if self.groups.releasing or self.read_past_held():
                     continue
-                # An empty long poll: nothing visible is left (FIFO: or only what is out of reach).
-                self.summary.complete = not self.summary.unreachable
+                # An empty long poll: nothing visible is left, or (FIFO) nothing within reach:
+                # complete if that is only later letters, as far as SQS's count at the start
+                # tells (it counts letters that were there).
+                self.summary.complete = not self.summary.unreachable or self.summary.left == 0
                 return
             chosen, fresh, later, requeued_only = self.sort(messages, left)
-            idle.record(fresh=fresh, later=later, requeued_only=requeued_only)
+            if fresh or not released:
+                # A receive after a release that brought nothing to move is neither progress
+                # nor idleness: the next groups of the round are still to come (`peek.Groups`).
+                idle.record(fresh=fresh, later=later, requeued_only=requeued_only)
             if not self.send(chosen, stop):
                 self.summary.interrupted = True
                 return
@@ -521,17 +533,19 @@ class _Redrive:
         return letter.message_id in self.sent or (source is not None and source in self.sent)
 
     def sort(
-        self, messages: list[dict[str, Any]], left: int | None
+        self, messages: list[dict[str, Any]], left: int | None, *, settling: bool = False
     ) -> tuple[list[Letter], int, int, bool]:
         """The letters to move now, how many letters from before the start (fresh) and after
         it (later) were new to this run, and whether every letter read already that came back
-        was one this run released itself (FIFO, `peek.Groups`). Every message received is held
-        until deleted or released."""
+        was one this run released itself (FIFO, `peek.Groups`, which learns what the run is
+        after: letters from before the start and what its own moves came back as, and while
+        `settling` any new one; not other later letters, which may keep coming). Every message
+        received is held until deleted or released."""
         chosen: list[Letter] = []
         fresh = later = 0
         letters = [Letter.from_message(message) for message in messages]
-        requeued = self.groups.received(letters, self.seen)
         again = sum(1 for letter in letters if letter.message_id in self.seen)
+        progress: set[str] = set()
         for letter in letters:
             self.held[letter.message_id] = letter.receipt_handle
             if letter.message_id in self.seen:
@@ -539,7 +553,10 @@ class _Redrive:
                 # receive; the newest receipt handle is kept for the release.
                 continue
             self.seen.add(letter.message_id)
+            if settling:
+                progress.add(letter.message_id)
             if self.ours(letter):
+                progress.add(letter.message_id)  # a few per letter moved: worth reading on
                 later += 1
                 self.summary.reject_again(letter)
                 continue
@@ -553,11 +570,13 @@ class _Redrive:
                 self.summary.limited = True
                 continue
             fresh += 1
+            progress.add(letter.message_id)
             self.summary.read += 1
             if why is None:
                 chosen.append(letter)
             else:
                 self.summary.skip(letter, why)
+        requeued = self.groups.received(letters, progress)
         return chosen, fresh, later, requeued == again
 
     def send(self, chosen: list[Letter], stop: threading.Event) -> bool:
@@ -605,7 +624,7 @@ class _Redrive:
             before = aws.queue_counts(self.sqs, self.queue_url)
             self.release_next()
             messages = self.receive()
-            chosen, _, _, _ = self.sort(messages, self.remaining())
+            chosen, _, _, _ = self.sort(messages, self.remaining(), settling=True)
             if chosen and not self.send(chosen, stop):
                 self.summary.settled = SETTLED_INTERRUPTED
                 return

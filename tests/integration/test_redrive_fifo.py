@@ -148,6 +148,34 @@ def test_redrive_to_a_fifo_source_moves_each_group_in_order(
     }
 
 
+def test_rounds_that_bring_only_letters_rejected_again_do_not_end_the_scan(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
+    """Six groups whose nine held event letters hide only a letter rejected again, then a
+    group with submissions still to move behind its own nine: the receives after each release
+    that bring nothing to move do not end the scan as if the DLQ ran dry (seen on LocalStack:
+    13 letters left unread and the run called complete). What lies behind ten held letters
+    of a group, here letters rejected again, is reported as not read."""
+    world = make_world(fifo=True)
+    sqs = client(emulator, "sqs")
+    letters: list[tuple[str, DeadLetter]] = []
+    for g in range(6):
+        letters += [*events(f"dev-{g}", 9), *junk(f"dev-{g}", 1)]
+    letters += [*events("dev-last", 9), *junk("dev-last", 3)]
+    put_fifo_letters(sqs, world.dlq_url, letters)
+    rejecting = RejectsSome(sqs, world, {x.body for _, x in letters if "junk" in x.body})
+
+    summary = redrive.redrive(rejecting, world.dlq_url, world.queue_url, out=io.StringIO())
+
+    assert (summary.moved, summary.failed, summary.read) == (9, 0, len(letters))
+    assert (summary.complete, summary.unreachable) == (True, 2)
+    assert summary.rejected_again == {"invalid_body": 7}, "dev-last's last two are out of reach"
+    assert "~2 letters sent after the start (letters rejected again among them" in (summary.text())
+    assert by_group(drain_queue(emulator, world.queue_url))["dev-last"] == [
+        f"junk dev-last {i}" for i in range(3)
+    ]
+
+
 def test_a_failed_move_holds_back_the_rest_of_its_group(
     emulator: Emulator, make_world: Callable[..., World]
 ) -> None:
