@@ -334,6 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             signer.key_id,
             extra={"action": "signing", "key_id": signer.key_id},
         )
+    if sender.fifo:
+        log.info(
+            "FIFO queue: each device's submissions go in its own message group, in order",
+            extra={"action": "fifo"},
+        )
     stop = threading.Event()
     with signals.stop_on_signals(stop):
         try:
