@@ -24,6 +24,9 @@ Faults can be changed at any time from any thread:
 * `queues_down`: SQS calls naming one of these queue URLs (the request's `QueueUrl`) are
   answered HTTP 503 ServiceUnavailable, not forwarded: one queue is down (the DLQ, say) while
   the others answer.
+* `failing_partition_keys`: PutRecords entries with one of these partition keys are cut out
+  and answered as failed entries (InternalFailure), like the entry failures above but for
+  chosen records: one submission's records fail while the others go.
 * `latency_s`: every call waits this long before it is handled, like an in-region round trip.
 * `shard_records_per_s` / `shard_bytes_per_s`: per-shard token buckets (burst = one second's
   worth). A PutRecords entry whose shard has no token left is answered, per record, with
@@ -76,6 +79,7 @@ RECEIVE_DELAYED = "receive_delayed"
 SHARD_THROTTLED = "shard_throttled"  # counted per entry
 SEQUENCE_INVERTED = "sequence_inverted"  # counted per entry
 SHARD_MOVED = "shard_moved"  # counted per partition key moved
+KEY_FAILURE = "put_records_key_failure"  # counted per entry
 _RANDOM_FAULTS = (ENTRY_FAILURE, THROTTLE, SQS_ERROR)
 
 KINESIS_PREFIX = "Kinesis_20131202."
@@ -121,6 +125,7 @@ class Faults:
     down_mode: DownMode = "500"
     fail_operations: frozenset[str] = frozenset()
     queues_down: frozenset[str] = frozenset()
+    failing_partition_keys: frozenset[str] = frozenset()
     receive_delay_s: float = 0.0
     latency_s: float = 0.0
     # Per-shard token buckets, as Kinesis enforces them (1,000 records/s and 1 MiB/s per
@@ -420,6 +425,7 @@ class FaultProxy:
             return _error(400, code, "Rate exceeded (fault proxy)", kinesis=True)
         if operation == "PutRecords" and (
             faults.put_records_entry_failure_rate
+            or faults.failing_partition_keys
             or faults.shard_records_per_s
             or faults.shard_bytes_per_s
             or self._rewrites_answers(faults)
@@ -515,10 +521,20 @@ class FaultProxy:
         doc = json.loads(body)
         entries: list[Any] = doc.get("Records", [])
         rate = faults.put_records_entry_failure_rate
+        chosen: set[int] = set()
         with self._lock:
             draw = self._rngs[ENTRY_FAILURE].random
             failed = {i for i in range(len(entries)) if rate and draw() < rate}
             self._injected[ENTRY_FAILURE] += len(failed)
+            if faults.failing_partition_keys:
+                chosen = {
+                    i
+                    for i, entry in enumerate(entries)
+                    if i not in failed
+                    and entry.get("PartitionKey") in faults.failing_partition_keys
+                }
+                self._injected[KEY_FAILURE] += len(chosen)
+                failed |= chosen
             if faults.shard_records_per_s or faults.shard_bytes_per_s:
                 now = time.monotonic()
                 throttled = {
@@ -551,7 +567,14 @@ class FaultProxy:
             answer = {"FailedRecordCount": 0, "Records": [], "EncryptionType": "NONE"}
             headers = _json_headers(kinesis=True)
         stored = iter(answer.get("Records", []))
-        answer["Records"] = [failure if i in failed else next(stored) for i in range(len(entries))]
+        internal = {
+            "ErrorCode": "InternalFailure",
+            "ErrorMessage": "Internal service failure (fault proxy, failing_partition_keys).",
+        }
+        answer["Records"] = [
+            (internal if i in chosen else failure) if i in failed else next(stored)
+            for i in range(len(entries))
+        ]
         answer["FailedRecordCount"] = int(answer.get("FailedRecordCount", 0)) + len(failed)
         if rewrite:
             with self._lock:

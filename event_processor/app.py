@@ -211,10 +211,11 @@ def assemble(
         policy,
         wait_time_s=settings.wait_time_seconds,
         visibility_timeout_s=settings.visibility_timeout,
+        fifo=resolved.fifo,
     )
     sink = KinesisSink(kinesis, settings.stream_name, metrics, policy, settings.max_put_requests)
     dead_letters = DeadLetterQueue(
-        dlq, settings.dlq_url, metrics, policy, resolved.dlq_max_message_bytes
+        dlq, settings.dlq_url, metrics, policy, resolved.dlq_max_message_bytes, fifo=resolved.fifo
     )
     reporter = Reporter(metrics, settings.log_interval_seconds)
     pipeline = Pipeline(
@@ -374,6 +375,8 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
                 "dlq_url": None if settings.dlq_url is None else mask_url(settings.dlq_url),
                 "metrics_port": metrics_port,
                 "auth_mode": settings.auth_mode.value,
+                # FIFO: each message group's submissions are published one after another.
+                "source_kind": "fifo" if resolved.fifo else "standard",
                 "version": __version__,
                 "settings": settings.effective(),
             },

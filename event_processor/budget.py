@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -80,6 +82,20 @@ class MemoryBudget:
                 hold.waiting = False
                 self._waiting_bytes -= hold.nbytes
                 self._wake()
+
+    @contextmanager
+    def parked(self, hold: Hold) -> Iterator[None]:
+        """While `hold`'s submission waits for another one (its FIFO group's predecessor),
+        its bytes count as a waiter's: they are not freed before that one finishes, so the
+        first waiter (perhaps that one) may go alone rather than wait for them."""
+        nbytes = hold.nbytes
+        self._waiting_bytes += nbytes
+        if self._waiters:
+            self._wake()
+        try:
+            yield
+        finally:
+            self._waiting_bytes -= nbytes
 
     def release(self, hold: Hold) -> None:
         self.resize(hold, 0)

@@ -360,6 +360,21 @@ def dlq_too_small(dlq: Resource, dlq_bytes: int, source_bytes: int, place: Where
     )
 
 
+def dlq_kind_mismatch(dlq: Resource, source_fifo: bool, place: Where) -> StartupError:
+    # SQS refuses a redrive policy between queues of different kinds, and our letters are
+    # built for the DLQ's kind: a FIFO DLQ needs each letter's group and deduplication id.
+    source_kind, dlq_kind = ("FIFO", "standard") if source_fifo else ("standard", "FIFO")
+    return StartupError(
+        str(dlq),
+        f"is a {dlq_kind} queue but the source queue is {source_kind}: a {source_kind} "
+        f"source needs a {source_kind} DLQ (SQS requires a FIFO queue's DLQ to be FIFO)",
+        f"point DLQ_URL at a {source_kind} queue "
+        + ("(its name ends in .fifo)" if source_fifo else "(its name does not end in .fifo)"),
+        setting=dlq.setting,
+        where=place,
+    )
+
+
 def metrics_port_taken(host: str, port: int, exc: OSError) -> StartupError:
     reason = exc.strerror or type(exc).__name__
     return StartupError(

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The group of a letter to a FIFO DLQ whose message had none: only a source of another kind
+# than the DLQ's, which start-up refuses, would send one.
+FALLBACK_GROUP_ID = "event-processor"
+
 
 class DeadLetterQueue:
     """Sends dead letters in SendMessageBatch calls; without a DLQ URL it only logs them."""
@@ -40,9 +44,14 @@ class DeadLetterQueue:
         metrics: Metrics,
         policy: RetryPolicy,
         max_message_bytes: int = constants.SQS_MAX_MESSAGE_BYTES,
+        *,
+        fifo: bool = False,
     ) -> None:
         self._client = client
         self.url = dlq_url
+        # A FIFO DLQ (the source is FIFO too: preflight holds them to one kind) takes each
+        # letter with its group and deduplication id.
+        self.fifo = fifo
         # The DLQ's MaximumMessageSize, read at start-up: packed letters are cut to fit it.
         self.max_message_bytes = max_message_bytes
         self._metrics = metrics
@@ -117,6 +126,14 @@ class DeadLetterQueue:
         assert url is not None  # send() returns early without one
 
         def entry(i: int, letter: DeadLetter) -> SendMessageBatchRequestEntryTypeDef:
+            if self.fifo:
+                return {
+                    "Id": str(i),
+                    "MessageBody": letter.body,
+                    "MessageAttributes": letter.attributes,
+                    "MessageGroupId": letter.group_id or FALLBACK_GROUP_ID,
+                    "MessageDeduplicationId": letter.deduplication_id,
+                }
             return {
                 "Id": str(i),
                 "MessageBody": letter.body,

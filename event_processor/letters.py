@@ -41,6 +41,11 @@ class DeadLetter:
     kind: str  # KIND_SUBMISSION or KIND_EVENTS: the dlq_messages_sent label
     body: str
     attributes: dict[str, MessageAttributeValueTypeDef]
+    # For a FIFO DLQ: the source message's group, and an id of this letter of that message
+    # (its part), so that SQS drops a second send of it within its 5-minute deduplication
+    # interval (a retried batch, a redelivery after a failed delete).
+    group_id: str | None = None
+    deduplication_id: str = ""
 
     @property
     def size(self) -> int:
@@ -115,7 +120,9 @@ def submission_letter(message: Message, body: str, rejection: Rejection) -> Dead
             break  # ours take precedence; SQS would refuse an 11th attribute
         if name not in attributes:
             attributes[name] = value
-    return DeadLetter(KIND_SUBMISSION, body, attributes)
+    return DeadLetter(
+        KIND_SUBMISSION, body, attributes, message.group_id, f"{message.message_id}:submission"
+    )
 
 
 # --- Packed letters of rejected events (README, "Dead letters") ---------------------------
@@ -313,7 +320,15 @@ class LetterPacker:
             reason = next(iter(letter.reasons)) if len(letter.reasons) == 1 else MIXED_REASONS
             detail = f"{letter.count} rejected events, part {part} of {parts}"
             attributes = _reason_attributes(self._message, reason, detail)
-            out.append(DeadLetter(KIND_EVENTS, envelope + groups + "]}", attributes))
+            out.append(
+                DeadLetter(
+                    KIND_EVENTS,
+                    envelope + groups + "]}",
+                    attributes,
+                    self._message.group_id,
+                    f"{self._message.message_id}:events:{part}",
+                )
+            )
         self.nbytes = 0
         return out
 

@@ -17,14 +17,23 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from event_processor.errors import BatchEntryFailed, PublishFailed
+from event_processor.groups import MessageGroups
 from event_processor.letters import submission_letter
-from event_processor.models import PartitionKey, Rejection, format_timestamp, parse_packed
+from event_processor.models import (
+    Packed,
+    PartitionKey,
+    Rejection,
+    format_timestamp,
+    parse_packed,
+)
 from event_processor.status import RejectionTally
 
 if TYPE_CHECKING:
     from event_processor.auth import Authenticator
     from event_processor.budget import Hold, MemoryBudget
     from event_processor.dlq import DeadLetterQueue
+    from event_processor.groups import Turn
+    from event_processor.letters import LetterPacker
     from event_processor.metrics import Metrics
     from event_processor.signing import Envelope
     from event_processor.sink import KinesisSink
@@ -37,6 +46,7 @@ class Outcome(StrEnum):
     PUBLISHED = "published"  # every valid event published (rejected events, if any, in the DLQ)
     REJECTED = "rejected"  # the whole submission went to the DLQ
     FAILED = "failed"  # left in SQS for redelivery: publish or DLQ gave up (or refused)
+    RELEASED = "released"  # made visible again unpublished: an earlier one of its group failed
 
 
 class Pipeline:
@@ -62,10 +72,15 @@ class Pipeline:
         self._outcomes = {o: metrics.submissions.labels(o.value) for o in Outcome}
         # Counted for the `rejections` log line; a tally nobody reads when none is given.
         self._rejections = rejections or RejectionTally(interval_s=float("inf"))
+        # FIFO sources: the turns of the groups in flight (groups.py).
+        self.groups = MessageGroups()
 
     async def process(self, message: Message, hold: Hold) -> Outcome:
+        # A group's turns are taken here, at the task's first step: the worker starts the
+        # tasks of a receive in the order received, and asyncio runs first steps in that order.
+        turn = None if message.group_id is None else self.groups.join(message.group_id)
         try:
-            outcome = await self._process(message, hold)
+            outcome = await self._process(message, hold, turn)
         except (PublishFailed, BatchEntryFailed) as exc:
             # Not deleted: SQS redelivers it once its visibility runs out, and after
             # maxReceiveCount the queue's redrive policy moves it to the DLQ.
@@ -78,10 +93,13 @@ class Pipeline:
                 },
             )
             outcome = Outcome.FAILED
+        finally:
+            if turn is not None:
+                turn.leave()  # breaks the turn unless it was passed on
         self._outcomes[outcome].inc()
         return outcome
 
-    async def _process(self, message: Message, hold: Hold) -> Outcome:
+    async def _process(self, message: Message, hold: Hold, turn: Turn | None) -> Outcome:
         # The body is needed only to parse (and to dead-letter a rejected submission whole);
         # the Message itself lives on in the worker's in-flight set until it is finished.
         body, message.body = message.body, ""
@@ -90,23 +108,9 @@ class Pipeline:
         if self._auth is not None:
             verdict = await self._auth.verify(message.attributes, body)
             if isinstance(verdict, Rejection):
-                return await self._reject(message, body, verdict)
+                return await self._reject(message, body, verdict, hold, turn)
             signer = verdict
-        while True:
-            letters = self._dlq.packer(message)
-            processed_at = format_timestamp(datetime.now(UTC))
-            parsed = parse_packed(body, processed_at, self._partition_key, letters.add)
-            if isinstance(parsed, Rejection):
-                break  # it holds its body, as it did since the receive
-            # What parsing left replaces the body in the budget. If that does not fit, let
-            # go of it, wait in turn for room, and parse again: parsing is deterministic, and
-            # a second parse is cheaper than holding more than the budget allows.
-            if self._budget.try_resize(hold, parsed.records.nbytes + letters.nbytes):
-                break
-            needed = parsed.records.nbytes + letters.nbytes
-            del parsed, letters
-            await self._budget.grow(hold, needed)
-
+        parsed, letters = await self._parse(message, body, hold)
         if signer is not None:
             assert self._auth is not None
             # The body must name the device that signed it; a mismatch is rejected whole.
@@ -116,11 +120,15 @@ class Pipeline:
                 del letters
                 parsed = mismatch
         if isinstance(parsed, Rejection):
-            return await self._reject(message, body, parsed)
+            return await self._reject(message, body, parsed, hold, turn)
         del body
+        if not await self._in_turn(message, hold, turn):
+            return Outcome.RELEASED
 
         records_nbytes = parsed.records.nbytes
         published = self._sink.publish(parsed.records, message.received_at, parsed.submission_id)
+        if turn is not None:
+            published.add_done_callback(lambda done: _pass_on_success(done, turn))
         sending: asyncio.Future[None] | None = None
         try:
             if letters.counts:
@@ -145,6 +153,47 @@ class Pipeline:
         if message.sent_at_s is not None:
             self._metrics.submission_latency.observe(max(0.0, time.time() - message.sent_at_s))
         return Outcome.PUBLISHED
+
+    async def _parse(
+        self, message: Message, body: str, hold: Hold
+    ) -> tuple[Packed | Rejection, LetterPacker]:
+        """The body parsed, within the budget: its records and its rejected events' letters."""
+        while True:
+            letters = self._dlq.packer(message)
+            processed_at = format_timestamp(datetime.now(UTC))
+            parsed = parse_packed(body, processed_at, self._partition_key, letters.add)
+            if isinstance(parsed, Rejection):
+                return parsed, letters  # it holds its body, as it did since the receive
+            # What parsing left replaces the body in the budget. If that does not fit, let
+            # go of it, wait in turn for room, and parse again: parsing is deterministic, and
+            # a second parse is cheaper than holding more than the budget allows.
+            if self._budget.try_resize(hold, parsed.records.nbytes + letters.nbytes):
+                return parsed, letters
+            needed = parsed.records.nbytes + letters.nbytes
+            del parsed, letters
+            await self._budget.grow(hold, needed)
+
+    async def _in_turn(self, message: Message, hold: Hold, turn: Turn | None) -> bool:
+        """Before a FIFO submission's first effect, wait for its group's earlier one; False
+        once this one was released because that one failed (nothing overtakes a failure:
+        SQS hands the group out again from it). True at once on a standard queue.
+
+        Meanwhile its bytes count as a waiter's (`MemoryBudget.parked`): the predecessor may
+        itself be waiting for room that only waiters hold.
+        """
+        if turn is None or turn.clear:
+            return True
+        with self._budget.parked(hold):
+            if await turn.wait():
+                return True
+        # Released before the turn is broken in its turn (`process` leaves it), so that the
+        # group's messages become visible again in the order they were received.
+        await self._source.change_visibility([message], 0)
+        log.info(
+            "submission released behind its group's failure",
+            extra={"action": "released", "message_id": message.message_id},
+        )
+        return False
 
     async def _land_both(
         self,
@@ -173,11 +222,23 @@ class Pipeline:
                 + (0 if sending.done() else letters_nbytes),
             )
 
-    async def _reject(self, message: Message, body: str, rejection: Rejection) -> Outcome:
+    async def _reject(
+        self, message: Message, body: str, rejection: Rejection, hold: Hold, turn: Turn | None
+    ) -> Outcome:
         """The whole submission to the DLQ, with its original body and attributes; then delete."""
+        if not await self._in_turn(message, hold, turn):
+            return Outcome.RELEASED
+        if turn is not None:
+            turn.pass_on()  # nothing of it goes to the stream: its group goes on meanwhile
         self._metrics.submissions_rejected.labels(rejection.reason.value).inc()
         self._rejections.submission(rejection.reason.value, message.message_id)
         # While the DLQ is down this waits, the message held, as valid events' letters do.
         await self._dlq.send([submission_letter(message, body, rejection)], message.received_at)
         await self._source.delete(message)
         return Outcome.REJECTED
+
+
+def _pass_on_success(published: asyncio.Future[None], turn: Turn) -> None:
+    """The lane is done: its last record acknowledged passes the group's turn on."""
+    if not published.cancelled() and published.exception() is None:
+        turn.pass_on()

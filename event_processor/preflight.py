@@ -80,6 +80,7 @@ class Resolved:
     queue_url: str
     max_message_bytes: int  # the source queue's MaximumMessageSize
     dlq_max_message_bytes: int  # the DLQ's (packed letters are cut to fit it)
+    fifo: bool = False  # a FIFO source (and so a FIFO DLQ): submissions in order per group
 
 
 class Preflight:
@@ -133,6 +134,8 @@ class Preflight:
             return None
         resource = diagnosis.dlq_resource(self._settings.dlq_url)
         dlq = await self._queue(resource, self._settings.dlq_url)
+        if source is not None and dlq.fifo != source.fifo:
+            raise diagnosis.dlq_kind_mismatch(resource, source.fifo, self.sqs_where)
         if source is not None and dlq.max_message_bytes < source.max_message_bytes:
             raise diagnosis.dlq_too_small(
                 resource, dlq.max_message_bytes, source.max_message_bytes, self.sqs_where
@@ -166,7 +169,7 @@ class Preflight:
         await self.stream()
         dlq = await self.dead_letter_queue(source)
         dlq_max = source.max_message_bytes if dlq is None else dlq.max_message_bytes
-        return Resolved(source.url, source.max_message_bytes, dlq_max)
+        return Resolved(source.url, source.max_message_bytes, dlq_max, source.fifo)
 
 
 async def read_key_set(source: KeySource, resource: Resource, place: Where | None) -> int:

@@ -36,9 +36,16 @@ class RetryPolicy:
     # How long a submission's dead letters may wait for the DLQ, from its receive (tests
     # shorten it to show what happens after).
     letters_deadline_s: float = constants.DLQ_RETRY_DEADLINE_S
+    # How long a submission's records may keep failing before it is left for redelivery
+    # (tests shorten it, as they shorten the letters').
+    records_deadline_s: float = constants.PUBLISH_RETRY_DEADLINE_S
 
     def with_limits(self, max_attempts: int, deadline_s: float) -> RetryPolicy:
         return replace(self, max_attempts=max_attempts, deadline_s=deadline_s)
+
+    def for_records(self) -> RetryPolicy:
+        """PutRecords entries: retried for as long as Kinesis may take to come back."""
+        return self.with_limits(constants.PUBLISH_RETRY_MAX_ATTEMPTS, self.records_deadline_s)
 
     def for_letters(self) -> RetryPolicy:
         """Dead letters' SendMessageBatch: retried for as long as their messages may wait."""

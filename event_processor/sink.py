@@ -173,9 +173,7 @@ class KinesisSink:
         self._stream_name = stream_name
         self._metrics = metrics
         # Records retry until Kinesis is back or the (long) publish deadline passes.
-        self._policy = policy.with_limits(
-            constants.PUBLISH_RETRY_MAX_ATTEMPTS, constants.PUBLISH_RETRY_DEADLINE_S
-        )
+        self._policy = policy.for_records()
         self._max_requests = max_requests
         # Ready lanes, oldest submission first: a heap of (received_at, opened, lane), flat.
         # `opened` is unique, so the heap compares the tuples in C and never two lanes (a

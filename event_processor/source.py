@@ -42,6 +42,7 @@ class Message:
     received_at: float  # monotonic
     visible_until: float  # monotonic
     extensions: int = field(default=0)
+    group_id: str | None = None  # MessageGroupId: a FIFO source's messages have one
 
 
 class SqsSource:
@@ -54,9 +55,15 @@ class SqsSource:
         *,
         wait_time_s: int,
         visibility_timeout_s: int,
+        fifo: bool = False,
     ) -> None:
         self._client = client
         self.queue_url = queue_url
+        # A FIFO queue's messages come with their group (groups.py orders by it).
+        self.fifo = fifo
+        self._system_attributes: list[Any] = ["ApproximateReceiveCount", "SentTimestamp"]
+        if fifo:
+            self._system_attributes.append("MessageGroupId")
         self._metrics = metrics
         self._policy = policy
         self._wait_time_s = wait_time_s
@@ -73,7 +80,7 @@ class SqsSource:
                 MaxNumberOfMessages=max_messages,
                 WaitTimeSeconds=self._wait_time_s,
                 VisibilityTimeout=self.visibility_timeout_s,
-                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageSystemAttributeNames=self._system_attributes,
                 MessageAttributeNames=["All"],
             )
         now = time.monotonic()
@@ -91,6 +98,7 @@ class SqsSource:
                     attributes=dict(raw.get("MessageAttributes", {})),
                     received_at=now,
                     visible_until=now + self.visibility_timeout_s,
+                    group_id=system.get("MessageGroupId"),
                 )
             )
         self._metrics.messages_received.inc(len(messages))
@@ -100,15 +108,21 @@ class SqsSource:
         """Delete once the message's work is done; batched with concurrent deletes."""
         await self._deleter.submit(message)
 
-    async def change_visibility(self, messages: list[Message], timeout_s: int) -> list[Message]:
-        """Set the visibility of up to any number of messages; returns those that took it."""
+    async def change_visibility(
+        self, messages: list[Message], timeout_s: int, *, in_order: bool = False
+    ) -> list[Message]:
+        """Set the visibility of up to any number of messages; returns those that took it.
+        `in_order`: batch after batch, so that messages are released in the order given."""
         chunks = [
             messages[start : start + constants.SQS_MAX_BATCH_ENTRIES]
             for start in range(0, len(messages), constants.SQS_MAX_BATCH_ENTRIES)
         ]
-        # Concurrently: with hundreds in flight, one call after another would take longer
-        # than the half visibility window the heartbeat leaves itself.
-        results = await asyncio.gather(*(self._visibility_batch(c, timeout_s) for c in chunks))
+        if in_order:
+            results = [await self._visibility_batch(chunk, timeout_s) for chunk in chunks]
+        else:
+            # Concurrently: with hundreds in flight, one call after another would take longer
+            # than the half visibility window the heartbeat leaves itself.
+            results = await asyncio.gather(*(self._visibility_batch(c, timeout_s) for c in chunks))
         return [
             m
             for chunk, outcomes in zip(chunks, results, strict=True)

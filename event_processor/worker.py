@@ -228,8 +228,10 @@ class Worker:
         await self._sink.close()
         self.drained.unfinished = len(unfinished)
         if unfinished:
+            # In the order received (the dict's), batch after batch on a FIFO source: a
+            # group's messages become visible again in their order.
             messages = [m for _, m in unfinished]
-            released = await self._source.change_visibility(messages, 0)
+            released = await self._source.change_visibility(messages, 0, in_order=self._source.fifo)
             self.drained.released = len(released)
             log.info(
                 "released unfinished messages",

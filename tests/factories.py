@@ -84,6 +84,7 @@ def received_message(
     attributes: dict[str, Any] | None = None,
     received_at: float = 0.0,
     visible_until: float = 0.0,
+    group_id: str | None = None,
 ) -> Message:
     """A `Message` as SqsSource.receive hands it over: `body`, with fresh ids by default."""
     return Message(
@@ -95,4 +96,5 @@ def received_message(
         attributes={} if attributes is None else attributes,
         received_at=received_at,
         visible_until=visible_until,
+        group_id=group_id,
     )

@@ -127,6 +127,36 @@ async def test_a_dlq_smaller_than_the_source_names_both_sizes_and_the_fix(
     names_place(record, world)
 
 
+@pytest.mark.parametrize(
+    ("source_fifo", "source_kind", "dlq_kind"),
+    [(True, "FIFO", "standard"), (False, "standard", "FIFO")],
+)
+async def test_a_dlq_of_another_kind_than_the_source_is_refused(
+    make_world: Any,
+    caplog: pytest.LogCaptureFixture,
+    source_fifo: bool,
+    source_kind: str,
+    dlq_kind: str,
+) -> None:
+    """A FIFO source with a standard DLQ, or the reverse: refused, both kinds and DLQ_URL named."""
+    source = make_world(fifo=source_fifo)
+    other = make_world(fifo=not source_fifo)
+    settings = settings_for(source, dlq_url=other.dlq_url)
+    code, record = await failed_start(settings, caplog)
+    assert code == exitcodes.STARTUP_FAILED
+    assert (
+        f"DLQ {other.dlq_url} is a {dlq_kind} queue but the source queue is {source_kind}"
+        in record.error
+    )
+    assert f"a {source_kind} source needs a {source_kind} DLQ" in record.error
+    assert "(DLQ_URL / --dlq-url;" in record.error
+    names_place(record, source)
+    # `check` says the same, on the DLQ's line.
+    out = io.StringIO()
+    assert await app.check(settings, out, FAST_POLICY) == exitcodes.STARTUP_FAILED
+    assert f"is a {dlq_kind} queue but the source queue is {source_kind}" in out.getvalue()
+
+
 @pytest.mark.usefixtures("no_endpoint_env")
 async def test_an_unknown_region_without_an_endpoint_is_said_to_be_one(
     world: World, caplog: pytest.LogCaptureFixture

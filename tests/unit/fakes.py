@@ -45,6 +45,7 @@ class FakeSource:
     def __init__(self, calls: list[str], visibility_timeout_s: int = 30) -> None:
         self.calls = calls
         self.visibility_timeout_s = visibility_timeout_s
+        self.fifo = False
         self.queue: list[Message] = []
         self.receives = 0  # ReceiveMessage calls made
         self.polls_cancelled = 0  # long polls cut off while waiting
@@ -98,7 +99,9 @@ class FakeSource:
         self.calls.append("delete")
         self.deleted.append(message)
 
-    async def change_visibility(self, messages: list[Message], timeout_s: int) -> list[Message]:
+    async def change_visibility(
+        self, messages: list[Message], timeout_s: int, *, in_order: bool = False
+    ) -> list[Message]:
         self.calls.append(f"visibility {timeout_s}")
         self.visibility.append((list(messages), timeout_s))
         return list(messages)

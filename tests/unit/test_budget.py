@@ -85,6 +85,22 @@ async def test_waiters_holding_bytes_do_not_deadlock() -> None:
     await asyncio.wait_for(grow_b, 1)
 
 
+async def test_parked_bytes_count_as_a_waiters() -> None:
+    """A hold parked behind another submission (a FIFO group's turn) does not keep a waiter
+    out: with every other byte parked, the first waiter goes alone; unparked, it counts again."""
+    budget = MemoryBudget(100)
+    parked, head, late = Hold(), Hold(), Hold()
+    await budget.grow(parked, 80)
+    await budget.grow(head, 10)
+    grow = asyncio.create_task(budget.grow(head, 50))
+    await queued(head)
+    assert not grow.done()
+    with budget.parked(parked):
+        await asyncio.wait_for(grow, 1)
+    assert budget.used_bytes == 130
+    assert not budget.try_resize(late, 1), "unparked, its bytes are held again"
+
+
 async def test_cancelled_waiter_leaves_its_hold_and_the_queue() -> None:
     """Cancelling a waiting grow keeps the hold's old size and lets the next waiter in."""
     budget = MemoryBudget(100)
