@@ -143,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fifo-groups",
         type=int,
         nargs="*",
-        default=[5, 250],
+        default=[10, 250],
         help="further FIFO runs of the same total (devices x per-device) over this many devices",
     )
     group.add_argument(
@@ -723,18 +723,25 @@ def _fifo_run(bench: Bench, backlog: GroupedBacklog, *, is_fifo: bool) -> FifoRu
 
 
 def _fifo_table(runs: list[FifoRun]) -> None:
-    """One row per run; rates are over the drain after start-up (from /readyz to empty)."""
+    """One row per run; rates are over the drain after start-up (from /readyz to empty).
+
+    A lane has one record in flight, so events/s = PutRecords calls/s x records per call; on
+    a FIFO queue a group has one submission publishing at a time, so records per call is at
+    most the groups, and `busy` is the share of them that had a record in the average call.
+    """
     print(
         f"\n{'queue':<9}{'groups':>7}{'subs':>6}{'events':>7}{'drain s':>9}{'subs/s':>8}"
-        f"{'events/s':>9}{'PutRecords':>11}{'rec/call':>9}{'calls/s':>8}{'receives':>9}"
-        f"  verified; order per device"
+        f"{'events/s':>9}{'PutRecords':>11}{'calls/s':>8}{'rec/call':>9}{'busy':>6}"
+        f"{'receives':>9}  verified; order per device"
     )
     for run in runs:
+        per_call = run.records / max(run.put_calls, 1)
+        busy = f"{per_call / run.groups:.0%}" if run.queue == "FIFO" else "-"
         print(
             f"{run.queue:<9}{run.groups:>7}{run.submissions:>6}{run.events:>7}"
             f"{run.seconds:>9.1f}{run.submissions / run.busy_s:>8.0f}"
             f"{run.events / run.busy_s:>9.0f}{run.put_calls:>11}"
-            f"{run.records / max(run.put_calls, 1):>9.1f}{run.put_calls / run.busy_s:>8.1f}"
+            f"{run.put_calls / run.busy_s:>8.1f}{per_call:>9.1f}{busy:>6}"
             f"{run.receives:>9}  {run.verified}; {run.order_verdict} "
             f"({run.order.out_of_order}/{run.order.pairs} pairs out of order)"
         )
@@ -743,3 +750,7 @@ def _fifo_table(runs: list[FifoRun]) -> None:
         if standard is not None and run.queue == "FIFO" and run.groups == standard.groups:
             ratio = (run.events / run.busy_s) / (standard.events / standard.busy_s)
             print(f"FIFO / standard events/s, {run.groups} devices: {ratio:.2f}")
+    print(
+        "events/s = calls/s x rec/call; on FIFO rec/call <= groups (one submission of a group "
+        "publishing at a time, one record of it in flight); busy = rec/call / groups"
+    )
