@@ -21,7 +21,13 @@ from event_processor.dlq import DeadLetterQueue
 from event_processor.keyset import FileKeySource, KeySetError, SecretsManagerKeySource
 from event_processor.metrics import Metrics
 from event_processor.pipeline import Pipeline
-from event_processor.preflight import Preflight, Resolved, check_all, read_key_set
+from event_processor.preflight import (
+    Preflight,
+    Resolved,
+    check_all,
+    read_key_set,
+    spread_groups,
+)
 from event_processor.retry import RetryPolicy
 from event_processor.sink import KinesisSink
 from event_processor.source import SqsSource
@@ -309,6 +315,9 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
             return _startup_failed(exc)
 
         queue_url = resolved.queue_url
+        spread = spread_groups(settings, resolved.fifo)
+        if spread is not None:
+            log.warning(spread, extra={"action": "fifo_groups_spread"})
         # The hot calls' clients: the lean path in front of botocore's (README, "Performance").
         sqs_api: SqsApi = sqs
         kinesis_api: KinesisApi = kinesis

@@ -18,6 +18,7 @@ from event_processor import constants, diagnosis, exitcodes, http
 from event_processor.config import AuthMode, Settings, mask_url
 from event_processor.diagnosis import Resource, StartupError, Where
 from event_processor.keyset import KeySetError
+from event_processor.models import PartitionKey
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -273,6 +274,18 @@ def _fields(error: StartupError | None) -> dict[str, str]:
     return fields
 
 
+def spread_groups(settings: Settings, source_fifo: bool) -> str | None:
+    """Why a FIFO source's group order will not show on the stream, if it will not: records
+    keyed by submission spread a group over shards (docs/ordering.md)."""
+    if not source_fifo or settings.partition_key is PartitionKey.DEVICE_ID:
+        return None
+    return (
+        f"PARTITION_KEY={settings.partition_key.value} spreads each message group over "
+        "shards: the daemon publishes a group in order, but the stream keeps order per "
+        "submission only (PARTITION_KEY=device_id with groups by device keeps it per group)"
+    )
+
+
 def describe_queue(facts: QueueFacts) -> str:
     kind = "FIFO" if facts.fifo else "standard"
     return (
@@ -306,6 +319,9 @@ async def check_all(
     async def source_queue() -> tuple[str, str]:
         nonlocal source
         source = await preflight.source_queue()
+        spread = spread_groups(settings, source.fifo)
+        if spread is not None:
+            return WARN, f"{describe_queue(source)}; {spread}"
         return OK, describe_queue(source)
 
     async def stream() -> tuple[str, str]:

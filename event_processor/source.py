@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import (
         ChangeMessageVisibilityBatchRequestEntryTypeDef,
         DeleteMessageBatchRequestEntryTypeDef,
+        ReceiveMessageRequestTypeDef,
     )
 
     from event_processor.awsjson import SqsApi
@@ -74,15 +76,21 @@ class SqsSource:
 
     async def receive(self, max_messages: int) -> list[Message]:
         """One long poll. Errors propagate: the receiver loop owns outage handling."""
+        request: ReceiveMessageRequestTypeDef = {
+            "QueueUrl": self.queue_url,
+            "MaxNumberOfMessages": max_messages,
+            "WaitTimeSeconds": self._wait_time_s,
+            "VisibilityTimeout": self.visibility_timeout_s,
+            "MessageSystemAttributeNames": self._system_attributes,
+            "MessageAttributeNames": ["All"],
+        }
+        if self.fifo:
+            # botocore resends this very request when an answer is lost (a reset, a 5xx): with
+            # the same attempt id SQS answers with the same messages, rather than keeping them
+            # (and so their whole groups) hidden until their visibility timeout runs out.
+            request["ReceiveRequestAttemptId"] = uuid.uuid4().hex
         with self._metrics.aws_call("ReceiveMessage"):
-            response = await self._client.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=max_messages,
-                WaitTimeSeconds=self._wait_time_s,
-                VisibilityTimeout=self.visibility_timeout_s,
-                MessageSystemAttributeNames=self._system_attributes,
-                MessageAttributeNames=["All"],
-            )
+            response = await self._client.receive_message(**request)
         now = time.monotonic()
         messages = []
         for raw in response.get("Messages", []):

@@ -172,6 +172,8 @@ class Reporter:
             "published": _int(outcomes.get("published", 0.0)),
             "rejected": _int(outcomes.get("rejected", 0.0)),
             "failed": _int(outcomes.get("failed", 0.0)),
+            # FIFO: made visible again unpublished, behind a failure of their group.
+            "group_released": _int(outcomes.get("released", 0.0)),
             "crashed": _int(outcomes.get("error", 0.0)),
             "events_published": _int(sum(read(metrics.events_published).values())),
             "events_rejected": _int(sum(read(metrics.events_rejected).values())),

@@ -292,6 +292,24 @@ async def test_check_passes_lists_each_check_and_masks_a_url_password(
     assert output.endswith("all passed: `run` with these settings would start\n")
 
 
+async def test_check_on_a_fifo_world_says_fifo_and_warns_of_groups_spread_over_shards(
+    make_world: Any,
+) -> None:
+    """A FIFO source and DLQ pass; keyed by submission, the source's line warns that the
+    stream keeps order per submission only (and `run` would still start)."""
+    world = make_world(fifo=True)
+    code, output = await check(settings_for(world))
+    assert code == exitcodes.OK, output
+    assert check_line(output, "source queue").startswith("ok")
+    assert ": FIFO, MaximumMessageSize" in check_line(output, "source queue")
+    assert ": FIFO, MaximumMessageSize" in check_line(output, "DLQ")
+    code, output = await check(settings_for(world, partition_key="submission_id"))
+    assert code == exitcodes.OK, output
+    line = check_line(output, "source queue")
+    assert line.startswith("warn")
+    assert "PARTITION_KEY=submission_id spreads each message group over shards" in line
+
+
 async def test_check_reports_a_missing_stream_and_exits_3(world: World) -> None:
     """A missing stream: its line FAILED with run's message, the others still checked, exit 3."""
     code, output = await check(settings_for(world, stream_name="no-such-stream"))

@@ -142,7 +142,13 @@ def test_totals_are_read_from_the_metrics() -> None:
     metrics = Metrics(CollectorRegistry(), memory_limit_bytes=None)
     reporter = Reporter(metrics, INTERVAL_S, clock)
     metrics.messages_received.inc(12)
-    for outcome, count in (("published", 7), ("rejected", 3), ("failed", 1), ("error", 1)):
+    for outcome, count in (
+        ("published", 7),
+        ("rejected", 3),
+        ("failed", 1),
+        ("released", 2),
+        ("error", 1),
+    ):
         metrics.submissions.labels(outcome).inc(count)
     metrics.submissions_rejected.labels("invalid_body").inc(2)
     metrics.submissions_rejected.labels("signature_invalid").inc(1)
@@ -164,6 +170,7 @@ def test_totals_are_read_from_the_metrics() -> None:
         "published": 7,
         "rejected": 3,
         "failed": 1,
+        "group_released": 2,
         "crashed": 1,
         "events_published": 25,
         "events_rejected": 4,
