@@ -33,11 +33,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# DEMO_ARGS: e.g. --fifo (a FIFO queue and DLQ, each device's order checked), --duration 60.
 run: install
-	$(BIN)/event-processor demo
+	$(BIN)/event-processor demo $(DEMO_ARGS)
 
 # The embedded emulator with the queue, DLQ, stream and key set, up until Ctrl-C; it prints
-# the exports for other shells (docs/local-world.md). WORLD_ARGS: --port 0, --no-auth, --env-file.
+# the exports for other shells (docs/local-world.md). WORLD_ARGS: --port 0, --no-auth, --fifo,
+# --env-file.
 world: install
 	$(BIN)/python -m devworld.world $(WORLD_ARGS)
 

@@ -40,7 +40,13 @@ from devworld.emulator import (
     read_stream,
 )
 from devworld.rogue import Rogue
-from devworld.verify import decode_records, expected_sequences, verify
+from devworld.verify import (
+    decode_records,
+    expected_device_order,
+    expected_sequences,
+    verify,
+    verify_device_order,
+)
 from event_processor import app
 from event_processor.config import AuthMode, Settings
 from event_processor.tools import aws
@@ -60,6 +66,10 @@ _PLAIN_STATUS_EVERY_S = 5.0
 # events/s is measured over this trailing window.
 _RATE_WINDOW_S = 3.0
 _PREFIX = "event_processor_"
+_FIFO_NOTE = (
+    "FIFO queue and DLQ: each device sends in its own message group; the stream's partition key"
+    " is the device, so each device's submissions are also checked in the order sent"
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,9 @@ class DemoOptions:
     endpoint_url: str | None = None  # an existing LocalStack instead of the embedded emulator
     seed: int = 1
     rogue_every_rounds: int = 3  # the rogue tries each of its forgeries every N fleet rounds
+    # A FIFO queue and DLQ, one message group per device; the check then also wants each
+    # device's submissions in the stream in the order sent.
+    fifo: bool = False
 
     def __post_init__(self) -> None:
         if self.rogue_every_rounds < 1:
@@ -200,12 +213,16 @@ async def _fleet(
             fleet.signer.attributes(d, body)
             for d, body in zip(fleet.devices, round_bodies, strict=True)
         ]
-        # Only what SQS accepted is expected in the stream.
-        bodies.extend(await asyncio.to_thread(sender.send, round_bodies, attributes))
+        # Only what SQS accepted is expected in the stream. On a FIFO queue each device is its
+        # own message group, and the rogue sends in the group of the device it stole from.
+        bodies.extend(await asyncio.to_thread(sender.send, round_bodies, attributes, fleet.devices))
         if rounds % options.rogue_every_rounds == 0:
             attempts = fleet.rogue.attempts()
             accepted = await asyncio.to_thread(
-                sender.send, [a.body for a in attempts], [a.attributes for a in attempts]
+                sender.send,
+                [a.body for a in attempts],
+                [a.attributes for a in attempts],
+                [fleet.rogue.stolen.device_id] * len(attempts),
             )
             fleet.rogue.record(attempts, set(accepted))
         rounds += 1
@@ -227,14 +244,14 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
         # The daemon's own settings resolve the region, as for the tools.
         settings = Settings(endpoint_url=options.endpoint_url)
         sqs, kinesis = aws.client(settings, "sqs"), aws.client(settings, "kinesis")
-        world = await asyncio.to_thread(create_world, sqs, kinesis)
+        world = await asyncio.to_thread(create_world, sqs, kinesis, fifo=options.fifo)
         console.print(f"using the AWS endpoint at {world.endpoint_url}")
         secrets = aws.client(settings, "secretsmanager")
         return await _run(world, _Clients(sqs, kinesis, secrets), options, console)
     emulator = Emulator()
     await asyncio.to_thread(emulator.start)
     try:
-        world = await asyncio.to_thread(emulator.create_world)
+        world = await asyncio.to_thread(emulator.create_world, fifo=options.fifo)
         console.print(
             f"embedded AWS emulator (moto, patched for thread safety) at {world.endpoint_url}"
         )
@@ -343,8 +360,17 @@ def _senders(signer: FleetSigner, options: DemoOptions) -> _Fleet:
     return _Fleet(devices, signer, Rogue(signer.device(devices[0]), victim, rng))
 
 
+def _device_order(records: list[dict[str, Any]], bodies: list[str], console: Console) -> bool:
+    """FIFO: print whether each device's submissions are in the stream in the order sent."""
+    order = verify_device_order(records, expected_device_order(bodies))
+    console.print("device order: " + order.summary(), highlight=False, soft_wrap=True)
+    return order.ok and order.pairs > 0
+
+
 async def _run(world: World, clients: _Clients, options: DemoOptions, console: Console) -> int:
     console.print(f"queue  {world.queue_url}\nDLQ    {world.dlq_url}\nstream {world.stream_name}")
+    if world.fifo:
+        console.print(_FIFO_NOTE)
     settings = Settings(
         endpoint_url=world.endpoint_url,
         aws_region=world.region,
@@ -415,6 +441,7 @@ async def _run(world: World, clients: _Clients, options: DemoOptions, console: C
     # The fleet's submissions only: every event it signed (and the contract accepts) arrived.
     result = verify(records, expected_sequences(bodies))
     console.print("verification: " + result.summary(), highlight=False, soft_wrap=True)
+    ordered = not world.fifo or _device_order(records, bodies, console)
     ours = [r for r in records if r["submission_id"] in result.firsts]
     for record in ours[:3]:
         sample = {k: v for k, v in record.items() if not k.startswith("_")}
@@ -425,7 +452,7 @@ async def _run(world: World, clients: _Clients, options: DemoOptions, console: C
     )
     for line in rogue.lines():
         console.print(line, highlight=False, soft_wrap=True)
-    passed = code == 0 and result.ok and result.records > 0 and rogue.ok
+    passed = code == 0 and result.ok and result.records > 0 and rogue.ok and ordered
     if interrupted:
         console.print("interrupted: what was still queued is not verified as published")
     console.print("RESULT: " + ("PASS" if passed else "FAIL"))

@@ -53,7 +53,7 @@ STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 30
 
 _INTERPOLATION = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-+])(?P<default>[^}]*))?\}"
 )
 
 
@@ -62,7 +62,8 @@ class HostError(Exception):
 
 
 def interpolate(value: object, env: Mapping[str, str]) -> str:
-    """Compose's interpolation: ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default}, $$."""
+    """Compose's interpolation: ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default},
+    ${VAR:+replacement} (set and not empty), ${VAR+replacement} (set), $$."""
 
     def substitute(match: re.Match[str]) -> str:
         if match[0] == "$$":
@@ -72,6 +73,10 @@ def interpolate(value: object, env: Mapping[str, str]) -> str:
             return env.get(name) or default
         if op == "-":
             return env.get(name, default)
+        if op == ":+":
+            return default if env.get(name) else ""
+        if op == "+":
+            return default if name in env else ""
         return env.get(name, "")
 
     return _INTERPOLATION.sub(substitute, str(value))

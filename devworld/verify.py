@@ -5,6 +5,7 @@ Shared by the demo, the benchmark and the tests, so that "no loss, in order" mea
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,4 +108,76 @@ def verify(records: list[dict[str, Any]], expected: dict[str, list[int]]) -> Ver
     for submission_id, order in result.firsts.items():
         wanted = set(expected[submission_id])
         result.unexpected.extend((submission_id, s) for s in order if s not in wanted)
+    return result
+
+
+def expected_device_order(bodies: list[str]) -> dict[str, list[str]]:
+    """Each device's valid submissions that have events, by submission id, in the order sent
+    (`bodies` in send order)."""
+    order: dict[str, list[str]] = {}
+    for body in bodies:
+        parsed = parse_submission(body)
+        if isinstance(parsed, Submission) and parsed.events:
+            order.setdefault(parsed.device_id, []).append(parsed.submission_id)
+    return order
+
+
+@dataclass
+class DeviceOrder:
+    """Order across each device's submissions in the stream (a FIFO source with a message
+    group per device, and PARTITION_KEY=device_id: one shard per device)."""
+
+    devices: int = 0  # devices with at least one submission in the stream
+    pairs: int = 0  # consecutive pairs of a device's submissions, both in the stream
+    # (device, earlier, later): the later submission's first record is not after the earlier
+    # one's last record on the same shard (interleaved or reversed, or on another shard).
+    out_of_order: list[tuple[str, str, str]] = field(default_factory=list)
+    split_across_shards: list[str] = field(default_factory=list)  # devices on several shards
+
+    @property
+    def ok(self) -> bool:
+        return not (self.out_of_order or self.split_across_shards)
+
+    def summary(self) -> str:
+        return (
+            f"{self.devices} devices, {self.pairs} consecutive pairs of a device's submissions:"
+            f" interleaved or reversed {len(self.out_of_order)}, devices split across shards"
+            f" {len(self.split_across_shards)}"
+        )
+
+
+def verify_device_order(
+    records: list[dict[str, Any]], expected: dict[str, list[str]]
+) -> DeviceOrder:
+    """Check that each device's submissions follow each other in the stream in the order
+    sent (`expected`, from expected_device_order): for every consecutive pair, every record
+    of the earlier one comes before every record of the later one, on the same shard.
+
+    Judged on first occurrences (a redelivered duplicate repeats an event already there);
+    submissions absent from the stream are skipped (`verify` reports them as missing).
+    """
+    first: dict[tuple[str, int], tuple[str, int]] = {}  # (submission, sequence) -> position
+    for record in sorted(records, key=lambda r: (r["_shard"], r["_seq"])):
+        key = (record.get("submission_id"), record.get("sequence"))
+        if isinstance(key[0], str) and isinstance(key[1], int) and key not in first:
+            first[(key[0], key[1])] = (record["_shard"], record["_seq"])
+    spans: dict[str, tuple[str, int, int]] = {}  # submission -> (shard, first seq, last seq)
+    shards: dict[str, set[str]] = {}
+    for (submission_id, _), (shard, seq) in first.items():
+        shards.setdefault(submission_id, set()).add(shard)
+        _, low, high = spans.get(submission_id, (shard, seq, seq))
+        spans[submission_id] = (shard, min(low, seq), max(high, seq))
+    result = DeviceOrder()
+    for device, submissions in expected.items():
+        present = [s for s in submissions if s in spans]
+        if not present:
+            continue
+        result.devices += 1
+        if len(set().union(*(shards[s] for s in present))) > 1:
+            result.split_across_shards.append(device)
+        for earlier, later in itertools.pairwise(present):
+            result.pairs += 1
+            (shard_a, _, last_a), (shard_b, first_b, _) = spans[earlier], spans[later]
+            if shard_a != shard_b or last_a >= first_b:
+                result.out_of_order.append((device, earlier, later))
     return result

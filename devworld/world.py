@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-auth: no key set, signatures off (default: --auth)",
     )
     parser.add_argument(
+        "--fifo",
+        action="store_true",
+        help="a FIFO queue and DLQ (submissions.fifo, submissions-dlq.fifo) instead; the fleet "
+        "then sends each device's submissions in its own message group (default: standard)",
+    )
+    parser.add_argument(
         "--env-file",
         type=Path,
         default=None,
@@ -74,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         "shell; removed when the world stops (default: stdout only)",
     )
     return parser
+
+
+_STANDARD_NOTE = (
+    "# QUEUE_URL and STREAM_NAME name what the defaults find too; the dlq tools need DLQ_URL"
+)
+_FIFO_NOTE = (
+    "# FIFO queue and DLQ (--fifo): QUEUE_URL is needed (QUEUE_NAME's default names the\n"
+    "# standard queue); sensor-fleet sends each device's submissions in its own message group"
+)
 
 
 def exports(emulator: Emulator, world: World, key_set_secret: str | None) -> str:
@@ -87,7 +102,7 @@ def exports(emulator: Emulator, world: World, key_set_secret: str | None) -> str
         f"export AWS_SECRET_ACCESS_KEY={shlex.quote(DUMMY_SECRET_ACCESS_KEY)}",
         f"export AWS_REGION={shlex.quote(emulator.region)}",
         f"export AWS_DEFAULT_REGION={shlex.quote(emulator.region)}",
-        "# QUEUE_URL and STREAM_NAME name what the defaults find too; the dlq tools need DLQ_URL",
+        _FIFO_NOTE if world.fifo else _STANDARD_NOTE,
         f"export QUEUE_URL={shlex.quote(world.queue_url)}",
         f"export DLQ_URL={shlex.quote(world.dlq_url)}",
         f"export STREAM_NAME={shlex.quote(world.stream_name)}",
@@ -160,7 +175,7 @@ def serve(args: argparse.Namespace, stop: threading.Event, out: TextIO, err: Tex
         return exitcodes.STARTUP_FAILED
     env_file: Path | None = args.env_file
     try:
-        world = emulator.create_world()
+        world = emulator.create_world(fifo=args.fifo)
         secret: str | None = None
         if args.auth:
             create_key_set_secret(emulator.boto3_client("secretsmanager"))

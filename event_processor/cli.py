@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this AWS endpoint (e.g. LocalStack at http://localhost:4566) "
         "instead of the embedded emulator (default: the embedded emulator)",
     )
+    demo.add_argument(
+        "--fifo",
+        action="store_true",
+        help="a FIFO queue and DLQ (submissions.fifo, submissions-dlq.fifo), each device its "
+        "own message group; the check also wants each device's submissions in the stream in "
+        "the order sent",
+    )
     demo.set_defaults(handler=_demo)
     # The operator tools register their own sub-commands (a boto3 client only when one runs).
     dlq = commands.add_parser("dlq", help="inspect or redrive the dead-letter queue")
@@ -203,6 +210,7 @@ def _demo(args: argparse.Namespace) -> int:
         invalid_probability=args.invalid_probability,
         metrics_port=args.metrics_port,
         endpoint_url=args.endpoint_url,
+        fifo=args.fifo,
     )
     return asyncio.run(demo.run_demo(options))
 

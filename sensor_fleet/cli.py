@@ -212,7 +212,8 @@ def run_simulate(
             None if signer is None else signer.attributes(d, body)
             for d, body in zip(devices, bodies, strict=True)
         ]
-        accepted = len(sender.send(bodies, attributes))
+        # On a FIFO queue each device is its own message group (Sender).
+        accepted = len(sender.send(bodies, attributes, devices))
         rounds += 1
         log.info("round sent", extra={"action": "round", "round": rounds, "accepted": accepted})
         if args.rounds and rounds >= args.rounds:
@@ -232,12 +233,14 @@ def run_load(
         nonlocal events
         bodies: list[str] = []
         attributes: list[MessageAttributes | None] = []
+        senders: list[str | None] = []
         for device, doc in itertools.islice(submissions, n):
             events += sum(len(v) for v in doc["events"].values())
             body = encode(doc)
             bodies.append(body)
             attributes.append(None if signer is None else signer.attributes(device, body))
-        sender.send(bodies, attributes)
+            senders.append(device)
+        sender.send(bodies, attributes, senders)
 
     began = time.monotonic()
     if args.count is not None:
@@ -277,7 +280,9 @@ def run_host(
         if processes or connections:
             doc = agent.submission(processes, connections, datetime.now().isoformat())
             body = encode(doc)
-            sender.send([body], None if signer is None else [signer.attributes(body)])
+            sender.send(
+                [body], None if signer is None else [signer.attributes(body)], [agent.device_id]
+            )
             log.info(
                 "host scan sent",
                 extra={
@@ -328,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "signing with key id %s",
             signer.key_id,
             extra={"action": "signing", "key_id": signer.key_id},
+        )
+    if sender.fifo:
+        log.info(
+            "FIFO queue: each device's submissions go in its own message group, in order",
+            extra={"action": "fifo"},
         )
     stop = threading.Event()
     with signals.stop_on_signals(stop):

@@ -13,7 +13,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_r
 
 from event_processor.config import Settings
 from event_processor.letters import message_size
-from event_processor.tools import aws
+from event_processor.tools import aws, fifo
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ _OUTAGE_RIDE_S = 60.0
 # SendMessage's MessageAttributes: name -> {"DataType": ..., "StringValue": ...}, as
 # event_processor.signing.signature_attributes makes them.
 MessageAttributes = Mapping[str, Mapping[str, str]]
-# One message to send: its body and its attributes, if any.
-_Outgoing = tuple[str, MessageAttributes | None]
+# One message to send: its body, its attributes (if any) and its message group (FIFO queues
+# only; None elsewhere).
+_Outgoing = tuple[str, MessageAttributes | None, str | None]
 
 
 class FailedEntries(Exception):
@@ -55,29 +56,56 @@ def sqs_client(localstack: bool, settings: Settings) -> Any:
 
 
 class Sender:
+    """Sends submissions in the order given, one batch after another.
+
+    To a FIFO queue (its URL ends in ".fifo") every entry carries a MessageGroupId, the device
+    that sends it, and a MessageDeduplicationId, the SHA-256 of its body (`fifo`): SQS then
+    keeps each device's submissions in the order sent, and one copy of an entry sent again by
+    a retry. Callers keep a device's submissions in one Sender call or in calls one after
+    another, never concurrently.
+    """
+
     def __init__(self, client: Any, queue_url: str, outage_ride_s: float = _OUTAGE_RIDE_S) -> None:
         self._client = client
         self.queue_url = queue_url
+        self.fifo = fifo.is_fifo(queue_url)
         self._outage_ride_s = outage_ride_s
         self.sent = 0
         self.dropped = 0
+        # FIFO: entries SQS accepted ahead of an earlier entry of their group that failed and
+        # was sent again after them (a partial batch failure): their group's order is broken.
+        self.overtaken = 0
 
     def send(
         self,
         bodies: Sequence[str],
         attributes: Sequence[MessageAttributes | None] | None = None,
+        devices: Sequence[str | None] | None = None,
     ) -> list[str]:
         """Send every body (with its MessageAttributes, `attributes[i]` for `bodies[i]`, when
-        given); return those SQS accepted. Never raises on AWS faults."""
+        given); return those SQS accepted. Never raises on AWS faults.
+
+        `devices[i]`: the device sending `bodies[i]`, its message group on a FIFO queue; where
+        not given, the device the body names (`fifo.group_for`). Ignored on standard queues.
+        """
+        count = len(bodies)
         if attributes is None:
-            attributes = [None] * len(bodies)
-        if len(attributes) != len(bodies):
-            raise ValueError(f"{len(bodies)} bodies but {len(attributes)} attribute sets")
+            attributes = [None] * count
+        if devices is None:
+            devices = [None] * count
+        if len(attributes) != count or len(devices) != count:
+            raise ValueError(
+                f"{count} bodies but {len(attributes)} attribute sets and {len(devices)} devices"
+            )
+        groups = [
+            fifo.group_for(body, device) if self.fifo else None
+            for body, device in zip(bodies, devices, strict=True)
+        ]
         accepted: list[str] = []
-        for batch in _batches(list(zip(bodies, attributes, strict=True))):
+        for batch in _batches(list(zip(bodies, attributes, groups, strict=True))):
             accepted += self._send_batch(batch)
         self.sent += len(accepted)
-        self.dropped += len(bodies) - len(accepted)
+        self.dropped += count - len(accepted)
         return accepted
 
     def _send_batch(self, batch: list[_Outgoing]) -> list[str]:
@@ -95,8 +123,11 @@ class Sender:
                         QueueUrl=self.queue_url,
                         Entries=[_entry(i, outgoing) for i, outgoing in pending.items()],
                     )
-                    for ok in response.get("Successful", []):
-                        pending.pop(int(ok["Id"]), None)
+                    accepted = [int(ok["Id"]) for ok in response.get("Successful", [])]
+                    for i in accepted:
+                        pending.pop(i, None)
+                    if pending and self.fifo:
+                        self._count_overtaken(batch, accepted, pending)
                     if pending:
                         raise FailedEntries(f"{len(pending)} entries failed")
         except (BotoCoreError, ClientError, FailedEntries) as exc:
@@ -104,14 +135,40 @@ class Sender:
                 "dropped submissions after retrying",
                 extra={"action": "dropped", "count": len(pending), "error": type(exc).__name__},
             )
-        return [body for i, (body, _) in enumerate(batch) if i not in pending]
+        return [body for i, (body, _, _) in enumerate(batch) if i not in pending]
+
+    def _count_overtaken(
+        self, batch: list[_Outgoing], accepted: list[int], pending: dict[int, _Outgoing]
+    ) -> None:
+        """Count (and warn about) entries just accepted behind an earlier one of their group
+        that failed: that one goes again after them. SQS reports each entry of a batch on its
+        own, so a partial failure cannot be undone; it is rare (throttling, internal errors)."""
+        first_failed: dict[str, int] = {}
+        for i in sorted(pending):
+            group = batch[i][2]
+            if group is not None:
+                first_failed.setdefault(group, i)
+        overtaken = 0
+        for i in accepted:
+            group = batch[i][2]
+            if group is not None and i > first_failed.get(group, i):
+                overtaken += 1
+        if overtaken:
+            self.overtaken += overtaken
+            log.warning(
+                "submissions accepted ahead of an earlier one of their device that failed",
+                extra={"action": "overtaken", "count": overtaken},
+            )
 
 
 def _entry(entry_id: int, outgoing: _Outgoing) -> dict[str, Any]:
-    body, attributes = outgoing
+    body, attributes, group = outgoing
     entry: dict[str, Any] = {"Id": str(entry_id), "MessageBody": body}
     if attributes:
         entry["MessageAttributes"] = {name: dict(value) for name, value in attributes.items()}
+    if group is not None:
+        entry["MessageGroupId"] = group
+        entry["MessageDeduplicationId"] = fifo.body_deduplication_id(body)
     return entry
 
 
@@ -121,7 +178,7 @@ def _batches(outgoing: list[_Outgoing]) -> list[list[_Outgoing]]:
     batch: list[_Outgoing] = []
     size = 0
     for message in outgoing:
-        body, attributes = message
+        body, attributes, _ = message
         message_bytes = message_size(body, attributes or {})
         if batch and (len(batch) == _BATCH or size + message_bytes > _BATCH_BYTES):
             batches.append(batch)

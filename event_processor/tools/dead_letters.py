@@ -97,6 +97,12 @@ class Letter:
             events=None if packed is None else LetterEvents.of(packed),
         )
 
+    @property
+    def group_id(self) -> str | None:
+        """The letter's MessageGroupId in a FIFO DLQ (the daemon gives each letter the group of
+        the message it came from); None in a standard queue."""
+        return self.system.get("MessageGroupId")
+
     def original_attributes(self) -> dict[str, dict[str, Any]]:
         """The sender's message attributes, without ours: what redrive sends back."""
         kept: dict[str, dict[str, Any]] = {}

@@ -50,6 +50,9 @@ class InspectReport:
     interrupted: bool = False  # Ctrl-C/SIGTERM stopped the scan
     not_released: int = 0  # messages read that could not be made visible again at the end
     arrived_after_start: int = 0  # messages sent after the scan started: not counted
+    # FIFO: messages left visible behind the first 10 of their group, which a scan that
+    # deletes nothing cannot read past (`peek.Groups`): not counted.
+    unreachable: int = 0
     # (reason attribute, kind) -> messages read; a letter of events of several reasons has the
     # reason attribute MIXED_REASONS.
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -119,6 +122,7 @@ def inspect_dlq(
     report.complete, report.interrupted = scan.complete, scan.interrupted
     report.not_released = scan.not_released
     report.arrived_after_start = scan.arrived
+    report.unreachable = scan.unreachable
     return report
 
 
@@ -220,6 +224,7 @@ def report_json(report: InspectReport) -> dict[str, Any]:
         "interrupted": report.interrupted,
         "not_released": report.not_released,
         "arrived_after_start": report.arrived_after_start,
+        "unreachable": report.unreachable,
         "by_kind": report.by_kind(),
         "events": sum(report.events.values()),
         "event_submissions": len(report.event_submissions),
@@ -277,6 +282,18 @@ def format_report(report: InspectReport) -> str:
     elif report.interrupted:
         lines.append(
             f"  NOTE: interrupted: the counts below cover only the {report.read} messages read"
+        )
+    elif report.unreachable and report.complete:
+        lines.append(
+            f"  ({plural(report.unreachable, 'message')} sent during the scan not read: behind"
+            " the first 10 of their FIFO message group)"
+        )
+    elif report.unreachable:
+        lines.append(
+            f"  NOTE: ~{report.unreachable} messages not read: in a FIFO queue they are behind"
+            " the first 10 of their message group, and SQS returns no later message of a group"
+            " while earlier ones are held (a scan that deletes nothing reads at most 10 a group;"
+            " docs/operations.md, FIFO queues)"
         )
     elif not report.complete:
         lines.append(

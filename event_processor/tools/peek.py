@@ -8,7 +8,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, TextIO
@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
 from event_processor.tools.dead_letters import Letter
+from event_processor.tools.fifo import is_fifo as is_fifo_url
 
 # Receives with VisibilityTimeout=0 hand out the same oldest messages every time (seen on moto
 # and LocalStack; SQS may too), so such a peek never got past the first ten (issue 11, item 6).
@@ -47,6 +48,12 @@ PEEK_IDLE_RECEIVES = 5
 # it once), while one too early would leave a letter that was there unread.
 START_MARGIN_MS = 2_000
 HOST_CLOCK_MARGIN_MS = 60_000
+# FIFO queues: held messages released at once to read past them, at most this many, so that
+# the receive after the release has room for at least one message behind them (`Groups`).
+FIFO_RELEASE_BUDGET = constants.SQS_MAX_BATCH_ENTRIES - 1
+# ... and a group whose release brought nothing the scan was after this many times in a row,
+# each time in a full receive that may have cut it short, is not released again.
+FIFO_RELEASE_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,116 @@ def receive(
         MessageSystemAttributeNames=["All"],
     )
     return list(response.get("Messages", []))
+
+
+def visible_count(sqs: Any, queue_url: str) -> int:
+    """SQS's ApproximateNumberOfMessages: messages visible, neither held nor delayed."""
+    response = sqs.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    return int(response["Attributes"].get("ApproximateNumberOfMessages", 0))
+
+
+class Groups:
+    """Reading past held messages of a FIFO queue.
+
+    SQS returns no message of a FIFO message group while an earlier one of it is held
+    (received, not deleted): a scan that holds what it read, or what it does not move, hides
+    the rest of each such group from its own later receives. When a receive comes back empty
+    while SQS still counts visible messages, those are behind held ones: `start_round` queues
+    the groups of held messages, and `next_release` hands out their held messages, a few groups
+    at a time (at most FIFO_RELEASE_BUDGET messages, so that a receive has room for one more),
+    to be made visible again; the next receive brings them back, read already (`received`
+    counts them as requeued) and the ones behind them. A group whose release brings nothing new
+    in a receive with room to spare is not released again in the scan (`exhausted`), unless
+    new messages of it come later; one
+    whose release brings a whole receive of messages read already is `stuck`: a receive returns
+    at most 10 messages, all from the head of the group, so what lies behind 10 held messages
+    of a group cannot be read without deleting some of them. Does nothing on a standard queue.
+    """
+
+    def __init__(self, fifo: bool) -> None:
+        self.fifo = fifo
+        self.group_of: dict[str, str] = {}  # message id -> MessageGroupId, of every one received
+        self.pinned: set[str] = set()  # groups never released (redrive: a move of one failed)
+        self.exhausted: set[str] = set()  # released without anything new coming back
+        self.stuck: set[str] = set()  # released, and a whole receive came back read already
+        self.rounds = 0
+        self.round_new = 0  # messages the scan was after, received since the round started
+        self._round: list[str] = []  # groups still to release in this round
+        self._released: set[str] = set()  # message ids released, not received again yet
+        self._tries: dict[str, int] = {}  # releases of a group in a row that gained nothing
+
+    def received(self, letters: Sequence[Letter], progress: Collection[str]) -> int:
+        """Note a receive's letters; `progress`: the message ids among them that the scan was
+        after (new, and from before its start: later ones hide nothing it needs). Return how
+        many were released by this scan and came back."""
+        if not self.fifo:
+            return 0
+        gained: set[str] = set()
+        requeued: dict[str, int] = {}
+        for letter in letters:
+            group = letter.group_id or ""
+            self.group_of[letter.message_id] = group
+            if letter.message_id in self._released:
+                self._released.discard(letter.message_id)
+                requeued[group] = requeued.get(group, 0) + 1
+            if letter.message_id in progress:
+                gained.add(group)
+                self.round_new += 1
+        self.exhausted -= gained
+        for group in gained:
+            self._tries.pop(group, None)
+        # A full receive may have been cut short of a group's next message: only a receive
+        # with room to spare says that nothing is behind a group's released messages, and a
+        # group cut short again and again (FIFO_RELEASE_TRIES) is given up.
+        full = len(letters) >= constants.SQS_MAX_BATCH_ENTRIES
+        for group, count in requeued.items():
+            if count >= constants.SQS_MAX_BATCH_ENTRIES:
+                self.stuck.add(group)
+            elif group not in gained:
+                self._tries[group] = self._tries.get(group, 0) + 1
+                if not full or self._tries[group] >= FIFO_RELEASE_TRIES:
+                    self.exhausted.add(group)
+        return sum(requeued.values())
+
+    def start_round(self, held: Mapping[str, str], only: Collection[str] | None = None) -> bool:
+        """Queue for release every group of a held message (of `only`, if given) that may hide
+        more: not pinned, stuck or exhausted. False if there is none."""
+        if not self.fifo:
+            return False
+        skip = self.pinned | self.stuck | self.exhausted
+        groups = dict.fromkeys(
+            g
+            for m in held
+            if (g := self.group_of.get(m)) is not None
+            and g not in skip
+            and (only is None or g in only)
+        )
+        self._round = list(groups)
+        self.rounds += 1
+        self.round_new = 0
+        return bool(self._round)
+
+    @property
+    def releasing(self) -> bool:
+        """Whether groups of the round are still to be released."""
+        return bool(self._round)
+
+    def next_release(self, held: dict[str, str]) -> dict[str, str]:
+        """The held messages (message id -> receipt handle) to make visible before the next
+        receive, taken out of `held`: those of the round's next groups, within the budget."""
+        chosen: dict[str, str] = {}
+        while self._round:
+            group = self._round[0]
+            ids = [m for m in held if self.group_of.get(m) == group]
+            if chosen and len(chosen) + len(ids) > FIFO_RELEASE_BUDGET:
+                break
+            self._round.pop(0)
+            for message_id in ids:
+                chosen[message_id] = held.pop(message_id)
+            self._released.update(ids)
+        return chosen
 
 
 def error_text(error: Mapping[str, Any]) -> str:
@@ -161,6 +278,7 @@ class Peek:
         idle_receives: int,
         stop: threading.Event | None,
         start: Start | None = None,
+        err: TextIO | None = None,
     ) -> None:
         self._sqs = sqs
         self._queue_url = queue_url
@@ -169,18 +287,28 @@ class Peek:
         self._idle = Idle(idle_receives)
         self._stop = stop
         self.start = start
+        self._err = err
         # Message id -> newest receipt handle of every message received: all are released.
         self.held: dict[str, str] = {}
+        self.seen: set[str] = set()  # message ids of every message received
+        self.groups = Groups(is_fifo_url(queue_url))
         self.complete = False  # the scan read every message there (from the start) to read
         self.interrupted = False  # `stop` was set before the scan was done
         self.not_released = 0  # messages the release failed for (after the `with` block)
         self.arrived = 0  # messages sent after the start: held, released, never yielded
+        self.fresh = 0  # messages yielded
+        # FIFO: messages still visible when the scan ended, behind the first 10 of their group
+        # (a scan that deletes nothing cannot read past those: `Groups`).
+        self.unreachable = 0
 
     def __iter__(self) -> Iterator[Letter]:
         while not self._idle.done:
             if self._stop is not None and self._stop.is_set():
                 self.interrupted = True
                 return
+            released = self.groups.next_release(self.held) if self.groups.releasing else {}
+            if released:
+                self.not_released += release(self._sqs, self._queue_url, released, self._out)
             batch = receive(
                 self._sqs,
                 self._queue_url,
@@ -189,17 +317,57 @@ class Peek:
                 wait_s=self._wait_s,
             )
             if not batch:
-                self.complete = True
+                if self.groups.releasing or self._read_past_held():
+                    continue
+                # Out of reach: complete if that is only later messages, as far as SQS's count at
+                # the start tells.
+                self.complete = not self.unreachable or (
+                    self.start is not None and self.fresh >= self.start.approximate_visible
+                )
                 return
-            new = [Letter.from_message(m) for m in batch if m["MessageId"] not in self.held]
-            # Recorded before any is yielded, so a caller that stops mid-page releases the rest.
-            for message in batch:
-                self.held[message["MessageId"]] = message["ReceiptHandle"]
+            letters = [Letter.from_message(m) for m in batch]
+            new = [x for x in letters if x.message_id not in self.seen]
             fresh = [x for x in new if self.start is None or self.start.holds(x)]
+            requeued = self.groups.received(letters, {x.message_id for x in fresh})
+            # Recorded before any is yielded, so a caller that stops mid-page releases the rest.
+            for letter in letters:
+                self.held[letter.message_id] = letter.receipt_handle
+                self.seen.add(letter.message_id)
             self.arrived += len(new) - len(fresh)
-            self._idle.record(fresh=len(fresh), later=len(new) - len(fresh))
+            self.fresh += len(fresh)
+            if fresh or not released:
+                # A receive after a release that brought nothing to read is neither progress
+                # nor idleness: the next groups of the round are still to come (`Groups`).
+                self._idle.record(
+                    fresh=len(fresh),
+                    later=len(new) - len(fresh),
+                    requeued_only=requeued == len(letters) - len(new),
+                )
+            if not self.groups.releasing and (
+                released or len(batch) < constants.SQS_MAX_BATCH_ENTRIES
+            ):
+                # A round just ended, or the receive was not full: what is still visible may
+                # be behind held messages. Look now rather than after an empty long poll.
+                self._read_past_held(final=False)
             yield from fresh
         self.complete = self._idle.complete
+
+    @property
+    def _out(self) -> TextIO:
+        return sys.stderr if self._err is None else self._err
+
+    def _read_past_held(self, *, final: bool = True) -> bool:
+        """FIFO: whether messages are still visible behind held ones and a round of releases
+        may reach them (`Groups`). `final`, after an empty receive: if none may, they are
+        `unreachable`."""
+        if not self.groups.fifo:
+            return False
+        visible = visible_count(self._sqs, self._queue_url)
+        if visible and self.groups.start_round(self.held):
+            return True
+        if final:
+            self.unreachable = visible
+        return False
 
 
 class Idle:
@@ -213,12 +381,14 @@ class Idle:
         self.later = 0  # receives in a row that brought only messages sent after the start
         self.stale = 0  # ... and those that brought only messages read already
 
-    def record(self, *, fresh: int, later: int) -> None:
+    def record(self, *, fresh: int, later: int, requeued_only: bool = False) -> None:
+        """Note a receive: `requeued_only`, every message it brought that was read already was
+        one the scan released itself (`Groups`), not one whose hold ran out."""
         if fresh:
             self.later = self.stale = 0
         elif later:
             self.later += 1
-        else:
+        elif not requeued_only:
             self.stale += 1
 
     @property
@@ -258,6 +428,7 @@ def peek(
         idle_receives=idle_receives,
         stop=stop,
         start=start,
+        err=err,
     )
     try:
         yield scan

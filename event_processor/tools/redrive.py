@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from event_processor import constants, exitcodes, signals
 from event_processor.config import Settings
 from event_processor.letters import KIND_EVENTS, string_attribute
-from event_processor.tools import aws, peek
+from event_processor.tools import aws, fifo, peek
 from event_processor.tools.args import positive_float, positive_int
 from event_processor.tools.dead_letters import KNOWN_REASONS, Letter
 from event_processor.tools.recheck import PUBLISH, ContractCheck, Verdict, contract_check
@@ -104,6 +104,12 @@ class RedriveSummary:
     rejected_again_letters: int = 0  # event letters of moved submissions (they published)
     rejected_again_events: int = 0  # the rejected events those letters list
     arrived: int = 0  # letters sent after the start, not by this run: not moved, not counted
+    # FIFO DLQ: letters not moved because an earlier letter of their group failed to move
+    # (nothing overtakes a failure: they stay, in order, for the next run).
+    held_back: int = 0
+    # FIFO DLQ: letters still visible at the end, behind 10 or more letters of their group that
+    # the run does not move (`peek.Groups`): not read.
+    unreachable: int = 0
     # The dry run's check: what the daemon would do with each letter it would move.
     verdicts: Counter[str] = field(default_factory=Counter)  # PUBLISH or reason -> letters
     events_rejected: Counter[str] = field(default_factory=Counter)  # of those it would publish
@@ -188,6 +194,12 @@ class RedriveSummary:
                 f"arrived after the start: {plural(self.arrived, 'letter')}, not moved (a later"
                 " run takes them)"
             )
+        if self.held_back:
+            lines.append(
+                f"held back: {plural(self.held_back, 'letter')} behind a letter of their message"
+                " group that failed to move, left in the DLQ in order (nothing overtakes a"
+                " failure; run again)"
+            )
         lines += self._notes()
         if self.dry_run:
             for verdict, shown in self.examples.items():
@@ -217,6 +229,25 @@ class RedriveSummary:
             lines.append(
                 f"NOTE: {head} at --max {self.moved} after reading {self.read} of"
                 f" ~{self.approximate_at_start} messages; the DLQ holds more to move"
+            )
+        elif self.unreachable and self.complete and not self.interrupted and not self.aborted:
+            lines.append(
+                f"NOTE: ~{self.unreachable} letters sent after the start (letters rejected again"
+                " among them, then not counted) were not read: in a FIFO DLQ they are behind 10"
+                " letters of their message group that this run holds (docs/operations.md, FIFO"
+                " queues)"
+            )
+        elif self.unreachable and not self.interrupted and not self.aborted:
+            behind = (
+                "the first 10 letters of their message group (a dry run deletes nothing)"
+                if self.dry_run
+                else "10 or more letters of their message group that this run does not move"
+                " (event letters, other reasons)"
+            )
+            lines.append(
+                f"NOTE: ~{self.unreachable} letters not read: in a FIFO DLQ they are behind"
+                f" {behind}, and SQS returns no later letter of a group past held ones"
+                " (docs/operations.md, FIFO queues)"
             )
         elif not self.complete and not self.interrupted and not self.aborted:
             lines.append(
@@ -253,6 +284,8 @@ class RedriveSummary:
             "rejected_again_event_letters": self.rejected_again_letters,
             "rejected_again_events": self.rejected_again_events,
             "arrived_after_start": self.arrived,
+            "held_back": self.held_back,
+            "unreachable": self.unreachable,
             "check": None
             if not self.dry_run
             else {
@@ -400,6 +433,12 @@ class _Redrive:
         self.held: dict[str, str] = {}
         self.seen: set[str] = set()
         self.sent: set[str] = set()  # message ids this run sent to the source queue
+        # A FIFO DLQ: reading past held letters of a group (`peek.Groups`), and the groups of
+        # the letters moved (their letters rejected again come back in the same group).
+        self.groups = peek.Groups(fifo.is_fifo(dlq_url))
+        self.moved_groups: set[str] = set()
+        # A FIFO source queue: each letter goes back with a group and a deduplication id.
+        self.fifo_source = fifo.is_fifo(queue_url)
 
     def receive(self) -> list[dict[str, Any]]:
         """A batch of the DLQ, hidden for the run's hold (every one is released at the end)."""
@@ -438,17 +477,54 @@ class _Redrive:
             if left is not None and left <= 0:
                 self.summary.complete = True
                 return
+            released = self.release_next()
             messages = self.receive()
             if not messages:
-                self.summary.complete = True  # an empty long poll: nothing visible is left
+                if self.groups.releasing or self.read_past_held():
+                    continue
+                # An empty long poll: nothing visible is left, or (FIFO) nothing within reach:
+                # complete if that is only later letters, as far as SQS's count at the start
+                # tells (it counts letters that were there).
+                self.summary.complete = not self.summary.unreachable or self.summary.left == 0
                 return
-            chosen, fresh, later = self.sort(messages, left)
-            idle.record(fresh=fresh, later=later)
+            chosen, fresh, later, requeued_only = self.sort(messages, left)
+            if fresh or not released:
+                # A receive after a release that brought nothing to move is neither progress
+                # nor idleness: the next groups of the round are still to come (`peek.Groups`).
+                idle.record(fresh=fresh, later=later, requeued_only=requeued_only)
             if not self.send(chosen, stop):
                 self.summary.interrupted = True
                 return
+            if not self.groups.releasing and (
+                released or len(messages) < constants.SQS_MAX_BATCH_ENTRIES
+            ):
+                # A round just ended, or the receive was not full: what is still visible may
+                # be behind held letters. Look now rather than after an empty long poll.
+                self.read_past_held(final=False)
             self.progress.tick()
         self.summary.complete = idle.complete
+
+    def release_next(self) -> int:
+        """FIFO: make the next groups' held letters visible, to read past them (`peek.Groups`);
+        how many."""
+        if not self.groups.releasing:
+            return 0
+        released = self.groups.next_release(self.held)
+        peek.release(self.sqs, self.dlq_url, released, self.err)
+        return len(released)
+
+    def read_past_held(self, *, final: bool = True) -> bool:
+        """FIFO DLQ: whether a round of releases may reach letters still visible behind held
+        ones (`peek.Groups`). `final`, after an empty receive: if none may, those letters are
+        counted as unreachable."""
+        if not self.groups.fifo:
+            return False
+        visible = peek.visible_count(self.sqs, self.dlq_url)
+        if visible and self.groups.start_round(self.held):
+            return True
+        if final:
+            self.summary.unreachable = visible
+        return False
 
     def ours(self, letter: Letter) -> bool:
         """Whether `letter` is what a message this run sent came back as: dead-lettered by the
@@ -457,22 +533,30 @@ class _Redrive:
         return letter.message_id in self.sent or (source is not None and source in self.sent)
 
     def sort(
-        self, messages: list[dict[str, Any]], left: int | None
-    ) -> tuple[list[Letter], int, int]:
-        """The letters to move now, and how many letters from before the start (fresh) and
-        after it (later) were new to this run. Every message received is held until deleted or
-        released."""
+        self, messages: list[dict[str, Any]], left: int | None, *, settling: bool = False
+    ) -> tuple[list[Letter], int, int, bool]:
+        """The letters to move now, how many letters from before the start (fresh) and after
+        it (later) were new to this run, and whether every letter read already that came back
+        was one this run released itself (FIFO, `peek.Groups`, which learns what the run is
+        after: letters from before the start and what its own moves came back as, and while
+        `settling` any new one; not other later letters, which may keep coming). Every message
+        received is held until deleted or released."""
         chosen: list[Letter] = []
         fresh = later = 0
-        for message in messages:
-            letter = Letter.from_message(message)
+        letters = [Letter.from_message(message) for message in messages]
+        again = sum(1 for letter in letters if letter.message_id in self.seen)
+        progress: set[str] = set()
+        for letter in letters:
             self.held[letter.message_id] = letter.receipt_handle
             if letter.message_id in self.seen:
                 # Seen already (its hold ran out during a long run): hidden again by this
                 # receive; the newest receipt handle is kept for the release.
                 continue
             self.seen.add(letter.message_id)
+            if settling:
+                progress.add(letter.message_id)
             if self.ours(letter):
+                progress.add(letter.message_id)  # a few per letter moved: worth reading on
                 later += 1
                 self.summary.reject_again(letter)
                 continue
@@ -486,23 +570,38 @@ class _Redrive:
                 self.summary.limited = True
                 continue
             fresh += 1
+            progress.add(letter.message_id)
             self.summary.read += 1
             if why is None:
                 chosen.append(letter)
             else:
                 self.summary.skip(letter, why)
-        return chosen, fresh, later
+        requeued = self.groups.received(letters, progress)
+        return chosen, fresh, later, requeued == again
 
     def send(self, chosen: list[Letter], stop: threading.Event) -> bool:
-        """Move `chosen` at the pacer's pace; False if stopped before all went."""
+        """Move `chosen` at the pacer's pace, in order; False if stopped before all went.
+
+        FIFO DLQ: a letter whose group had a letter fail to move in this run stays (held,
+        then released in order), so that nothing of a group overtakes a failure."""
         for start in range(0, len(chosen), self.pacer.batch_size):
-            paced = chosen[start : start + self.pacer.batch_size]
+            paced = self.unpinned(chosen[start : start + self.pacer.batch_size])
+            if not paced:
+                continue
             if not self.pacer.wait(len(paced)):
                 return False
             self.pacer.sent(len(paced))
             for batch in _size_batches(paced):
-                self.move(batch)
+                self.move(self.unpinned(batch))
         return True
+
+    def unpinned(self, letters: list[Letter]) -> list[Letter]:
+        """`letters` without those of groups where a move failed (counted as held back)."""
+        if not self.groups.pinned:
+            return letters
+        kept = [x for x in letters if (x.group_id or "") not in self.groups.pinned]
+        self.summary.held_back += len(letters) - len(kept)
+        return kept
 
     def settle(self, stop: threading.Event) -> None:
         """Wait (at most `settle_s`) for the daemon to finish what this run moved, reading the
@@ -523,8 +622,9 @@ class _Redrive:
                 self.summary.settled = SETTLED_TIMEOUT
                 return
             before = aws.queue_counts(self.sqs, self.queue_url)
+            self.release_next()
             messages = self.receive()
-            chosen, _, _ = self.sort(messages, self.remaining())
+            chosen, _, _, _ = self.sort(messages, self.remaining(), settling=True)
             if chosen and not self.send(chosen, stop):
                 self.summary.settled = SETTLED_INTERRUPTED
                 return
@@ -532,9 +632,11 @@ class _Redrive:
                 f"{self.summary.progress()}; waiting up to {self.settle_s:g} s for the daemon to"
                 f" take the {plural(len(self.sent), 'submission')} moved"
             )
-            if messages:
+            if messages or self.groups.releasing:
                 continue  # more may be visible: read on before judging the source queue
             if before == (0, 0):
+                if self.read_moved_groups():
+                    continue
                 self.summary.settled = SETTLED_TAKEN
                 return
             visible, in_flight = aws.queue_counts(self.sqs, self.queue_url)
@@ -542,24 +644,30 @@ class _Redrive:
                 self.summary.settled = SETTLED_UNTAKEN
                 return
 
+    def read_moved_groups(self) -> bool:
+        """FIFO DLQ, once the source queue is empty: whether a round of releases may bring
+        letters rejected again that wait behind held letters of their group (the groups of
+        the letters moved); rounds go on while one brings something new."""
+        if not self.groups.fifo or (self.groups.rounds and not self.groups.round_new):
+            return False
+        if not peek.visible_count(self.sqs, self.dlq_url):
+            return False
+        self.groups.exhausted -= self.moved_groups  # new letters may have come since
+        return self.groups.start_round(self.held, only=self.moved_groups)
+
     def fail(self, letter: Letter, why: str) -> None:
         self.summary.failed += 1
         print(f"FAILED {letter.message_id} reason={letter.reason}: {why}", file=self.err)
 
     def move(self, letters: list[Letter]) -> None:
         """Send to the source queue; delete from the DLQ only what was sent."""
+        if not letters:
+            return
         by_id = {str(i): letter for i, letter in enumerate(letters)}
         try:
             response = self.sqs.send_message_batch(
                 QueueUrl=self.queue_url,
-                Entries=[
-                    {
-                        "Id": entry_id,
-                        "MessageBody": letter.body,
-                        "MessageAttributes": letter.original_attributes(),
-                    }
-                    for entry_id, letter in by_id.items()
-                ],
+                Entries=[self.entry(entry_id, letter) for entry_id, letter in by_id.items()],
             )
         except (ClientError, BotoCoreError) as exc:
             for letter in letters:
@@ -576,8 +684,27 @@ class _Redrive:
             if entry_id not in sent:
                 why = peek.error_text(failed.get(entry_id, {"Code": "NoResultForEntry"}))
                 self.fail(letter, f"not sent ({why}), kept in the DLQ")
+                if self.groups.fifo:
+                    self.groups.pinned.add(letter.group_id or "")
+            else:
+                self.moved_groups.add(letter.group_id or "")
         if sent:
             self.delete({entry_id: by_id[entry_id] for entry_id in sent}, sent)
+
+    def entry(self, entry_id: str, letter: Letter) -> dict[str, Any]:
+        """A SendMessageBatch entry for `letter`: its body and the sender's attributes; to a
+        FIFO source queue also its group (the letter's own MessageGroupId; one moved from a
+        standard DLQ has none: the device its body names, else fifo.UNKNOWN_DEVICE_GROUP) and
+        a deduplication id of its own (`fifo.redrive_deduplication_id`)."""
+        entry: dict[str, Any] = {
+            "Id": entry_id,
+            "MessageBody": letter.body,
+            "MessageAttributes": letter.original_attributes(),
+        }
+        if self.fifo_source:
+            entry["MessageGroupId"] = letter.group_id or fifo.group_for(letter.body)
+            entry["MessageDeduplicationId"] = fifo.redrive_deduplication_id(letter.message_id)
+        return entry
 
     def delete(self, letters: dict[str, Letter], new_ids: dict[str, str]) -> None:
         entries = [
@@ -654,6 +781,7 @@ def _dry_run(
                 shown.append(f"  {letter.message_id} (reason={letter.reason}): {line}")
             progress.tick()
     summary.arrived = scan.arrived
+    summary.unreachable = scan.unreachable
     summary.complete = scan.complete or summary.limited
     summary.interrupted = scan.interrupted
     return summary

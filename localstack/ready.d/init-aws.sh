@@ -7,6 +7,12 @@
 #   Secret     $AUTH_KEYS_SECRET_NAME (event-processor/sensor-keys): the sensors' key set
 #              (docs/authentication.md), one fresh 32-byte master key, made once
 #
+# FIFO=true: both queues are FIFO instead (SQS requires a FIFO queue's DLQ to be FIFO), named
+# $QUEUE_NAME.fifo and $DLQ_NAME.fifo (a name that ends in .fifo already is kept), without
+# content-based deduplication: every sender gives its own deduplication id. A queue's kind is
+# fixed when it is made, so switching needs new names or a fresh LocalStack. Unset or empty:
+# standard queues (a name ending in .fifo is then an error).
+#
 # Idempotent: what exists is kept, attributes are set to the values above on every run (so a
 # changed MAX_RECEIVE_COUNT is applied), a stream that exists keeps its shards (a mismatch is
 # reported, not changed), a key set secret that exists keeps its keys. Runs with `awslocal`
@@ -23,6 +29,7 @@ MAX_RECEIVE_COUNT="${MAX_RECEIVE_COUNT:-5}"
 DLQ_RETENTION_SECONDS="${DLQ_RETENTION_SECONDS:-1209600}"
 STREAM_ACTIVE_TIMEOUT_SECONDS="${STREAM_ACTIVE_TIMEOUT_SECONDS:-60}"
 AUTH_KEYS_SECRET_NAME="${AUTH_KEYS_SECRET_NAME:-event-processor/sensor-keys}"
+FIFO="${FIFO:-}"
 
 # LocalStack keeps resources per region: use the one the daemon and the fleet use.
 export AWS_DEFAULT_REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-eu-west-1}}"
@@ -44,8 +51,21 @@ require() {
     [[ $2 =~ $3 ]] || die "$1='$2' is not $4"
 }
 
-require QUEUE_NAME "$QUEUE_NAME" '^[A-Za-z0-9_-]{1,80}$' 'a queue name (1-80 of A-Z a-z 0-9 _ -)'
-require DLQ_NAME "$DLQ_NAME" '^[A-Za-z0-9_-]{1,80}$' 'a queue name (1-80 of A-Z a-z 0-9 _ -)'
+require FIFO "$FIFO" '^(true)?$' 'true, or empty for standard queues'
+queue_kind='{}'
+if [[ -n $FIFO ]]; then
+    QUEUE_NAME="${QUEUE_NAME%.fifo}.fifo"
+    DLQ_NAME="${DLQ_NAME%.fifo}.fifo"
+    # A FIFO queue's name: up to 80 characters, ".fifo" included.
+    name_pattern='^[A-Za-z0-9_-]{1,75}\.fifo$'
+    name_what='a FIFO queue name (1-75 of A-Z a-z 0-9 _ -, then .fifo)'
+    queue_kind='{"FifoQueue": "true"}'
+else
+    name_pattern='^[A-Za-z0-9_-]{1,80}$'
+    name_what='a queue name (1-80 of A-Z a-z 0-9 _ -; a name ending in .fifo needs FIFO=true)'
+fi
+require QUEUE_NAME "$QUEUE_NAME" "$name_pattern" "$name_what"
+require DLQ_NAME "$DLQ_NAME" "$name_pattern" "$name_what"
 require STREAM_NAME "$STREAM_NAME" '^[A-Za-z0-9_.-]{1,128}$' 'a stream name (1-128 of A-Z a-z 0-9 _ . -)'
 require SHARD_COUNT "$SHARD_COUNT" '^[1-9][0-9]{0,3}$' 'a shard count (1-9999)'
 require MAX_RECEIVE_COUNT "$MAX_RECEIVE_COUNT" '^([1-9][0-9]{0,2}|1000)$' 'a maxReceiveCount (1-1000)'
@@ -59,18 +79,28 @@ require AUTH_KEYS_SECRET_NAME "$AUTH_KEYS_SECRET_NAME" '^[A-Za-z0-9/_+=.@-]{1,51
 # --- SQS -------------------------------------------------------------------------------------
 # CreateQueue without attributes returns the URL of a queue that already exists (it only fails
 # when asked for attributes that differ), so attributes are set separately, on every run.
-dlq_url=$(awslocal sqs create-queue --queue-name "$DLQ_NAME" --query QueueUrl --output text)
+# FifoQueue can only be given at creation; CreateQueue with the same kind still returns the
+# queue that exists.
+dlq_url=$(awslocal sqs create-queue --queue-name "$DLQ_NAME" --attributes "$queue_kind" \
+    --query QueueUrl --output text)
 awslocal sqs set-queue-attributes --queue-url "$dlq_url" \
     --attributes "{\"MessageRetentionPeriod\": \"$DLQ_RETENTION_SECONDS\"}"
 dlq_arn=$(awslocal sqs get-queue-attributes --queue-url "$dlq_url" \
     --attribute-names QueueArn --query Attributes.QueueArn --output text)
 
-queue_url=$(awslocal sqs create-queue --queue-name "$QUEUE_NAME" --query QueueUrl --output text)
+queue_url=$(awslocal sqs create-queue --queue-name "$QUEUE_NAME" --attributes "$queue_kind" \
+    --query QueueUrl --output text)
 redrive_policy="{\"deadLetterTargetArn\": \"$dlq_arn\", \"maxReceiveCount\": $MAX_RECEIVE_COUNT}"
 # --attributes is a JSON object of strings: the policy (JSON itself) goes in with quotes escaped.
 awslocal sqs set-queue-attributes --queue-url "$queue_url" \
     --attributes "{\"RedrivePolicy\": \"${redrive_policy//\"/\\\"}\"}"
-log "queue $QUEUE_NAME ($queue_url) redrives to $DLQ_NAME after $MAX_RECEIVE_COUNT receives"
+if [[ -n $FIFO ]]; then
+    for url in "$dlq_url" "$queue_url"; do
+        awslocal sqs set-queue-attributes --queue-url "$url" \
+            --attributes '{"ContentBasedDeduplication": "false"}'
+    done
+fi
+log "queue $QUEUE_NAME ($queue_url) redrives to $DLQ_NAME after $MAX_RECEIVE_COUNT receives${FIFO:+ (both FIFO)}"
 
 # --- Kinesis ---------------------------------------------------------------------------------
 # A long read timeout: LocalStack may fetch its Kinesis backend on this first Kinesis call.

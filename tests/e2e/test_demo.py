@@ -40,6 +40,24 @@ def test_demo_on_the_embedded_emulator_verifies() -> None:
     check_rogue_refused(result.stdout)
 
 
+def test_demo_on_fifo_queues_keeps_each_device_in_order() -> None:
+    """--fifo: a FIFO queue and DLQ, a message group per device; the demo passes only if, on
+    top of the usual check, each device's submissions are in the stream in the order sent."""
+    result = demo("--duration", "5", "--fifo", "--invalid-probability", "0.05")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RESULT: PASS" in result.stdout
+    assert "/submissions.fifo" in result.stdout
+    assert "missing 0, unexpected 0, out of order 0" in result.stdout
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("device order: ")]
+    assert line.endswith("interleaved or reversed 0, devices split across shards 0")
+    devices, pairs = (
+        int(x.split()[0]) for x in line.removeprefix("device order: ").split(", ")[:2]
+    )
+    assert devices == 10
+    assert pairs >= 10 * 2, "several submissions a device"
+    check_rogue_refused(result.stdout)
+
+
 def test_demo_against_an_existing_endpoint_twice(emulator: Emulator) -> None:
     """--endpoint-url reuses an existing world and key set secret (as a LocalStack has); a
     second run still verifies."""

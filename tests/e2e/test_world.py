@@ -21,6 +21,7 @@ import pytest
 
 from devworld import world
 from event_processor.signing import SIGNATURE_ATTRIBUTE
+from sensor_fleet.generator import device_ids
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -86,13 +87,13 @@ class Running:
         self.process.stdout.close()
 
 
-@pytest.fixture
-def started_world(tmp_path: Path) -> Iterator[Running]:
-    """`python -m devworld.world --port 0 --env-file ...`, reaped at teardown."""
+def _start(tmp_path: Path, *args: str) -> Iterator[Running]:
+    """`python -m devworld.world --port 0 --env-file ... ARGS`, reaped at the end."""
     env_file, err_path = tmp_path / "world.env", tmp_path / "world.err"
+    command = [sys.executable, "-m", "devworld.world", "--port", "0", "--env-file", str(env_file)]
     with err_path.open("w") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "devworld.world", "--port", "0", "--env-file", str(env_file)],
+            [*command, *args],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -103,6 +104,18 @@ def started_world(tmp_path: Path) -> Iterator[Running]:
         yield running
     finally:
         running.reap()
+
+
+@pytest.fixture
+def started_world(tmp_path: Path) -> Iterator[Running]:
+    """`python -m devworld.world --port 0 --env-file ...`, reaped at teardown."""
+    yield from _start(tmp_path)
+
+
+@pytest.fixture
+def started_fifo_world(tmp_path: Path) -> Iterator[Running]:
+    """The same with --fifo, reaped at teardown."""
+    yield from _start(tmp_path, "--fifo")
 
 
 def test_world_comes_up_serves_the_tools_and_stops_on_ctrl_c(started_world: Running) -> None:
@@ -144,6 +157,42 @@ def test_world_comes_up_serves_the_tools_and_stops_on_ctrl_c(started_world: Runn
     err = started_world.err_path.read_text()
     assert "dlq redrive --dry-run" in err
     assert "world: stopping" in err
+
+
+def test_a_fifo_world_takes_the_fleet_by_device_and_the_tools(started_fifo_world: Running) -> None:
+    """--fifo: the exports name FIFO queues; with them the fleet sends each device's
+    submissions in its own message group, and `dlq inspect` and `dlq redrive` run on them."""
+    exports, text = started_fifo_world.exports()
+    assert exports["QUEUE_URL"].endswith("/submissions.fifo")
+    assert exports["DLQ_URL"].endswith("/submissions-dlq.fifo")
+    assert "FIFO queue and DLQ (--fifo)" in text
+    env = {**os.environ, **exports, "PYTHONUNBUFFERED": "1"}
+
+    sent = run_cli(
+        "sensor-fleet", "--seed", "4", "load", "--count", "12", "--fleet-size", "3", env=env
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert "sent 12 submissions" in sent.stdout
+    sqs = boto3.client(
+        "sqs", endpoint_url=exports["AWS_ENDPOINT_URL"], region_name=exports["AWS_REGION"]
+    )
+    groups: set[str] = set()
+    while messages := sqs.receive_message(
+        QueueUrl=exports["QUEUE_URL"], MaxNumberOfMessages=10, MessageSystemAttributeNames=["All"]
+    ).get("Messages", []):
+        groups |= {m["Attributes"]["MessageGroupId"] for m in messages}
+        sqs.delete_message_batch(
+            QueueUrl=exports["QUEUE_URL"],
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ],
+        )
+    assert groups == set(device_ids(3, seed=4))
+
+    for tool in (["dlq", "inspect"], ["dlq", "redrive", "--dry-run"]):
+        result = run_cli("event-processor", *tool, env=env)
+        assert result.returncode == 0, result.stderr
+        assert exports["DLQ_URL"] in result.stdout
 
 
 def test_a_taken_port_is_named_and_exits_3(capsys: pytest.CaptureFixture[str]) -> None:

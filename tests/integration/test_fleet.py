@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
 import json
 import os
 import subprocess
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from event_processor.config import AuthMode, Settings
 from event_processor.keyset import KeySet
 from event_processor.models import Submission, parse_submission
 from event_processor.signing import Envelope
+from event_processor.tools import fifo
 from event_processor.tools.keys import enrolment, new_entry
-from sensor_fleet.generator import device_ids, encode, fleet_load
+from sensor_fleet.generator import device_ids, encode, fleet_load, fleet_submissions
 from sensor_fleet.sender import Sender, sqs_client
 from sensor_fleet.signer import FleetSigner
 from tests.conftest import settings_for
@@ -85,6 +87,80 @@ def test_load_count_prints_what_it_sent(emulator: Emulator, world: World) -> Non
     assert result.returncode == 0, result.stderr
     assert "sent 123 submissions" in result.stdout
     assert len(drain_queue(emulator, world.queue_url)) == 123
+
+
+def _content(doc: Mapping[str, Any]) -> bytes:
+    """A submission without its time_created (the only field a seed does not fix)."""
+    return orjson.dumps({k: v for k, v in doc.items() if k != "time_created"})
+
+
+def test_load_to_a_fifo_queue_keeps_each_device_in_order(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
+    """On a FIFO queue every submission carries its device as MessageGroupId (also when the
+    generator broke the body's device_id) and its body's SHA-256 as MessageDeduplicationId;
+    received back, each device's submissions come in the order sent, more than a receive's
+    ten per device."""
+    world = make_world(fifo=True)
+    devices, count = 6, 150
+    result = fleet(emulator, world, "--seed", "8", "load", "--count", str(count),
+                   "--fleet-size", str(devices), "--invalid-probability", "0.1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"sent {count} submissions" in result.stdout
+    messages = drain_queue(emulator, world.queue_url)
+    assert len(messages) == count
+
+    sent: dict[str, list[bytes]] = {}
+    for device, doc in itertools.islice(fleet_submissions(8, devices, 0.1), count):
+        sent.setdefault(device, []).append(_content(doc))
+    received: dict[str, list[bytes]] = {}
+    for message in messages:
+        system = message["Attributes"]
+        doc = orjson.loads(base64.b64decode(message["Body"]))
+        received.setdefault(system["MessageGroupId"], []).append(_content(doc))
+        assert (
+            system["MessageDeduplicationId"] == hashlib.sha256(message["Body"].encode()).hexdigest()
+        )
+    assert sorted(received) == sorted(device_ids(devices, seed=8))
+    assert received == sent
+    assert min(len(v) for v in sent.values()) > 10
+    assert any(
+        orjson.loads(base64.b64decode(m["Body"]))["device_id"] == "not-an-uuid" for m in messages
+    )
+
+
+def test_simulate_and_host_group_by_device_on_a_fifo_queue(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
+    """simulate sends each device's rounds in its own group, in round order; host sends in the
+    machine's group; bodies sent without a device name their own, or the fixed group."""
+    world = make_world(fifo=True)
+    result = fleet(emulator, world, "--seed", "5", "simulate", "--fleet-size", "3", "--rounds",
+                   "4", "--round-min", "0", "--round-max", "0", "--invalid-probability", "0")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    messages = drain_queue(emulator, world.queue_url)
+    assert len(messages) == 12
+    groups: dict[str, list[str]] = {}
+    for message in messages:
+        doc = orjson.loads(base64.b64decode(message["Body"]))
+        assert message["Attributes"]["MessageGroupId"] == doc["device_id"]
+        groups.setdefault(doc["device_id"], []).append(doc["time_created"])
+    assert sorted(groups) == sorted(device_ids(3, seed=5))
+    assert all(len(t) == 4 and t == sorted(t) for t in groups.values())  # rounds in order
+
+    host = fleet(emulator, world, "host", "--rounds", "2", "--interval", "0.2")
+    assert host.returncode == 0, host.stderr
+    device = host.stdout.split("device ")[1].split(":")[0]
+    assert {m["Attributes"]["MessageGroupId"] for m in drain_queue(emulator, world.queue_url)} == {
+        device
+    }
+
+    named = encode(submission())
+    send_bodies(emulator, world.queue_url, [named, "not a submission"])
+    assert [m["Attributes"]["MessageGroupId"] for m in drain_queue(emulator, world.queue_url)] == [
+        orjson.loads(base64.b64decode(named))["device_id"],
+        fifo.UNKNOWN_DEVICE_GROUP,
+    ]
 
 
 def test_load_rate_sends_rate_times_duration(emulator: Emulator, world: World) -> None:

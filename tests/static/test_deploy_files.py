@@ -28,6 +28,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from devworld.emulator import KEY_SET_SECRET_NAME, Emulator
+from devworld.localstack_host import compose_service
 from event_processor.config import AuthMode
 from event_processor.keyset import KeySet
 from tests.static.support import (
@@ -70,17 +71,20 @@ def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
     return spec
 
 
-_INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+_INTERPOLATION = re.compile(
+    r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-+])(?P<default>[^}]*))?\}"
+)
 
 
 def interpolate_defaults(value: object) -> str:
-    """A compose value with every ${VAR:-default} replaced by its default (no variable set)."""
+    """A compose value with every ${VAR:-default} replaced by its default, and every
+    ${VAR:+replacement} by nothing (no variable set)."""
     text = str(value)
 
     def default(match: re.Match[str]) -> str:
         if match["default"] is None:
             pytest.fail(f"${{{match['name']}}} has no default in {text!r}")
-        return match["default"]
+        return "" if match["op"].endswith("+") else match["default"]
 
     return _INTERPOLATION.sub(default, text)
 
@@ -402,12 +406,37 @@ def test_init_script_makes_the_key_set_secret_once(emulator: Emulator, awslocal_
     assert set(KeySet.parse(fresh).keys.values()) != {master}
 
 
+def test_init_script_makes_fifo_queues_with_fifo_true(
+    emulator: Emulator, awslocal_dir: Path
+) -> None:
+    """FIFO=true: $QUEUE_NAME.fifo and $DLQ_NAME.fifo, both FIFO without content-based
+    deduplication, the queue redriving to the DLQ; twice, and with the suffix given too."""
+    names = unique_names()
+    for attempt, suffix in ((1, ""), (2, ".fifo")):
+        given = {**names, "QUEUE_NAME": names["QUEUE_NAME"] + suffix}
+        result = run_init_script(emulator, awslocal_dir, **given, FIFO="true")
+        assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
+        assert "(both FIFO)" in result.stderr
+    queue, dlq = names["QUEUE_NAME"] + ".fifo", names["DLQ_NAME"] + ".fifo"
+    sqs = emulator.boto3_client("sqs")
+    for name in (queue, dlq):
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes["FifoQueue"] == "true"
+        assert attributes["ContentBasedDeduplication"] == "false"
+    assert redrive_policy(emulator, queue)["deadLetterTargetArn"] == queue_arn(emulator, dlq)
+    queues = sqs.list_queues(QueueNamePrefix=names["QUEUE_NAME"]).get("QueueUrls", [])
+    assert [u.rsplit("/", 1)[1] for u in queues] == [queue], "no standard queue beside it"
+
+
 @pytest.mark.parametrize(
     ("setting", "value"),
     [
         ("MAX_RECEIVE_COUNT", "0"),
         ("SHARD_COUNT", "two"),
         ("QUEUE_NAME", "has space"),
+        ("QUEUE_NAME", "submissions.fifo"),  # a FIFO name without FIFO=true
+        ("FIFO", "false"),  # true or unset: compose adds ".fifo" to the names for any value
         ("AUTH_KEYS_SECRET_NAME", "has space"),
     ],
 )
@@ -551,6 +580,22 @@ def test_event_processor_environment_is_valid_settings(compose: dict[str, Any]) 
     assert parsed.metrics_port == 9100
     assert parsed.auth_mode is AuthMode.ENFORCE
     assert parsed.auth_keys_secret_id == KEY_SET_SECRET_NAME
+
+
+def test_fifo_true_switches_the_hook_the_daemon_and_the_fleet_together() -> None:
+    """With FIFO=true compose gives the hook FIFO=true and the daemon and the fleet the .fifo
+    names the hook makes; without it, the standard names and an empty FIFO."""
+    for env, suffix in (({"FIFO": "true"}, ".fifo"), ({}, "")):
+        localstack = compose_service("localstack", env)["environment"]
+        daemon = compose_service("event-processor", env)["environment"]
+        fleet = compose_service("sensor-fleet", env)["environment"]
+        assert localstack["FIFO"] == env.get("FIFO", "")
+        assert localstack["QUEUE_NAME"] == daemon["QUEUE_NAME"] == fleet["QUEUE_NAME"]
+        assert daemon["QUEUE_NAME"] == "submissions" + suffix
+        assert localstack["DLQ_NAME"] == "submissions-dlq" + suffix
+        assert daemon["DLQ_URL"].endswith("/" + localstack["DLQ_NAME"])
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "FIFO=true docker-compose up --build" in text
 
 
 def test_sensor_fleet_service(compose: dict[str, Any]) -> None:

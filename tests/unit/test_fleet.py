@@ -14,6 +14,7 @@ import pytest
 from event_processor.keyset import KeySet
 from event_processor.models import Submission, parse_submission
 from event_processor.signing import Envelope
+from event_processor.tools import fifo
 from event_processor.tools.aws import UsageError
 from event_processor.tools.keys import enrolment
 from sensor_fleet.generator import (
@@ -24,7 +25,7 @@ from sensor_fleet.generator import (
     make_submission,
 )
 from sensor_fleet.host import Connection, HostAgent, parse_proc_net_tcp, parse_ps
-from sensor_fleet.sender import _batches
+from sensor_fleet.sender import Sender, _batches
 from sensor_fleet.signer import DeviceSigner, FleetSigner
 
 DATA = Path(__file__).parent.parent / "data"
@@ -165,5 +166,64 @@ def test_batches_count_attributes_against_the_size_limit() -> None:
     """Two messages whose bodies fit one 256 KiB batch go in two when their attributes do not."""
     body = "x" * (128 * 1024 - 50)
     attributes = {"sensor-signature": {"DataType": "String", "StringValue": "v" * 100}}
-    assert len(_batches([(body, None), (body, None)])) == 1
-    assert len(_batches([(body, attributes), (body, attributes)])) == 2
+    assert len(_batches([(body, None, None), (body, None, None)])) == 1
+    assert len(_batches([(body, attributes, None), (body, attributes, None)])) == 2
+
+
+def test_fifo_groups_and_deduplication_ids_of_bodies() -> None:
+    """A body's group is the sending device, else the device it names, else the fixed group;
+    its deduplication id is its SHA-256, the same for the same body, different for another."""
+    device = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
+    body = encode({"submission_id": "not-an-uuid", "device_id": device, "events": {}})
+    assert fifo.group_for(body, "sender-device") == "sender-device"
+    assert fifo.group_for(body) == device
+    assert fifo.group_for(json.dumps({"device_id": device})) == device  # plain JSON too
+    assert fifo.group_for("not json at all") == fifo.UNKNOWN_DEVICE_GROUP
+    assert fifo.group_for(encode({"device_id": "has a space"})) == fifo.UNKNOWN_DEVICE_GROUP
+    assert fifo.group_for(encode({"device_id": "x" * 129})) == fifo.UNKNOWN_DEVICE_GROUP
+    assert fifo.group_for(encode([1, 2])) == fifo.UNKNOWN_DEVICE_GROUP
+    other = encode({"submission_id": "not-an-uuid", "device_id": device, "events": {"a": []}})
+    assert fifo.body_deduplication_id(body) == fifo.body_deduplication_id(str(body))
+    assert fifo.body_deduplication_id(body) != fifo.body_deduplication_id(other)
+    assert fifo.usable_id(fifo.body_deduplication_id(body))
+    assert fifo.is_fifo("https://sqs.eu-west-1.amazonaws.com/1/submissions.fifo")
+    assert not fifo.is_fifo("https://sqs.eu-west-1.amazonaws.com/1/submissions")
+
+
+class _FlakySqs:
+    """SendMessageBatch that fails the given entry ids on the first call only."""
+
+    def __init__(self, fail_first: set[str]) -> None:
+        self.fail_first = fail_first
+        self.calls: list[list[dict[str, object]]] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, object]]) -> object:
+        self.calls.append(Entries)
+        failing = self.fail_first if len(self.calls) == 1 else set()
+        return {
+            "Successful": [{"Id": e["Id"]} for e in Entries if e["Id"] not in failing],
+            "Failed": [{"Id": i, "Code": "InternalError"} for i in sorted(failing)],
+        }
+
+
+def test_a_partial_failure_on_a_fifo_queue_is_retried_and_counts_what_overtook() -> None:
+    """The failed entry goes again with the same group and deduplication id; the later entry
+    of its group that SQS took meanwhile is counted as having overtaken it, another group's
+    is not."""
+    sqs = _FlakySqs(fail_first={"0"})
+    sender = Sender(sqs, "http://sqs.local/1/q.fifo", outage_ride_s=5)
+    accepted = sender.send(["a", "b", "c"], devices=["d1", "d2", "d1"])
+    assert accepted == ["a", "b", "c"]
+    first, retry = sqs.calls
+    assert [(e["MessageGroupId"], e["MessageDeduplicationId"]) for e in first] == [
+        (g, fifo.body_deduplication_id(b)) for g, b in (("d1", "a"), ("d2", "b"), ("d1", "c"))
+    ]
+    assert retry == [first[0]]
+    assert sender.overtaken == 1
+
+
+def test_a_standard_queue_gets_no_group_or_deduplication_id() -> None:
+    """Without ".fifo" in the URL the entries are as before: no FIFO parameters."""
+    sqs = _FlakySqs(fail_first=set())
+    Sender(sqs, "http://sqs.local/1/q").send(["a"], devices=["d1"])
+    assert set(sqs.calls[0][0]) == {"Id", "MessageBody"}
