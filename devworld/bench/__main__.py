@@ -5,8 +5,8 @@ key set in an AUTH_KEYS_FILE), and the table is followed by enforce's cost again
 backlog is signed for every strategy (each submission's sensor-signature attribute, made with
 a key set of the bench's own), so the two daemon rows differ in AUTH_MODE alone.
 
-`--scenario` adds the scenarios of bench/scenarios.py: memory, hostile, restart, dlq-outage, or
-all of them after the throughput table; `make bench` runs all.
+`--scenario` adds the scenarios of bench/scenarios.py: memory, hostile, restart, dlq-outage,
+fifo, or all of them after the throughput table; `make bench` runs all.
 
 World: moto's server (devworld.emulator, patched: locks + O(1) speed-ups) behind an
 HTTP proxy that adds a fixed latency to every AWS call, because on loopback every strategy

@@ -1,5 +1,5 @@
 """The scenarios of `make bench`: memory, hostile bodies, a restart on a slow stream (issue 10),
-and an outage of the DLQ (issue 21).
+an outage of the DLQ (issue 21), and a FIFO backlog against a standard one (issue 22).
 
 Each drains its own world (queue, DLQ, stream) with the daemon as a subprocess, through the
 fault proxy, and reports what the OS, the queues and the stream say: nothing here reads the
@@ -20,6 +20,13 @@ from typing import Any
 
 from devworld.bench.daemon import Daemon, Exit, daemon_env
 from devworld.bench.dlq_watch import MODES, DeadLetterWatch
+from devworld.bench.fifo import (
+    GroupedBacklog,
+    GroupOrder,
+    group_order,
+    grouped_backlog,
+    load_grouped,
+)
 from devworld.bench.workloads import (
     HOSTILE_KINDS,
     SQS_MAX_BYTES,
@@ -35,7 +42,7 @@ from devworld.verify import Verification, decode_records, expected_sequences, ve
 from event_processor.tools.aws import get_records
 from sensor_fleet.generator import device_ids
 
-SCENARIOS = ("memory", "hostile", "restart", "dlq-outage")
+SCENARIOS = ("memory", "hostile", "restart", "dlq-outage", "fifo")
 MIB = 1024 * 1024
 
 # How often a scenario looks at the queues while a daemon works.
@@ -127,6 +134,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--outage-visibility-s", type=int, default=10)
     group.add_argument("--outage-max-receives", type=int, default=5, help="maxReceiveCount")
     group.add_argument("--outage-cap-s", type=float, default=240.0)
+    # Issue 22: the same backlog on a standard queue and on a FIFO queue grouped by device.
+    group.add_argument("--fifo-devices", type=int, default=50, help="devices (FIFO groups)")
+    group.add_argument(
+        "--fifo-per-device", type=int, default=20, help="submissions each device sends, in order"
+    )
+    group.add_argument(
+        "--fifo-groups",
+        type=int,
+        nargs="*",
+        default=[10, 250],
+        help="further FIFO runs of the same total (devices x per-device) over this many devices",
+    )
+    group.add_argument(
+        "--fifo-invalid", type=float, default=0.01, help="share of broken fields, as the fleet"
+    )
+    group.add_argument("--fifo-cap-s", type=float, default=300.0, help="per run")
 
 
 def run(names: list[str], args: argparse.Namespace) -> bool:
@@ -140,6 +163,7 @@ def run(names: list[str], args: argparse.Namespace) -> bool:
             "hostile": hostile,
             "restart": restart,
             "dlq-outage": dlq_outage,
+            "fifo": fifo,
         }
         for name in names:
             # The machine may be shared: say how busy it was when the scenario began.
@@ -583,3 +607,150 @@ def read_queue(sqs: Any, queue_url: str) -> list[dict[str, Any]]:
         if not page:
             return messages
         messages.extend(page)
+
+
+# --- 5. fifo --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FifoRun:
+    """One drain of a grouped backlog: what the table prints."""
+
+    queue: str  # "standard" or "FIFO"
+    groups: int
+    submissions: int
+    events: int
+    ready_s: float  # from the daemon's start until /readyz answered
+    seconds: float  # from the daemon's start until the queue was empty
+    drained: bool
+    put_calls: int
+    records: int  # on the stream, duplicates included
+    receives: int
+    verified: str
+    order: GroupOrder
+
+    @property
+    def order_verdict(self) -> str:
+        """FIFO promises each device's order; a standard queue does not (counted, not judged)."""
+        if self.queue != "FIFO":
+            return "not promised"
+        return "ok" if self.order.ok else "FAILED"
+
+    @property
+    def busy_s(self) -> float:
+        """The drain after start-up: what the rates are over."""
+        return max(self.seconds - self.ready_s, 1e-9)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.verified.startswith("FAILED") or self.order_verdict == "FAILED")
+
+
+def fifo(bench: Bench) -> bool:
+    """The same grouped backlog drained from a standard queue and from a FIFO queue (groups =
+    devices), then FIFO runs of the same total over other numbers of devices."""
+    args = bench.args
+    total = args.fifo_devices * args.fifo_per_device
+    plans = [(False, args.fifo_devices), (True, args.fifo_devices)]
+    plans += [(True, groups) for groups in args.fifo_groups if groups != args.fifo_devices]
+    print(
+        f"  {total} submissions per run ({args.fifo_invalid:.0%} broken fields), sent round by "
+        f"round: every device's next submission in turn; the FIFO queue groups by device "
+        f"(MessageGroupId), deduplicates by submission id; PARTITION_KEY=device_id (default)"
+    )
+    runs: list[FifoRun] = []
+    for is_fifo, groups in plans:
+        per_device = max(1, total // groups)
+        backlog = grouped_backlog(groups, per_device, args.seed + 22, args.fifo_invalid)
+        runs.append(_fifo_run(bench, backlog, is_fifo=is_fifo))
+        # Each run on a fresh moto: the next one neither scans nor stores this one's data.
+        bench.emulator.reset()
+    _fifo_table(runs)
+    return all(run.ok for run in runs)
+
+
+def _fifo_run(bench: Bench, backlog: GroupedBacklog, *, is_fifo: bool) -> FifoRun:
+    """Load the backlog into a fresh world of its kind, drain it with the daemon, read back."""
+    args = bench.args
+    kind = "FIFO" if is_fifo else "standard"
+    bodies = backlog.bodies
+    expected = expected_sequences(bodies)
+    events = sum(len(s) for s in expected.values())
+    world = bench.world(f"fifo-{kind.lower()}-{backlog.groups}", fifo=is_fifo)
+    load_grouped(bench.emulator, world, backlog)
+    print(
+        f"  {kind} queue, {backlog.groups} devices x {len(bodies) // backlog.groups} "
+        f"submissions: {len(bodies)} messages, {events} valid events",
+        flush=True,
+    )
+    counters = bench.counters()
+    with Daemon(bench.env(world)) as daemon:
+        ready_s = daemon.wait_ready(_READY_TIMEOUT_S)
+        seconds, drained = drain(bench, daemon, world, args.fifo_cap_s)
+        result = daemon.stop(_DEFAULT_GRACE_S + _EXIT_SLACK_S)
+    stats = bench.proxy.stats()["calls"]
+    put_calls = stats.get("PutRecords", 0) - counters["calls"].get("PutRecords", 0)
+    receives = stats.get("ReceiveMessage", 0) - counters["calls"].get("ReceiveMessage", 0)
+    records, _ = read_arrivals(bench.emulator.boto3_client("kinesis"), world.stream_name)
+    check = verify(records, expected)
+    order = group_order(records, backlog)
+    print(bench.calls_since(counters))
+    print(_exit_line("daemon", result))
+    run = FifoRun(
+        queue=kind,
+        groups=backlog.groups,
+        submissions=len(bodies),
+        events=events,
+        ready_s=ready_s if ready_s is not None else 0.0,
+        seconds=seconds,
+        drained=drained,
+        put_calls=put_calls,
+        records=len(records),
+        receives=receives,
+        verified=verdict(check, drained=drained),
+        order=order,
+    )
+    state = f"drained in {seconds:.1f} s" if drained else f"not drained after {seconds:.0f} s"
+    print(
+        f"  {kind}, {run.groups} groups: {state} (ready after {run.ready_s:.1f} s); "
+        f"{run.submissions / run.busy_s:.0f} submissions/s, {run.events / run.busy_s:.0f} "
+        f"events/s after start-up; {put_calls} PutRecords calls, "
+        f"{run.records / max(put_calls, 1):.1f} records a call; verified {run.verified}; "
+        f"order per device {run.order_verdict}: {order.summary()}",
+        flush=True,
+    )
+    return run
+
+
+def _fifo_table(runs: list[FifoRun]) -> None:
+    """One row per run; rates are over the drain after start-up (from /readyz to empty).
+
+    A lane has one record in flight, so events/s = PutRecords calls/s x records per call; on
+    a FIFO queue a group has one submission publishing at a time, so records per call is at
+    most the groups, and `busy` is the share of them that had a record in the average call.
+    """
+    print(
+        f"\n{'queue':<9}{'groups':>7}{'subs':>6}{'events':>7}{'drain s':>9}{'subs/s':>8}"
+        f"{'events/s':>9}{'PutRecords':>11}{'calls/s':>8}{'rec/call':>9}{'busy':>6}"
+        f"{'receives':>9}  verified; order per device"
+    )
+    for run in runs:
+        per_call = run.records / max(run.put_calls, 1)
+        busy = f"{per_call / run.groups:.0%}" if run.queue == "FIFO" else "-"
+        print(
+            f"{run.queue:<9}{run.groups:>7}{run.submissions:>6}{run.events:>7}"
+            f"{run.seconds:>9.1f}{run.submissions / run.busy_s:>8.0f}"
+            f"{run.events / run.busy_s:>9.0f}{run.put_calls:>11}"
+            f"{run.put_calls / run.busy_s:>8.1f}{per_call:>9.1f}{busy:>6}"
+            f"{run.receives:>9}  {run.verified}; {run.order_verdict} "
+            f"({run.order.out_of_order}/{run.order.pairs} pairs out of order)"
+        )
+    standard = next((run for run in runs if run.queue == "standard"), None)
+    for run in runs:
+        if standard is not None and run.queue == "FIFO" and run.groups == standard.groups:
+            ratio = (run.events / run.busy_s) / (standard.events / standard.busy_s)
+            print(f"FIFO / standard events/s, {run.groups} devices: {ratio:.2f}")
+    print(
+        "events/s = calls/s x rec/call; on FIFO rec/call <= groups (one submission of a group "
+        "publishing at a time, one record of it in flight); busy = rec/call / groups"
+    )
