@@ -318,7 +318,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
         spread = spread_groups(settings, resolved.fifo)
         if spread is not None:
             log.warning(spread, extra={"action": "fifo_groups_spread"})
-        # The hot calls' clients: the lean path in front of botocore's (README, "Performance").
+        # The hot calls' clients: the lean path in front of botocore's (docs/design.md).
         sqs_api: SqsApi = sqs
         kinesis_api: KinesisApi = kinesis
         dlq_api: DlqApi = sqs

@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Start-up builds ~100,000 objects that live as long as the process (modules, botocore's
     # service models, clients): the cyclic collector would scan them again and again, twice
     # in full while importing alone. It waits until start-up is done, and what start-up built
-    # is then frozen out of its scans (README, "Performance").
+    # is then frozen out of its scans (docs/performance.md, "Choices that hold the cost down").
     gc.disable()
     try:
         # Imported here: only `run` needs the daemon (aiobotocore, aiohttp, prometheus-client).

@@ -257,7 +257,7 @@ class Settings(BaseSettings):
         Field(
             description="send ReceiveMessage, DeleteMessageBatch, PutRecords and the DLQ's "
             "SendMessageBatch on the lean request path (botocore's credentials, signer, HTTP "
-            "session and retries; README, Performance); false: every call through botocore's "
+            "session and retries; docs/design.md); false: every call through botocore's "
             "client",
             json_schema_extra=_shown(Group.AWS),
         ),

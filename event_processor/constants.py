@@ -50,7 +50,7 @@ SQS_MAX_VISIBILITY_S = 12 * 60 * 60
 # Long polls wait at most 20 s.
 SQS_MAX_WAIT_TIME_S = 20
 
-# --- Memory budget (README, "Memory") ---
+# --- Memory budget (docs/design.md, "Memory") ---
 # What a received message costs beyond its body: the Message, its receipt handle and
 # attributes, its task and futures (a few hundred bytes each, rounded up).
 MESSAGE_OVERHEAD_BYTES = 4 * 1024

@@ -1,4 +1,4 @@
-"""The input and output contracts (README sections 5 and 6) as strict pydantic models.
+"""The input and output contracts (docs/contract.md) as strict pydantic models.
 
 Each rule is defined once, here, and `models.py` validates every submission and event through
 these models; `event-processor schema input|output` prints their JSON Schemas (docs/schemas/).
@@ -233,7 +233,7 @@ class NetworkConnectionData(NetworkConnection):
 
 @with_config(_OUTPUT)
 class _RecordFields(TypedDict):
-    """What every record carries besides its type and data (README section 6)."""
+    """What every record carries besides its type and data (docs/contract.md, "Output")."""
 
     event_id: Annotated[
         str,
@@ -372,7 +372,7 @@ def input_schema() -> dict[str, Any]:
         **schema,
         "title": "Submission",
         "description": (
-            "One SQS message body, after base64 decoding (README section 5). A body valid here"
+            "One SQS message body, after base64 decoding (docs/contract.md). A body valid here"
             " has every event published (each record under Kinesis's 1 MiB); one that is not"
             " may still publish: a bad event is rejected alone, the rest goes on. Two rules are"
             " stricter than JSON Schema can say: a port is an integer literal (443.0 is invalid)"
@@ -382,7 +382,7 @@ def input_schema() -> dict[str, Any]:
 
 
 def output_schema() -> dict[str, Any]:
-    """One Kinesis record's data (README section 6)."""
+    """One Kinesis record's data (docs/contract.md, "Output")."""
     schema = TypeAdapter(OutputRecord).json_schema()
     return {"$schema": _DIALECT, "title": "OutputRecord", **schema}
 

@@ -125,7 +125,7 @@ def submission_letter(message: Message, body: str, rejection: Rejection) -> Dead
     )
 
 
-# --- Packed letters of rejected events (README, "Dead letters") ---------------------------
+# --- Packed letters of rejected events (docs/contract.md, "Dead letters") -----------------
 # One letter lists many rejected events of one submission, grouped by what they share:
 #   {"kind": "rejected_events", "submission_id", "device_id", "source_message_id",
 #    "part", "parts", "event_count",

@@ -127,7 +127,7 @@ class Header:
 
 
 def parse_header(body: str) -> Header | Rejection:
-    """Decode the body and check everything above the events (see README, input contract)."""
+    """Decode the body and check everything above the events (docs/contract.md, "Input")."""
     doc = decode_body(body)
     if isinstance(doc, Rejection):
         return doc
@@ -200,7 +200,7 @@ class _Collect:
 
 
 def parse_submission(body: str) -> Submission | Rejection:
-    """Validate one SQS message body against the input contract (see README).
+    """Validate one SQS message body against the input contract (docs/contract.md).
 
     Keeps every event as objects; the daemon itself packs them instead (`PackedRecords`).
     """
@@ -247,7 +247,7 @@ _TYPE_SIZES: Final = {t: len(encoded) for t, encoded in _TYPE_BYTES.items()}
 
 
 class RecordFormat:
-    """The one writer of output records (README, output record): bytes built from pieces.
+    """The one writer of output records (docs/contract.md, "Output"): bytes built from pieces.
 
     The same bytes orjson would give for the documented dict, in its key order, with the
     submission's fields encoded once: per event only the id, type, sequence and the
@@ -430,7 +430,7 @@ def parse_packed(
 def build_records(
     submission: Submission, processed_at: str, partition_key: PartitionKey
 ) -> list[Record]:
-    """Serialize each accepted event to its final record (output contract in the README).
+    """Serialize each accepted event to its final record (docs/contract.md, "Output").
 
     An event whose record would break Kinesis's 1 MiB limit moves to `submission.rejected`.
     """

@@ -12,7 +12,7 @@ process's CPU clock:
   user agent rebuilt per request, retry-info headers, idempotency tokens, S3's checksum mode,
   Lambda's recursion detection, API-version headers): what botocore's own configuration and
   handler registration allow;
-* lean: event_processor.awsjson, the path the daemon takes (README, "Performance").
+* lean: event_processor.awsjson, the path the daemon takes (docs/design.md, "The lean request path").
 """
 
 from __future__ import annotations

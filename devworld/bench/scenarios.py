@@ -49,7 +49,7 @@ MIB = 1024 * 1024
 _POLL_S = 0.1
 # Beyond its own grace, how long a stopped daemon may take to exit before it is killed.
 _EXIT_SLACK_S = 20.0
-# The daemon's own SHUTDOWN_GRACE_SECONDS default (README section 4), for the memory run.
+# The daemon's own SHUTDOWN_GRACE_SECONDS default (docs/deployment.md, "Settings"), for the memory run.
 _DEFAULT_GRACE_S = 20.0
 # The grace given to a hostile body's daemon: short, so that stopping it at the cap stays bounded.
 _HOSTILE_GRACE_S = 5.0

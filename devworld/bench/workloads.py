@@ -37,9 +37,9 @@ SQS_MAX_BYTES = 1_048_576
 _BATCH_ENTRIES = 10
 # Room left under SQS_MAX_BYTES for the near-limit bodies: a little under the limit, not at it.
 _BODY_MARGIN_BYTES = 512
-# The smallest valid event: both fields required, non-empty strings (README section 5).
+# The smallest valid event: both fields required, non-empty strings (docs/contract.md).
 TINY_EVENT: dict[str, str] = {"cmdl": "a", "user": "b"}
-# Hostile bodies: kinds of invalid `events` items (README section 5 rejects each one alone).
+# Hostile bodies: kinds of invalid `events` items (docs/contract.md rejects each one alone).
 HOSTILE_KINDS = ("numbers", "empty_objects", "mixed")
 # What "mixed" cycles through: not an object, empty object, fields missing or of a wrong type.
 _MIXED_ITEMS: tuple[Any, ...] = (1, {}, "x", None, [], {"cmdl": ""}, True, {"user": 7})

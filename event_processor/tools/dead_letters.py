@@ -21,7 +21,7 @@ from event_processor.letters import (
     string_attribute,
 )
 
-# Dead letters come in two kinds (README, "Dead letters"): a rejected *submission* keeps its
+# Dead letters come in two kinds (docs/contract.md, "Dead letters"): a rejected *submission* keeps its
 # original body and attributes plus ours (`reason`, `detail`, `source_message_id`,
 # `receive_count`); an *event* letter lists rejected events of one valid submission. A message
 # without a `reason` attribute was moved by SQS's own redrive policy (after maxReceiveCount):

@@ -18,7 +18,7 @@ from event_processor.procmem import PeakRss
 from tests.factories import encode, fleet_like, new_process, submission
 from tests.helpers import Cli, queue_depth, send_bodies, stream_records, wait_for
 
-# README, "Memory": at the default budget the daemon stays within this, whatever it is sent.
+# docs/design.md, "Memory": at the default budget the daemon stays within this, whatever it is sent.
 PEAK_RSS_LIMIT_MB = 200
 
 

@@ -1,4 +1,4 @@
-"""`event-processor demo --endpoint-url` against LocalStack, as the README offers it: signed
+"""`event-processor demo --endpoint-url` against LocalStack, as docs/local-world.md offers it: signed
 fleet, rogue device, daemon enforcing the init hook's key set."""
 
 from __future__ import annotations

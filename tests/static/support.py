@@ -32,7 +32,7 @@ PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 # The container's scratch directory (inside the pod or task, not on this machine).
 CONTAINER_TMP = "/tmp"  # noqa: S108
-# `make bench` (README "How does it scale?", bench/): one daemon's peak RSS while draining.
+# `make bench` (docs/deployment.md, "Where the numbers come from"): one daemon's peak RSS while draining.
 BENCH_PEAK_RSS_MIB = 116
 # What a linter, promtool, checkov or the init hook may take at most.
 TOOL_TIMEOUT_S = 120

@@ -58,7 +58,7 @@ FARGATE_MEMORY = {
 # BENCH_PEAK_RSS_MIB).
 BENCH_CPU_UNITS = 512
 
-# What each resource's statement grants (README, "How is it deployed?").
+# What each resource's statement grants (docs/design.md, "How is it deployed?").
 EXPECTED_GRANTS = {
     "QueueName": {
         "sqs:GetQueueUrl",

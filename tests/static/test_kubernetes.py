@@ -71,7 +71,7 @@ CLUSTER_SCOPED = {"Namespace"}
 # Environment the ConfigMap may carry that botocore reads, not the daemon's Settings.
 NOT_SETTINGS = {"AWS_ENDPOINT_URL"}
 
-# `make bench` (README "How does it scale?", bench/): one daemon drained 1,000 submissions
+# `make bench` (docs/deployment.md, "Where the numbers come from"): one daemon drained 1,000 submissions
 # (7,744 events) in ~2 s with 10 ms per AWS call, using ~1 s of CPU (peak RSS: support's
 # BENCH_PEAK_RSS_MIB).
 BENCH_SUBMISSIONS = 1000

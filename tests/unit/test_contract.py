@@ -307,7 +307,7 @@ def declared_errors(doc: Any) -> list[Any]:
 
 
 def event_positions(events: dict[str, Any]) -> dict[int, tuple[str, int]]:
-    """sequence -> (type, index in its list), as README section 6 numbers events."""
+    """sequence -> (type, index in its list), as docs/contract.md numbers events."""
     positions: dict[int, tuple[str, int]] = {}
     for name, items in events.items():
         for index in range(len(items) if isinstance(items, list) else 1):
