@@ -2,24 +2,20 @@
 
 D devices each make S submissions in order, and the fleet sends them round by round (every
 device's first, then every device's second, ...), as a fleet sending over time does. On a
-FIFO queue each entry carries MessageGroupId = its device and MessageDeduplicationId = its
-submission id, so SQS hands a device's submissions out in the order sent; the same backlog
-goes to a standard queue without them. The read-back judges what issue 22 asks of the stream:
-per device, every record of a submission lies before every record of the device's next one.
+FIFO queue each entry carries MessageGroupId = its device and the fleet's deduplication id,
+so SQS hands a device's submissions out in the order sent; the same backlog goes to a
+standard queue without them. The read-back is devworld.verify's per-device order.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import random
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from devworld.emulator import Emulator, World, queue_depth
-from event_processor.models import Submission, parse_submission
+from devworld.verify import expected_device_order
+from event_processor.tools.fifo import body_deduplication_id
 from sensor_fleet.generator import device_ids, encode, make_submission
 
 # SendMessageBatch takes at most 10 entries (fleet bodies are ~2 KB: far under its byte limit).
@@ -50,14 +46,8 @@ class GroupedBacklog:
         return len({message.device_id for message in self.sent})
 
     def published_by_device(self) -> dict[str, list[str]]:
-        """Per device, in send order, the ids of its submissions that have events to publish
-        (a submission rejected whole, or left with no valid event, has no record to order)."""
-        by_device: dict[str, list[str]] = {}
-        for message in self.sent:
-            parsed = parse_submission(message.body)
-            if isinstance(parsed, Submission) and parsed.events:
-                by_device.setdefault(message.device_id, []).append(parsed.submission_id)
-        return by_device
+        """Per device, in send order, the ids of its submissions that have events to publish."""
+        return expected_device_order(self.bodies)
 
 
 def grouped_backlog(
@@ -73,17 +63,8 @@ def grouped_backlog(
         for device_id in rng.sample(fleet, len(fleet)):
             doc = make_submission(rng, device_id, invalid_probability)
             body = encode(doc)
-            sent.append(Sent(device_id, deduplication_id(doc["submission_id"], body), body))
+            sent.append(Sent(device_id, body_deduplication_id(body), body))
     return GroupedBacklog(tuple(sent))
-
-
-def deduplication_id(submission_id: Any, body: str) -> str:
-    """The submission id; for a body whose id is broken on purpose (several share the same
-    "not-an-uuid"), the SHA-256 of the body, so that SQS does not drop one as a duplicate."""
-    try:
-        return str(uuid.UUID(str(submission_id)))
-    except ValueError:
-        return hashlib.sha256(body.encode()).hexdigest()
 
 
 def load_grouped(emulator: Emulator, world: World, backlog: GroupedBacklog) -> None:
@@ -107,63 +88,3 @@ def load_grouped(emulator: Emulator, world: World, backlog: GroupedBacklog) -> N
     depth = queue_depth(sqs, world.queue_url)
     if depth != len(sent):
         raise RuntimeError(f"sent {len(sent)} backlog messages, the queue holds {depth}")
-
-
-@dataclass
-class GroupOrder:
-    """Per device, consecutive published submissions compared by their records' positions."""
-
-    devices: int = 0
-    # Consecutive pairs (A sent before B, both with records) judged on one shard.
-    pairs: int = 0
-    # Pairs whose records interleave, or where B's came first.
-    out_of_order: int = 0
-    # Devices whose records are on more than one shard (their pairs cannot be judged).
-    split_devices: list[str] = field(default_factory=list)
-    # Submissions with events to publish and no record at all.
-    unpublished: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not (self.out_of_order or self.split_devices or self.unpublished)
-
-    def summary(self) -> str:
-        return (
-            f"{self.devices} devices, {self.pairs} consecutive pairs of a device's submissions: "
-            f"{self.out_of_order} interleaved or reversed; {len(self.split_devices)} devices on "
-            f"more than one shard; {self.unpublished} submissions with no record"
-        )
-
-
-def group_order(records: Iterable[dict[str, Any]], backlog: GroupedBacklog) -> GroupOrder:
-    """Judge decoded records (devworld.verify.decode_records) against the backlog's per-device
-    send order. A duplicate is judged by its first copy, as verify() judges order within a
-    submission; records of other submissions are ignored."""
-    # (shard, sequence number) of each event's first copy, by submission.
-    firsts: dict[str, dict[int, tuple[str, int]]] = {}
-    for record in records:
-        placed = (record["_shard"], record["_seq"])
-        events = firsts.setdefault(record["submission_id"], {})
-        if record["sequence"] not in events or placed[1] < events[record["sequence"]][1]:
-            events[record["sequence"]] = placed
-    by_device = backlog.published_by_device()
-    result = GroupOrder(devices=len(by_device))
-    for device_id, submission_ids in by_device.items():
-        spans: list[tuple[int, int]] = []
-        shards: set[str] = set()
-        for submission_id in submission_ids:
-            positions = list(firsts.get(submission_id, {}).values())
-            if not positions:
-                result.unpublished += 1
-                continue
-            shards.update(shard for shard, _ in positions)
-            sequences = [seq for _, seq in positions]
-            spans.append((min(sequences), max(sequences)))
-        if len(shards) > 1:
-            result.split_devices.append(device_id)
-            continue
-        for (_, last), (first, _) in itertools.pairwise(spans):
-            result.pairs += 1
-            if first < last:
-                result.out_of_order += 1
-    return result

@@ -22,8 +22,6 @@ from devworld.bench.daemon import Daemon, Exit, daemon_env
 from devworld.bench.dlq_watch import MODES, DeadLetterWatch
 from devworld.bench.fifo import (
     GroupedBacklog,
-    GroupOrder,
-    group_order,
     grouped_backlog,
     load_grouped,
 )
@@ -38,7 +36,14 @@ from devworld.bench.workloads import (
 )
 from devworld.emulator import Emulator, World, queue_depth
 from devworld.faultproxy import SHARD_THROTTLED, FaultProxy
-from devworld.verify import Verification, decode_records, expected_sequences, verify
+from devworld.verify import (
+    DeviceOrder,
+    Verification,
+    decode_records,
+    expected_sequences,
+    verify,
+    verify_device_order,
+)
 from event_processor.tools.aws import get_records
 from sensor_fleet.generator import device_ids
 
@@ -627,7 +632,7 @@ class FifoRun:
     records: int  # on the stream, duplicates included
     receives: int
     verified: str
-    order: GroupOrder
+    order: DeviceOrder
 
     @property
     def order_verdict(self) -> str:
@@ -693,7 +698,7 @@ def _fifo_run(bench: Bench, backlog: GroupedBacklog, *, is_fifo: bool) -> FifoRu
     receives = stats.get("ReceiveMessage", 0) - counters["calls"].get("ReceiveMessage", 0)
     records, _ = read_arrivals(bench.emulator.boto3_client("kinesis"), world.stream_name)
     check = verify(records, expected)
-    order = group_order(records, backlog)
+    order = verify_device_order(records, backlog.published_by_device())
     print(bench.calls_since(counters))
     print(_exit_line("daemon", result))
     run = FifoRun(
@@ -743,7 +748,7 @@ def _fifo_table(runs: list[FifoRun]) -> None:
             f"{run.events / run.busy_s:>9.0f}{run.put_calls:>11}"
             f"{run.put_calls / run.busy_s:>8.1f}{per_call:>9.1f}{busy:>6}"
             f"{run.receives:>9}  {run.verified}; {run.order_verdict} "
-            f"({run.order.out_of_order}/{run.order.pairs} pairs out of order)"
+            f"({len(run.order.out_of_order)}/{run.order.pairs} pairs out of order)"
         )
     standard = next((run for run in runs if run.queue == "standard"), None)
     for run in runs:

@@ -8,8 +8,9 @@ from typing import Any
 
 import orjson
 
-from devworld.bench.fifo import GroupedBacklog, group_order, grouped_backlog, load_grouped
+from devworld.bench.fifo import GroupedBacklog, grouped_backlog, load_grouped
 from devworld.emulator import Emulator, World
+from devworld.verify import verify_device_order
 from event_processor.models import Submission, parse_submission
 from tests.helpers import client, drain_queue, stream_records
 
@@ -66,15 +67,15 @@ def test_the_read_back_passes_send_order_and_counts_what_breaks_it(
     emulator: Emulator, make_world: Callable[..., World]
 ) -> None:
     """Records put in send order judge ok; two submissions of a device reversed, or their
-    records interleaved, are a bad pair each; a submission never put counts as unpublished."""
+    records interleaved, are a bad pair each; a submission never put is not judged."""
     backlog = grouped_backlog(devices=2, per_device=3, seed=3, invalid_probability=0.0)
     by_device = backlog.published_by_device()
     in_order = make_world()
     for message in backlog.sent:
         _put_records(emulator, in_order, message.device_id, _records(message.body))
-    good = group_order(stream_records(emulator, in_order), backlog)
+    good = verify_device_order(stream_records(emulator, in_order), by_device)
     assert good.ok, good.summary()
-    assert (good.devices, good.pairs, good.out_of_order) == (2, 4, 0)
+    assert (good.devices, good.pairs, len(good.out_of_order)) == (2, 4, 0)
 
     device, other = sorted(by_device)
     first, second, third = (_body(backlog, device, sid) for sid in by_device[device])
@@ -85,10 +86,16 @@ def test_the_read_back_passes_send_order_and_counts_what_breaks_it(
     one, two = (_records(_body(backlog, other, sid)) for sid in by_device[other][:2])
     mixed = [record for pair in zip(one, two, strict=False) for record in pair]
     _put_records(emulator, swapped, other, mixed + one[len(two) :] + two[len(one) :])
-    bad = group_order(stream_records(emulator, swapped), backlog)
+    records = stream_records(emulator, swapped)
+    bad = verify_device_order(records, by_device)
     assert not bad.ok
-    # device: (1st, 2nd) bad, (2nd, 3rd) fine; other: (1st, 2nd) bad, its 3rd unpublished.
-    assert (bad.pairs, bad.out_of_order, bad.unpublished) == (3, 2, 1), bad.summary()
+    # device: (1st, 2nd) bad, (2nd, 3rd) fine; other: (1st, 2nd) bad, its 3rd never put.
+    assert (bad.pairs, len(bad.out_of_order)) == (3, 2), bad.summary()
+    assert {(d, a) for d, a, _ in bad.out_of_order} == {
+        (device, by_device[device][0]),
+        (other, by_device[other][0]),
+    }
+    assert by_device[other][2] not in {r["submission_id"] for r in records}
 
 
 def _submission_id(body: str) -> Any:

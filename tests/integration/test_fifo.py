@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import random
 import uuid
 from collections import defaultdict
@@ -15,6 +14,7 @@ import orjson
 
 from devworld.emulator import Emulator, World
 from devworld.faultproxy import FaultProxy
+from devworld.verify import verify_device_order
 from event_processor import constants
 from tests.conftest import FAST_POLICY, settings_for
 from tests.factories import encode, fleet_like, new_process, submission
@@ -50,37 +50,6 @@ def send_in_order(emulator: Emulator, queue_url: str, grouped: list[tuple[str, s
             ],
         )
         assert len(response.get("Successful", [])) == len(batch), response.get("Failed")
-
-
-def device_order_breaks(
-    records: list[dict[str, Any]], sent: dict[str, list[str]]
-) -> dict[str, list[str]]:
-    """Per device, the submissions whose first record comes before the last record of the
-    one sent before it (first occurrences, on the device's shard): none when order held."""
-    shard_of: dict[str, set[str]] = defaultdict(set)
-    first: dict[str, int] = {}
-    last: dict[str, int] = {}
-    seen: set[tuple[str, int]] = set()
-    for record in sorted(records, key=lambda r: (r["_shard"], r["_seq"])):
-        key = (record["submission_id"], record["sequence"])
-        if key in seen:
-            continue  # a duplicate of a redelivery: its first copy holds the place
-        seen.add(key)
-        shard_of[record["device_id"]].add(record["_shard"])
-        first.setdefault(record["submission_id"], record["_seq"])
-        last[record["submission_id"]] = record["_seq"]
-    breaks: dict[str, list[str]] = {}
-    for device, submissions in sent.items():
-        assert len(shard_of[device]) <= 1, f"{device} spans shards {shard_of[device]}"
-        published = [s for s in submissions if s in first]
-        bad = [
-            later
-            for earlier, later in itertools.pairwise(published)
-            if first[later] < last[earlier]
-        ]
-        if bad:
-            breaks[device] = bad
-    return breaks
 
 
 async def test_many_devices_keep_their_order_with_invalid_ones_and_record_failures(
@@ -123,7 +92,9 @@ async def test_many_devices_keep_their_order_with_invalid_ones_and_record_failur
     records = await asyncio.to_thread(stream_records, emulator, world)
     assert check_order(records) == expected
     assert len(records) == sum(map(len, expected.values())), "a record twice"
-    assert device_order_breaks(records, sent) == {}
+    order = verify_device_order(records, sent)
+    assert order.ok, order.summary()
+    assert order.pairs == sum(len(s) - 1 for s in sent.values())
     letters = await asyncio.to_thread(drain_queue, emulator, world.dlq_url)
     assert {m["Attributes"]["MessageGroupId"] for m in letters} == set(invalid.values())
     assert sorted(orjson.loads(_decoded(m["Body"]))["submission_id"] for m in letters) == sorted(
