@@ -3,14 +3,13 @@ world its init hook created, and fresh worlds for tests that need their own stre
 
 from __future__ import annotations
 
-import contextlib
 import urllib.error
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from devworld.emulator import World, create_world
+from devworld.emulator import World, create_world, delete_world
 from devworld.localstack_host import compose_service
 from tests.localstack.support import LocalStack, endpoint_url, http_json
 
@@ -69,8 +68,4 @@ def fresh_world(localstack: LocalStack) -> Iterator[World]:
         stream_name=f"tier-{suffix}",
     )
     yield world
-    for queue_url in (world.queue_url, world.dlq_url):
-        with contextlib.suppress(sqs.exceptions.QueueDoesNotExist):
-            sqs.delete_queue(QueueUrl=queue_url)
-    with contextlib.suppress(kinesis.exceptions.ResourceNotFoundException):
-        kinesis.delete_stream(StreamName=world.stream_name, EnforceConsumerDeletion=True)
+    delete_world(sqs, kinesis, world)

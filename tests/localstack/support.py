@@ -97,7 +97,8 @@ def queue_depth(localstack: LocalStack, queue_url: str) -> int:
 
 
 def drain(localstack: LocalStack, queue_url: str, timeout_s: float = 120.0) -> list[dict[str, Any]]:
-    """Receive and delete every message of a queue, with its attributes, until it is empty."""
+    """Receive and delete every message of a queue, with its message and system attributes,
+    until it is empty."""
     sqs = localstack.client("sqs")
     messages: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
@@ -107,6 +108,7 @@ def drain(localstack: LocalStack, queue_url: str, timeout_s: float = 120.0) -> l
             MaxNumberOfMessages=10,
             WaitTimeSeconds=1,
             MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],  # a FIFO queue's MessageGroupId among them
         ).get("Messages", [])
         if batch:
             messages.extend(batch)

@@ -6,13 +6,8 @@ DLQ holds the rejected ones in their device's group; inspect and redrive work on
 from __future__ import annotations
 
 import base64
-import contextlib
 import itertools
 import json
-import os
-import shlex
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from devworld.emulator import World
+from devworld.emulator import World, delete_world
 from devworld.verify import expected_device_order, verify, verify_device_order
 from event_processor.letters import read_event_letter, string_attribute
 from event_processor.models import Rejection, parse_submission
@@ -30,17 +25,16 @@ from sensor_fleet.generator import encode, fleet_submissions
 from tests.localstack.support import (
     LocalStack,
     daemon,
+    drain,
     fleet_load,
-    queue_depth,
     run_cli,
     stream_records,
     wait_drained,
 )
+from tests.static.support import run_init_script, write_awslocal
 
 pytestmark = pytest.mark.localstack
 
-ROOT = Path(__file__).resolve().parents[2]
-INIT_SCRIPT = ROOT / "localstack" / "ready.d" / "init-aws.sh"
 SUBMISSIONS = 400
 DEVICES = 40
 INVALID = "0.05"
@@ -59,14 +53,7 @@ def content(doc: Any) -> str:
 def fifo_world(localstack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A FIFO queue and DLQ and a 2-shard stream of this module's own, made by the init hook
     with FIFO=true (through the venv's AWS CLI on LocalStack's endpoint); deleted afterwards."""
-    shim_dir = tmp_path_factory.mktemp("awslocal")
-    shim = shim_dir / "awslocal"
-    shim.write_text(
-        "#!/bin/sh\n"
-        f'exec {shlex.quote(sys.executable)} -m awscli --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n',
-        encoding="utf-8",
-    )
-    shim.chmod(0o755)
+    shim_dir = write_awslocal(tmp_path_factory.mktemp("awslocal"))
     suffix = uuid.uuid4().hex[:8]
     names = {
         "QUEUE_NAME": f"tier-fifo-{suffix}",
@@ -74,25 +61,7 @@ def fifo_world(localstack: LocalStack, tmp_path_factory: pytest.TempPathFactory)
         "STREAM_NAME": f"tier-fifo-{suffix}",
         "AUTH_KEYS_SECRET_NAME": localstack.compose_env("localstack")["AUTH_KEYS_SECRET_NAME"],
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(localstack.client_env())
-    env.update(
-        {
-            "PATH": f"{shim_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "FIFO": "true",
-            **names,
-        }
-    )
-    hook = subprocess.run(
-        ["bash", str(INIT_SCRIPT)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    hook = run_init_script(localstack.client_env(), shim_dir, FIFO="true", **names)
     assert hook.returncode == 0, hook.stdout + hook.stderr
     assert "(both FIFO)" in hook.stderr
     sqs, kinesis = localstack.client("sqs"), localstack.client("kinesis")
@@ -105,33 +74,7 @@ def fifo_world(localstack: LocalStack, tmp_path_factory: pytest.TempPathFactory)
         fifo=True,
     )
     yield world
-    for queue_url in (world.queue_url, world.dlq_url):
-        with contextlib.suppress(sqs.exceptions.QueueDoesNotExist):
-            sqs.delete_queue(QueueUrl=queue_url)
-    with contextlib.suppress(kinesis.exceptions.ResourceNotFoundException):
-        kinesis.delete_stream(StreamName=world.stream_name, EnforceConsumerDeletion=True)
-
-
-def drain_with_groups(localstack: LocalStack, queue_url: str) -> list[dict[str, Any]]:
-    """Receive and delete every message of a FIFO queue, with its attributes and group."""
-    sqs = localstack.client("sqs")
-    messages: list[dict[str, Any]] = []
-    while True:
-        batch = sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=1,
-            MessageAttributeNames=["All"],
-            MessageSystemAttributeNames=["All"],
-        ).get("Messages", [])
-        if not batch:
-            if queue_depth(localstack, queue_url) == 0:
-                return messages
-            continue
-        messages.extend(batch)
-        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
-        response = sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
-        assert not response.get("Failed"), response["Failed"]
+    delete_world(sqs, kinesis, world)
 
 
 def test_fifo_world_on_localstack(
@@ -200,7 +143,7 @@ def test_fifo_world_on_localstack(
             fleet_submissions(SEED, DEVICES, float(INVALID)), SUBMISSIONS
         )
     }
-    letters = drain_with_groups(localstack, world.dlq_url)
+    letters = drain(localstack, world.dlq_url)
     submissions: Counter[str] = Counter()
     events = 0
     for message in letters:

@@ -1,12 +1,14 @@
 """Helpers the static checks of the deploy files share: paths, tools run as subprocesses, YAML,
-the daemon's AWS calls, a loopback HTTP server, checkov, the daemon's settings and the metric
-names PromQL may select."""
+the daemon's AWS calls, a loopback HTTP server, checkov, the daemon's settings, the metric
+names PromQL may select, and the LocalStack init hook run through an `awslocal` shim (the
+LocalStack tier runs it too)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The venv's bin dir (not resolved: sys.executable may be a symlink out of the venv).
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
+INIT_SCRIPT = ROOT / "localstack" / "ready.d" / "init-aws.sh"
 DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
@@ -275,3 +278,36 @@ def exported_metric_names() -> set[str]:
         names.update(family.name + suffix for suffix in suffixes[family.type])
         names.update(sample.name for sample in family.samples)
     return names
+
+
+def write_awslocal(directory: Path) -> Path:
+    """`directory`, now holding `awslocal`: the AWS CLI (awscli, in this venv) on
+    $AWS_ENDPOINT_URL, as LocalStack's own wraps it."""
+    shim = directory / "awslocal"
+    shim.write_text(
+        "#!/bin/sh\n"
+        "# awslocal for tests: the AWS CLI against $AWS_ENDPOINT_URL, like LocalStack's own.\n"
+        f'exec {shlex.quote(sys.executable)} -m awscli --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n',
+        encoding="utf-8",
+    )
+    shim.chmod(0o755)
+    return directory
+
+
+def run_init_script(
+    client_env: Mapping[str, str], awslocal_dir: Path, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the LocalStack init hook with bash against the endpoint `client_env` names (an
+    emulator's or LocalStack's), with `settings` as its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(client_env)
+    env.update(
+        {
+            "PATH": f"{awslocal_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            # No profile or config file of this machine leaks in.
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            **settings,
+        }
+    )
+    return run(["bash", str(INIT_SCRIPT)], env=env, cwd=ROOT)

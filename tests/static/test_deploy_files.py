@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tomllib
 import uuid
@@ -33,6 +32,7 @@ from event_processor.config import AuthMode
 from event_processor.keyset import KeySet
 from tests.static.support import (
     DOCKERFILE,
+    INIT_SCRIPT,
     PROMETHEUS_CONFIG,
     ROOT,
     Healthz,
@@ -43,13 +43,14 @@ from tests.static.support import (
     load_yaml,
     promql_metric_names,
     run,
+    run_init_script,
     serve_http,
     tool,
+    write_awslocal,
 )
 
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 DOCKERIGNORE = ROOT / ".dockerignore"
-INIT_SCRIPT = ROOT / "localstack" / "ready.d" / "init-aws.sh"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 CONDA_FILE = ROOT / "conda.yaml"
@@ -225,33 +226,7 @@ def dashboard_exprs() -> Iterator[tuple[str, str, str]]:
 def awslocal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding `awslocal`: the AWS CLI (awscli, in this venv) on $AWS_ENDPOINT_URL."""
     assert importlib.util.find_spec("awscli"), "awscli missing: it is a dev dependency"
-    directory = tmp_path_factory.mktemp("awslocal")
-    shim = directory / "awslocal"
-    shim.write_text(
-        "#!/bin/sh\n"
-        "# awslocal for tests: the AWS CLI against $AWS_ENDPOINT_URL, like LocalStack's own.\n"
-        f'exec {shlex.quote(sys.executable)} -m awscli --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n',
-        encoding="utf-8",
-    )
-    shim.chmod(0o755)
-    return directory
-
-
-def run_init_script(
-    emulator: Emulator, awslocal_dir: Path, **settings: str
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(emulator.client_env())
-    env.update(
-        {
-            "PATH": f"{awslocal_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            # No profile or config file of this machine leaks in.
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            **settings,
-        }
-    )
-    return run(["bash", str(INIT_SCRIPT)], env=env, cwd=ROOT)
+    return write_awslocal(tmp_path_factory.mktemp("awslocal"))
 
 
 def unique_names() -> dict[str, str]:
@@ -342,7 +317,7 @@ def test_init_script_creates_queue_dlq_and_stream_idempotently(
     """Run twice, the hook leaves the queue redriving to the DLQ after 5 receives and 2 shards."""
     names = unique_names()
     for attempt in (1, 2):
-        result = run_init_script(emulator, awslocal_dir, **names)
+        result = run_init_script(emulator.client_env(), awslocal_dir, **names)
         assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
 
     policy = redrive_policy(emulator, names["QUEUE_NAME"])
@@ -360,13 +335,15 @@ def test_init_script_takes_settings_from_the_environment(
 ) -> None:
     """SHARD_COUNT and MAX_RECEIVE_COUNT apply, and a changed maxReceiveCount is reconciled."""
     names = unique_names()
-    first = run_init_script(emulator, awslocal_dir, **names, SHARD_COUNT="1", MAX_RECEIVE_COUNT="3")
+    first = run_init_script(
+        emulator.client_env(), awslocal_dir, **names, SHARD_COUNT="1", MAX_RECEIVE_COUNT="3"
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert int(redrive_policy(emulator, names["QUEUE_NAME"])["maxReceiveCount"]) == 3
     assert stream_summary(emulator, names["STREAM_NAME"])["OpenShardCount"] == 1
 
     second = run_init_script(
-        emulator, awslocal_dir, **names, SHARD_COUNT="1", MAX_RECEIVE_COUNT="7"
+        emulator.client_env(), awslocal_dir, **names, SHARD_COUNT="1", MAX_RECEIVE_COUNT="7"
     )
     assert second.returncode == 0, second.stdout + second.stderr
     assert int(redrive_policy(emulator, names["QUEUE_NAME"])["maxReceiveCount"]) == 7
@@ -381,7 +358,7 @@ def test_init_script_makes_the_key_set_secret_once(emulator: Emulator, awslocal_
     runs = []
     stored = []
     for attempt in (1, 2):
-        result = run_init_script(emulator, awslocal_dir, **names)
+        result = run_init_script(emulator.client_env(), awslocal_dir, **names)
         assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
         runs.append(result)
         stored.append(secrets.get_secret_value(SecretId=secret_name))
@@ -401,7 +378,7 @@ def test_init_script_makes_the_key_set_secret_once(emulator: Emulator, awslocal_
 
     # Another secret gets another key: the key is drawn, not fixed.
     other = unique_names()
-    assert run_init_script(emulator, awslocal_dir, **other).returncode == 0
+    assert run_init_script(emulator.client_env(), awslocal_dir, **other).returncode == 0
     fresh = secrets.get_secret_value(SecretId=other["AUTH_KEYS_SECRET_NAME"])["SecretString"]
     assert set(KeySet.parse(fresh).keys.values()) != {master}
 
@@ -414,7 +391,7 @@ def test_init_script_makes_fifo_queues_with_fifo_true(
     names = unique_names()
     for attempt, suffix in ((1, ""), (2, ".fifo")):
         given = {**names, "QUEUE_NAME": names["QUEUE_NAME"] + suffix}
-        result = run_init_script(emulator, awslocal_dir, **given, FIFO="true")
+        result = run_init_script(emulator.client_env(), awslocal_dir, **given, FIFO="true")
         assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
         assert "(both FIFO)" in result.stderr
     queue, dlq = names["QUEUE_NAME"] + ".fifo", names["DLQ_NAME"] + ".fifo"
@@ -445,7 +422,7 @@ def test_init_script_rejects_an_invalid_setting(
 ) -> None:
     """An invalid setting stops the hook with exit 2, naming it, before any AWS call."""
     names = {**unique_names(), setting: value}
-    result = run_init_script(emulator, awslocal_dir, **names)
+    result = run_init_script(emulator.client_env(), awslocal_dir, **names)
     assert result.returncode == 2, result.stdout + result.stderr
     assert setting in result.stderr
     queues = emulator.boto3_client("sqs").list_queues(QueueNamePrefix=names["DLQ_NAME"])
