@@ -74,4 +74,4 @@ profile: install
 	$(BIN)/python -m devworld.bench.profile $(PROFILE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS_VENV) .localstack-host .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) .cache .localstack-host .mypy_cache .pytest_cache .ruff_cache
