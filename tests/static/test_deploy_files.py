@@ -14,10 +14,12 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tomllib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
@@ -311,15 +313,74 @@ def test_init_script_is_an_executable_bash_script() -> None:
     assert first_line in {"#!/bin/bash", "#!/usr/bin/env bash"}
 
 
+# The tests on the shared runs of the hook (default_runs, changed_runs): one pytest-xdist
+# group, so that one worker runs the hook for all of them.
+INIT_HOOK_RUNS = pytest.mark.xdist_group("init_hook_runs")
+
+
+@dataclass(frozen=True)
+class HookRuns:
+    """The init hook run twice with the same names and settings, and the key set secret as
+    each run left it."""
+
+    names: dict[str, str]
+    runs: list[subprocess.CompletedProcess[str]]
+    secrets: list[dict[str, Any]]
+
+
+def run_hook_twice(emulator: Emulator, awslocal_dir: Path, **settings: str) -> HookRuns:
+    """Run the hook twice on fresh names with `settings`; both runs must succeed."""
+    names = unique_names()
+    secrets = emulator.boto3_client("secretsmanager")
+    runs = []
+    stored = []
+    for attempt in (1, 2):
+        result = run_init_script(emulator.client_env(), awslocal_dir, **names, **settings)
+        assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
+        runs.append(result)
+        stored.append(secrets.get_secret_value(SecretId=names["AUTH_KEYS_SECRET_NAME"]))
+    return HookRuns(names, runs, stored)
+
+
+# The hook's runs are shared: each takes ~20 AWS CLI calls (~9 s), and several tests assert
+# on the same ones.
+@pytest.fixture(scope="module")
+def default_runs(emulator: Emulator, awslocal_dir: Path) -> HookRuns:
+    """The hook run twice with its default settings."""
+    return run_hook_twice(emulator, awslocal_dir)
+
+
+@dataclass(frozen=True)
+class ChangedRuns(HookRuns):
+    """HookRuns whose second run changed a setting, and what the first run had left."""
+
+    first_max_receive_count: int
+    first_shard_count: int
+
+
+@pytest.fixture(scope="module")
+def changed_runs(emulator: Emulator, awslocal_dir: Path) -> ChangedRuns:
+    """The hook run with SHARD_COUNT=1 and MAX_RECEIVE_COUNT=3, then again with
+    MAX_RECEIVE_COUNT=7, on the same names."""
+    names = unique_names()
+    env = emulator.client_env()
+    secrets = emulator.boto3_client("secretsmanager")
+    first = run_init_script(env, awslocal_dir, **names, SHARD_COUNT="1", MAX_RECEIVE_COUNT="3")
+    assert first.returncode == 0, first.stdout + first.stderr
+    max_receive_count = int(redrive_policy(emulator, names["QUEUE_NAME"])["maxReceiveCount"])
+    shard_count = int(stream_summary(emulator, names["STREAM_NAME"])["OpenShardCount"])
+    stored = [secrets.get_secret_value(SecretId=names["AUTH_KEYS_SECRET_NAME"])]
+    second = run_init_script(env, awslocal_dir, **names, SHARD_COUNT="1", MAX_RECEIVE_COUNT="7")
+    assert second.returncode == 0, second.stdout + second.stderr
+    return ChangedRuns(names, [first, second], stored, max_receive_count, shard_count)
+
+
+@INIT_HOOK_RUNS
 def test_init_script_creates_queue_dlq_and_stream_idempotently(
-    emulator: Emulator, awslocal_dir: Path
+    emulator: Emulator, default_runs: HookRuns
 ) -> None:
     """Run twice, the hook leaves the queue redriving to the DLQ after 5 receives and 2 shards."""
-    names = unique_names()
-    for attempt in (1, 2):
-        result = run_init_script(emulator.client_env(), awslocal_dir, **names)
-        assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
-
+    names = default_runs.names
     policy = redrive_policy(emulator, names["QUEUE_NAME"])
     assert policy["deadLetterTargetArn"] == queue_arn(emulator, names["DLQ_NAME"])
     assert int(policy["maxReceiveCount"]) == 5
@@ -327,42 +388,27 @@ def test_init_script_creates_queue_dlq_and_stream_idempotently(
     summary = stream_summary(emulator, names["STREAM_NAME"])
     assert summary["StreamStatus"] == "ACTIVE"
     assert summary["OpenShardCount"] == 2
-    assert "exists: kept as it is" in result.stderr  # the second run found the stream
+    # The second run found the stream.
+    assert "exists: kept as it is" in default_runs.runs[1].stderr
 
 
+@INIT_HOOK_RUNS
 def test_init_script_takes_settings_from_the_environment(
-    emulator: Emulator, awslocal_dir: Path
+    emulator: Emulator, changed_runs: ChangedRuns
 ) -> None:
     """SHARD_COUNT and MAX_RECEIVE_COUNT apply, and a changed maxReceiveCount is reconciled."""
-    names = unique_names()
-    first = run_init_script(
-        emulator.client_env(), awslocal_dir, **names, SHARD_COUNT="1", MAX_RECEIVE_COUNT="3"
-    )
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert int(redrive_policy(emulator, names["QUEUE_NAME"])["maxReceiveCount"]) == 3
-    assert stream_summary(emulator, names["STREAM_NAME"])["OpenShardCount"] == 1
-
-    second = run_init_script(
-        emulator.client_env(), awslocal_dir, **names, SHARD_COUNT="1", MAX_RECEIVE_COUNT="7"
-    )
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert int(redrive_policy(emulator, names["QUEUE_NAME"])["maxReceiveCount"]) == 7
+    assert changed_runs.first_max_receive_count == 3
+    assert changed_runs.first_shard_count == 1
+    queue = changed_runs.names["QUEUE_NAME"]
+    assert int(redrive_policy(emulator, queue)["maxReceiveCount"]) == 7
 
 
-def test_init_script_makes_the_key_set_secret_once(emulator: Emulator, awslocal_dir: Path) -> None:
+@INIT_HOOK_RUNS
+def test_init_script_makes_the_key_set_secret_once(default_runs: HookRuns) -> None:
     """The first run stores a valid key set of one fresh 32-byte key; a second run keeps it
     unchanged; neither prints the key."""
-    names = unique_names()
-    secret_name = names["AUTH_KEYS_SECRET_NAME"]
-    secrets = emulator.boto3_client("secretsmanager")
-    runs = []
-    stored = []
-    for attempt in (1, 2):
-        result = run_init_script(emulator.client_env(), awslocal_dir, **names)
-        assert result.returncode == 0, f"run {attempt}: {result.stdout}{result.stderr}"
-        runs.append(result)
-        stored.append(secrets.get_secret_value(SecretId=secret_name))
-
+    secret_name = default_runs.names["AUTH_KEYS_SECRET_NAME"]
+    runs, stored = default_runs.runs, default_runs.secrets
     assert stored[1]["VersionId"] == stored[0]["VersionId"]
     assert stored[1]["SecretString"] == stored[0]["SecretString"]
     keys = KeySet.parse(stored[0]["SecretString"])
@@ -376,11 +422,18 @@ def test_init_script_makes_the_key_set_secret_once(emulator: Emulator, awslocal_
     for result in runs:
         assert encoded not in result.stdout + result.stderr
 
-    # Another secret gets another key: the key is drawn, not fixed.
-    other = unique_names()
-    assert run_init_script(emulator.client_env(), awslocal_dir, **other).returncode == 0
-    fresh = secrets.get_secret_value(SecretId=other["AUTH_KEYS_SECRET_NAME"])["SecretString"]
-    assert set(KeySet.parse(fresh).keys.values()) != {master}
+
+@INIT_HOOK_RUNS
+def test_init_script_draws_another_key_for_another_secret(
+    default_runs: HookRuns, changed_runs: HookRuns
+) -> None:
+    """Another secret gets another key: the key is drawn, not fixed."""
+    assert (
+        default_runs.names["AUTH_KEYS_SECRET_NAME"] != (changed_runs.names["AUTH_KEYS_SECRET_NAME"])
+    )
+    (master,) = KeySet.parse(default_runs.secrets[0]["SecretString"]).keys.values()
+    (other,) = KeySet.parse(changed_runs.secrets[0]["SecretString"]).keys.values()
+    assert other != master
 
 
 def test_init_script_makes_fifo_queues_with_fifo_true(
