@@ -43,8 +43,12 @@ run: install
 world: install
 	$(BIN)/python -m devworld.world $(WORLD_ARGS)
 
+# pytest-xdist workers: the tests mostly wait (on the emulator, subprocesses, fault windows),
+# so more workers than cores pays; TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 4
+
 test: install tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # LocalStack on the host (devworld/localstack_host.py), at docker-compose.yaml's version, with
 # its settings and ready.d hook; cached under .localstack-host/ (python3.13, npm).
