@@ -3,6 +3,7 @@ with the runtime dependencies (or the extra that guards it). And the image's set
 a Docker engine: a venv gets what the Dockerfile's pip line installs, from the files its COPY
 lines put in the build context; it holds no emulator or demo dependency, yet runs the daemon,
 the operator tools and the fleet. That venv is kept between runs (see the image_venv fixture).
+And conda.yaml's environment: the runtime dependencies of pyproject.toml, with the same bounds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -30,9 +32,16 @@ from packaging.utils import canonicalize_name
 
 from devworld.emulator import Emulator, World
 from tests.helpers import queue_depth, wait_for
-from tests.static.support import DOCKERFILE, ROOT, run
-from tests.static.test_deploy_files import dockerfile_instructions, dockerignore_excludes
+from tests.static.support import (
+    DOCKERFILE,
+    ROOT,
+    dockerfile_instructions,
+    dockerignore_excludes,
+    load_yaml,
+    run,
+)
 
+CONDA_FILE = ROOT / "conda.yaml"
 # The packages `pip install .` must run; devworld (the `demo` extra's) is imported only by `demo`.
 RUNTIME_PACKAGES = ("event_processor", "sensor_fleet")
 FIRST_PARTY = {*RUNTIME_PACKAGES, "devworld"}
@@ -365,3 +374,33 @@ def test_image_venv_runs_fleet_daemon_and_tools(
     inspect = image_venv.run("event-processor", "dlq", "inspect", "--json", **aws)
     assert inspect.returncode == 0, inspect.stderr
     json.loads(inspect.stdout)
+
+
+# === conda.yaml =================================================================================
+
+
+def test_conda_environment_matches_pyproject_dependencies() -> None:
+    """conda.yaml has Python 3.11 and pyproject's runtime dependencies, with the same bounds."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    conda = load_yaml(CONDA_FILE)
+    conda_specs: list[str] = []
+    python_pins: list[str] = []
+    for entry in conda["dependencies"]:
+        if isinstance(entry, dict):
+            conda_specs.extend(entry["pip"])
+        elif re.match(r"python\b", entry):
+            python_pins.append(entry)
+        elif entry != "pip":
+            conda_specs.append(entry)
+    assert python_pins == ["python=3.11"]
+
+    def key(spec: str) -> tuple[str, frozenset[str], str]:
+        requirement = Requirement(spec)
+        return (
+            canonicalize_name(requirement.name),
+            frozenset(requirement.extras),
+            str(requirement.specifier),
+        )
+
+    expected = sorted(key(spec) for spec in pyproject["project"]["dependencies"])
+    assert sorted(key(spec) for spec in conda_specs) == expected
