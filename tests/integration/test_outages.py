@@ -92,8 +92,11 @@ async def test_kinesis_outage_holds_messages_then_publishes_everything(
             return visible, hidden
         return None
 
+    async def all_held() -> bool:
+        return await held() is not None
+
     # Receivers stop once the sink is down; let the last receive land before comparing.
-    await eventually(held, timeout_s=30)
+    await eventually(all_held, timeout_s=30)
     counts = await held()
     assert counts is not None
     visible, hidden = counts
