@@ -43,8 +43,15 @@ run: install
 world: install
 	$(BIN)/python -m devworld.world $(WORLD_ARGS)
 
+# pytest-xdist workers: the tests mostly wait (on the emulator, subprocesses, fault windows),
+# so more workers than cores pays; TEST_WORKERS=0 runs the suite in one process. Each worker
+# gets whole files (loadfile), in the order collected (e2e, the slowest, first), so a module's
+# fixtures are made once. Bytecode caching is on whatever the environment says: without it,
+# every worker and every CLI subprocess compiles devworld and the tests again.
+TEST_WORKERS ?= 4
+
 test: install tools
-	$(BIN)/pytest -q
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # LocalStack on the host (devworld/localstack_host.py), at docker-compose.yaml's version, with
 # its settings and ready.d hook; cached under .localstack-host/ (python3.13, npm).
@@ -74,4 +81,4 @@ profile: install
 	$(BIN)/python -m devworld.bench.profile $(PROFILE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS_VENV) .localstack-host .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS_VENV) .cache .localstack-host .mypy_cache .pytest_cache .ruff_cache

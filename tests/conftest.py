@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from devworld.emulator import Emulator, World
+from devworld.emulator import Emulator, World, patch_moto_dispatch
 from devworld.faultproxy import FaultProxy
 from event_processor import app
 from event_processor.config import Settings
@@ -50,6 +50,8 @@ def _aws_credentials() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
+    """One emulator per session (per pytest-xdist worker), with moto's dispatch made cheaper."""
+    patch_moto_dispatch()
     with Emulator() as emu:
         yield emu
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +44,34 @@ _ROGUE_LINE = re.compile(
 CLI_START_TIMEOUT_S = 30.0
 
 
+# A poll's first interval, and the longest it grows to (by POLL_GROWTH a look) unless a test
+# fixes it: a look at the emulator costs ~10 ms of CPU, so a 30 s wait looked 600 times at a
+# fixed 50 ms; growing, it looks ~70 times, and a short wait is as quick as before.
+POLL_FIRST_S = 0.05
+POLL_MAX_S = 0.5
+POLL_GROWTH = 1.25
+
+
+def poll_intervals(interval_s: float | None) -> Iterator[float]:
+    """The sleeps between a poll's looks: `interval_s` each, or growing from POLL_FIRST_S."""
+    if interval_s is not None:
+        yield from itertools.repeat(interval_s)
+    interval = POLL_FIRST_S
+    while True:
+        yield interval
+        interval = min(interval * POLL_GROWTH, POLL_MAX_S)
+
+
 async def eventually(
-    check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30.0, interval_s: float = 0.05
+    check: Callable[[], Awaitable[bool] | bool],
+    timeout_s: float = 30.0,
+    interval_s: float | None = None,
 ) -> None:
     """Poll `check` (a predicate, or a function returning an awaitable) until it is true; fail
-    with the timeout otherwise. The sleep between looks is the poll's, never a synchronisation."""
+    with the timeout otherwise. The sleep between looks is the poll's, never a synchronisation
+    (see poll_intervals)."""
     deadline = time.monotonic() + timeout_s
+    intervals = poll_intervals(interval_s)
     while True:
         result = check()
         if inspect.isawaitable(result):
@@ -57,7 +80,7 @@ async def eventually(
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(min(next(intervals), max(0.0, deadline - time.monotonic())))
 
 
 def check_rogue_refused(stdout: str) -> None:
@@ -152,14 +175,15 @@ def queue_counts(emulator: Emulator, queue_url: str) -> tuple[int, int]:
 
 
 def wait_for(
-    check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
+    check: Callable[[], bool], timeout_s: float, what: str, interval_s: float | None = None
 ) -> None:
-    """Poll `check` until it is true; fail naming `what` otherwise."""
+    """Poll `check` until it is true; fail naming `what` otherwise (sleeps: poll_intervals)."""
     deadline = time.monotonic() + timeout_s
+    intervals = poll_intervals(interval_s)
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(interval_s)
+        time.sleep(min(next(intervals), max(0.0, deadline - time.monotonic())))
 
 
 def cli_command(script: str, *args: str) -> list[str]:

@@ -39,14 +39,16 @@ def spawn_cli(tmp_path: Path, make_world: Callable[..., World]) -> Iterator[Call
 def cli(
     emulator: Emulator, world: World, proxy: FaultProxy, spawn_cli: Callable[..., Cli]
 ) -> Callable[..., Cli]:
-    """Factory: start `event-processor run` against `world` through the proxy, with flags."""
+    """Factory: start `event-processor run` against `world` through the proxy (or, with
+    through_proxy=False, straight to the emulator), with flags."""
 
-    def start(name: str, *flags: str) -> Cli:
+    def start(name: str, *flags: str, through_proxy: bool = True) -> Cli:
         env = {**emulator.client_env(), "PYTHONUNBUFFERED": "1"}
+        endpoint_url = proxy.endpoint_url if through_proxy else emulator.endpoint_url
         return spawn_cli(
             name,
             "run",
-            "--endpoint-url", proxy.endpoint_url,
+            "--endpoint-url", endpoint_url,
             "--queue-url", world.queue_url,
             "--dlq-url", world.dlq_url,
             "--stream-name", world.stream_name,

@@ -122,6 +122,11 @@ def test_a_second_sigterm_exits_130_and_says_what_it_left(
         return queue_counts(emulator, world.queue_url) == (0, len(bodies))
 
     wait_for(all_held, TIMEOUT_S, "every submission received and held in flight")
+    # Receives fail without reaching SQS from here, and the signals wait until none is on its
+    # way back: a long poll the daemon gave up on still runs in the emulator, and would take
+    # the released messages and hide them (as test_cli_faults' SIGTERM test does).
+    proxy.configure(fail_operations=frozenset({"ReceiveMessage"}))
+    wait_for(lambda: proxy.pending("ReceiveMessage") == 0, TIMEOUT_S, "receives answered")
     daemon.process.send_signal(signal.SIGTERM)
     wait_for(lambda: bool(daemon.actions("draining")), TIMEOUT_S, "the drain under way")
     daemon.process.send_signal(signal.SIGTERM)

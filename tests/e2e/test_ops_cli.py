@@ -16,7 +16,7 @@ import pytest
 from devworld.emulator import Emulator, World, read_stream
 from event_processor.tools.aws import queue_counts
 from tests.helpers import cli_command, client, drain_queue, queue_depth, run_cli
-from tests.integration.test_ops import (
+from tests.integration.support import (
     ARRAYS,
     BAD_EVENTS,
     GARBAGE,

@@ -1,7 +1,7 @@
 """Outages and throttling, end to end against the emulator behind the fault proxy.
 
-These run for real time (a 60 s Kinesis outage), so each prints what it measured for the
-closing notes: run with `pytest -s tests/integration/test_outages.py` to see the figures.
+These run for real time (a Kinesis outage of several visibility timeouts), so each prints
+what it measured: run with `pytest -s tests/integration/test_outages.py` to see the figures.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
 from devworld.emulator import Emulator, World, free_port
-from devworld.faultproxy import SHARD_THROTTLED, FaultProxy
+from devworld.faultproxy import KINESIS_DOWN, SHARD_THROTTLED, FaultProxy
 from devworld.verify import expected_sequences
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like
@@ -31,10 +32,14 @@ from tests.helpers import (
     stream_records,
 )
 
-# Shorter than the outage by far: without the heartbeat, every in-flight message would be
-# received again about 12 times during it, and redriven to the DLQ after 5.
-VISIBILITY_S = 5
-OUTAGE_S = 60.0
+# The outage lasts 4 visibility timeouts (VISIBILITY_TIMEOUT's minimum is 2 s): without the
+# heartbeat, every in-flight message would be received again every 2 s during it, and
+# redriven to the DLQ after its second receive. The scale is the visibility timeout, not
+# the wall clock: a 60 s outage with 5 s showed the same.
+VISIBILITY_S = 2
+MAX_RECEIVE_COUNT = 2
+OUTAGE_S = 4.0 * VISIBILITY_S
+MAX_IN_FLIGHT = 20
 
 
 async def readyz(port: int) -> int:
@@ -45,45 +50,79 @@ async def readyz(port: int) -> int:
         return response.status
 
 
+@pytest.mark.parametrize("down_mode", ["500", "reset"])
 async def test_kinesis_outage_holds_messages_then_publishes_everything(
-    emulator: Emulator, world: World, proxy: FaultProxy, daemon: Any
+    emulator: Emulator,
+    make_world: Callable[..., World],
+    proxy: FaultProxy,
+    daemon: Any,
+    down_mode: str,
 ) -> None:
-    """A 60 s Kinesis outage: receiving stops, visibility is held, nothing is redriven or lost."""
+    """Kinesis down for 4 visibility timeouts: receiving stops, messages stay held, nothing is
+    deleted, redriven or lost; back up: everything published once, in order."""
     rng = random.Random(60)
     bodies = [encode(fleet_like(rng)) for _ in range(60)]
     expected = expected_sequences(bodies)
+    world = make_world(visibility_timeout_s=VISIBILITY_S, max_receive_count=MAX_RECEIVE_COUNT)
     port = free_port()
     running = await daemon(
         settings_for(
             world,
             endpoint_url=proxy.endpoint_url,
             visibility_timeout=VISIBILITY_S,
-            max_in_flight=20,
+            max_in_flight=MAX_IN_FLIGHT,
             batch_size=5,
             metrics_port=port,
         )
     )
-    proxy.kinesis_down = True
+    worker = running.worker
+    assert worker.ready
+    proxy.configure(kinesis_down=True, down_mode=down_mode)
     await asyncio.to_thread(send_bodies, emulator, world.queue_url, bodies)
 
     # Kinesis counts as down once a few whole calls failed: /readyz says so.
     await eventually(lambda: readyz_is(port, 503), timeout_s=30)
+    assert not worker.ready
+
+    async def held() -> tuple[int, int] | None:
+        """The queue's (visible, hidden) once every message is still in SQS and the received
+        ones are all in flight in the daemon; None before the last receive has landed."""
+        visible, hidden = await asyncio.to_thread(queue_counts, emulator, world.queue_url)
+        if visible + hidden == len(bodies) and hidden == worker.in_flight > 0:
+            return visible, hidden
+        return None
+
+    async def all_held() -> bool:
+        return await held() is not None
+
+    # Receivers stop once the sink is down; let the last receive land before comparing.
+    await eventually(all_held, timeout_s=30)
+    counts = await held()
+    assert counts is not None
+    visible, hidden = counts
+    assert hidden <= MAX_IN_FLIGHT, "the in-flight bound holds"
     receives_at_down = proxy.calls("ReceiveMessage")
+    failed_calls_at_down = proxy.injected(KINESIS_DOWN)
     outage_began = time.monotonic()
-    visible, hidden = await asyncio.to_thread(queue_counts, emulator, world.queue_url)
-    assert hidden <= 20, "the in-flight bound holds"
     while time.monotonic() - outage_began < OUTAGE_S:
-        await asyncio.sleep(2)  # the outage is the scenario: time passing is the point
-        now_visible, now_hidden = await asyncio.to_thread(queue_counts, emulator, world.queue_url)
-        # Nothing was taken, deleted or given back meanwhile.
-        assert (now_visible, now_hidden) == (visible, hidden)
+        await asyncio.sleep(0.5)  # the outage is the scenario: time passing is the point
+        # Nothing was taken, deleted, published or given back meanwhile.
+        assert await held() == (visible, hidden), "a message left SQS or flight"
         assert await readyz(port) == 503
+        assert not worker.ready, "ready while Kinesis is down"
+        assert proxy.forwarded("DeleteMessageBatch") == 0, "a message was deleted"
+        assert proxy.forwarded("PutRecords") == 0
     # Receivers stopped: at most the long polls already under way when it went down.
     assert proxy.calls("ReceiveMessage") - receives_at_down <= 4
+    # The sink kept trying, and the heartbeat kept every held message hidden.
+    assert proxy.injected(KINESIS_DOWN) >= failed_calls_at_down + 5
     assert (
         running.metric("event_processor_visibility_extensions_total")
         >= hidden * (OUTAGE_S / VISIBILITY_S) / 2
     )
+    assert await asyncio.to_thread(stream_records, emulator, world) == []
+    assert running.metric("event_processor_submissions_total", {"outcome": "failed"}) == 0
+    outage_calls = proxy.injected(KINESIS_DOWN)
 
     proxy.kinesis_down = False
     recovered = time.monotonic()
@@ -92,20 +131,24 @@ async def test_kinesis_outage_holds_messages_then_publishes_everything(
         timeout_s=60,
     )
     drain_s = time.monotonic() - recovered
+    await eventually(lambda: worker.ready, timeout_s=30)
     assert await readyz(port) == 200
     assert await running.stop() == 0
 
     records = await asyncio.to_thread(stream_records, emulator, world)
     assert check_order(records) == expected
+    assert len(records) == sum(len(s) for s in expected.values()), "duplicates"
+    published = running.metric("event_processor_submissions_total", {"outcome": "published"})
+    assert published == len(bodies)
     dead = await asyncio.to_thread(drain_queue, emulator, world.dlq_url)
     valid_in_dlq = [m for m in dead if "reason" not in m.get("MessageAttributes", {})]
     assert valid_in_dlq == [], "a valid submission was redriven to the DLQ"
-    duplicates = len(records) - sum(len(s) for s in expected.values())
     print(
-        f"\n[outage] {OUTAGE_S:.0f} s Kinesis outage, {hidden} messages held in flight, "
+        f"\n[outage {down_mode}] {OUTAGE_S:.0f} s Kinesis outage ({outage_calls} calls failed), "
+        f"{hidden} messages held in flight, "
         f"{running.metric('event_processor_visibility_extensions_total'):.0f} visibility "
         f"extensions; drained {len(bodies)} submissions in {drain_s:.1f} s after recovery; "
-        f"{duplicates} duplicates"
+        f"retries={metric_total(running.registry, 'event_processor_retries_total'):g}"
     )
 
 

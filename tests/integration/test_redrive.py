@@ -28,8 +28,7 @@ from event_processor.tools.text import counts
 from tests.conftest import settings_for
 from tests.factories import encode, received_message, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth
-from tests.integration.test_auth import DEVICE_A, DEVICE_B, K1, K2, key_set_text
-from tests.integration.test_ops import (
+from tests.integration.support import (
     ARRAYS,
     BAD_EVENTS,
     BAD_ID,
@@ -46,6 +45,7 @@ from tests.integration.test_ops import (
     rejected_by_reason,
     v1_letters,
 )
+from tests.integration.test_auth import DEVICE_A, DEVICE_B, K1, K2, key_set_text
 
 
 def test_dry_run_sees_the_whole_dlq(emulator: Emulator, world: World) -> None:

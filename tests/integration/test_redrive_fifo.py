@@ -23,7 +23,7 @@ from event_processor.tools import fifo, inspect, redrive
 from tests.conftest import settings_for
 from tests.factories import encode, received_message, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth
-from tests.integration.test_ops import BAD_EVENTS, all_visible, letters_for
+from tests.integration.support import BAD_EVENTS, all_visible, letters_for
 
 
 def put_fifo_letters(sqs: Any, dlq_url: str, letters: list[tuple[str, DeadLetter]]) -> list[str]:

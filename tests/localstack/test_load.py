@@ -37,7 +37,7 @@ from tests.localstack.support import (
     stream_records,
     wait_drained,
 )
-from tests.static.test_deploy_files import dashboard_exprs
+from tests.static.support import dashboard_exprs
 
 pytestmark = pytest.mark.localstack
 

@@ -1,7 +1,8 @@
 """Helpers the static checks of the deploy files share: paths, tools run as subprocesses, YAML,
 the daemon's AWS calls, a loopback HTTP server, checkov, the daemon's settings, the metric
-names PromQL may select, and the LocalStack init hook run through an `awslocal` shim (the
-LocalStack tier runs it too)."""
+names PromQL may select, the LocalStack init hook run through an `awslocal` shim (the
+LocalStack tier runs it too), the Dockerfile's instructions and .dockerignore's rules, and the
+Grafana dashboards' queries."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # The venv's bin dir (not resolved: sys.executable may be a symlink out of the venv).
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+DASHBOARD_DIR = GRAFANA_DIR / "dashboards"
 INIT_SCRIPT = ROOT / "localstack" / "ready.d" / "init-aws.sh"
 DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -311,3 +315,119 @@ def run_init_script(
         }
     )
     return run(["bash", str(INIT_SCRIPT)], env=env, cwd=ROOT)
+
+
+# --- the Dockerfile ------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        text = pending + line
+        pending = ""
+        keyword, _, args = text.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    assert not pending, "Dockerfile ends inside a continued line"
+    return instructions
+
+
+def last_stage() -> list[tuple[str, str]]:
+    """The instructions of the final (runtime) stage, its FROM first."""
+    instructions = dockerfile_instructions()
+    start = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[start:]
+
+
+def single(stage: list[tuple[str, str]], keyword: str) -> str:
+    found = [args for kw, args in stage if kw == keyword]
+    assert len(found) == 1, f"expected one {keyword} in the runtime stage, found {found}"
+    return found[0]
+
+
+def healthcheck_command() -> list[str]:
+    args = single(last_stage(), "HEALTHCHECK")
+    _, _, exec_form = args.partition("CMD ")
+    command = json.loads(exec_form)
+    assert isinstance(command, list)
+    assert all(isinstance(part, str) for part in command)
+    return command
+
+
+# --- .dockerignore semantics (enough of them for an allow-list) --------------------------------
+
+
+def _dockerignore_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out)
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (last matching rule wins;
+    a rule that matches a directory matches everything under it)."""
+    rules: list[tuple[bool, re.Pattern[str]]] = []
+    for raw in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        rules.append((negated, _dockerignore_regex(pattern)))
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for negated, regex in rules:
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            excluded = not negated
+    return excluded
+
+
+# --- the Grafana dashboards ----------------------------------------------------------------------
+
+
+def dashboard_files() -> list[Path]:
+    files = sorted(DASHBOARD_DIR.glob("*.json"))
+    assert files, f"no dashboard in {DASHBOARD_DIR}"
+    return files
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, including those nested in rows."""
+    for panel in dashboard.get("panels", []):
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def dashboard_exprs() -> Iterator[tuple[str, str, str]]:
+    """(file name, panel title, PromQL) for every query of every provisioned dashboard."""
+    for path in dashboard_files():
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        for panel in dashboard_panels(dashboard):
+            for target in panel.get("targets", []):
+                yield path.name, str(panel.get("title")), str(target["expr"])

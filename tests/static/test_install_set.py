@@ -1,22 +1,28 @@
 """The install sets. Statically: every third-party module the daemon and the fleet import comes
 with the runtime dependencies (or the extra that guards it). And the image's set, rebuilt without
-a Docker engine: a fresh venv gets what the Dockerfile's pip line installs, from the files its
-COPY lines put in the build context; it holds no emulator or demo dependency, yet runs the daemon,
-the operator tools and the fleet.
+a Docker engine: a venv gets what the Dockerfile's pip line installs, from the files its COPY
+lines put in the build context; it holds no emulator or demo dependency, yet runs the daemon,
+the operator tools and the fleet. That venv is kept between runs (see the image_venv fixture).
+And conda.yaml's environment: the runtime dependencies of pyproject.toml, with the same bounds.
 """
 
 from __future__ import annotations
 
 import ast
+import fcntl
+import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +32,16 @@ from packaging.utils import canonicalize_name
 
 from devworld.emulator import Emulator, World
 from tests.helpers import queue_depth, wait_for
-from tests.static.support import ROOT, run
-from tests.static.test_deploy_files import dockerfile_instructions, dockerignore_excludes
+from tests.static.support import (
+    DOCKERFILE,
+    ROOT,
+    dockerfile_instructions,
+    dockerignore_excludes,
+    load_yaml,
+    run,
+)
 
+CONDA_FILE = ROOT / "conda.yaml"
 # The packages `pip install .` must run; devworld (the `demo` extra's) is imported only by `demo`.
 RUNTIME_PACKAGES = ("event_processor", "sensor_fleet")
 FIRST_PARTY = {*RUNTIME_PACKAGES, "devworld"}
@@ -38,6 +51,8 @@ FROM_EXTRAS = {"localstack_client": "fleet"}
 DEMO_ONLY = {"moto", "flask", "werkzeug", "docker", "cfn-lint", "rich", "sympy", "networkx"}
 # A cold pip cache downloads ~40 MB; a warm one installs in well under a minute.
 INSTALL_TIMEOUT_S = 240
+# The image's venv, kept between runs (in .gitignore; `make clean` removes it).
+IMAGE_VENV_CACHE = ROOT / ".cache" / "image-venv"
 # How long the daemon of the image's venv may take to drain one fleet round.
 DRAIN_TIMEOUT_S = 60.0
 
@@ -121,12 +136,12 @@ class ImageVenv:
 
     path: Path
     env: dict[str, str]
+    # A directory outside this checkout, for the programs' working directory.
+    cwd: Path
 
     def run(self, program: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         """Run one of the venv's programs, outside this checkout (cwd) and this venv (env)."""
-        return run(
-            [str(self.path / "bin" / program), *args], env={**self.env, **env}, cwd=self.path
-        )
+        return run([str(self.path / "bin" / program), *args], env={**self.env, **env}, cwd=self.cwd)
 
 
 def builder_stage() -> list[tuple[str, str]]:
@@ -169,21 +184,43 @@ def pip_install_args() -> list[str]:
     return [word for word in words[install + 1 :] if word != "--no-cache-dir"]
 
 
-@pytest.fixture(scope="module")
-def image_venv(tmp_path_factory: pytest.TempPathFactory) -> ImageVenv:
-    """A fresh venv (this interpreter) with what the Dockerfile installs, from its build context."""
-    root = tmp_path_factory.mktemp("image")
-    context = root / "src"
-    copy_build_context(context)
-    venv = root / "venv"
-    # Nothing of this checkout's venv leaks in; pip's own config (index, cache) still applies.
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    created = run([sys.executable, "-m", "venv", str(venv)], env=env)
-    assert created.returncode == 0, created.stderr
+def image_venv_key() -> str:
+    """What decides the image venv's dependencies: the interpreter, pyproject.toml (the
+    requirements) and the Dockerfile (the pip line). The project's own code does not: see
+    tree_digest."""
+    digest = hashlib.sha256(sys.version.encode())
+    for path in (ROOT / "pyproject.toml", DOCKERFILE):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def tree_digest(directory: Path) -> str:
+    """A digest of every file under `directory`, by path and content."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (made if missing): one builder of the cache at a time, across
+    pytest-xdist workers and concurrent runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pip(venv: Path, *args: str, cwd: Path, env: dict[str, str]) -> None:
+    """`pip install --quiet ARGS` in `venv`, from `cwd` (the build context); it must succeed."""
     installed = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *pip_install_args()],
-        cwd=context,
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -191,7 +228,38 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> ImageVenv:
         check=False,
     )
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    return ImageVenv(venv, env)
+
+
+@pytest.fixture(scope="module")
+def image_venv(tmp_path_factory: pytest.TempPathFactory) -> ImageVenv:
+    """A venv (this interpreter) with what the Dockerfile installs, from its build context.
+
+    Built once per image_venv_key() under IMAGE_VENV_CACHE (the first run pays ~40 s of pip);
+    a later run whose build context differs reinstalls only the project, without its
+    dependencies, which that key fixes. The stamp records the build context installed.
+    """
+    root = tmp_path_factory.mktemp("image")
+    context = root / "src"
+    copy_build_context(context)
+    built = tree_digest(context)
+    # Nothing of this checkout's venv leaks in; pip's own config (index, cache) still applies.
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    key = image_venv_key()
+    venv = IMAGE_VENV_CACHE / key
+    stamp = venv / "image-context.sha256"
+    with locked(IMAGE_VENV_CACHE / ".lock"):
+        if not stamp.is_file():  # a first run for this key, or an interrupted one
+            for stale in IMAGE_VENV_CACHE.iterdir():
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+            created = run([sys.executable, "-m", "venv", str(venv)], env=env)
+            assert created.returncode == 0, created.stderr
+            pip(venv, *pip_install_args(), cwd=context, env=env)
+        elif stamp.read_text(encoding="utf-8") != built:
+            pip(venv, "--no-deps", "--force-reinstall", *pip_install_args(), cwd=context, env=env)
+        stamp.write_text(built, encoding="utf-8")
+    return ImageVenv(venv, env, root)
 
 
 def test_the_image_installs_the_fleet_extra_only() -> None:
@@ -279,7 +347,7 @@ def test_image_venv_runs_fleet_daemon_and_tools(
     daemon = subprocess.Popen(
         [str(image_venv.path / "bin" / "event-processor"), "run"],
         env={**image_venv.env, **aws, "METRICS_PORT": "0", "WAIT_TIME_SECONDS": "1"},
-        cwd=image_venv.path,
+        cwd=image_venv.cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -306,3 +374,33 @@ def test_image_venv_runs_fleet_daemon_and_tools(
     inspect = image_venv.run("event-processor", "dlq", "inspect", "--json", **aws)
     assert inspect.returncode == 0, inspect.stderr
     json.loads(inspect.stdout)
+
+
+# === conda.yaml =================================================================================
+
+
+def test_conda_environment_matches_pyproject_dependencies() -> None:
+    """conda.yaml has Python 3.11 and pyproject's runtime dependencies, with the same bounds."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    conda = load_yaml(CONDA_FILE)
+    conda_specs: list[str] = []
+    python_pins: list[str] = []
+    for entry in conda["dependencies"]:
+        if isinstance(entry, dict):
+            conda_specs.extend(entry["pip"])
+        elif re.match(r"python\b", entry):
+            python_pins.append(entry)
+        elif entry != "pip":
+            conda_specs.append(entry)
+    assert python_pins == ["python=3.11"]
+
+    def key(spec: str) -> tuple[str, frozenset[str], str]:
+        requirement = Requirement(spec)
+        return (
+            canonicalize_name(requirement.name),
+            frozenset(requirement.extras),
+            str(requirement.specifier),
+        )
+
+    expected = sorted(key(spec) for spec in pyproject["project"]["dependencies"])
+    assert sorted(key(spec) for spec in conda_specs) == expected

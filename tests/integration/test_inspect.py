@@ -1,4 +1,5 @@
-"""Operator tools (event_processor.tools) against the emulator: dlq inspect, dlq redrive, tail."""
+"""`dlq inspect` (and the peek under it) against the emulator: counts by reason and kind, the
+whole DLQ paged through without consuming it, packed and version 1 letters."""
 
 from __future__ import annotations
 
@@ -6,182 +7,41 @@ import asyncio
 import io
 import json
 import threading
-import uuid
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pytest
 
-from devworld.emulator import Emulator, World, read_stream
-from event_processor import constants
+from devworld.emulator import Emulator, World
 from event_processor.letters import (
-    KIND_EVENTS,
     MIXED_REASONS,
     DeadLetter,
-    LetterPacker,
     letter_kind,
     read_event_letter,
-    read_letter,
-    submission_letter,
 )
-from event_processor.models import (
-    PartitionKey,
-    Rejection,
-    format_timestamp,
-    parse_packed,
-    parse_submission,
-)
-from event_processor.source import Message
 from event_processor.tools import aws, dead_letters, inspect, peek
-from event_processor.tools.tail import tail
 from tests.conftest import settings_for
-from tests.factories import encode, new_process, received_message, submission
+from tests.factories import encode, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth, send_bodies
-
-TRACE = {"trace": {"DataType": "String", "StringValue": "trace-1"}}
-
-
-def message_for(body: str, attributes: dict[str, Any] | None = None) -> Message:
-    """`body` as the daemon receives it from the source queue."""
-    return received_message(body, attributes=attributes)
-
-
-def letters_for(
-    body: str,
-    attributes: dict[str, Any] | None = None,
-    max_message_bytes: int = constants.SQS_MAX_MESSAGE_BYTES,
-) -> list[DeadLetter]:
-    """The dead letters the daemon writes for `body`, built by the daemon's own code."""
-    message = message_for(body, attributes)
-    packer = LetterPacker(message, max_message_bytes)
-    processed_at = format_timestamp(datetime.now(UTC))
-    parsed = parse_packed(body, processed_at, PartitionKey.DEVICE_ID, packer.add)
-    if isinstance(parsed, Rejection):
-        return [submission_letter(message, body, parsed)]
-    return packer.letters(parsed.submission_id, parsed.device_id)
-
-
-def v1_letters(body: str) -> list[DeadLetter]:
-    """The one-letter-per-event dead letters the daemon wrote before packing (version 1)."""
-    message = message_for(body)
-    parsed = parse_submission(body)
-    assert not isinstance(parsed, Rejection)
-    letters = []
-    for rejected in parsed.rejected:
-        document = {
-            "reason": rejected.rejection.reason.value,
-            "field": rejected.rejection.field,
-            "detail": rejected.rejection.detail,
-            "submission_id": parsed.submission_id,
-            "device_id": parsed.device_id,
-            "sequence": rejected.sequence,
-            "event_type": rejected.event_type,
-            "source_message_id": message.message_id,
-            "event": rejected.event,
-        }
-        attributes: dict[str, Any] = {
-            "reason": {"DataType": "String", "StringValue": rejected.rejection.reason.value},
-            "detail": {"DataType": "String", "StringValue": rejected.rejection.detail},
-            "source_message_id": {"DataType": "String", "StringValue": message.message_id},
-            "receive_count": {"DataType": "Number", "StringValue": "1"},
-        }
-        letters.append(DeadLetter(KIND_EVENTS, json.dumps(document), attributes))
-    return letters
-
-
-def rejected_by_reason(*bodies: str) -> Counter[str]:
-    """The rejected events of valid submissions by reason, as the validator finds them."""
-    counts: Counter[str] = Counter()
-    for body in bodies:
-        parsed = parse_submission(body)
-        assert not isinstance(parsed, Rejection)
-        counts.update(rejected.rejection.reason.value for rejected in parsed.rejected)
-    return counts
-
-
-def dlq_max_bytes(emulator: Emulator, dlq_url: str) -> int:
-    """The DLQ's MaximumMessageSize: what the daemon packs letters to."""
-    attributes = client(emulator, "sqs").get_queue_attributes(
-        QueueUrl=dlq_url, AttributeNames=["MaximumMessageSize"]
-    )["Attributes"]
-    return int(attributes["MaximumMessageSize"])
-
-
-def put_letters(sqs: Any, dlq_url: str, letters: list[DeadLetter]) -> list[str]:
-    """Send dead letters to the DLQ as the daemon does; return their message ids in order."""
-    ids: list[str] = []
-    chunks: list[list[DeadLetter]] = []
-    for letter in letters:  # batches within SQS's limits, as the daemon's Batcher makes them
-        if (
-            not chunks
-            or len(chunks[-1]) == constants.SQS_MAX_BATCH_ENTRIES
-            or sum(x.size for x in chunks[-1]) + letter.size > constants.SQS_MAX_BATCH_BYTES
-        ):
-            chunks.append([])
-        chunks[-1].append(letter)
-    for chunk in chunks:
-        response = sqs.send_message_batch(
-            QueueUrl=dlq_url,
-            Entries=[
-                {"Id": str(i), "MessageBody": letter.body, "MessageAttributes": letter.attributes}
-                for i, letter in enumerate(chunk)
-            ],
-        )
-        assert not response.get("Failed"), response
-        ids += [e["MessageId"] for e in sorted(response["Successful"], key=lambda e: int(e["Id"]))]
-    return ids
-
-
-GARBAGE = ["not json 1", "not json 2", "not json 3"]
-ARRAYS = [encode([1, 2, 3]), encode([4])]
-BAD_ID = encode(submission(submission_id="not-an-uuid"))
-BAD_EVENTS = encode(
-    submission({"new_process": [new_process(cmdl=None), new_process(), new_process(user=" ")]})
+from tests.integration.support import (
+    ARRAYS,
+    BAD_EVENTS,
+    BAD_ID,
+    CONNECTIONS,
+    EMPTY,
+    GARBAGE,
+    HUNDREDS,
+    PROCESSES,
+    all_visible,
+    junk_dlq,
+    letters_for,
+    mixed_dlq,
+    packed_dlq,
+    put_letters,
+    rejected_by_reason,
+    report_table,
+    v1_letters,
 )
-POISON = encode(submission())
-# Packed letters: hundreds of rejected events. Each padded event takes about 1/PADDED_PER_LETTER
-# of a letter, so the first submission's events take several letters (parts) of any DLQ size.
-PADDED_PER_LETTER = 100
-PROCESSES = 300  # a third rejected as invalid_field, a third as missing_field, a third valid
-CONNECTIONS = 150  # all rejected as event_not_an_object
-EMPTY = 120  # all rejected as missing_field
-
-
-def packed_bodies(max_message_bytes: int) -> list[str]:
-    """Two valid submissions with hundreds of rejected events: one of mixed reasons, one not."""
-    pad = "x" * (max_message_bytes // PADDED_PER_LETTER)
-    processes = [
-        [new_process(pad, " "), {"cmdl": pad}, new_process(pad)][i % 3] for i in range(PROCESSES)
-    ]
-    mixed = submission({"new_process": processes, "network_connection": ["x"] * CONNECTIONS})
-    single = submission({"new_process": [{}] * EMPTY})
-    return [encode(mixed), encode(single)]
-
-
-def mixed_dlq(emulator: Emulator, world: World) -> dict[str, list[str]]:
-    """8 dead letters of every shape (one packed letter of 2 events): {label: [message ids]}."""
-    sqs = client(emulator, "sqs")
-    ids = {
-        "invalid_body": put_letters(
-            sqs, world.dlq_url, [x for b in GARBAGE for x in letters_for(b, TRACE)]
-        ),
-        "not_an_object": put_letters(
-            sqs, world.dlq_url, [x for b in ARRAYS for x in letters_for(b)]
-        ),
-        "invalid_field": put_letters(sqs, world.dlq_url, letters_for(BAD_ID)),
-        "events": put_letters(sqs, world.dlq_url, letters_for(BAD_EVENTS)),
-    }
-    # Moved by SQS's redrive policy after maxReceiveCount: the original, no reason attached.
-    response = sqs.send_message(QueueUrl=world.dlq_url, MessageBody=POISON)
-    ids["none"] = [response["MessageId"]]
-    return ids
-
-
-def all_visible(emulator: Emulator, queue_url: str, expected: int) -> None:
-    """The queue holds `expected` messages and every one is visible."""
-    assert aws.queue_counts(client(emulator, "sqs"), queue_url) == (expected, 0)
 
 
 def test_letter_kind_is_decided_by_the_whole_shape() -> None:
@@ -299,15 +159,6 @@ def test_inspect_says_when_counts_are_a_sample(emulator: Emulator, world: World)
     assert (big.sample, big.complete) == (False, True)
     assert "SAMPLE" not in inspect.format_report(big)
     all_visible(emulator, world.dlq_url, 25)
-
-
-HUNDREDS = 250  # letters in the DLQ of the whole-DLQ tests: 25 pages of 10
-
-
-def junk_dlq(emulator: Emulator, world: World, count: int = HUNDREDS) -> list[str]:
-    """`count` rejected submissions (invalid_body) in the DLQ; their message ids."""
-    letters = [x for i in range(count) for x in letters_for(f"junk {i}")]
-    return put_letters(client(emulator, "sqs"), world.dlq_url, letters)
 
 
 def test_inspect_sees_the_whole_dlq(emulator: Emulator, world: World) -> None:
@@ -450,32 +301,6 @@ def test_inspect_of_an_empty_dlq(emulator: Emulator, world: World) -> None:
     assert "looks empty" in inspect.format_report(report)
 
 
-def packed_dlq(emulator: Emulator, world: World) -> tuple[list[str], list[DeadLetter]]:
-    """The letters of packed_bodies() in the DLQ, packed to its size: (bodies, letters)."""
-    max_bytes = dlq_max_bytes(emulator, world.dlq_url)
-    bodies = packed_bodies(max_bytes)
-    letters = [x for b in bodies for x in letters_for(b, max_message_bytes=max_bytes)]
-    parts = [read_letter(letter.body) for letter in letters]
-    assert [(p.part, p.parts) for p in parts if p is not None][-1] == (1, 1), "the single one"
-    assert letters[0].size <= max_bytes
-    assert len(letters) > 2, "the mixed submission takes several letters"
-    put_letters(client(emulator, "sqs"), world.dlq_url, letters)
-    return bodies, letters
-
-
-def report_table(text: str) -> dict[str, list[str]]:
-    """The rows of format_report's table: reason -> [submission, event, total, events]."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["reason"]) + 1
-    rows: dict[str, list[str]] = {}
-    for line in lines[start:]:
-        if not line.strip() or line.strip().startswith("("):
-            break
-        reason, *columns = line.split()
-        rows[reason] = columns
-    return rows
-
-
 def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world: World) -> None:
     """Hundreds of events in a few packed letters: exact counts by each event's own reason."""
     bodies, letters = packed_dlq(emulator, world)
@@ -576,135 +401,3 @@ async def test_inspect_reads_what_the_daemon_dead_lettered(
     }
     assert report.events == rejected_by_reason(BAD_EVENTS)
     await asyncio.to_thread(all_visible, emulator, world.dlq_url, 4)
-
-
-# --------------------------------------------------------------------------------------------
-# tail
-
-
-def put_records(
-    emulator: Emulator, world: World, count: int, tag: str = "-"
-) -> list[dict[str, Any]]:
-    """`count` JSON records over several partition keys (so both shards get some)."""
-    docs = [
-        {
-            "event_id": str(uuid.uuid4()),
-            "event_type": "new_process",
-            "n": i,
-            "tag": tag,
-            "x": "a\nb",
-        }
-        for i in range(count)
-    ]
-    response = client(emulator, "kinesis").put_records(
-        StreamName=world.stream_name,
-        Records=[
-            {"Data": orjson.dumps(d), "PartitionKey": f"device-{i % 7}"} for i, d in enumerate(docs)
-        ],
-    )
-    assert response["FailedRecordCount"] == 0
-    return docs
-
-
-def stored_lines(emulator: Emulator, world: World) -> list[str]:
-    return [r["data"].decode() for r in read_stream(client(emulator, "kinesis"), world.stream_name)]
-
-
-def test_tail_prints_the_stream_as_json_lines(emulator: Emulator, world: World) -> None:
-    """--from trim-horizon --no-follow: every record, as stored, one per line, then it returns."""
-    put_records(emulator, world, 20)
-    out = io.StringIO()
-
-    printed = tail(
-        client(emulator, "kinesis"), world.stream_name, start="trim-horizon", follow=False, out=out
-    )
-
-    lines = out.getvalue().splitlines()
-    assert printed == len(lines) == 20
-    assert lines == stored_lines(emulator, world)
-    assert all(isinstance(orjson.loads(line), dict) for line in lines)
-
-
-def test_tail_one_shard_and_a_limit(emulator: Emulator, world: World) -> None:
-    """--shard reads only that shard; --limit stops after N records."""
-    put_records(emulator, world, 20)
-    stored = read_stream(client(emulator, "kinesis"), world.stream_name)
-    shard = stored[-1]["shard_id"]
-    expected = [r["data"].decode() for r in stored if r["shard_id"] == shard]
-    kinesis = client(emulator, "kinesis")
-
-    out = io.StringIO()
-    tail(kinesis, world.stream_name, start="trim-horizon", shards=[shard], follow=False, out=out)
-    assert out.getvalue().splitlines() == expected
-
-    out = io.StringIO()
-    tail(kinesis, world.stream_name, start="trim-horizon", follow=False, limit=3, out=out)
-    assert out.getvalue().splitlines() == stored_lines(emulator, world)[:3]
-
-    with pytest.raises(aws.ToolError, match="no shard shardId-000000000099"):
-        tail(kinesis, world.stream_name, shards=["shardId-000000000099"], follow=False)
-
-
-def test_tail_skips_records_that_are_not_json(emulator: Emulator, world: World) -> None:
-    """A record another producer wrote that is not JSON is skipped with a warning."""
-    kinesis = client(emulator, "kinesis")
-    kinesis.put_record(StreamName=world.stream_name, Data=b"plain text", PartitionKey="k")
-    kinesis.put_record(StreamName=world.stream_name, Data=b'{"ok": 1}', PartitionKey="k")
-    out, err = io.StringIO(), io.StringIO()
-    tail(kinesis, world.stream_name, start="trim-horizon", follow=False, out=out, err=err)
-    assert out.getvalue() == '{"ok": 1}\n'
-    assert "is not JSON; skipped" in err.getvalue()
-
-
-class Spy:
-    """A Kinesis client that tells when the first GetRecords was made."""
-
-    def __init__(self, kinesis: Any) -> None:
-        self._kinesis = kinesis
-        self.polled = threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._kinesis, name)
-
-    def get_records(self, **kwargs: Any) -> Any:
-        self.polled.set()
-        return self._kinesis.get_records(**kwargs)
-
-
-async def test_tail_follows_new_records_until_stopped(emulator: Emulator, world: World) -> None:
-    """--from latest with follow: records put after it started are printed; stop ends it."""
-    await asyncio.to_thread(put_records, emulator, world, 5, "before")
-    kinesis = Spy(client(emulator, "kinesis"))
-    out = io.StringIO()
-    stop = threading.Event()
-    task = asyncio.create_task(
-        asyncio.to_thread(tail, kinesis, world.stream_name, out=out, stop=stop, interval_s=0.05)
-    )
-
-    async def printed_all() -> bool:
-        return len(out.getvalue().splitlines()) >= 12
-
-    try:
-        await asyncio.wait_for(asyncio.to_thread(kinesis.polled.wait, 30), timeout=30)
-        await asyncio.to_thread(put_records, emulator, world, 12, "after")
-        await eventually(printed_all)
-    finally:
-        stop.set()
-        printed = await asyncio.wait_for(task, timeout=10)
-    lines = out.getvalue().splitlines()
-    assert printed == len(lines) == 12
-    after = [line for line in stored_lines(emulator, world) if orjson.loads(line)["tag"] == "after"]
-    assert sorted(lines) == sorted(after), "exactly the new records, as stored"
-
-
-async def test_tail_follow_stops_at_the_limit(emulator: Emulator, world: World) -> None:
-    """With follow and --limit N it returns by itself after N records."""
-    kinesis = client(emulator, "kinesis")
-    await asyncio.to_thread(put_records, emulator, world, 4)
-    out = io.StringIO()
-    printed = await asyncio.wait_for(
-        asyncio.to_thread(tail, kinesis, world.stream_name, start="trim-horizon", limit=3, out=out),
-        timeout=30,
-    )
-    assert printed == 3
-    assert len(out.getvalue().splitlines()) == 3
