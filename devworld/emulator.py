@@ -165,6 +165,14 @@ def _patch_sqs() -> None:
         is_message_valid_based_on_retention_period
     )
 
+    # A message made visible with VisibilityTimeout=0 is visible at once in SQS. moto asks
+    # `now > visible_at`, and time.time() repeats itself within a few hundred nanoseconds, so a
+    # release often left the message in the queue's pending set: on a FIFO queue its group then
+    # stayed locked and its later messages came out ahead of it (the test suite's redrive-order
+    # flake on CI). Visible from the very instant its hold ends:
+    message_cls: Any = sqs_models.Message
+    message_cls.visible = property(lambda self: _fast_unix_time_millis() >= self.visible_at)
+
     # moto's clock goes through naive datetimes (~10 us per visibility check): use time.time().
     module: Any = sqs_models
     module.unix_time = _fast_unix_time
