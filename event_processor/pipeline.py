@@ -191,7 +191,7 @@ class Pipeline:
         await self._source.change_visibility([message], 0)
         log.info(
             "submission released behind its group's failure",
-            extra={"action": "released", "message_id": message.message_id},
+            extra={"action": "group_released", "message_id": message.message_id},
         )
         return False
 

@@ -168,9 +168,18 @@ def test_rounds_that_bring_only_letters_rejected_again_do_not_end_the_scan(
     summary = redrive.redrive(rejecting, world.dlq_url, world.queue_url, out=io.StringIO())
 
     assert (summary.moved, summary.failed, summary.read) == (9, 0, len(letters))
-    assert (summary.complete, summary.unreachable) == (True, 2)
-    assert summary.rejected_again == {"invalid_body": 7}, "dev-last's last two are out of reach"
-    assert "~2 letters sent after the start (letters rejected again among them" in (summary.text())
+    assert summary.complete
+    # Seven letters rejected again are within reach (each group's tenth); dev-last's last two
+    # lie behind ten held letters, reported as not read. A slow run may reach one of them once
+    # a hold runs out: every one is either read or counted, never silently left.
+    again = summary.rejected_again["invalid_body"]
+    assert set(summary.rejected_again) == {"invalid_body"}
+    assert 7 <= again <= 9
+    assert again + summary.unreachable >= 9, (again, summary.unreachable)
+    if summary.unreachable:
+        assert f"~{summary.unreachable} letters sent after the start (letters rejected again" in (
+            summary.text()
+        )
     assert by_group(drain_queue(emulator, world.queue_url))["dev-last"] == [
         f"junk dev-last {i}" for i in range(3)
     ]
