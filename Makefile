@@ -44,14 +44,11 @@ world: install
 	$(BIN)/python -m devworld.world $(WORLD_ARGS)
 
 # pytest-xdist workers: the tests mostly wait (on the emulator, subprocesses, fault windows),
-# so more workers than cores pays, up to a point: on 2 cores 3 workers took 308-325 s and
-# 510-545 s of CPU, 4 took 375 s and 686 s (more processes fighting for the cores and their
-# GILs). TEST_WORKERS=0 runs the suite in one process. Each worker gets whole files (loadfile),
-# so a module's fixtures are made once, in the order collected (e2e, the slowest, first):
-# moving tests/static before the integration tier measured worse (401 s against 325 s with 3
-# workers; its tool runs then compete with the end-to-end tests). Bytecode caching is on
-# whatever the environment says: without it, every worker and every CLI subprocess compiles
-# devworld and the tests again.
+# so more workers than cores pays, up to the point where they fight for the cores
+# (docs/development.md, "Tests"). TEST_WORKERS=0 runs the suite in one process. Each worker
+# gets whole files (loadfile), in the order collected (e2e, the slowest, first), so a module's
+# fixtures are made once. Bytecode caching is on whatever the environment says: without it,
+# every worker and every CLI subprocess compiles devworld and the tests again.
 TEST_WORKERS ?= 3
 
 test: install tools
