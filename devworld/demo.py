@@ -56,7 +56,7 @@ from sensor_fleet.sender import Sender
 from sensor_fleet.signer import FleetSigner
 
 if TYPE_CHECKING:
-    from event_processor.worker import Worker
+    from event_processor.pipeline.worker import Worker
 
 # How long the end of the demo waits for the daemon to empty the queue.
 _DRAIN_TIMEOUT_S = 60.0

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from event_processor import signing
-from event_processor.contract import Reason
+from event_processor.contract import signing
+from event_processor.contract.rules import Reason
 from sensor_fleet.generator import encode, make_submission
 from sensor_fleet.signer import DeviceSigner
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from event_processor.models import Submission, parse_submission
+from event_processor.contract.parse import Submission, parse_submission
 
 
 def expected_sequences(bodies: list[str]) -> dict[str, list[int]]:

@@ -12,15 +12,19 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from prometheus_client import CollectorRegistry
 
-from event_processor import __version__, awsmodels, constants, diagnosis, exitcodes, http, signals
-from event_processor.auth import Authenticator, KeyStore
-from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
-from event_processor.budget import MemoryBudget
+from event_processor import __version__, constants, diagnosis, exitcodes, http, signals
+from event_processor.auth.authenticator import Authenticator, KeyStore
+from event_processor.auth.keyset import FileKeySource, KeySetError, SecretsManagerKeySource
+from event_processor.aws import botocore_models
+from event_processor.aws.lean import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.config import AuthMode, mask_url
-from event_processor.dlq import DeadLetterQueue
-from event_processor.keyset import FileKeySource, KeySetError, SecretsManagerKeySource
 from event_processor.metrics import Metrics
-from event_processor.pipeline import Pipeline
+from event_processor.pipeline.admission import MemoryBudget
+from event_processor.pipeline.dead_letters import DeadLetterQueue
+from event_processor.pipeline.sink import KinesisSink
+from event_processor.pipeline.source import SqsSource
+from event_processor.pipeline.submission import Pipeline
+from event_processor.pipeline.worker import Worker
 from event_processor.preflight import (
     Preflight,
     Resolved,
@@ -29,10 +33,7 @@ from event_processor.preflight import (
     spread_groups,
 )
 from event_processor.retry import RetryPolicy
-from event_processor.sink import KinesisSink
-from event_processor.source import SqsSource
 from event_processor.status import Reporter
-from event_processor.worker import Worker
 
 if TYPE_CHECKING:
     from typing import TextIO
@@ -42,10 +43,10 @@ if TYPE_CHECKING:
     from types_aiobotocore_secretsmanager import SecretsManagerClient
     from types_aiobotocore_sqs import SQSClient
 
-    from event_processor.awsjson import DlqApi, KinesisApi, SqsApi
+    from event_processor.auth.keyset import KeySource
+    from event_processor.aws.ports import DlqApi, KinesisApi, SqsApi
     from event_processor.config import Settings
     from event_processor.diagnosis import StartupError, Where
-    from event_processor.keyset import KeySource
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ async def run(settings: Settings, hooks: Hooks | None = None) -> int:
     hooks = hooks or Hooks()
     metrics = Metrics(hooks.registry)
     session = get_session()
-    awsmodels.use_on(session)  # the same models, read for a fraction of the start-up CPU
+    botocore_models.use_on(session)  # the same models, read for a fraction of the start-up CPU
     async with AsyncExitStack() as stack:
         preflight = await _preflight(settings, session, stack, hooks.policy)
         sqs, kinesis = preflight.sqs, preflight.kinesis
@@ -399,7 +400,7 @@ async def check(
     """`event-processor check`: `run`'s start-up checks, each reported, through the clients
     `run` builds; nothing is received. The exit code is the one `run` would start with."""
     session = get_session()
-    awsmodels.use_on(session)
+    botocore_models.use_on(session)
     async with AsyncExitStack() as stack:
         preflight = await _preflight(settings, session, stack, policy or RetryPolicy())
         read_keys = None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 
 from pydantic import ValidationError  # noqa: E402
 
-from event_processor import __version__, constants, contract, exitcodes, logs  # noqa: E402
+from event_processor import __version__, constants, exitcodes, logs  # noqa: E402
 from event_processor.config import (  # noqa: E402
     GROUP_TITLES,
     Group,
@@ -35,13 +35,13 @@ from event_processor.config import (  # noqa: E402
     flag_metavar,
     group_of,
 )
-from event_processor.tools import inspect, keys, redrive, tail  # noqa: E402
+from event_processor.tools import inspect, keys, redrive, schema, tail  # noqa: E402
 
 if _collecting:
     gc.enable()
 
 if TYPE_CHECKING:
-    from event_processor.worker import Worker
+    from event_processor.pipeline.worker import Worker
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.register(dlq_commands)
     tail.register(commands)
     keys.register(commands)
-    contract.register(commands)
+    schema.register(commands)
     return parser
 
 

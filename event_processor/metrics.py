@@ -276,7 +276,7 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
-        # Order as Kinesis acknowledged it, checked per lane (sink.py, "Order observed").
+        # Order as Kinesis acknowledged it, checked per lane (pipeline/sink.py, "Order observed").
         self.order_violations = Counter(
             "order_violations",
             "Records Kinesis acknowledged on their lane's shard with a sequence number not "
@@ -326,7 +326,7 @@ class Metrics:
             registry=registry,
         )
         # Set at start-up for each of the calls the lean path may send, and set to 0 if one
-        # falls back at a call (awsjson.py); absent with LEAN_AWS_CALLS=false.
+        # falls back at a call (aws/lean.py); absent with LEAN_AWS_CALLS=false.
         self.lean_path = Gauge(
             "lean_path",
             "1 while an AWS operation is sent by the lean request path, 0 when it goes by the"

@@ -15,17 +15,17 @@ import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants, diagnosis, exitcodes, http
+from event_processor.auth.keyset import KeySetError
 from event_processor.config import AuthMode, Settings, mask_url
+from event_processor.contract.parse import PartitionKey
 from event_processor.diagnosis import Resource, StartupError, Where
-from event_processor.keyset import KeySetError
-from event_processor.models import PartitionKey
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from types_aiobotocore_kinesis import KinesisClient
     from types_aiobotocore_sqs import SQSClient
 
-    from event_processor.keyset import KeySource
+    from event_processor.auth.keyset import KeySource
     from event_processor.retry import RetryPolicy
 
 AWS_ERRORS = (BotoCoreError, ClientError)

@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from event_processor.config import Settings
-from event_processor.letters import message_size
+from event_processor.contract.letters import message_size
 from event_processor.tools import aws, fifo
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ _BATCH_BYTES = 256 * 1024
 _OUTAGE_RIDE_S = 60.0
 
 # SendMessage's MessageAttributes: name -> {"DataType": ..., "StringValue": ...}, as
-# event_processor.signing.signature_attributes makes them.
+# event_processor.contract.signing.signature_attributes makes them.
 MessageAttributes = Mapping[str, Mapping[str, str]]
 # One message to send: its body, its attributes (if any) and its message group (FIFO queues
 # only; None elsewhere).

@@ -1,5 +1,5 @@
 """Which key signs a sensor's submission (docs/authentication.md). The envelope itself is
-event_processor.signing's, and the key set and enrolment are read as the tools read them.
+event_processor.contract.signing's, and the key set and enrolment are read as the tools read them.
 
 A real sensor holds one device key, issued at enrolment: `DeviceSigner`. The simulated fleet
 stands for many devices at once, so it holds a master key of the key set and derives each
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from event_processor import signing
-from event_processor.keyset import KeySet
+from event_processor.auth.keyset import KeySet
+from event_processor.contract import signing
 from event_processor.tools.keys import choose_key_id, read_enrolment
 
 

@@ -17,8 +17,8 @@ from devworld.emulator import Emulator, World, patch_moto_dispatch
 from devworld.faultproxy import FaultProxy
 from event_processor import app
 from event_processor.config import Settings
+from event_processor.pipeline.worker import Worker
 from event_processor.retry import RetryPolicy
-from event_processor.worker import Worker
 
 # Backoffs short enough that retries never dominate a test's runtime.
 FAST_POLICY = RetryPolicy(initial_s=0.01, max_backoff_s=0.2)

@@ -9,7 +9,7 @@ import random
 import uuid
 from typing import Any
 
-from event_processor.source import Message
+from event_processor.pipeline.source import Message
 
 
 def new_process(

@@ -26,7 +26,7 @@ from devworld.emulator import Emulator, World, read_stream
 from devworld.emulator import queue_depth as emulator_queue_depth
 from devworld.verify import decode_records, verify
 from event_processor import app
-from event_processor.awsjson import LeanKinesis, LeanSqs
+from event_processor.aws.lean import LeanKinesis, LeanSqs
 from event_processor.metrics import Metrics
 from event_processor.tools.aws import queue_counts as sqs_queue_counts
 from sensor_fleet.sender import MessageAttributes, Sender

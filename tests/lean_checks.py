@@ -1,5 +1,5 @@
 """What the lean request path must answer as botocore's own path does, against any backend:
-tests/integration/test_awsjson.py runs these against moto, tests/localstack/test_lean_path.py
+tests/integration/test_lean_path.py runs these against moto, tests/localstack/test_lean_path.py
 against LocalStack. `sqs` and `kinesis` are that backend's boto3 clients, for setting up and
 reading back."""
 
@@ -14,7 +14,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from devworld.emulator import World, read_stream
-from event_processor.awsjson import LeanDlq, LeanSqs
+from event_processor.aws.lean import LeanDlq, LeanSqs
 from tests.helpers import lean_clients
 
 # What differs between two receives of one message, or two answers to one call.

@@ -40,7 +40,7 @@ from devworld.bench.workloads import BenchKeys, MessageAttributes, fleet_backlog
 from devworld.emulator import Emulator, World, queue_depth, read_stream
 from devworld.faultproxy import FaultProxy
 from devworld.verify import decode_records, expected_sequences, verify
-from event_processor.models import Packed, PartitionKey, parse_packed
+from event_processor.contract.parse import Packed, PartitionKey, parse_packed
 
 # How often the runner looks at the queue depth while a strategy drains it.
 _POLL_S = 0.05

@@ -12,7 +12,7 @@ process's CPU clock:
   user agent rebuilt per request, retry-info headers, idempotency tokens, S3's checksum mode,
   Lambda's recursion detection, API-version headers): what botocore's own configuration and
   handler registration allow;
-* lean: event_processor.awsjson, the path the daemon takes (docs/design.md, "The lean request path").
+* lean: event_processor.aws.lean, the path the daemon takes (docs/design.md, "The lean request path").
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ async def measure(endpoint_url: str, calls: int) -> None:
     from aiobotocore.session import get_session  # noqa: PLC0415
 
     from event_processor import app  # noqa: PLC0415
-    from event_processor.awsjson import LeanKinesis, LeanSqs  # noqa: PLC0415
+    from event_processor.aws.lean import LeanKinesis, LeanSqs  # noqa: PLC0415
     from event_processor.config import Settings  # noqa: PLC0415
 
     settings = Settings(endpoint_url=endpoint_url)

@@ -43,14 +43,14 @@ from prometheus_client import CollectorRegistry
 from devworld.bench.compare import Comparison, header, in_turn
 from devworld.bench.workloads import BenchKeys, MessageAttributes, fleet_backlog
 from event_processor import app, constants, preflight
-from event_processor.auth import RESULT_OK
+from event_processor.auth.authenticator import RESULT_OK
+from event_processor.auth.keyset import FileKeySource
 from event_processor.config import AuthMode, Settings
-from event_processor.keyset import FileKeySource
 from event_processor.metrics import Metrics
 from event_processor.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from event_processor.awsjson import DlqApi, KinesisApi, SqsApi
+    from event_processor.aws.ports import DlqApi, KinesisApi, SqsApi
 
 _QUEUE_URL = "http://in-process/000000000000/submissions"
 _DLQ_URL = "http://in-process/000000000000/submissions-dlq"

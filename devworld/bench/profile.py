@@ -49,7 +49,7 @@ _TOP = 20
 IMPORTS = "start-up: imports"
 STARTUP = "start-up: clients, checks (app.run before the worker)"
 AWS_CALL = "AWS API calls (botocore's client or the lean path)"
-MODELS = "event_processor.models"
+MODELS = "event_processor.contract.parse"
 OURS = "event_processor (other)"
 OTHER = "event loop, aiohttp, other"
 NO_FRAMES = "no Python frame (interpreter start and exit)"
@@ -69,7 +69,7 @@ _CALL_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("botocore/model.py",)),
 )
 # The frames that mark an API call under way: aiobotocore's client, or our own request path.
-_CALL_MARKERS = ("_make_api_call (aiobotocore/client.py", "event_processor/awsjson.py")
+_CALL_MARKERS = ("_make_api_call (aiobotocore/client.py", "event_processor/aws/lean.py")
 # Frames every sample of the daemon's main thread has (the entry and the event loop's run):
 # they say nothing about where the time goes.
 _ENTRY_FILES = ("event_processor/__main__.py", "event_processor/cli.py")
@@ -114,12 +114,12 @@ def phase_of(frames: list[str]) -> str:
     if any("importlib._bootstrap" in f for f in frames):
         return IMPORTS
     if any("(event_processor/app.py" in f for f in frames) and not any(
-        "(event_processor/worker.py" in f for f in frames
+        "(event_processor/pipeline/worker.py" in f for f in frames
     ):
         return STARTUP
     if any(marker in f for f in frames for marker in _CALL_MARKERS):
         return AWS_CALL
-    if any("event_processor/models.py" in f for f in frames):
+    if any("event_processor/contract/parse.py" in f for f in frames):
         return MODELS
     if any("event_processor/" in f for f in frames):
         return OURS

@@ -3,7 +3,7 @@
 Every body is built from sensor_fleet's generator (or its envelope) and loaded with its Sender,
 so the bench exercises the same wire format as the fleet. A signed backlog (AUTH_MODE, see
 docs/authentication.md) carries each body's `sensor-signature` attribute, made with
-`event_processor.signing` and a key set of the bench's own.
+`event_processor.contract.signing` and a key set of the bench's own.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import orjson
 
 from devworld.emulator import Emulator, World
-from event_processor import signing
-from event_processor.keyset import KeySet
+from event_processor.auth.keyset import KeySet
+from event_processor.contract import signing
 from event_processor.tools.keys import new_entry
 from sensor_fleet.generator import device_ids, encode, make_submission
 from sensor_fleet.sender import Sender

@@ -1,5 +1,5 @@
 """A DLQ message as the tools receive it: classified by the daemon's own letter format
-(`event_processor.letters`), with what an event letter lists counted, not kept.
+(`event_processor.contract.letters`), with what an event letter lists counted, not kept.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from event_processor.contract import Reason
-from event_processor.letters import (
+from event_processor.contract.letters import (
     KIND_EVENTS,
     KIND_SUBMISSION,
     OUR_ATTRIBUTES,
@@ -20,6 +19,7 @@ from event_processor.letters import (
     read_event_letter,
     string_attribute,
 )
+from event_processor.contract.rules import Reason
 
 # Dead letters come in two kinds (docs/contract.md, "Dead letters"): a rejected *submission* keeps its
 # original body and attributes plus ours (`reason`, `detail`, `source_message_id`,

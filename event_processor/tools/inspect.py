@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import exitcodes, signals
 from event_processor.config import Settings
-from event_processor.letters import KIND_EVENTS, KIND_SUBMISSION, RejectedEventEntry
+from event_processor.contract.letters import KIND_EVENTS, KIND_SUBMISSION, RejectedEventEntry
 from event_processor.tools import aws, peek
 from event_processor.tools.args import non_negative_int, positive_int
 from event_processor.tools.dead_letters import Letter, LetterEvents

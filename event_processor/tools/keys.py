@@ -15,9 +15,10 @@ from typing import Any, Final, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from event_processor import diagnosis, exitcodes, signing
+from event_processor import diagnosis, exitcodes
+from event_processor.auth.keyset import KeySet, KeySetError, parse_secret, read_file
 from event_processor.config import Settings
-from event_processor.keyset import KeySet, KeySetError, parse_secret, read_file
+from event_processor.contract import signing
 from event_processor.tools import aws
 
 # A new master key: twice the minimum would be no stronger; HMAC-SHA256's own block is 64.

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from event_processor.auth.keyset import KeySet, device_mismatch
 from event_processor.config import AuthMode, Settings
-from event_processor.contract import Rejection
-from event_processor.keyset import KeySet, device_mismatch
-from event_processor.models import PartitionKey, format_timestamp, parse_packed
-from event_processor.signing import Envelope
+from event_processor.contract.parse import PartitionKey, format_timestamp, parse_packed
+from event_processor.contract.rules import Rejection
+from event_processor.contract.signing import Envelope
 from event_processor.tools.dead_letters import Letter
 from event_processor.tools.keys import read_key_set
 

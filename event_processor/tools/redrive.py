@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants, exitcodes, signals
 from event_processor.config import Settings
-from event_processor.letters import KIND_EVENTS, string_attribute
+from event_processor.contract.letters import KIND_EVENTS, string_attribute
 from event_processor.tools import aws, fifo, peek
 from event_processor.tools.args import positive_float, positive_int
 from event_processor.tools.dead_letters import KNOWN_REASONS, Letter

@@ -13,8 +13,8 @@ import pytest
 
 from devworld.emulator import Emulator, World
 from devworld.faultproxy import FaultProxy
+from devworld.procmem import PeakRss
 from devworld.verify import expected_sequences, verify
-from event_processor.procmem import PeakRss
 from tests.factories import encode, fleet_like, new_process, submission
 from tests.helpers import Cli, queue_depth, send_bodies, stream_records, wait_for
 

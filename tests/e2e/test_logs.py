@@ -12,7 +12,7 @@ import pytest
 from devworld.emulator import DUMMY_SECRET_ACCESS_KEY, Emulator, World
 from devworld.faultproxy import FaultProxy
 from event_processor import __version__, exitcodes
-from event_processor.letters import string_attribute
+from event_processor.contract.letters import string_attribute
 from tests.factories import encode, new_process, submission
 from tests.helpers import (
     Cli,

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from devworld import world
-from event_processor.signing import SIGNATURE_ATTRIBUTE
+from event_processor.contract.signing import SIGNATURE_ATTRIBUTE
 from sensor_fleet.generator import device_ids
 from tests.helpers import run_cli
 

@@ -14,21 +14,21 @@ import orjson
 
 from devworld.emulator import Emulator, World, read_stream
 from event_processor import constants
-from event_processor.letters import (
+from event_processor.contract.letters import (
     KIND_EVENTS,
     DeadLetter,
     LetterPacker,
     read_letter,
     submission_letter,
 )
-from event_processor.models import (
+from event_processor.contract.parse import (
     PartitionKey,
     Rejection,
     format_timestamp,
     parse_packed,
     parse_submission,
 )
-from event_processor.source import Message
+from event_processor.pipeline.source import Message
 from event_processor.tools import aws
 from tests.factories import encode, new_process, received_message, submission
 from tests.helpers import client

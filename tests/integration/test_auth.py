@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 
 from devworld.emulator import Emulator, World, free_port
-from event_processor import cli, exitcodes, signing
+from event_processor import cli, exitcodes
+from event_processor.contract import signing
 from event_processor.tools import inspect, redrive
 from event_processor.tools.keys import read_enrolment
 from tests.conftest import FAST_POLICY, settings_for

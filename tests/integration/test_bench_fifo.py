@@ -11,7 +11,7 @@ import orjson
 from devworld.bench.fifo import GroupedBacklog, grouped_backlog, load_grouped
 from devworld.emulator import Emulator, World
 from devworld.verify import verify_device_order
-from event_processor.models import Submission, parse_submission
+from event_processor.contract.parse import Submission, parse_submission
 from tests.helpers import client, drain_queue, stream_records
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from devworld.bench.workloads import BenchKeys, fleet_backlog, load
 from devworld.emulator import Emulator, World
-from event_processor.keyset import KeySet
-from event_processor.signing import SIGNATURE_ATTRIBUTE, Envelope
+from event_processor.auth.keyset import KeySet
+from event_processor.contract.signing import SIGNATURE_ATTRIBUTE, Envelope
 from tests.helpers import drain_queue
 
 

@@ -21,7 +21,7 @@ import pytest
 from devworld.emulator import Emulator, World
 from devworld.faultproxy import QUEUE_DOWN, FaultProxy
 from devworld.verify import expected_sequences
-from event_processor.letters import KIND_SUBMISSION, letter_kind, read_letter
+from event_processor.contract.letters import KIND_SUBMISSION, letter_kind, read_letter
 from tests.conftest import FAST_POLICY, settings_for
 from tests.factories import encode, fleet_like, network_connection, new_process, submission
 from tests.helpers import (

@@ -19,10 +19,10 @@ import pytest
 
 from devworld.emulator import Emulator, World, free_port
 from devworld.verify import expected_sequences
+from event_processor.auth.keyset import KeySet
 from event_processor.config import AuthMode, Settings
-from event_processor.keyset import KeySet
-from event_processor.models import Submission, parse_submission
-from event_processor.signing import Envelope
+from event_processor.contract.parse import Submission, parse_submission
+from event_processor.contract.signing import Envelope
 from event_processor.tools import fifo
 from event_processor.tools.keys import enrolment, new_entry
 from sensor_fleet.generator import device_ids, encode, fleet_load, fleet_submissions

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devworld.emulator import Emulator, World
-from event_processor.letters import (
+from event_processor.contract.letters import (
     MIXED_REASONS,
     DeadLetter,
     letter_kind,

@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from devworld.emulator import Emulator, World, read_stream
 from devworld.faultproxy import FaultProxy
 from devworld.verify import expected_sequences
-from event_processor import app, awsjson
-from event_processor.awsjson import LeanDlq, LeanKinesis, LeanSqs
+from event_processor import app
+from event_processor.aws.lean import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.metrics import Metrics
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, submission
@@ -151,7 +151,7 @@ def remove(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> None:
     assert not hasattr(owner, name), name
 
 
-# Every private or undocumented part awsjson._Internals reads, where it lives.
+# Every private or undocumented part lean._Internals reads, where it lives.
 PRIVATE_PARTS = [
     pytest.param(the_client, "_endpoint", id="client._endpoint"),
     pytest.param(their_endpoints, "http_session", id="endpoint.http_session"),
@@ -258,7 +258,7 @@ async def test_a_call_that_breaks_before_sending_goes_by_the_client_once_sent(
     async with daemon_clients(world, proxy.endpoint_url) as c:
         lean = await lean_in_front(c, world, gauge)
         with pytest.MonkeyPatch.context() as monkeypatch:
-            monkeypatch.setattr(awsjson, "SigV4Auth", ChangedSigner)
+            monkeypatch.setattr(lean, "SigV4Auth", ChangedSigner)
             received = await lean.sqs.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=5)
             again = await lean.sqs.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=0)
     assert [m["Body"] for m in received["Messages"]] == ["hello"]

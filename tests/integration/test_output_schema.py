@@ -13,7 +13,7 @@ import orjson
 
 from devworld.emulator import Emulator, World, read_stream
 from devworld.verify import expected_sequences
-from event_processor.models import EventType, PartitionKey
+from event_processor.contract.parse import EventType, PartitionKey
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, network_connection, new_process, submission
 from tests.helpers import client, eventually, queue_depth, send_bodies

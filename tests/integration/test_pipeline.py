@@ -13,8 +13,8 @@ import orjson
 
 from devworld.emulator import Emulator, World, free_port
 from devworld.verify import expected_sequences
-from event_processor.letters import read_letter
-from event_processor.models import EventType
+from event_processor.contract.letters import read_letter
+from event_processor.contract.parse import EventType
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, network_connection, new_process, submission
 from tests.helpers import (

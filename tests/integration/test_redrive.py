@@ -17,11 +17,11 @@ import pytest
 from devworld.emulator import Emulator, World, read_stream
 from devworld.faultproxy import FaultProxy
 from event_processor import cli, exitcodes
+from event_processor.auth.keyset import KeySet
 from event_processor.config import Settings
-from event_processor.contract import Reason, Rejection
-from event_processor.keyset import KeySet
-from event_processor.letters import submission_letter
-from event_processor.signing import SIGNATURE_ATTRIBUTE, signature_attributes
+from event_processor.contract.letters import submission_letter
+from event_processor.contract.rules import Reason, Rejection
+from event_processor.contract.signing import SIGNATURE_ATTRIBUTE, signature_attributes
 from event_processor.tools import aws, inspect, peek, recheck, redrive
 from event_processor.tools.dead_letters import KNOWN_REASONS
 from event_processor.tools.text import counts

@@ -17,8 +17,8 @@ from devworld.verify import (
     verify,
     verify_device_order,
 )
-from event_processor.contract import Reason, Rejection
-from event_processor.letters import DeadLetter, submission_letter
+from event_processor.contract.letters import DeadLetter, submission_letter
+from event_processor.contract.rules import Reason, Rejection
 from event_processor.tools import fifo, inspect, redrive
 from tests.conftest import settings_for
 from tests.factories import encode, received_message, submission

@@ -24,8 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from devworld.emulator import World, free_port, read_stream
 from devworld.localstack_host import Service, compose_service
 from devworld.verify import decode_records, expected_sequences
+from event_processor.auth.keyset import KeySet
 from event_processor.config import Settings
-from event_processor.keyset import KeySet
 from event_processor.tools.aws import queue_counts
 from event_processor.tools.keys import read_key_set
 from sensor_fleet import generator

@@ -7,7 +7,7 @@ import pytest
 from aiobotocore.session import get_session
 
 from devworld.emulator import World
-from event_processor.awsjson import LeanCalls
+from event_processor.aws.lean import LeanCalls
 from tests import lean_checks
 from tests.helpers import lean_clients
 from tests.localstack.support import LocalStack

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from devworld.emulator import World, read_stream
-from event_processor.signing import SIGNATURE_ATTRIBUTE
+from event_processor.contract.signing import SIGNATURE_ATTRIBUTE
 from event_processor.tools.aws import queue_counts
 from sensor_fleet.sender import Sender
 from sensor_fleet.signer import FleetSigner

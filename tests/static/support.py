@@ -101,13 +101,13 @@ PACKAGE_DIR = ROOT / "event_processor"
 CLIENT_MODULES = {
     "app.py": None,
     "preflight.py": None,
-    "source.py": "sqs",
-    "dlq.py": "sqs",
-    "sink.py": "kinesis",
-    "keyset.py": "secretsmanager",
-    "worker.py": None,
-    "pipeline.py": None,
-    "batcher.py": None,
+    "pipeline/source.py": "sqs",
+    "pipeline/dead_letters.py": "sqs",
+    "pipeline/sink.py": "kinesis",
+    "auth/keyset.py": "secretsmanager",
+    "pipeline/worker.py": None,
+    "pipeline/submission.py": None,
+    "pipeline/batcher.py": None,
 }
 AWS_CALL = re.compile(
     r"await\s+(?P<client>(?:self\.)?(?:sqs|kinesis)|self\._client)\.(?P<method>[a-z_]+)\("

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from devworld.emulator import Emulator
-from event_processor.keyset import KeySet
+from event_processor.auth.keyset import KeySet
 from tests.static.support import (
     INIT_SCRIPT,
     ROOT,

@@ -15,22 +15,22 @@ from typing import TYPE_CHECKING
 import orjson
 from prometheus_client import CollectorRegistry
 
-from event_processor.auth import Authenticator, KeyStore
-from event_processor.budget import MemoryBudget
+from event_processor.auth.authenticator import Authenticator, KeyStore
 from event_processor.config import AuthMode
-from event_processor.letters import DeadLetter, LetterPacker
+from event_processor.contract.letters import DeadLetter, LetterPacker
+from event_processor.contract.parse import PartitionKey
 from event_processor.metrics import Metrics
-from event_processor.models import PartitionKey
-from event_processor.pipeline import Pipeline
+from event_processor.pipeline.admission import MemoryBudget
+from event_processor.pipeline.submission import Pipeline
+from event_processor.pipeline.worker import Worker
 from event_processor.retry import RetryPolicy
 from event_processor.status import RejectionTally
-from event_processor.worker import Worker
 from tests.factories import received_message
 
 if TYPE_CHECKING:
-    from event_processor.keyset import KeySet
-    from event_processor.models import Records
-    from event_processor.source import Message
+    from event_processor.auth.keyset import KeySet
+    from event_processor.contract.parse import Records
+    from event_processor.pipeline.source import Message
 
 # Large enough that no test waits for room unless it means to.
 BUDGET_BYTES = 64 * 1024 * 1024

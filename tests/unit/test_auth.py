@@ -11,13 +11,13 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from prometheus_client import CollectorRegistry
 
-from event_processor.auth import Authenticator, KeyStore
+from event_processor.auth.authenticator import Authenticator, KeyStore
+from event_processor.auth.keyset import KeySet, KeySetError
 from event_processor.config import AuthMode
-from event_processor.contract import Reason, Rejection
-from event_processor.keyset import KeySet, KeySetError
+from event_processor.contract.rules import Reason, Rejection
+from event_processor.contract.signing import Envelope
 from event_processor.metrics import Metrics
 from event_processor.retry import RetryPolicy
-from event_processor.signing import Envelope
 from tests.unit.fakes import FakeKeySource
 from tests.unit.test_keyset import BODY, DEVICE, MASTER, OTHER_DEVICE, OTHER_MASTER, signed
 

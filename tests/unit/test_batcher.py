@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from event_processor.batcher import Batcher
 from event_processor.errors import BatchEntryFailed
-from event_processor.worker import Capacity
+from event_processor.pipeline.batcher import Batcher
+from event_processor.pipeline.worker import Capacity
 from tests.helpers import eventually
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from devworld.bench.inprocess import drain
 from devworld.bench.workloads import BenchKeys, backlog, fleet_backlog
 from event_processor.config import AuthMode
-from event_processor.models import Packed, PartitionKey, parse_packed
+from event_processor.contract.parse import Packed, PartitionKey, parse_packed
 
 
 def _valid_events(bodies: list[str]) -> int:

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 
 from devworld.bench.workloads import BenchKeys, fleet_backlog
-from event_processor.keyset import KeySet
-from event_processor.signing import Envelope
+from event_processor.auth.keyset import KeySet
+from event_processor.contract.signing import Envelope
 
 
 def test_each_body_is_signed_by_the_device_that_sent_it(tmp_path: Path) -> None:

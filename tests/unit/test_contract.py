@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from event_processor import cli, contract, exitcodes
-from event_processor.models import (
+from event_processor import cli, exitcodes
+from event_processor.contract import rules
+from event_processor.contract import schema as schemas
+from event_processor.contract.parse import (
     EventType,
     PartitionKey,
     Reason,
@@ -32,7 +34,7 @@ SUB_ID = "3f2b8c1e-9d4a-4e6b-8f1a-2c3d4e5f6a7b"
 
 
 def check_event(event_type: EventType, event: Any) -> Any:
-    return contract.EVENT_CHECKS[event_type](event)
+    return rules.EVENT_CHECKS[event_type](event)
 
 
 # --- the published schemas ------------------------------------------------------------------
@@ -42,7 +44,7 @@ def check_event(event_type: EventType, event: Any) -> Any:
 def test_committed_schema_files_are_what_the_models_generate(which: str) -> None:
     """docs/schemas/<which>.json cannot drift: regenerate with `event-processor schema <which>`."""
     committed = (SCHEMAS_DIR / f"{which}.json").read_text(encoding="utf-8")
-    assert committed == contract.schema_json(which), (
+    assert committed == schemas.schema_json(which), (
         f"run: event-processor schema {which} > docs/schemas/{which}.json"
     )
 
@@ -52,14 +54,14 @@ def test_schema_command_prints_the_schema(which: str, capsys: pytest.CaptureFixt
     """`event-processor schema input|output` prints the JSON Schema, indented, and exits 0."""
     assert cli.main(["schema", which]) == exitcodes.OK
     out = capsys.readouterr().out
-    assert json.loads(out) == contract.SCHEMAS[which]()
-    assert out == json.dumps(contract.SCHEMAS[which](), indent=2) + "\n"
+    assert json.loads(out) == schemas.SCHEMAS[which]()
+    assert out == json.dumps(schemas.SCHEMAS[which](), indent=2) + "\n"
 
 
 @pytest.mark.parametrize("which", ["input", "output"])
 def test_schemas_are_valid_draft_2020_12(which: str) -> None:
     """Both schemas are valid JSON Schema 2020-12 documents, as they declare."""
-    schema = contract.SCHEMAS[which]()
+    schema = schemas.SCHEMAS[which]()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema.Draft202012Validator.check_schema(schema)
 
@@ -77,17 +79,17 @@ def test_schema_command_rejects_other_names() -> None:
 def test_every_event_type_has_its_model_and_check() -> None:
     """EventType, the event models, the checks and the declared Events agree on the names."""
     names = {t.value for t in EventType}
-    assert set(contract.EVENT_MODELS) == set(contract.EVENT_CHECKS) == set(EventType)
-    assert set(contract.Events.__annotations__) == names
-    record_types = contract.output_schema()["discriminator"]["mapping"]
+    assert set(rules.EVENT_MODELS) == set(rules.EVENT_CHECKS) == set(EventType)
+    assert set(rules.Events.__annotations__) == names
+    record_types = schemas.output_schema()["discriminator"]["mapping"]
     assert set(record_types) == names
 
 
 VALID: dict[str, tuple[Any, dict[str, Any]]] = {
-    "header": (contract.check_header, submission()),
-    "new_process": (contract.EVENT_CHECKS[EventType.NEW_PROCESS], new_process()),
+    "header": (rules.check_header, submission()),
+    "new_process": (rules.EVENT_CHECKS[EventType.NEW_PROCESS], new_process()),
     "network_connection": (
-        contract.EVENT_CHECKS[EventType.NETWORK_CONNECTION],
+        rules.EVENT_CHECKS[EventType.NETWORK_CONNECTION],
         network_connection(),
     ),
 }
@@ -172,14 +174,14 @@ def test_only_json_integers_in_range_are_ports(port: Any) -> None:
 def test_only_canonical_uuids_are_ids(value: str) -> None:
     """The 8-4-4-4-12 form only: braces, urns, bare hex and stray characters are rejected."""
     doc = submission(submission_id=value)
-    assert contract.check_header(doc) == Rejection(
+    assert rules.check_header(doc) == Rejection(
         Reason.INVALID_FIELD, "submission_id", "submission_id must be a UUID string, got string"
     )
 
 
 def test_unknown_fields_are_dropped_and_ids_lower_cased() -> None:
     """What passes is only the contract's fields; ids come out lower case."""
-    header = contract.check_header({**submission(submission_id=SUB_ID.upper()), "extra": 1})
+    header = rules.check_header({**submission(submission_id=SUB_ID.upper()), "extra": 1})
     assert header["submission_id"] == SUB_ID
     assert "extra" not in header
     event = check_event(EventType.NEW_PROCESS, {**new_process(), "pid": 7})
@@ -188,7 +190,7 @@ def test_unknown_fields_are_dropped_and_ids_lower_cased() -> None:
 
 def test_processed_at_pattern_is_what_format_timestamp_writes() -> None:
     """The output schema's processed_at pattern matches the daemon's own timestamps."""
-    schema = {"type": "string", "pattern": contract.PROCESSED_AT_PATTERN}
+    schema = {"type": "string", "pattern": rules.PROCESSED_AT_PATTERN}
     jsonschema.validate(format_timestamp(datetime(2026, 1, 2, tzinfo=UTC)), schema)
 
 
@@ -202,8 +204,8 @@ def test_built_records_validate_against_the_output_model_and_schema() -> None:
     assert isinstance(parsed, Submission)
     records = build_records(parsed, "2026-11-22T10:00:00.123456Z", PartitionKey.DEVICE_ID)
     assert {r.event_type for r in records} == set(EventType)
-    adapter: TypeAdapter[Any] = TypeAdapter(contract.OutputRecord)
-    validator = jsonschema.Draft202012Validator(contract.output_schema())
+    adapter: TypeAdapter[Any] = TypeAdapter(rules.OutputRecord)
+    validator = jsonschema.Draft202012Validator(schemas.output_schema())
     for record in records:
         assert adapter.validate_json(record.data) == orjson.loads(record.data)
         validator.validate(orjson.loads(record.data))
@@ -217,9 +219,9 @@ def test_output_schema_ties_event_data_to_event_type() -> None:
     (record,) = build_records(parsed, "2026-11-22T10:00:00.123456Z", PartitionKey.DEVICE_ID)
     swapped = {**orjson.loads(record.data), "event_type": EventType.NETWORK_CONNECTION.value}
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(swapped, contract.output_schema())
+        jsonschema.validate(swapped, schemas.output_schema())
     with pytest.raises(ValidationError):
-        TypeAdapter(contract.OutputRecord).validate_python(swapped)
+        TypeAdapter(rules.OutputRecord).validate_python(swapped)
 
 
 # --- the declared Submission model and the daemon's staged parse agree --------------------
@@ -300,7 +302,7 @@ documents = broken(
 
 def declared_errors(doc: Any) -> list[Any]:
     try:
-        TypeAdapter(contract.Submission).validate_python(doc)
+        TypeAdapter(rules.Submission).validate_python(doc)
     except ValidationError as exc:
         return exc.errors()
     return []

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from event_processor.keyset import KeySet
-from event_processor.models import Submission, parse_submission
-from event_processor.signing import Envelope
+from event_processor.auth.keyset import KeySet
+from event_processor.contract.parse import Submission, parse_submission
+from event_processor.contract.signing import Envelope
 from event_processor.tools import fifo
 from event_processor.tools.aws import UsageError
 from event_processor.tools.keys import enrolment

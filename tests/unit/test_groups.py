@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from event_processor import constants
-from event_processor.budget import Hold
 from event_processor.errors import PublishFailed
-from event_processor.groups import MessageGroups
-from event_processor.pipeline import Outcome
-from event_processor.source import Message
+from event_processor.pipeline.admission import Hold
+from event_processor.pipeline.groups import MessageGroups
+from event_processor.pipeline.source import Message
+from event_processor.pipeline.submission import Outcome
 from tests.factories import encode, network_connection, new_process, received_message, submission
 from tests.helpers import eventually
 from tests.unit.fakes import Fakes

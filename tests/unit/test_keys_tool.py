@@ -11,8 +11,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from event_processor import exitcodes, signing
-from event_processor.keyset import KeySet
+from event_processor import exitcodes
+from event_processor.auth.keyset import KeySet
+from event_processor.contract import signing
 from event_processor.tools import keys
 from event_processor.tools.aws import UsageError
 

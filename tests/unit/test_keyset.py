@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from event_processor import signing
-from event_processor.contract import Reason, Rejection
-from event_processor.keyset import KeySet, KeySetError, device_mismatch
-from event_processor.signing import Envelope
+from event_processor.auth.keyset import KeySet, KeySetError, device_mismatch
+from event_processor.contract import signing
+from event_processor.contract.rules import Reason, Rejection
+from event_processor.contract.signing import Envelope
 
 MASTER = bytes(range(32))
 OTHER_MASTER = bytes(range(100, 132))

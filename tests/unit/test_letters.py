@@ -10,14 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from event_processor.letters import (
+from event_processor.contract.letters import (
     KIND_EVENTS,
     LETTER_KIND,
     DeadLetter,
     LetterPacker,
     read_letter,
 )
-from event_processor.models import Packed, PartitionKey, Rejection, parse_packed, parse_submission
+from event_processor.contract.parse import (
+    Packed,
+    PartitionKey,
+    Rejection,
+    parse_packed,
+    parse_submission,
+)
 from tests.factories import encode, new_process, received_message, submission
 
 PROCESSED_AT = "2026-11-22T10:00:00.000000Z"

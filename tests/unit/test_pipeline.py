@@ -13,15 +13,16 @@ import time
 
 import pytest
 
-from event_processor import constants, signing
-from event_processor.budget import Hold
+from event_processor import constants
+from event_processor.auth.keyset import KeySet
 from event_processor.config import AuthMode
+from event_processor.contract import signing
+from event_processor.contract.letters import KIND_SUBMISSION, read_letter, string_attribute
+from event_processor.contract.parse import Packed, PartitionKey, parse_packed
 from event_processor.errors import BatchEntryFailed, PublishFailed
-from event_processor.keyset import KeySet
-from event_processor.letters import KIND_SUBMISSION, read_letter, string_attribute
-from event_processor.models import Packed, PartitionKey, parse_packed
-from event_processor.pipeline import Outcome
-from event_processor.source import Message
+from event_processor.pipeline.admission import Hold
+from event_processor.pipeline.source import Message
+from event_processor.pipeline.submission import Outcome
 from tests.factories import encode, network_connection, new_process, received_message, submission
 from tests.helpers import eventually
 from tests.unit.fakes import Fakes
@@ -197,7 +198,7 @@ async def test_a_publish_failure_leaves_the_message_for_redelivery(
     fakes.sink.fail_with = PublishFailed("ProvisionedThroughputExceededException", 7)
     message = received_message(encode(submission()))
 
-    with caplog.at_level(logging.ERROR, logger="event_processor.pipeline"):
+    with caplog.at_level(logging.ERROR, logger="event_processor.pipeline.submission"):
         outcome = await fakes.pipeline().process(message, held(fakes, message))
 
     assert outcome is Outcome.FAILED

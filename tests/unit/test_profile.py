@@ -17,9 +17,7 @@ from devworld.bench.profile import (
 
 _ENTRY = "<module> (event_processor/__main__.py:5);main (event_processor/cli.py:130)"
 _LOOP = f"{_ENTRY};run (uvloop/__init__.py:92);Runner.run (asyncio/runners.py:118)"
-_CALL = (
-    "SqsSource.receive (event_processor/source.py:70);_make_api_call (aiobotocore/client.py:399)"
-)
+_CALL = "SqsSource.receive (event_processor/pipeline/source.py:70);_make_api_call (aiobotocore/client.py:399)"
 
 
 def _line(frames: str, count: int) -> str:
@@ -39,10 +37,10 @@ def test_samples_fall_into_the_first_phase_that_matches() -> None:
         ),
         _line(f"{_LOOP};{_CALL};JSONSerializer._serialize (botocore/serialize.py:461)", 7),
         _line(
-            f"{_LOOP};Pipeline._process (event_processor/pipeline.py:79);walk (event_processor/models.py:300)",
+            f"{_LOOP};Pipeline._process (event_processor/pipeline/submission.py:79);walk (event_processor/contract/parse.py:300)",
             3,
         ),
-        _line(f"{_LOOP};Worker._finished (event_processor/worker.py:311)", 4),
+        _line(f"{_LOOP};Worker._finished (event_processor/pipeline/worker.py:311)", 4),
         _line(f"{_LOOP};ResponseHandler.data_received (aiohttp/client_proto.py:359)", 6),
         _line("", 1),
     ]

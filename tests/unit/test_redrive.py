@@ -8,9 +8,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from event_processor.contract import Reason
-from event_processor.keyset import KeySet
-from event_processor.signing import signature_attributes
+from event_processor.auth.keyset import KeySet
+from event_processor.contract.rules import Reason
+from event_processor.contract.signing import signature_attributes
 from event_processor.tools import peek, recheck, redrive
 from event_processor.tools.dead_letters import Letter
 from event_processor.tools.text import body_preview

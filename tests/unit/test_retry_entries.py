@@ -9,9 +9,9 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from prometheus_client import CollectorRegistry
 
-from event_processor.batcher import retry_entries
 from event_processor.errors import BatchEntryFailed
 from event_processor.metrics import Metrics
+from event_processor.pipeline.batcher import retry_entries
 from event_processor.retry import RetryPolicy
 
 NO_WAIT = RetryPolicy(initial_s=0.0, max_backoff_s=0.0, max_attempts=4, deadline_s=60.0)

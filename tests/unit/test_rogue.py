@@ -8,10 +8,10 @@ import random
 import pytest
 
 from devworld.rogue import EXPECTED, Forgery, Rogue
-from event_processor.contract import Reason, Rejection
-from event_processor.keyset import KeySet, device_mismatch
-from event_processor.models import Submission, parse_submission
-from event_processor.signing import Envelope
+from event_processor.auth.keyset import KeySet, device_mismatch
+from event_processor.contract.parse import Submission, parse_submission
+from event_processor.contract.rules import Reason, Rejection
+from event_processor.contract.signing import Envelope
 from sensor_fleet.signer import FleetSigner
 
 KEYS = KeySet({"k1": bytes(range(32))})

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from event_processor import signing
-from event_processor.signing import Envelope, parse_envelope
+from event_processor.contract import signing
+from event_processor.contract.signing import Envelope, parse_envelope
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "authentication.md"
 DEVICE = "93552c93-6e6f-48fe-bbf9-6ba6ac20c120"

@@ -14,11 +14,11 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from prometheus_client import CollectorRegistry
 
 from event_processor import constants
+from event_processor.contract.parse import EventType, Record
 from event_processor.errors import PublishFailed
 from event_processor.metrics import Metrics
-from event_processor.models import EventType, Record
+from event_processor.pipeline.sink import KinesisSink, sequence_after
 from event_processor.retry import RetryPolicy
-from event_processor.sink import KinesisSink, sequence_after
 from tests.helpers import eventually
 
 NO_WAIT = RetryPolicy(initial_s=0.0, max_backoff_s=0.0)

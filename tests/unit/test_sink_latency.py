@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from event_processor import constants
 from event_processor.metrics import Metrics
+from event_processor.pipeline.sink import KinesisSink
 from event_processor.retry import RetryPolicy
-from event_processor.sink import KinesisSink
 from tests.unit.test_sink import records, sequences_by_lane
 
 NO_WAIT = RetryPolicy(initial_s=0.0, max_backoff_s=0.0)

@@ -8,8 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from event_processor.metrics import Metrics
+from event_processor.pipeline.source import SqsSource
 from event_processor.retry import RetryPolicy
-from event_processor.source import SqsSource
 
 
 class RecordingSqs:

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from event_processor import constants
-from event_processor.budget import Hold
 from event_processor.metrics import Metrics
-from event_processor.source import Message
+from event_processor.pipeline.admission import Hold
+from event_processor.pipeline.source import Message
 from event_processor.status import RejectionTally, Reporter
 from tests.factories import encode, new_process, received_message, submission
 from tests.helpers import eventually

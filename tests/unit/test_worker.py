@@ -12,8 +12,8 @@ import time
 import pytest
 
 from event_processor import constants
-from event_processor.source import Message
-from event_processor.worker import DrainOutcome, Worker
+from event_processor.pipeline.source import Message
+from event_processor.pipeline.worker import DrainOutcome, Worker
 from tests.factories import encode, submission
 from tests.helpers import eventually
 from tests.unit.fakes import Fakes
@@ -92,7 +92,7 @@ async def test_what_the_grace_leaves_unfinished_is_released_with_visibility_0(
     fakes = Fakes()
     worker, run, messages, ids = await started(fakes, 3, grace_s=SHORT_GRACE_S)
 
-    with caplog.at_level(logging.INFO, logger="event_processor.worker"):
+    with caplog.at_level(logging.INFO, logger="event_processor.pipeline.worker"):
         worker.stop.set()
         await receiving_stopped(fakes)
         fakes.sink.lane(ids[0]).future.set_result(None)  # finishes while draining

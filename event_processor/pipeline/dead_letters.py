@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
-from event_processor.batcher import Batcher, retry_entries
+from event_processor.contract.letters import DeadLetter, LetterPacker
 from event_processor.errors import BatchEntryFailed, error_code
-from event_processor.letters import DeadLetter, LetterPacker
+from event_processor.pipeline.batcher import Batcher, retry_entries
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
-    from event_processor.awsjson import DlqApi
+    from event_processor.aws.ports import DlqApi
     from event_processor.metrics import Metrics
+    from event_processor.pipeline.source import Message
     from event_processor.retry import RetryPolicy
-    from event_processor.source import Message
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
-from event_processor.budget import Hold
 from event_processor.errors import error_code
+from event_processor.pipeline.admission import Hold
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
-    from event_processor.budget import MemoryBudget
     from event_processor.metrics import Metrics
-    from event_processor.pipeline import Pipeline
-    from event_processor.sink import KinesisSink
-    from event_processor.source import Message, SqsSource
+    from event_processor.pipeline.admission import MemoryBudget
+    from event_processor.pipeline.sink import KinesisSink
+    from event_processor.pipeline.source import Message, SqsSource
+    from event_processor.pipeline.submission import Pipeline
 
 log = logging.getLogger(__name__)
 

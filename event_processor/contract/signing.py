@@ -14,7 +14,7 @@ import hmac
 import re
 from typing import Final, NamedTuple
 
-from event_processor.contract import UUID_PATTERN
+from event_processor.contract.rules import UUID_PATTERN
 
 # The message attribute that carries the envelope.
 SIGNATURE_ATTRIBUTE: Final = "sensor-signature"

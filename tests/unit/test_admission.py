@@ -6,7 +6,7 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from event_processor.budget import Hold, MemoryBudget
+from event_processor.pipeline.admission import Hold, MemoryBudget
 from tests.helpers import eventually
 
 

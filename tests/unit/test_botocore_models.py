@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import DataNotFoundError, UnknownServiceError
 from botocore.loaders import Loader
 
-from event_processor import awsmodels
+from event_processor.aws import botocore_models
 
 
 @pytest.mark.parametrize("service", ["sqs", "kinesis"])
@@ -23,21 +23,21 @@ def test_service_models_are_botocores(service: str, type_name: str) -> None:
         expected = Loader().load_service_model(service, type_name)
     except DataNotFoundError as botocore_error:
         with pytest.raises(type(botocore_error), match=str(botocore_error)):
-            awsmodels.loader(None).load_service_model(service, type_name)
+            botocore_models.loader(None).load_service_model(service, type_name)
     else:
-        assert awsmodels.loader(None).load_service_model(service, type_name) == expected
+        assert botocore_models.loader(None).load_service_model(service, type_name) == expected
 
 
 @pytest.mark.parametrize("name", ["endpoints", "partitions", "sdk-default-configuration", "_retry"])
 def test_data_files_are_botocores(name: str) -> None:
-    assert awsmodels.loader(None).load_data(name) == Loader().load_data(name)
+    assert botocore_models.loader(None).load_data(name) == Loader().load_data(name)
 
 
 def test_an_unknown_service_is_botocores_error() -> None:
     with pytest.raises(UnknownServiceError) as botocore_error:
         Loader().load_service_model("no-such-service", "service-2")
     with pytest.raises(UnknownServiceError) as ours:
-        awsmodels.loader(None).load_service_model("no-such-service", "service-2")
+        botocore_models.loader(None).load_service_model("no-such-service", "service-2")
     assert str(ours.value) == str(botocore_error.value)
 
 
@@ -47,12 +47,12 @@ def test_aws_data_path_comes_first(tmp_path: Path) -> None:
     custom.mkdir(parents=True)
     model = {"version": "2.0", "metadata": {"custom": True}, "operations": {}, "shapes": {}}
     (custom / "service-2.json").write_bytes(orjson.dumps(model))
-    ours = awsmodels.loader(str(tmp_path)).load_service_model("sqs", "service-2")
+    ours = botocore_models.loader(str(tmp_path)).load_service_model("sqs", "service-2")
     assert ours["metadata"] == {"custom": True}
 
 
 def test_a_session_uses_it() -> None:
     session = botocore.session.get_session()
-    awsmodels.use_on(session)
-    assert isinstance(session.get_component("data_loader"), awsmodels.ModelLoader)
+    botocore_models.use_on(session)
+    assert isinstance(session.get_component("data_loader"), botocore_models.ModelLoader)
     assert session.get_service_model("kinesis").operation_model("PutRecords").name == "PutRecords"

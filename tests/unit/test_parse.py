@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from event_processor import constants
-from event_processor.models import (
+from event_processor.contract.parse import (
     EventType,
     Packed,
     PartitionKey,

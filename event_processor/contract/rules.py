@@ -1,27 +1,22 @@
 """The input and output contracts (docs/contract.md) as strict pydantic models.
 
-Each rule is defined once, here, and `models.py` validates every submission and event through
-these models; `event-processor schema input|output` prints their JSON Schemas (docs/schemas/).
+Each rule is defined once, here, and `parse.py` validates every submission and event through
+these models; `schema.py` renders them as JSON Schemas (docs/schemas/).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Generic, Literal, TextIO, TypeVar, get_type_hints
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar, get_type_hints
 
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from pydantic_core import PydanticCustomError
 
 # typing.TypedDict lacks what pydantic needs on Python < 3.12.
 from typing_extensions import TypedDict
-
-from event_processor import exitcodes
 
 
 class Reason(StrEnum):
@@ -276,7 +271,7 @@ OutputRecord = Annotated[
 ]
 
 
-# --- checking: what models.py calls -------------------------------------------------------
+# --- checking: what parse.py calls -------------------------------------------------------
 
 
 def _detail(hint: Any) -> Detail | None:
@@ -357,53 +352,3 @@ EVENT_CHECKS: Final[Mapping[str, Checker]] = {
     )
     for event_type, model in EVENT_MODELS.items()
 }
-
-
-# --- JSON Schemas -----------------------------------------------------------------------------
-
-_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
-
-
-def input_schema() -> dict[str, Any]:
-    """A submission (the decoded body) every event of which the daemon accepts."""
-    schema = TypeAdapter(Submission).json_schema()
-    return {
-        "$schema": _DIALECT,
-        **schema,
-        "title": "Submission",
-        "description": (
-            "One SQS message body, after base64 decoding (docs/contract.md). A body valid here"
-            " has every event published (each record under Kinesis's 1 MiB); one that is not"
-            " may still publish: a bad event is rejected alone, the rest goes on. Two rules are"
-            " stricter than JSON Schema can say: a port is an integer literal (443.0 is invalid)"
-            " and a string of only whitespace (str.strip()) is empty."
-        ),
-    }
-
-
-def output_schema() -> dict[str, Any]:
-    """One Kinesis record's data (docs/contract.md, "Output")."""
-    schema = TypeAdapter(OutputRecord).json_schema()
-    return {"$schema": _DIALECT, "title": "OutputRecord", **schema}
-
-
-SCHEMAS: Final[Mapping[str, Callable[[], dict[str, Any]]]] = {
-    "input": input_schema,
-    "output": output_schema,
-}
-
-
-def schema_json(which: str) -> str:
-    """The schema as docs/schemas/<which>.json holds it."""
-    return json.dumps(SCHEMAS[which](), indent=2) + "\n"
-
-
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("schema", help="print the input or output JSON Schema")
-    parser.add_argument("which", choices=list(SCHEMAS), help="the submission or the record")
-    parser.set_defaults(handler=command)
-
-
-def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    (out or sys.stdout).write(schema_json(args.which))
-    return exitcodes.OK

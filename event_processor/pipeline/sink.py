@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from event_processor import constants
+from event_processor.contract.parse import EventType, Record, Records
 from event_processor.errors import THROTTLE_CODES, PublishFailed, error_code, is_retriable
-from event_processor.models import EventType, Record, Records
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
         PutRecordsResultEntryTypeDef,
     )
 
-    from event_processor.awsjson import KinesisApi
+    from event_processor.aws.ports import KinesisApi
     from event_processor.metrics import Metrics
 
 log = logging.getLogger(__name__)

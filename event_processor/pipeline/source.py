@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from event_processor import constants
-from event_processor.batcher import Batcher, retry_entries
+from event_processor.pipeline.batcher import Batcher, retry_entries
 from event_processor.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         ReceiveMessageRequestTypeDef,
     )
 
-    from event_processor.awsjson import SqsApi
+    from event_processor.aws.ports import SqsApi
     from event_processor.metrics import Metrics
 
 log = logging.getLogger(__name__)

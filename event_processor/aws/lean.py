@@ -30,7 +30,7 @@ import binascii
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Unpack, cast
+from typing import TYPE_CHECKING, Any, Unpack, cast
 
 import aiobotocore.endpoint
 import botocore.auth
@@ -75,42 +75,6 @@ _SIGV4 = frozenset({None, "v4", "sigv4"})
 # a signature changed, a key no longer there. Never an AWS or transport error: those are
 # botocore's own (aiobotocore's HTTP session maps every error of its own to one of them).
 _BROKEN = (AttributeError, TypeError, LookupError, NameError)
-
-
-class SqsApi(Protocol):
-    """What SqsSource calls: an aiobotocore SQS client, or `LeanSqs` in front of one."""
-
-    async def receive_message(
-        self, **kwargs: Unpack[ReceiveMessageRequestTypeDef]
-    ) -> ReceiveMessageResultTypeDef: ...
-
-    async def delete_message_batch(
-        self, **kwargs: Unpack[DeleteMessageBatchRequestTypeDef]
-    ) -> DeleteMessageBatchResultTypeDef: ...
-
-    async def change_message_visibility_batch(
-        self, **kwargs: Unpack[ChangeMessageVisibilityBatchRequestTypeDef]
-    ) -> ChangeMessageVisibilityBatchResultTypeDef: ...
-
-
-class DlqApi(Protocol):
-    """What DeadLetterQueue calls: an aiobotocore SQS client, or `LeanDlq` in front of one."""
-
-    async def send_message_batch(
-        self, **kwargs: Unpack[SendMessageBatchRequestTypeDef]
-    ) -> SendMessageBatchResultTypeDef: ...
-
-
-class KinesisApi(Protocol):
-    """What KinesisSink calls: an aiobotocore Kinesis client, or `LeanKinesis` in front of one."""
-
-    async def put_records(
-        self, **kwargs: Unpack[PutRecordsInputTypeDef]
-    ) -> PutRecordsOutputTypeDef: ...
-
-    async def describe_stream_summary(
-        self, **kwargs: Unpack[DescribeStreamSummaryInputTypeDef]
-    ) -> DescribeStreamSummaryOutputTypeDef: ...
 
 
 class Unsupported(Exception):

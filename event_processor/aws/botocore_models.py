@@ -5,7 +5,7 @@ it loads a service model it lists every service it ships (~420 directories, ~2,7
 ~25 ms for each model type) only to check that the one asked for is among them, and it parses
 each file with the stdlib's json into OrderedDicts (~35 ms for the seven files two clients
 need). This loader checks for the one directory instead, and parses with orjson; what it
-loads is the same data (tests/unit/test_awsmodels.py compares it with botocore's own loader),
+loads is the same data (tests/unit/test_botocore_models.py compares it with botocore's own loader),
 and anything it cannot answer that way goes to botocore's code, errors included.
 """
 
@@ -49,7 +49,7 @@ class ModelLoader(Loader):
             # Unknown service, or no such model type: botocore's own answer and error.
             return super().load_service_model(service_name, type_name, api_version)
         # The SDK's extras merged in as botocore merges them (private parts the stubs leave
-        # out; tests/unit/test_awsmodels.py compares every model the daemon loads).
+        # out; tests/unit/test_botocore_models.py compares every model the daemon loads).
         extras = self._find_extras(service_name, type_name, version)  # type: ignore[attr-defined]
         self._extras_processor.process(model, extras)  # type: ignore[attr-defined]
         return model

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
-from event_processor import constants, signing
-from event_processor.contract import Reason, Rejection
-from event_processor.signing import SIGNATURE_ATTRIBUTE, Envelope
+from event_processor import constants
+from event_processor.contract import signing
+from event_processor.contract.rules import Reason, Rejection
+from event_processor.contract.signing import SIGNATURE_ATTRIBUTE, Envelope
 
 if TYPE_CHECKING:
     from types_aiobotocore_secretsmanager import SecretsManagerClient

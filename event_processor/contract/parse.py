@@ -21,12 +21,13 @@ from typing import Any, Final, NamedTuple, Protocol, TypeAlias
 import orjson
 from pydantic import ValidationError
 
-from event_processor import constants, contract
+from event_processor import constants
+from event_processor.contract import rules
 
 # The contract's vocabulary, named here too: most readers and writers import it from models.
-Reason: TypeAlias = contract.Reason
-EventType: TypeAlias = contract.EventType
-Rejection: TypeAlias = contract.Rejection
+Reason: TypeAlias = rules.Reason
+EventType: TypeAlias = rules.EventType
+Rejection: TypeAlias = rules.Rejection
 
 
 class PartitionKey(StrEnum):
@@ -131,7 +132,7 @@ def parse_header(body: str) -> Header | Rejection:
     doc = decode_body(body)
     if isinstance(doc, Rejection):
         return doc
-    header = contract.check_header(doc)
+    header = rules.check_header(doc)
     if isinstance(header, Rejection):
         return header
     events = header["events"]
@@ -139,11 +140,11 @@ def parse_header(body: str) -> Header | Rejection:
     # check them all (in body order) before accepting anything, so the whole message is
     # rejected cleanly.
     for name, items in events.items():
-        if name in contract.EVENT_CHECKS and not isinstance(items, list):
+        if name in rules.EVENT_CHECKS and not isinstance(items, list):
             return Rejection(
                 Reason.INVALID_EVENT_LIST,
                 name,
-                f"events.{name} must be an array, got {contract.json_type_name(items)}",
+                f"events.{name} must be an array, got {rules.json_type_name(items)}",
             )
     return Header(header["submission_id"], header["device_id"], header["time_created"], events)
 
@@ -163,7 +164,7 @@ def walk_events(events: dict[str, Any], sink: EventSink) -> None:
     accepted = sink.accepted
     rejected = sink.rejected
     for name, items in events.items():
-        check = contract.EVENT_CHECKS.get(name)
+        check = rules.EVENT_CHECKS.get(name)
         if check is None:
             # An unknown type's value is still events: each list item (or a lone value) is one.
             unknown = Rejection(

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from event_processor import constants
-from event_processor.models import Rejection
-from event_processor.signing import SIGNATURE_ATTRIBUTE
+from event_processor.contract.parse import Rejection
+from event_processor.contract.signing import SIGNATURE_ATTRIBUTE
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageAttributeValueTypeDef
 
-    from event_processor.source import Message
+    from event_processor.pipeline.source import Message
 
 # SQS allows 10 message attributes; ours take 4, the original message's may fill the rest.
 _MAX_ATTRIBUTES = 10

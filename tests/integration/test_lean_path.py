@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from devworld.emulator import Emulator, World
 from devworld.faultproxy import FaultProxy
-from event_processor.awsjson import LeanCalls, LeanSqs
+from event_processor.aws.lean import LeanCalls, LeanSqs
 from tests import lean_checks
 from tests.helpers import lean_clients
 

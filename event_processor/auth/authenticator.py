@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, Final
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
+from event_processor.auth.keyset import KeySet, KeySetError, device_mismatch
 from event_processor.config import AuthMode
-from event_processor.contract import Reason, Rejection
-from event_processor.keyset import KeySet, KeySetError, device_mismatch
+from event_processor.contract.rules import Reason, Rejection
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
-    from event_processor.keyset import KeySource
+    from event_processor.auth.keyset import KeySource
+    from event_processor.contract.signing import Envelope
     from event_processor.metrics import Metrics
-    from event_processor.signing import Envelope
 
 log = logging.getLogger(__name__)
 

@@ -16,28 +16,28 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from event_processor.errors import BatchEntryFailed, PublishFailed
-from event_processor.groups import MessageGroups
-from event_processor.letters import submission_letter
-from event_processor.models import (
+from event_processor.contract.letters import submission_letter
+from event_processor.contract.parse import (
     Packed,
     PartitionKey,
     Rejection,
     format_timestamp,
     parse_packed,
 )
+from event_processor.errors import BatchEntryFailed, PublishFailed
+from event_processor.pipeline.groups import MessageGroups
 from event_processor.status import RejectionTally
 
 if TYPE_CHECKING:
-    from event_processor.auth import Authenticator
-    from event_processor.budget import Hold, MemoryBudget
-    from event_processor.dlq import DeadLetterQueue
-    from event_processor.groups import Turn
-    from event_processor.letters import LetterPacker
+    from event_processor.auth.authenticator import Authenticator
+    from event_processor.contract.letters import LetterPacker
+    from event_processor.contract.signing import Envelope
     from event_processor.metrics import Metrics
-    from event_processor.signing import Envelope
-    from event_processor.sink import KinesisSink
-    from event_processor.source import Message, SqsSource
+    from event_processor.pipeline.admission import Hold, MemoryBudget
+    from event_processor.pipeline.dead_letters import DeadLetterQueue
+    from event_processor.pipeline.groups import Turn
+    from event_processor.pipeline.sink import KinesisSink
+    from event_processor.pipeline.source import Message, SqsSource
 
 log = logging.getLogger(__name__)
 
