@@ -41,7 +41,7 @@ from tests.static.support import dashboard_exprs
 
 pytestmark = pytest.mark.localstack
 
-SUBMISSIONS = 3000
+SUBMISSIONS = 1500
 SEED = 12
 DRAIN_TIMEOUT_S = 900.0
 # Panels that must show data while the daemon works (by title: a renamed one fails here).
