@@ -27,6 +27,7 @@ from devworld.emulator import Emulator, World, read_stream
 from devworld.faultproxy import FaultProxy
 from devworld.verify import expected_sequences
 from event_processor import app
+from event_processor.aws import lean as lean_module
 from event_processor.aws.lean import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.metrics import Metrics
 from tests.conftest import settings_for
@@ -151,7 +152,7 @@ def remove(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> None:
     assert not hasattr(owner, name), name
 
 
-# Every private or undocumented part lean._Internals reads, where it lives.
+# Every private or undocumented part lean_module._Internals reads, where it lives.
 PRIVATE_PARTS = [
     pytest.param(the_client, "_endpoint", id="client._endpoint"),
     pytest.param(their_endpoints, "http_session", id="endpoint.http_session"),
@@ -258,7 +259,7 @@ async def test_a_call_that_breaks_before_sending_goes_by_the_client_once_sent(
     async with daemon_clients(world, proxy.endpoint_url) as c:
         lean = await lean_in_front(c, world, gauge)
         with pytest.MonkeyPatch.context() as monkeypatch:
-            monkeypatch.setattr(lean, "SigV4Auth", ChangedSigner)
+            monkeypatch.setattr(lean_module, "SigV4Auth", ChangedSigner)
             received = await lean.sqs.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=5)
             again = await lean.sqs.receive_message(QueueUrl=world.queue_url, WaitTimeSeconds=0)
     assert [m["Body"] for m in received["Messages"]] == ["hello"]
