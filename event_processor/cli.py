@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 
 # The collector is off while this module's imports run (pydantic, the contract's validators,
-# botocore through the tools: ~90 collections and ~15 ms of CPU otherwise), and on again
+# botocore through the tools allocate far more than they free), and on again
 # below as it was; `run` then keeps it off for the rest of start-up (see main).
 _collecting = gc.isenabled()
 gc.disable()

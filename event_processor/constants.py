@@ -114,9 +114,8 @@ SINK_UNHEALTHY_AFTER_FAILED_CALLS = 3
 # --- Garbage collection (cli) ---
 # The cyclic collector's first-generation threshold once start-up is done (Python's is 700).
 # The drain allocates a few dicts per message and record, most of which die by reference
-# counting: at 700 the collector ran ~160 times over a drain of the bench's 2,000 submissions
-# (start-up's objects frozen) for ~0.075 s of CPU, at 10,000 ~70 times for ~0.02 s. Cyclic
-# garbage still triggers it within 10,000 objects, so what it can hold stays a few MB.
+# counting, so at 700 the collector runs often for nothing. Cyclic garbage still triggers it
+# within 10,000 objects, so what it can hold stays a few MB.
 GC_GEN0_THRESHOLD = 10_000
 
 # --- Sensor authentication (docs/authentication.md) ---
@@ -128,7 +127,7 @@ AUTH_UNKNOWN_KEY_REFRESH_MIN_S = 30.0
 # Device keys a key set keeps ready (signing.MacKey: two SHA-256 states), so that a message
 # costs one HMAC, not two and their set-up: ~630 bytes each with the ids and the dict's slot
 # (RSS), so at most ~2.5 MiB, outside the memory budget; emptied when full, which a fleet
-# larger than this pays only as ~2 us of derivation again per message.
+# larger than this pays only as one key derivation again per message.
 AUTH_DEVICE_KEY_CACHE_ENTRIES = 4_096
 # After a failed refresh (the last good key set kept), the next try comes this soon at most,
 # rather than a whole AUTH_KEYS_REFRESH_SECONDS later.

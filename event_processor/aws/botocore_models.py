@@ -1,10 +1,10 @@
 """botocore's model files (service models, endpoint rules, partitions), read for less start-up CPU.
 
-Creating the daemon's two clients cost ~120 ms of CPU, most of it botocore's loader: before
-it loads a service model it lists every service it ships (~420 directories, ~2,700 `stat`s,
-~25 ms for each model type) only to check that the one asked for is among them, and it parses
-each file with the stdlib's json into OrderedDicts (~35 ms for the seven files two clients
-need). This loader checks for the one directory instead, and parses with orjson; what it
+Most of the CPU the daemon's two clients cost to create is botocore's loader: before it loads
+a service model it lists every service it ships (hundreds of directories, thousands of
+`stat`s) only to check that the one asked for is among them, and it parses each file with the
+stdlib's json into OrderedDicts. This loader checks for the one directory instead, and parses
+with orjson (figures: docs/performance.md, "Choices that hold the cost down"); what it
 loads is the same data (tests/unit/test_botocore_models.py compares it with botocore's own loader),
 and anything it cannot answer that way goes to botocore's code, errors included.
 """

@@ -1,8 +1,8 @@
 """A lean request path for the three hot calls: ReceiveMessage, DeleteMessageBatch, PutRecords.
 
 botocore spends most of a call walking its shape model, value by value, to serialize the
-request and parse the response, and emitting a dozen events around it: ~4 ms of CPU for a
-PutRecords of 500 records, ~0.8 ms for a ReceiveMessage (docs/performance.md). For these three
+request and parse the response, and emitting a dozen events around it: most of the daemon's
+CPU went there (docs/performance.md, "Choices that hold the cost down"). For these three
 operations of the AWS JSON protocol the body is the parameters as JSON, with blobs in base64,
 so this path encodes and decodes it directly (orjson) and keeps botocore for the rest:
 
@@ -467,8 +467,8 @@ async def _prepare(
     request["headers"].update(extra_headers)
     internals.prepare_request_dict(request, endpoint_url=url, user_agent=internals.user_agent)
     # The Host header the signer would derive from the URL on every call, twice (a urlsplit
-    # and an IPv6 check each: ~12 µs of the ~60 a small call's signing costs), derived once by
-    # its own function; the HTTP session sends the header as given, the value it would send.
+    # and an IPv6 check each), derived once by its own function; the HTTP session sends the
+    # header as given, the value it would send.
     request["headers"]["host"] = internals.host_from_url(request["url"])
     event = f"{service.service_id.hyphenize()}.{model.name}"
     return _Operation(
@@ -537,9 +537,9 @@ class LeanDlq:
     """DeadLetterQueue's client: SendMessageBatch on the lean path (when its model allows it
     and it could be prepared).
 
-    Not one of the three hot calls of normal traffic, but a letter batch through botocore cost
-    as much as ~12 us for each event of the bench's backlog (1% broken fields): its bodies are
-    encoded by the stdlib's json, ASCII-escaped, and every entry's attributes walked by shape.
+    Not one of the three hot calls of normal traffic, but where events are rejected a letter
+    batch through botocore costs as much as publishing them: its bodies are encoded by the
+    stdlib's json, ASCII-escaped, and every entry's attributes walked by shape.
     """
 
     def __init__(self, client: SQSClient, lean: LeanCalls) -> None:

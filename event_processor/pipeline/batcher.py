@@ -171,8 +171,8 @@ async def retry_entries(
 
     The policy's strategies (attempts, deadline, backoff) decide each retry through a
     Backoff made at the first failure: most calls succeed at once, and a tenacity
-    controller for each of them cost ~35 us of CPU and left ~40 objects in reference
-    cycles for the collector (one call per 10 deleted messages).
+    controller made for each of them costs CPU and leaves reference cycles for the
+    collector on every call.
     """
     outcomes: dict[int, BaseException | None] = {}
     remaining = dict(enumerate(items))
