@@ -30,25 +30,30 @@ _RECORD: Any = {"Data": b"x", "PartitionKey": "k"}
 async def test_receive_matches_botocore_binary_attributes_included(
     emulator: Emulator, world: World
 ) -> None:
+    """ReceiveMessage on the lean path answers what botocore answers, binary attributes included."""
     await lean_checks.receive_matches_botocore(world, emulator.boto3_client("sqs"))
 
 
 async def test_delete_batch_answers_per_entry_as_botocore_does(
     emulator: Emulator, world: World
 ) -> None:
+    """DeleteMessageBatch on the lean path reports each entry as botocore does."""
     failed = await lean_checks.delete_batch_matches_botocore(world, emulator.boto3_client("sqs"))
     assert failed["SenderFault"] is True  # moto's answer (LocalStack says false)
 
 
 async def test_put_records_land_byte_for_byte(emulator: Emulator, world: World) -> None:
+    """PutRecords on the lean path stores each record's bytes unchanged."""
     await lean_checks.put_records_land_byte_for_byte(world, emulator.boto3_client("kinesis"))
 
 
 async def test_errors_are_the_clients_modeled_exceptions(world: World) -> None:
+    """An error answer on the lean path raises the client's own modeled exception."""
     await lean_checks.errors_are_the_clients_modeled_exceptions(world)
 
 
 async def test_dead_letters_arrive_as_botocore_sends_them(emulator: Emulator, world: World) -> None:
+    """SendMessageBatch on the lean path delivers letters as botocore sends them."""
     await lean_checks.dead_letters_arrive_as_botocore_sends_them(
         world, emulator.boto3_client("sqs")
     )

@@ -41,27 +41,32 @@ async def test_every_hot_call_takes_the_lean_path(fresh_world: World) -> None:
 
 
 async def test_receive_matches_botocore(localstack: LocalStack, fresh_world: World) -> None:
+    """ReceiveMessage on the lean path answers what botocore answers."""
     await lean_checks.receive_matches_botocore(fresh_world, localstack.client("sqs"))
 
 
 async def test_delete_batch_answers_per_entry_as_botocore_does(
     localstack: LocalStack, fresh_world: World
 ) -> None:
+    """DeleteMessageBatch on the lean path reports each entry as botocore does."""
     failed = await lean_checks.delete_batch_matches_botocore(fresh_world, localstack.client("sqs"))
     assert failed["SenderFault"] is False  # LocalStack's answer (moto says true)
 
 
 async def test_put_records_land_byte_for_byte(localstack: LocalStack, fresh_world: World) -> None:
+    """PutRecords on the lean path stores each record's bytes unchanged."""
     await lean_checks.put_records_land_byte_for_byte(fresh_world, localstack.client("kinesis"))
 
 
 async def test_errors_are_the_clients_modeled_exceptions(fresh_world: World) -> None:
+    """An error answer on the lean path raises the client's own modeled exception."""
     await lean_checks.errors_are_the_clients_modeled_exceptions(fresh_world)
 
 
 async def test_dead_letters_arrive_as_botocore_sends_them(
     localstack: LocalStack, fresh_world: World
 ) -> None:
+    """SendMessageBatch on the lean path delivers letters as botocore sends them."""
     await lean_checks.dead_letters_arrive_as_botocore_sends_them(
         fresh_world, localstack.client("sqs")
     )

@@ -18,6 +18,7 @@ def test_medians_and_round_differences_are_kept_apart() -> None:
 
 
 def test_a_line_shows_both_medians_and_the_change() -> None:
+    """A comparison line shows both medians, the change and the change by round."""
     values = Comparison.of(off=[2000.0, 3000.0], enforce=[1900.0, 3000.0])
     line = values.line("events/s", digits=0, relative=True)
     assert "2,500 → 2,450" in line
@@ -26,6 +27,7 @@ def test_a_line_shows_both_medians_and_the_change() -> None:
 
 
 def test_rounds_that_do_not_pair_are_refused() -> None:
+    """Rounds that do not pair one to one are refused, not compared."""
     with pytest.raises(ValueError, match="do not pair"):
         Comparison.of([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="do not pair"):

@@ -30,10 +30,12 @@ def test_service_models_are_botocores(service: str, type_name: str) -> None:
 
 @pytest.mark.parametrize("name", ["endpoints", "partitions", "sdk-default-configuration", "_retry"])
 def test_data_files_are_botocores(name: str) -> None:
+    """Each data file the loader reads is what botocore's own loader reads."""
     assert botocore_models.loader(None).load_data(name) == Loader().load_data(name)
 
 
 def test_an_unknown_service_is_botocores_error() -> None:
+    """An unknown service raises botocore's own error, with its words."""
     with pytest.raises(UnknownServiceError) as botocore_error:
         Loader().load_service_model("no-such-service", "service-2")
     with pytest.raises(UnknownServiceError) as ours:
@@ -52,6 +54,7 @@ def test_aws_data_path_comes_first(tmp_path: Path) -> None:
 
 
 def test_a_session_uses_it() -> None:
+    """use_on makes a botocore session load its models through this loader."""
     session = botocore.session.get_session()
     botocore_models.use_on(session)
     assert isinstance(session.get_component("data_loader"), botocore_models.ModelLoader)

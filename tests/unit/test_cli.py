@@ -136,6 +136,7 @@ def test_run_imports_neither_the_dev_world_nor_the_tools_sdk() -> None:
 
 
 def test_effective_settings_are_plain_values_with_url_passwords_masked() -> None:
+    """`check`'s effective settings are plain values, with a URL's password masked."""
     shown = Settings(
         endpoint_url="http://user:hunter2@localhost:4566",
         dlq_url="https://sqs.eu-west-1.amazonaws.com/1/dlq",

@@ -62,6 +62,7 @@ async def _run(
 
 
 async def test_a_batch_that_succeeds_is_sent_once() -> None:
+    """A batch whose every entry succeeds is sent once, with no retry."""
     sqs = Sqs("ok")
     outcomes, retries = await _run(sqs, ["a", "b", "c"])
     assert outcomes == [None, None, None]
@@ -70,6 +71,7 @@ async def test_a_batch_that_succeeds_is_sent_once() -> None:
 
 
 async def test_only_the_entries_that_failed_retriably_are_sent_again() -> None:
+    """Only the entries that failed retriably are sent again; a sender fault fails at once."""
     sqs = Sqs({"b": False, "c": True}, "ok")
     outcomes, retries = await _run(sqs, ["a", "b", "c"])
     assert sqs.sent == [["a", "b", "c"], ["b"]]
@@ -82,6 +84,7 @@ async def test_only_the_entries_that_failed_retriably_are_sent_again() -> None:
     "error", [_client_error("ThrottlingException"), EndpointConnectionError(endpoint_url="x")]
 )
 async def test_a_retriable_call_error_is_retried(error: Exception) -> None:
+    """A retriable error of the whole call sends the whole batch again."""
     sqs = Sqs(error, "ok")
     outcomes, retries = await _run(sqs, ["a", "b"])
     assert outcomes == [None, None]
@@ -90,6 +93,7 @@ async def test_a_retriable_call_error_is_retried(error: Exception) -> None:
 
 
 async def test_a_non_retriable_call_error_fails_every_entry_at_once() -> None:
+    """A non-retriable error of the call fails every entry at once, with no retry."""
     sqs = Sqs(_client_error("AccessDenied"))
     outcomes, retries = await _run(sqs, ["a", "b"])
     assert len(sqs.sent) == 1
@@ -98,6 +102,7 @@ async def test_a_non_retriable_call_error_fails_every_entry_at_once() -> None:
 
 
 async def test_it_gives_up_after_the_policy_attempts() -> None:
+    """An entry that keeps failing is given up after the policy's attempts."""
     sqs = Sqs(*[{"a": False}] * 10)
     outcomes, retries = await _run(sqs, ["a", "b"])
     assert sqs.sent == [["a", "b"], ["a"], ["a"], ["a"]]  # max_attempts=4
@@ -118,6 +123,7 @@ async def test_it_gives_up_at_the_deadline() -> None:
 
 
 async def test_a_bug_in_the_call_is_raised_not_retried() -> None:
+    """A bug in the call (TypeError) is raised, never retried."""
     sqs = Sqs(TypeError("a bug"))
     with pytest.raises(TypeError, match="a bug"):
         await _run(sqs, ["a"])
