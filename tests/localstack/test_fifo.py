@@ -22,6 +22,7 @@ from devworld.verify import expected_device_order, verify, verify_device_order
 from event_processor.contract.letters import read_event_letter, string_attribute
 from event_processor.contract.parse import Rejection, parse_submission
 from sensor_fleet.generator import encode, fleet_submissions
+from tests.awslocal import awslocal
 from tests.localstack.support import (
     LocalStack,
     daemon,
@@ -31,7 +32,7 @@ from tests.localstack.support import (
     stream_records,
     wait_drained,
 )
-from tests.static.support import run_init_script, write_awslocal
+from tests.static.support import run_init_script
 
 pytestmark = pytest.mark.localstack
 
@@ -53,7 +54,6 @@ def content(doc: Any) -> str:
 def fifo_world(localstack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """A FIFO queue and DLQ and a 2-shard stream of this module's own, made by the init hook
     with FIFO=true (through the venv's AWS CLI on LocalStack's endpoint); deleted afterwards."""
-    shim_dir = write_awslocal(tmp_path_factory.mktemp("awslocal"))
     suffix = uuid.uuid4().hex[:8]
     names = {
         "QUEUE_NAME": f"tier-fifo-{suffix}",
@@ -61,7 +61,8 @@ def fifo_world(localstack: LocalStack, tmp_path_factory: pytest.TempPathFactory)
         "STREAM_NAME": f"tier-fifo-{suffix}",
         "AUTH_KEYS_SECRET_NAME": localstack.compose_env("localstack")["AUTH_KEYS_SECRET_NAME"],
     }
-    hook = run_init_script(localstack.client_env(), shim_dir, FIFO="true", **names)
+    with awslocal(tmp_path_factory.mktemp("awslocal")) as shim_dir:
+        hook = run_init_script(localstack.client_env(), shim_dir, FIFO="true", **names)
     assert hook.returncode == 0, hook.stdout + hook.stderr
     assert "(both FIFO)" in hook.stderr
     sqs, kinesis = localstack.client("sqs"), localstack.client("kinesis")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import threading
@@ -282,20 +281,6 @@ def exported_metric_names() -> set[str]:
         names.update(family.name + suffix for suffix in suffixes[family.type])
         names.update(sample.name for sample in family.samples)
     return names
-
-
-def write_awslocal(directory: Path) -> Path:
-    """`directory`, now holding `awslocal`: the AWS CLI (awscli, in this venv) on
-    $AWS_ENDPOINT_URL, as LocalStack's own wraps it."""
-    shim = directory / "awslocal"
-    shim.write_text(
-        "#!/bin/sh\n"
-        "# awslocal for tests: the AWS CLI against $AWS_ENDPOINT_URL, like LocalStack's own.\n"
-        f'exec {shlex.quote(sys.executable)} -m awscli --endpoint-url "$AWS_ENDPOINT_URL" "$@"\n',
-        encoding="utf-8",
-    )
-    shim.chmod(0o755)
-    return directory
 
 
 def run_init_script(

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,23 +20,24 @@ import pytest
 
 from devworld.emulator import Emulator
 from event_processor.auth.keyset import KeySet
+from tests.awslocal import awslocal
 from tests.static.support import (
     INIT_SCRIPT,
     ROOT,
     run,
     run_init_script,
     tool,
-    write_awslocal,
 )
 
 # --- the init hook, through an awslocal shim ---------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def awslocal_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def awslocal_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A directory holding `awslocal`: the AWS CLI (awscli, in this venv) on $AWS_ENDPOINT_URL."""
     assert importlib.util.find_spec("awscli"), "awscli missing: it is a dev dependency"
-    return write_awslocal(tmp_path_factory.mktemp("awslocal"))
+    with awslocal(tmp_path_factory.mktemp("awslocal")) as directory:
+        yield directory
 
 
 def unique_names() -> dict[str, str]:
