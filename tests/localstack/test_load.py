@@ -149,7 +149,9 @@ def test_every_event_once_in_order(load_run: LoadRun) -> None:
     result = load_run.verification
     assert load_run.exit_code == 0
     assert result.ok, result.summary()
-    assert result.records > 20_000
+    assert result.records > 6 * SUBMISSIONS, (
+        "the load was smaller than a few thousand submissions make"
+    )
 
 
 def test_dlq_holds_exactly_the_rejected(load_run: LoadRun) -> None:
