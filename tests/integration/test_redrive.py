@@ -22,7 +22,16 @@ from event_processor.config import Settings
 from event_processor.contract.letters import submission_letter
 from event_processor.contract.rules import Reason, Rejection
 from event_processor.contract.signing import SIGNATURE_ATTRIBUTE, signature_attributes
-from event_processor.tools import aws, inspect, peek, recheck, redrive
+from event_processor.tools import (
+    aws,
+    inspect,
+    pacing,
+    peek,
+    recheck,
+    redrive,
+    redrive_report,
+    tally,
+)
 from event_processor.tools.dead_letters import KNOWN_REASONS
 from event_processor.tools.text import counts
 from tests.conftest import settings_for
@@ -61,7 +70,7 @@ def test_dry_run_sees_the_whole_dlq(emulator: Emulator, world: World) -> None:
     assert (summary.moved, summary.skipped, summary.failed) == (HUNDREDS, 0, 0)
     assert summary.read == HUNDREDS
     assert [line.split()[2] for line in out.getvalue().splitlines()] == ids
-    assert "NOTE" not in summary.text()
+    assert "NOTE" not in redrive_report.text(summary)
     all_visible(emulator, world.dlq_url, HUNDREDS)
     assert queue_depth(emulator, world.queue_url) == 0
 
@@ -70,7 +79,7 @@ def test_dry_run_sees_the_whole_dlq(emulator: Emulator, world: World) -> None:
     )
     assert (limited.moved, limited.limited) == (30, True)
     assert f"a SAMPLE: the dry run stopped at --max 30 after reading 30 of ~{HUNDREDS}" in (
-        limited.text()
+        redrive_report.text(limited)
     )
     all_visible(emulator, world.dlq_url, HUNDREDS)
 
@@ -120,7 +129,9 @@ def test_redrive_never_moves_rejected_event_letters(emulator: Emulator, world: W
     )
 
     assert (summary.moved, summary.skipped_events, summary.failed) == (7, 1, 0)
-    assert "1 event letter listing 2 rejected events (not submissions)" in summary.text()
+    assert "1 event letter listing 2 rejected events (not submissions)" in redrive_report.text(
+        summary
+    )
     all_visible(emulator, world.dlq_url, 1)
     assert {m["MessageId"] for m in drain_queue(emulator, world.dlq_url)} == set(ids["events"])
     bodies = sorted(m["Body"] for m in drain_queue(emulator, world.queue_url))
@@ -143,7 +154,7 @@ def test_redrive_skips_packed_letters_and_reports_them(emulator: Emulator, world
     for run in (dry, summary):
         assert (run.moved, run.skipped, run.failed) == (len(GARBAGE), len(letters) + len(old), 0)
         assert (run.skipped_events, run.skipped_event_count) == (len(letters) + len(old), events)
-        assert f"{skipped} (not submissions)" in run.text()
+        assert f"{skipped} (not submissions)" in redrive_report.text(run)
     all_visible(emulator, world.dlq_url, len(letters) + len(old))
     assert sorted(m["Body"] for m in drain_queue(emulator, world.queue_url)) == GARBAGE
     left = drain_queue(emulator, world.dlq_url)
@@ -277,7 +288,7 @@ def test_redrive_stops_without_loss_when_sends_fail(
     assert proxy.calls("DeleteMessageBatch") == 0
     assert (summary.moved, summary.failed) == (0, 3)
     assert summary.aborted is not None
-    assert "aborted" in summary.text()
+    assert "aborted" in redrive_report.text(summary)
     all_visible(emulator, world.dlq_url, 3)
     assert queue_depth(emulator, world.queue_url) == 0
 
@@ -298,7 +309,9 @@ def test_dry_run_changes_nothing(emulator: Emulator, world: World) -> None:
     )
 
     assert (summary.moved, summary.skipped, summary.failed) == (2, 6, 0)
-    assert summary.text().startswith("dry run, nothing changed: would move 2, skipped 6")
+    assert redrive_report.text(summary).startswith(
+        "dry run, nothing changed: would move 2, skipped 6"
+    )
     listed = [line.split()[2] for line in out.getvalue().splitlines()]
     assert sorted(listed) == sorted(ids["not_an_object"])
     all_visible(emulator, world.dlq_url, 8)
@@ -334,15 +347,15 @@ def test_pacer_spaces_batches_on_its_clock() -> None:
             now[0] += timeout
             return False
 
-    pacer = redrive.Pacer(2.5, Stop(), clock=lambda: now[0])
+    pacer = pacing.Pacer(2.5, Stop(), clock=lambda: now[0])
     assert pacer.batch_size == 2
     for _ in range(3):
         assert pacer.wait(2)
         pacer.sent(2)
     # Messages 0..5 due at 0, 0.4, ..., 2.0 s: each batch waits for its last message.
     assert waits == [0.4, 0.8, 0.8]
-    assert redrive.Pacer(None, threading.Event()).batch_size == 10
-    assert redrive.Pacer(0.5, threading.Event()).batch_size == 1
+    assert pacing.Pacer(None, threading.Event()).batch_size == 10
+    assert pacing.Pacer(0.5, threading.Event()).batch_size == 1
 
 
 def test_redrive_max_moves_at_most_n(emulator: Emulator, world: World) -> None:
@@ -435,8 +448,8 @@ def test_what_a_run_caused_is_never_moved_again(emulator: Emulator, world: World
     assert (summary.moved, summary.failed) == (len(GARBAGE), 0)
     assert summary.rejected_again == {"invalid_body": len(GARBAGE)}
     assert (summary.complete, summary.interrupted) == (True, False)
-    assert summary.settled == redrive.SETTLED_UNTAKEN, "nothing takes from the source queue"
-    text = summary.text()
+    assert summary.settled == tally.SETTLED_UNTAKEN, "nothing takes from the source queue"
+    text = redrive_report.text(summary)
     assert "rejected again: 3 (invalid_body: 3)" in text
     assert "the cause is not fixed" in text
     assert "run again" not in text
@@ -479,9 +492,9 @@ def test_letters_sent_after_the_start_are_left_alone(emulator: Emulator, world: 
     summary = redrive.redrive(shifted, world.dlq_url, world.queue_url)
 
     assert (dry.moved, dry.arrived, dry.complete) == (len(GARBAGE), len(later), True)
-    assert (report.read, report.arrived_after_start) == (len(GARBAGE), len(later))
+    assert (report.read, report.arrived) == (len(GARBAGE), len(later))
     assert (summary.moved, summary.arrived, summary.complete) == (len(GARBAGE), len(later), True)
-    assert "arrived after the start: 12 letters, not moved" in summary.text()
+    assert "arrived after the start: 12 letters, not moved" in redrive_report.text(summary)
     all_visible(emulator, world.dlq_url, len(later))
     assert sorted(m["Body"] for m in drain_queue(emulator, world.queue_url)) == GARBAGE
 
@@ -540,7 +553,7 @@ async def test_redrive_ends_while_the_daemon_rejects_again(
         "invalid_field": 1,
     }
     assert (summary.skipped_events, summary.arrived) == (1, 0)
-    assert (summary.complete, summary.settled) == (True, redrive.SETTLED_TAKEN)
+    assert (summary.complete, summary.settled) == (True, tally.SETTLED_TAKEN)
     moved_ids = [line.split()[1] for line in out.getvalue().splitlines()]
     assert sorted(moved_ids) == sorted(originals[: len(rejectable)] + originals[-VALID:])
     await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
@@ -666,7 +679,7 @@ def test_dry_run_checks_each_letter_against_the_contract(emulator: Emulator, wor
     }
     events = rejected_by_reason(BAD_EVENTS)
     assert summary.events_rejected == events
-    text = summary.text()
+    text = redrive_report.text(summary)
     assert (
         "checked against the current contract (signatures not checked: AUTH_MODE=off): would"
         f" publish 2 (with {events.total()} rejected events: {counts(events)})"
@@ -676,7 +689,7 @@ def test_dry_run_checks_each_letter_against_the_contract(emulator: Emulator, wor
     assert "body is neither base64-encoded JSON nor JSON" in text
     assert '(base64-decoded) {"submission_id": ' in text, "previews are decoded"
     assert FIXED[:40] not in text, "not the raw base64"
-    doc = summary.as_json()["check"]
+    doc = redrive_report.as_json(summary)["check"]
     assert (doc["would_publish"], doc["would_be_rejected_again"]) == (2, 5)
     all_visible(emulator, world.dlq_url, 7)
     assert queue_depth(emulator, world.queue_url) == 0
@@ -732,7 +745,7 @@ def test_dry_run_checks_signatures_as_the_daemon_would(emulator: Emulator, world
         "signature_missing": 1,
     }
     assert monitored.verdicts == {recheck.PUBLISH: 4}
-    text = enforced.text() + json.dumps(enforced.as_json())
+    text = redrive_report.text(enforced) + json.dumps(redrive_report.as_json(enforced))
     assert "signatures checked (enforce) against key ids k1" in text
     for attributes in (good_attributes, unknown_attributes):
         value = attributes[SIGNATURE_ATTRIBUTE]["StringValue"]
