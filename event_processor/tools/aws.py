@@ -130,16 +130,17 @@ def check_queue(sqs: Any, queue_url: str, what: str, settings: Settings | None =
 
 
 def source_queue_url(sqs: Any, settings: Settings) -> str:
-    """As the daemon resolves it: QUEUE_URL wins, else QUEUE_NAME (GetQueueUrl)."""
-    if settings.queue_url:
-        return settings.queue_url
-    resource = diagnosis.source_resource(settings)
+    """As the daemon resolves it (`diagnosis.SourceQueue`): QUEUE_URL wins, else QUEUE_NAME
+    (GetQueueUrl)."""
+    source = diagnosis.SourceQueue.of(settings)
+    if source.url is not None:
+        return source.url
     place = diagnosis.where_of(sqs, settings.endpoint_url)
     try:
-        diagnosis.check_region(resource, place)
-        return str(sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"])
+        diagnosis.check_region(source.resource, place)
+        return source.url_of(sqs.get_queue_url(**source.lookup))
     except (ClientError, BotoCoreError) as exc:
-        raise ToolError(str(diagnosis.diagnose(exc, resource, place))) from exc
+        raise ToolError(str(diagnosis.diagnose(exc, source.resource, place))) from exc
     except diagnosis.StartupError as exc:
         raise ToolError(str(exc)) from exc
 
