@@ -3,7 +3,6 @@ no emulator)."""
 
 from __future__ import annotations
 
-import io
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from event_processor.auth.keyset import KeySet
 from event_processor.contract.rules import Reason
 from event_processor.contract.signing import signature_attributes
-from event_processor.tools import pacing, peek, recheck, redrive_report, tally
+from event_processor.tools import peek, recheck, redrive_report, tally
 from event_processor.tools.dead_letters import Letter
 from event_processor.tools.text import body_preview
 from tests.factories import encode, submission
@@ -121,36 +120,24 @@ def test_an_interrupted_summary_says_what_is_left() -> None:
     assert redrive_report.as_json(summary)["left"] == 50
 
 
-def test_progress_prints_every_interval_on_its_clock() -> None:
-    """A progress line once the interval has passed on the injected clock, not before; none
-    when disabled."""
-    now = [0.0]
-    err = io.StringIO()
-    summary = tally.RedriveSummary(dry_run=False, moved=3, read=4)
-    progress = pacing.Progress(
-        lambda: redrive_report.progress_line(summary),
-        err,
-        enabled=True,
-        clock=lambda: now[0],
-        every_s=5,
+def test_take_counts_what_a_run_moves_skips_and_stops_before() -> None:
+    """The one count of the real run and the dry run: submissions of the reason move, event
+    letters and other reasons are skipped (and read), and the one past the room is not read."""
+    summary = tally.RedriveSummary(dry_run=False)
+    body = letter("x", attributes={"reason": {"DataType": "String", "StringValue": "invalid_body"}})
+    other = letter(
+        "y", attributes={"reason": {"DataType": "String", "StringValue": "not_an_object"}}
     )
-    progress.tick()
-    now[0] = 5.0
-    progress.tick()
-    progress.tick()
-    assert (
-        err.getvalue() == "redrive: read 4 of ~0: moved 3, rejected again 0, skipped 0, failed 0\n"
+
+    assert summary.take(body, "invalid_body", room=1) is tally.Take.MOVE
+    assert summary.take(other, "invalid_body", room=0) is tally.Take.SKIP, "skips need no room"
+    assert summary.take(body, None, room=0) is tally.Take.BEYOND
+    assert summary.take(body, None, room=None) is tally.Take.MOVE
+    assert (summary.read, summary.limited, dict(summary.skipped_other)) == (
+        3,
+        True,
+        {"not_an_object": 1},
     )
-    quiet = io.StringIO()
-    silent = pacing.Progress(
-        lambda: redrive_report.progress_line(summary),
-        quiet,
-        enabled=False,
-        clock=lambda: now[0],
-        every_s=0,
-    )
-    silent.tick()
-    assert quiet.getvalue() == ""
 
 
 def test_contract_check_is_the_daemons() -> None:
