@@ -60,8 +60,8 @@ class _Redrive:
     soon as the run ends, also on errors and Ctrl-C; if the tool dies, SQS shows them again
     after the hold.
 
-    It ends by itself (issue 20: a run that moved the same submission 28,190 times while the
-    daemon kept dead-lettering it): only letters from before the start are moved, each once;
+    It ends by itself, even while the daemon dead-letters again what it moves (issue 20):
+    only letters from before the start are moved, each once;
     a letter its own moves came back as is recognised by its `source_message_id` and never
     moved; and the scan ends once receives bring only such later letters (`peek.Idle`).
     """
