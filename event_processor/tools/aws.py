@@ -32,6 +32,14 @@ class UsageError(Exception):
     """A setting the tool needs is missing or contradictory; the message says how to fix it."""
 
 
+class Exit(Exception):
+    """End the command with `code`; what went wrong was said on stderr already."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 ToolRun = Callable[[argparse.Namespace, Settings, TextIO], int]
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -40,7 +48,7 @@ def tool_command(run: ToolRun) -> Handler:
     """A tool's handler: settings from env and flags, and the exit codes every tool shares.
 
     Bad or missing settings exit 2 (usage), a missing or unreachable queue or stream exits 3
-    (as the daemon's failed start-up), each with one line on stderr.
+    (as the daemon's failed start-up), each with one line on stderr; `Exit` ends with its code.
     """
 
     @functools.wraps(run)
@@ -56,6 +64,8 @@ def tool_command(run: ToolRun) -> Handler:
         except ToolError as exc:
             print(exc, file=sys.stderr)
             return exitcodes.STARTUP_FAILED
+        except Exit as exc:
+            return exc.code
 
     return handler
 

@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 import threading
-from typing import TextIO
+from collections.abc import Callable
+from typing import TextIO, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -19,6 +20,29 @@ from event_processor.tools import aws, inspect, inspect_report, redrive, redrive
 from event_processor.tools.args import non_negative_int, positive_float, positive_int
 from event_processor.tools.dead_letters import KNOWN_REASONS
 from event_processor.tools.recheck import contract_check
+from event_processor.tools.tally import InspectReport
+
+Scanned = TypeVar("Scanned")
+
+
+def _stoppable(name: str, scan: Callable[[threading.Event], Scanned]) -> Scanned:
+    """`scan`, with a stop event the first SIGINT/SIGTERM sets: the scan then ends and releases
+    what it holds. Without the handler, SIGTERM would kill the tool with every message it read
+    hidden until its hold runs out.
+
+    An AWS error that escapes the scan (the start's look, a peek's receive: what was read is
+    released on the way) exits 1; a second signal, which may cut the release short, exits 130.
+    """
+    stop = threading.Event()
+    with signals.stop_on_signals(stop):
+        try:
+            return scan(stop)
+        except (ClientError, BotoCoreError) as exc:
+            print(f"{name} failed: {exc}", file=sys.stderr)
+            raise aws.Exit(exitcodes.FAILED) from exc
+        except KeyboardInterrupt as exc:
+            print("interrupted", file=sys.stderr)
+            raise aws.Exit(exitcodes.INTERRUPTED) from exc
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,21 +85,14 @@ def _register_inspect(dlq_commands: argparse._SubParsersAction[argparse.Argument
 def inspect_command(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     dlq_url = aws.dlq_url_of(settings)
     sqs = aws.client(settings, "sqs")
-    stop = threading.Event()
-    # The first signal ends the scan (and so releases what it read); without the handler,
-    # SIGTERM would kill the tool with every page still hidden until its hold runs out.
-    with signals.stop_on_signals(stop):
-        try:
-            aws.check_queue(sqs, dlq_url, "DLQ")
-            report = inspect.inspect_dlq(
-                sqs, dlq_url, max_messages=args.limit, examples=args.examples, stop=stop
-            )
-        except (ClientError, BotoCoreError) as exc:  # what was read is released on the way
-            print(f"inspect failed: {exc}", file=sys.stderr)
-            return exitcodes.FAILED
-        except KeyboardInterrupt:  # a second signal, possibly cutting the release short
-            print("interrupted", file=sys.stderr)
-            return exitcodes.INTERRUPTED
+
+    def scan(stop: threading.Event) -> InspectReport:
+        aws.check_queue(sqs, dlq_url, "DLQ")
+        return inspect.inspect_dlq(
+            sqs, dlq_url, max_messages=args.limit, examples=args.examples, stop=stop
+        )
+
+    report = _stoppable("inspect", scan)
     if args.json:
         out.write(json.dumps(inspect_report.as_json(report), indent=2) + "\n")
     else:
@@ -157,29 +174,23 @@ def redrive_command(args: argparse.Namespace, settings: Settings, out: TextIO) -
             f" max: {args.max or 'all'})",
             file=talk,
         )
-    stop = threading.Event()
-    with signals.stop_on_signals(stop):
-        try:
-            summary = redrive.redrive(
-                sqs,
-                dlq_url,
-                queue_url,
-                reason=args.reason,
-                rate=args.rate,
-                dry_run=args.dry_run,
-                max_messages=args.max,
-                check=check,
-                verbose=args.verbose,
-                progress=not args.quiet,
-                out=talk,
-                stop=stop,
-            )
-        except (ClientError, BotoCoreError) as exc:  # the start's look or a dry run's receive
-            print(f"redrive failed: {exc}", file=sys.stderr)
-            return exitcodes.FAILED
-        except KeyboardInterrupt:  # a second signal: held messages were released on the way
-            print("interrupted", file=sys.stderr)
-            return exitcodes.INTERRUPTED
+    summary = _stoppable(
+        "redrive",
+        lambda stop: redrive.redrive(
+            sqs,
+            dlq_url,
+            queue_url,
+            reason=args.reason,
+            rate=args.rate,
+            dry_run=args.dry_run,
+            max_messages=args.max,
+            check=check,
+            verbose=args.verbose,
+            progress=not args.quiet,
+            out=talk,
+            stop=stop,
+        ),
+    )
     if args.json:
         out.write(json.dumps(redrive_report.as_json(summary), indent=2) + "\n")
     else:

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from devworld.emulator import Emulator, World
+from devworld.faultproxy import FaultProxy
+from event_processor import cli, exitcodes
 from event_processor.contract.letters import (
     MIXED_REASONS,
     DeadLetter,
@@ -401,3 +403,24 @@ async def test_inspect_reads_what_the_daemon_dead_lettered(
     }
     assert report.events == rejected_by_reason(BAD_EVENTS)
     await asyncio.to_thread(all_visible, emulator, world.dlq_url, 4)
+
+
+def test_inspect_command_exits_1_when_the_receive_fails(
+    emulator: Emulator, world: World, proxy: FaultProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dlq inspect` whose ReceiveMessage keeps failing: exit 1, one line on stderr, no report,
+    and the DLQ as it was."""
+    put_letters(client(emulator, "sqs"), world.dlq_url, letters_for(GARBAGE[0]))
+    proxy.configure(fail_operations=frozenset({"ReceiveMessage"}))
+    args = cli.build_parser().parse_args(
+        ["dlq", "inspect", "--endpoint-url", proxy.endpoint_url, "--aws-region", world.region,
+         "--dlq-url", world.dlq_url]
+    )  # fmt: skip
+    out = io.StringIO()
+
+    code = args.handler(args, out)
+
+    assert code == exitcodes.FAILED
+    assert (out.getvalue(), proxy.calls("ReceiveMessage")) == ("", 3)
+    assert capsys.readouterr().err.startswith("inspect failed: ")
+    all_visible(emulator, world.dlq_url, 1)
