@@ -35,7 +35,7 @@ from event_processor.config import (  # noqa: E402
     flag_metavar,
     group_of,
 )
-from event_processor.tools import inspect, keys, redrive, schema, tail  # noqa: E402
+from event_processor.tools import dlq, keys, schema, tail  # noqa: E402
 
 if _collecting:
     gc.enable()
@@ -145,10 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
     # The operator tools register their own sub-commands (a boto3 client only when one runs).
-    dlq = commands.add_parser("dlq", help="inspect or redrive the dead-letter queue")
-    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
-    inspect.register(dlq_commands)
-    redrive.register(dlq_commands)
+    dlq.register(commands)
     tail.register(commands)
     keys.register(commands)
     schema.register(commands)

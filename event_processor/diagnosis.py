@@ -202,11 +202,38 @@ class Resource:
         return setting_label(*self.settings)
 
 
-def source_resource(settings: Settings) -> Resource:
-    """The source queue as the settings name it: QUEUE_URL wins over QUEUE_NAME."""
-    if settings.queue_url is not None:
-        return Resource("source queue", settings.queue_url, ("queue_url",))
-    return Resource("source queue", settings.queue_name, ("queue_name",))
+@dataclass(frozen=True)
+class SourceQueue:
+    """The source queue as the settings name it, and how that becomes its URL: QUEUE_URL wins
+    over QUEUE_NAME, which one GetQueueUrl call turns into the URL.
+
+    The one resolution for `run`, `check` (`preflight.Preflight.source_queue`, async) and the
+    tools (`tools.aws.source_queue_url`, sync boto3): a tool started with the daemon's settings
+    reads the daemon's queue, and a failure names the setting that named the queue.
+    """
+
+    url: str | None  # QUEUE_URL; None: QUEUE_NAME is looked up
+    name: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> SourceQueue:
+        return cls(settings.queue_url, settings.queue_name)
+
+    @property
+    def resource(self) -> Resource:
+        if self.url is not None:
+            return Resource("source queue", self.url, ("queue_url",))
+        return Resource("source queue", self.name, ("queue_name",))
+
+    @property
+    def lookup(self) -> dict[str, str]:
+        """GetQueueUrl's arguments, for a queue the settings name but do not locate."""
+        return {"QueueName": self.name}
+
+    @staticmethod
+    def url_of(response: Mapping[str, Any]) -> str:
+        """The URL in GetQueueUrl's response."""
+        return str(response["QueueUrl"])
 
 
 def dlq_resource(dlq_url: str) -> Resource:

@@ -18,7 +18,7 @@ from event_processor import constants, diagnosis, exitcodes, http
 from event_processor.auth.keyset import KeySetError
 from event_processor.config import AuthMode, Settings, mask_url
 from event_processor.contract.parse import PartitionKey
-from event_processor.diagnosis import Resource, StartupError, Where
+from event_processor.diagnosis import Resource, SourceQueue, StartupError, Where
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -106,7 +106,7 @@ class Preflight:
     def region(self) -> None:
         """Before any call: an unknown region (with no endpoint URL) is said to be one."""
         diagnosis.check_region(
-            diagnosis.source_resource(self._settings), self.sqs_where, self._partitions
+            SourceQueue.of(self._settings).resource, self.sqs_where, self._partitions
         )
 
     async def _queue(self, resource: Resource, url: str) -> QueueFacts:
@@ -117,17 +117,18 @@ class Preflight:
         return QueueFacts.parse(url, response.get("Attributes", {}))
 
     async def source_queue(self) -> QueueFacts:
-        """Resolved (QUEUE_URL, else GetQueueUrl of QUEUE_NAME) and read."""
-        resource = diagnosis.source_resource(self._settings)
-        url = self._settings.queue_url
+        """Resolved (`diagnosis.SourceQueue`: QUEUE_URL, else GetQueueUrl of QUEUE_NAME) and
+        read."""
+        source = SourceQueue.of(self._settings)
+        url = source.url
         if url is None:
             try:
-                url = (await self.sqs.get_queue_url(QueueName=self._settings.queue_name))[
-                    "QueueUrl"
-                ]
+                url = source.url_of(await self.sqs.get_queue_url(**source.lookup))
             except AWS_ERRORS as exc:
-                raise diagnosis.diagnose(exc, resource, self.sqs_where, self._partitions) from exc
-        return await self._queue(resource, url)
+                raise diagnosis.diagnose(
+                    exc, source.resource, self.sqs_where, self._partitions
+                ) from exc
+        return await self._queue(source.resource, url)
 
     async def dead_letter_queue(self, source: QueueFacts | None) -> QueueFacts | None:
         """The DLQ (None when DLQ_URL is unset), and that a rejected submission fits it."""

@@ -32,6 +32,14 @@ class UsageError(Exception):
     """A setting the tool needs is missing or contradictory; the message says how to fix it."""
 
 
+class Exit(Exception):
+    """End the command with `code`; what went wrong was said on stderr already."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 ToolRun = Callable[[argparse.Namespace, Settings, TextIO], int]
 Handler = Callable[[argparse.Namespace, TextIO], int]
 
@@ -40,7 +48,7 @@ def tool_command(run: ToolRun) -> Handler:
     """A tool's handler: settings from env and flags, and the exit codes every tool shares.
 
     Bad or missing settings exit 2 (usage), a missing or unreachable queue or stream exits 3
-    (as the daemon's failed start-up), each with one line on stderr.
+    (as the daemon's failed start-up), each with one line on stderr; `Exit` ends with its code.
     """
 
     @functools.wraps(run)
@@ -56,6 +64,8 @@ def tool_command(run: ToolRun) -> Handler:
         except ToolError as exc:
             print(exc, file=sys.stderr)
             return exitcodes.STARTUP_FAILED
+        except Exit as exc:
+            return exc.code
 
     return handler
 
@@ -130,16 +140,17 @@ def check_queue(sqs: Any, queue_url: str, what: str, settings: Settings | None =
 
 
 def source_queue_url(sqs: Any, settings: Settings) -> str:
-    """As the daemon resolves it: QUEUE_URL wins, else QUEUE_NAME (GetQueueUrl)."""
-    if settings.queue_url:
-        return settings.queue_url
-    resource = diagnosis.source_resource(settings)
+    """As the daemon resolves it (`diagnosis.SourceQueue`): QUEUE_URL wins, else QUEUE_NAME
+    (GetQueueUrl)."""
+    source = diagnosis.SourceQueue.of(settings)
+    if source.url is not None:
+        return source.url
     place = diagnosis.where_of(sqs, settings.endpoint_url)
     try:
-        diagnosis.check_region(resource, place)
-        return str(sqs.get_queue_url(QueueName=settings.queue_name)["QueueUrl"])
+        diagnosis.check_region(source.resource, place)
+        return source.url_of(sqs.get_queue_url(**source.lookup))
     except (ClientError, BotoCoreError) as exc:
-        raise ToolError(str(diagnosis.diagnose(exc, resource, place))) from exc
+        raise ToolError(str(diagnosis.diagnose(exc, source.resource, place))) from exc
     except diagnosis.StartupError as exc:
         raise ToolError(str(exc)) from exc
 

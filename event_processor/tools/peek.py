@@ -19,18 +19,18 @@ from event_processor import constants
 from event_processor.tools.dead_letters import Letter
 from event_processor.tools.fifo import is_fifo as is_fifo_url
 
-# Receives with VisibilityTimeout=0 hand out the same oldest messages every time (seen on moto
-# and LocalStack; SQS may too), so such a peek never got past the first ten (issue 11, item 6).
-# A peek therefore hides each page it receives, so that the next receive gets the next one, and
-# releases everything it read when it ends. The release ends the hold early, so the hold only
-# has to outlast the scan; it matters on its own only if the tool dies before releasing
-# (SIGKILL, lost network): the messages read then stay hidden this long, which the daemon
-# (it never receives from its DLQ) does not notice, only another tool's view. 10 minutes: the
-# default scan (1000 messages, 100 receives) takes seconds, and a receive stuck in botocore's
-# retries (3 attempts of 5 s connect + 30 s read timeout) under 2 minutes, so no page's hold
-# runs out mid-scan in practice. If one does (a huge --limit on a slow link), its messages come
-# back to a later receive, which hides them again: known by MessageId, they are not counted
-# twice, and only their newest receipt handle is kept for the release.
+# Receives with VisibilityTimeout=0 may hand out the same oldest messages every time (moto and
+# LocalStack do; SQS may too): a peek that hid nothing would not get past the first ten (issue
+# 11, item 6). A peek therefore hides each page it receives, so that the next receive gets the
+# next one, and releases everything it read when it ends. The release ends the hold early, so
+# the hold only has to outlast the scan; it matters on its own only if the tool dies before
+# releasing (SIGKILL, lost network): the messages read then stay hidden this long, which the
+# daemon (it never receives from its DLQ) does not notice, only another tool's view. 10
+# minutes: well above a receive stuck in botocore's retries (3 attempts of a 5 s connect and a
+# 30 s read timeout, `aws.client`), so no page's hold runs out mid-scan in practice. If one
+# does (a huge --limit on a slow link), its messages come back to a later receive, which hides
+# them again: known by MessageId, they are not counted twice, and only their newest receipt
+# handle is kept for the release.
 PEEK_HOLD_S = 10 * 60
 # Long poll of a peek receive. A short poll (0 s) asks only some of SQS's servers and may come
 # back empty while messages are visible; an empty long poll means nothing visible is left.

@@ -200,7 +200,7 @@ def packed_dlq(emulator: Emulator, world: World) -> tuple[list[str], list[DeadLe
 
 
 def report_table(text: str) -> dict[str, list[str]]:
-    """The rows of format_report's table: reason -> [submission, event, total, events]."""
+    """The rows of inspect_report.text's table: reason -> [submission, event, total, events]."""
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["reason"]) + 1
     rows: dict[str, list[str]] = {}

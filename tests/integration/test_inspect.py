@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 
 from devworld.emulator import Emulator, World
+from devworld.faultproxy import FaultProxy
+from event_processor import cli, exitcodes
 from event_processor.contract.letters import (
     MIXED_REASONS,
     DeadLetter,
     letter_kind,
     read_event_letter,
 )
-from event_processor.tools import aws, dead_letters, inspect, peek
+from event_processor.tools import aws, dead_letters, inspect, inspect_report, peek, tally
 from tests.conftest import settings_for
 from tests.factories import encode, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth, send_bodies
@@ -92,8 +94,8 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     }
     assert report.events == rejected_by_reason(BAD_EVENTS) == {"invalid_field": 2}
     assert report.by_kind() == {"submission": 7, "event": 1}
-    assert report.by_reason()[0] == inspect.ReasonCounts("invalid_body", {"submission": 3}, 0)
-    assert report.by_reason()[1] == inspect.ReasonCounts(
+    assert report.by_reason()[0] == tally.ReasonCounts("invalid_body", {"submission": 3}, 0)
+    assert report.by_reason()[1] == tally.ReasonCounts(
         "invalid_field", {"submission": 1, "event": 1}, 2
     )
     assert {r: len(x) for r, x in report.examples.items()} == {
@@ -109,7 +111,7 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     [letter] = [x for x in report.examples["invalid_field"] if x.kind == "event"]
     assert letter.message_id in ids["events"]
 
-    text = inspect.format_report(report)
+    text = inspect_report.text(report)
     assert "SAMPLE" not in text
     assert "not json" in text
     assert '"events": {"new_process"' in text, "base64 bodies are shown decoded too"
@@ -119,7 +121,7 @@ def test_inspect_counts_by_reason_and_kind_without_consuming(
     assert "rejected events (invalid_field: 2)" in text
     assert "event 0 new_process field=cmdl: cmdl must be a string, got null" in text
     assert "event 2 new_process field=user: user is empty" in text
-    doc = inspect.report_json(report)
+    doc = inspect_report.as_json(report)
     assert doc["reasons"][0] == {
         "reason": "invalid_body",
         "total": 3,
@@ -147,7 +149,7 @@ def test_inspect_says_when_counts_are_a_sample(emulator: Emulator, world: World)
 
     small = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=7, examples=100)
     assert (small.read, small.sample) == (7, True)
-    assert "SAMPLE: 7 of ~25 messages (stopped at --limit 7)" in inspect.format_report(small)
+    assert "SAMPLE: 7 of ~25 messages (stopped at --limit 7)" in inspect_report.text(small)
     all_visible(emulator, world.dlq_url, 25)
 
     # moto hands out the same (oldest) messages to every VisibilityTimeout=0 receive: the peek
@@ -157,7 +159,7 @@ def test_inspect_says_when_counts_are_a_sample(emulator: Emulator, world: World)
     assert len(seen) == len(set(seen)) == big.read == sum(big.counts.values())
     assert big.read == 25
     assert (big.sample, big.complete) == (False, True)
-    assert "SAMPLE" not in inspect.format_report(big)
+    assert "SAMPLE" not in inspect_report.text(big)
     all_visible(emulator, world.dlq_url, 25)
 
 
@@ -174,16 +176,16 @@ def test_inspect_sees_the_whole_dlq(emulator: Emulator, world: World) -> None:
     assert report.not_released == 0
     assert dict(report.counts) == {("invalid_body", "submission"): HUNDREDS}
     assert [x.message_id for x in report.examples["invalid_body"]] == ids, "oldest pages first"
-    text = inspect.format_report(report)
+    text = inspect_report.text(report)
     assert f"read {HUNDREDS} distinct messages" in text
     assert "NOTE" not in text
 
     limited = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=95)
     assert (limited.read, limited.sample, sum(limited.counts.values())) == (95, True, 95)
-    assert f"SAMPLE: 95 of ~{HUNDREDS} messages (stopped at --limit 95)" in inspect.format_report(
+    assert f"SAMPLE: 95 of ~{HUNDREDS} messages (stopped at --limit 95)" in inspect_report.text(
         limited
     )
-    assert inspect.report_json(limited)["limit"] == 95
+    assert inspect_report.as_json(limited)["limit"] == 95
     all_visible(emulator, world.dlq_url, HUNDREDS)
 
     exact = inspect.inspect_dlq(sqs, world.dlq_url, max_messages=HUNDREDS)
@@ -260,7 +262,7 @@ def test_peek_releases_when_the_scan_ends_early(emulator: Emulator, world: World
     report = inspect.inspect_dlq(stopping, world.dlq_url, stop=stopping.stop)
     assert (report.read, report.interrupted, report.sample) == (10, True, False)
     assert "NOTE: interrupted: the counts below cover only the 10 messages read" in (
-        inspect.format_report(report)
+        inspect_report.text(report)
     )
     all_visible(emulator, world.dlq_url, 25)
 
@@ -276,7 +278,7 @@ def test_peek_reports_a_failed_release(emulator: Emulator, world: World) -> None
 
     assert (report.read, report.not_released) == (12, 1)
     assert f"could not release {ids[3]} (InternalError: test)" in err.getvalue()
-    assert "WARNING: 1 message could not be released" in inspect.format_report(report)
+    assert "WARNING: 1 message could not be released" in inspect_report.text(report)
     assert aws.queue_counts(client(emulator, "sqs"), world.dlq_url) == (11, 1)
 
 
@@ -298,7 +300,7 @@ def test_inspect_of_an_empty_dlq(emulator: Emulator, world: World) -> None:
     """An empty DLQ is reported as such."""
     report = inspect.inspect_dlq(client(emulator, "sqs"), world.dlq_url)
     assert (report.read, report.sample) == (0, False)
-    assert "looks empty" in inspect.format_report(report)
+    assert "looks empty" in inspect_report.text(report)
 
 
 def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world: World) -> None:
@@ -335,7 +337,7 @@ def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world:
     ], "the most rejections first"
     all_visible(emulator, world.dlq_url, len(letters) + len(GARBAGE))
 
-    text = inspect.format_report(report)
+    text = inspect_report.text(report)
     total = sum(expected.values())
     assert (
         f"by kind: {len(GARBAGE)} submissions, {len(letters)} event letters (listing"
@@ -350,7 +352,7 @@ def test_inspect_counts_every_event_of_packed_letters(emulator: Emulator, world:
         assert table[reason] == ["0", str(listing), str(listing), str(count)]
     assert table["invalid_body"] == [str(len(GARBAGE)), "0", str(len(GARBAGE)), "0"]
     assert f"... and {CONNECTIONS - dead_letters.EXAMPLE_EVENTS} more event_not_an_object" in text
-    doc = inspect.report_json(report)
+    doc = inspect_report.as_json(report)
     assert {r["reason"]: r["events"] for r in doc["reasons"]} == {
         **expected,
         MIXED_REASONS: 0,
@@ -377,7 +379,7 @@ def test_inspect_counts_a_version_1_letter_as_one_event(emulator: Emulator, worl
     assert dict(report.counts) == {("invalid_field", "event"): len(old) + 1}
     assert report.events == {"invalid_field": len(old) + rejected_by_reason(BAD_EVENTS).total()}
     assert [x.events.count for x in report.examples["invalid_field"] if x.events] == [1, 1, 2]
-    text = inspect.format_report(report)
+    text = inspect_report.text(report)
     assert "part 1 of 1 of submission" in text
     assert f"{preview} (truncated)" in text
     all_visible(emulator, world.dlq_url, len(old) + 1)
@@ -401,3 +403,24 @@ async def test_inspect_reads_what_the_daemon_dead_lettered(
     }
     assert report.events == rejected_by_reason(BAD_EVENTS)
     await asyncio.to_thread(all_visible, emulator, world.dlq_url, 4)
+
+
+def test_inspect_command_exits_1_when_the_receive_fails(
+    emulator: Emulator, world: World, proxy: FaultProxy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dlq inspect` whose ReceiveMessage keeps failing: exit 1, one line on stderr, no report,
+    and the DLQ as it was."""
+    put_letters(client(emulator, "sqs"), world.dlq_url, letters_for(GARBAGE[0]))
+    proxy.configure(fail_operations=frozenset({"ReceiveMessage"}))
+    args = cli.build_parser().parse_args(
+        ["dlq", "inspect", "--endpoint-url", proxy.endpoint_url, "--aws-region", world.region,
+         "--dlq-url", world.dlq_url]
+    )  # fmt: skip
+    out = io.StringIO()
+
+    code = args.handler(args, out)
+
+    assert code == exitcodes.FAILED
+    assert (out.getvalue(), proxy.calls("ReceiveMessage")) == ("", 3)
+    assert capsys.readouterr().err.startswith("inspect failed: ")
+    all_visible(emulator, world.dlq_url, 1)

@@ -19,7 +19,7 @@ from devworld.verify import (
 )
 from event_processor.contract.letters import DeadLetter, submission_letter
 from event_processor.contract.rules import Reason, Rejection
-from event_processor.tools import fifo, inspect, redrive
+from event_processor.tools import fifo, inspect, inspect_report, redrive, redrive_report, tally
 from tests.conftest import settings_for
 from tests.factories import encode, received_message, submission
 from tests.helpers import client, drain_queue, eventually, queue_depth
@@ -178,7 +178,7 @@ def test_rounds_that_bring_only_letters_rejected_again_do_not_end_the_scan(
     assert again + summary.unreachable >= 9, (again, summary.unreachable)
     if summary.unreachable:
         assert f"~{summary.unreachable} letters sent after the start (letters rejected again" in (
-            summary.text()
+            redrive_report.text(summary)
         )
     assert by_group(drain_queue(emulator, world.queue_url))["dev-last"] == [
         f"junk dev-last {i}" for i in range(3)
@@ -210,7 +210,7 @@ def test_a_failed_move_holds_back_the_rest_of_its_group(
 
     assert (summary.moved, summary.failed, summary.held_back) == (5, 1, 3)
     assert "held back: 3 letters behind a letter of their message group that failed" in (
-        summary.text()
+        redrive_report.text(summary)
     )
     assert by_group(drain_queue(emulator, world.queue_url)) == {
         "dev-a": ["junk dev-a 0", "junk dev-a 1"],
@@ -237,9 +237,9 @@ def test_a_group_behind_ten_held_letters_is_reported_unreachable(
 
     assert (summary.moved, summary.unreachable, summary.complete) == (2, 2, False)
     assert "~2 letters not read: in a FIFO DLQ they are behind 10 or more letters" in (
-        summary.text()
+        redrive_report.text(summary)
     )
-    assert summary.as_json()["unreachable"] == 2
+    assert redrive_report.as_json(summary)["unreachable"] == 2
     all_visible(emulator, world.dlq_url, 12)
 
 
@@ -257,9 +257,11 @@ def test_inspect_and_dry_run_read_ten_letters_a_group_and_say_what_they_could_no
     dry = redrive.redrive(sqs, world.dlq_url, world.queue_url, dry_run=True, out=io.StringIO())
 
     assert (report.read, report.unreachable, report.complete) == (13, 4, False)
-    assert "~4 messages not read: in a FIFO queue" in inspect.format_report(report)
+    assert "~4 messages not read: in a FIFO queue" in inspect_report.text(report)
     assert (dry.moved, dry.unreachable, dry.complete) == (13, 4, False)
-    assert "the first 10 letters of their message group (a dry run deletes nothing)" in (dry.text())
+    assert "the first 10 letters of their message group (a dry run deletes nothing)" in (
+        redrive_report.text(dry)
+    )
     all_visible(emulator, world.dlq_url, 17)
 
 
@@ -311,7 +313,7 @@ async def test_redrive_with_the_daemon_on_a_fifo_world(
     assert (summary.moved, summary.failed, summary.skipped_events) == (moved, 0, 4)
     assert summary.rejected_again == {"invalid_body": 6}
     assert (summary.complete, summary.settled, summary.unreachable) == (
-        True, redrive.SETTLED_TAKEN, 0
+        True, tally.SETTLED_TAKEN, 0
     )  # fmt: skip
     await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
     assert await running.stop() == 0

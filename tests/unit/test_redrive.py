@@ -3,7 +3,6 @@ no emulator)."""
 
 from __future__ import annotations
 
-import io
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from event_processor.auth.keyset import KeySet
 from event_processor.contract.rules import Reason
 from event_processor.contract.signing import signature_attributes
-from event_processor.tools import peek, recheck, redrive
+from event_processor.tools import peek, recheck, redrive_report, tally
 from event_processor.tools.dead_letters import Letter
 from event_processor.tools.text import body_preview
 from tests.factories import encode, submission
@@ -97,13 +96,13 @@ def test_idle_ends_a_scan_after_receives_without_a_letter_from_before_the_start(
 
 def test_summary_names_the_rejected_again_and_does_not_invite_another_run() -> None:
     """A finished run with re-rejections says the cause is not fixed, with counts by reason."""
-    summary = redrive.RedriveSummary(dry_run=False, moved=12, read=12, complete=True)
+    summary = tally.RedriveSummary(dry_run=False, moved=12, read=12, complete=True)
     summary.rejected_again.update({"invalid_body": 10, "signature_invalid": 2})
-    text = summary.text()
+    text = redrive_report.text(summary)
     assert "rejected again: 12 (invalid_body: 10, signature_invalid: 2)" in text
     assert "the cause is not fixed" in text
     assert "run again" not in text
-    assert summary.as_json()["rejected_again_by_reason"] == {
+    assert redrive_report.as_json(summary)["rejected_again_by_reason"] == {
         "invalid_body": 10,
         "signature_invalid": 2,
     }
@@ -112,31 +111,33 @@ def test_summary_names_the_rejected_again_and_does_not_invite_another_run() -> N
 def test_an_interrupted_summary_says_what_is_left() -> None:
     """Interrupted: about how many letters from before the start were not looked at."""
     start = peek.Start(sent_by_ms=0, approximate_visible=86, approximate_not_visible=0)
-    summary = redrive.RedriveSummary(dry_run=False, start=start, moved=30, read=36)
+    summary = tally.RedriveSummary(dry_run=False, start=start, moved=30, read=36)
     summary.interrupted = True
     assert summary.left == 50
-    assert "interrupted: ~50 letters from before the start not looked at" in summary.text()
-    assert summary.as_json()["left"] == 50
-
-
-def test_progress_prints_every_interval_on_its_clock() -> None:
-    """A progress line once the interval has passed on the injected clock, not before; none
-    when disabled."""
-    now = [0.0]
-    err = io.StringIO()
-    summary = redrive.RedriveSummary(dry_run=False, moved=3, read=4)
-    progress = redrive.Progress(summary, err, enabled=True, clock=lambda: now[0], every_s=5)
-    progress.tick()
-    now[0] = 5.0
-    progress.tick()
-    progress.tick()
-    assert (
-        err.getvalue() == "redrive: read 4 of ~0: moved 3, rejected again 0, skipped 0, failed 0\n"
+    assert "interrupted: ~50 letters from before the start not looked at" in redrive_report.text(
+        summary
     )
-    quiet = io.StringIO()
-    silent = redrive.Progress(summary, quiet, enabled=False, clock=lambda: now[0], every_s=0)
-    silent.tick()
-    assert quiet.getvalue() == ""
+    assert redrive_report.as_json(summary)["left"] == 50
+
+
+def test_take_counts_what_a_run_moves_skips_and_stops_before() -> None:
+    """The one count of the real run and the dry run: submissions of the reason move, event
+    letters and other reasons are skipped (and read), and the one past the room is not read."""
+    summary = tally.RedriveSummary(dry_run=False)
+    body = letter("x", attributes={"reason": {"DataType": "String", "StringValue": "invalid_body"}})
+    other = letter(
+        "y", attributes={"reason": {"DataType": "String", "StringValue": "not_an_object"}}
+    )
+
+    assert summary.take(body, "invalid_body", room=1) is tally.Take.MOVE
+    assert summary.take(other, "invalid_body", room=0) is tally.Take.SKIP, "skips need no room"
+    assert summary.take(body, None, room=0) is tally.Take.BEYOND
+    assert summary.take(body, None, room=None) is tally.Take.MOVE
+    assert (summary.read, summary.limited, dict(summary.skipped_other)) == (
+        3,
+        True,
+        {"not_an_object": 1},
+    )
 
 
 def test_contract_check_is_the_daemons() -> None:
