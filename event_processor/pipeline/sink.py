@@ -11,10 +11,11 @@ per event is ordered but costs one round trip per event. The sink does better th
 * on success the head is popped and the lane becomes ready again; on failure the head stays
   where it is and the lane sits out a backoff (tenacity's exponential jitter), then rejoins
   the front of the ready queue. Only failed lanes wait: the others keep moving;
-* records in flight are bounded by a congestion window, as TCP bounds bytes in flight:
-  it is cut when most of a request comes back ProvisionedThroughputExceeded and grows back
-  while requests go through, so under throttling the sink settles at the shards' rate
-  rather than retrying into it;
+* records in flight are bounded by a congestion window (congestion.py), as TCP bounds
+  bytes in flight: it is cut when most of a request comes back
+  ProvisionedThroughputExceeded, or comes back slowly, and grows back while requests go
+  through, so under throttling the sink settles at the shards' rate rather than retrying
+  into it;
 * requests take ready lanes up to Kinesis's 500 records / 5 MiB; full requests go at once,
   up to `max_requests` in flight, and a partial one only while fewer than
   PUT_PARTIAL_REQUESTS are out: meanwhile ready lanes pile up, so calls stay few and full
@@ -50,6 +51,8 @@ from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 from event_processor import constants
 from event_processor.contract.parse import EventType, Record, Records
 from event_processor.errors import THROTTLE_CODES, PublishFailed, error_code, is_retriable
+from event_processor.pipeline.congestion import Change, CongestionWindow
+from event_processor.pipeline.health import StreamHealth
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
@@ -176,9 +179,9 @@ class KinesisSink:
         self._policy = policy.for_records()
         self._max_requests = max_requests
         # Ready lanes, oldest submission first: a heap of (received_at, opened, lane), flat.
-        # `opened` is unique, so the heap compares the tuples in C and never two lanes (a
-        # Python __lt__ on Lane ran ~10 times per push or pop: ~0.3 us more per record), and
-        # one flat tuple compares in one step, where ((received_at, opened), lane) took two.
+        # `opened` is unique, so the heap compares the tuples in C and never reaches a
+        # Lane (whose Python __lt__ would run several times per push or pop), and one flat
+        # tuple compares in one step, where ((received_at, opened), lane) takes two.
         self._ready: list[tuple[float, int, Lane]] = []
         self._opened = itertools.count()  # ties between submissions received together
         self._bytes_in_flight = 0
@@ -186,17 +189,11 @@ class KinesisSink:
         self._lanes = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._failed_calls = 0
-        # Records in flight, bounded by a congestion window (see _adapt): it halves when
-        # Kinesis answers ProvisionedThroughputExceeded and grows back while requests go
-        # through, so the sink settles at the shards' rate instead of retrying into it.
-        self._max_window = float(constants.PUT_RECORDS_MAX_RECORDS * max_requests)
-        self._window = self._max_window
-        metrics.put_window_records.set(self._window)
-        self._records_in_flight = 0
-        self._last_cut = float("-inf")  # no cut yet
-        self._healthy = asyncio.Event()
-        self._healthy.set()
+        self._window = CongestionWindow(
+            constants.PUT_RECORDS_MAX_RECORDS * max_requests, clock=clock
+        )
+        metrics.put_window_records.set(self._window.records)
+        self._health = StreamHealth(self._probe)
         # Labelled children resolved once: labels() takes a lock and a dict lookup per call.
         self._published = {t: metrics.events_published.labels(t.value) for t in EventType}
 
@@ -240,20 +237,11 @@ class KinesisSink:
     @property
     def healthy(self) -> bool:
         """False while whole PutRecords calls keep failing (Kinesis down or unreachable)."""
-        return self._healthy.is_set()
+        return self._health.healthy
 
     async def wait_healthy(self, probe_interval_s: float) -> None:
         """Block while Kinesis is down; probe it ourselves when no lane is left to find out."""
-        while not self._healthy.is_set():
-            if self._lanes == 0:
-                await self._probe()
-            if self._healthy.is_set():
-                return
-            try:
-                async with asyncio.timeout(probe_interval_s):
-                    await self._healthy.wait()
-            except TimeoutError:
-                continue
+        await self._health.wait(probe_interval_s, idle=lambda: self._lanes == 0)
 
     async def close(self, timeout_s: float = constants.SINK_CLOSE_TIMEOUT_S) -> None:
         """Stop sending; give requests on the wire `timeout_s` to answer, then cancel them.
@@ -275,8 +263,7 @@ class KinesisSink:
 
     def _kick(self) -> None:
         while self._ready and self._active < self._max_requests and not self._closed:
-            # Room left in the congestion window; one record may always go when none is out.
-            room = max(int(self._window) - self._records_in_flight, int(self._active == 0))
+            room = self._window.room()
             full = min(room, constants.PUT_RECORDS_MAX_RECORDS)
             if full < 1:
                 return
@@ -288,14 +275,11 @@ class KinesisSink:
             if not batch:
                 return
             self._active += 1
-            self._records_in_flight += len(batch)
+            outstanding = self._window.sent(len(batch))
             self._bytes_in_flight += nbytes
             task = asyncio.create_task(
                 self._send(
-                    batch,
-                    nbytes,
-                    window_limited=room <= len(batch),
-                    outstanding=self._records_in_flight,
+                    batch, nbytes, window_limited=room <= len(batch), outstanding=outstanding
                 )
             )
             self._tasks.add(task)
@@ -342,8 +326,8 @@ class KinesisSink:
                     StreamName=self._stream_name, Records=entries
                 )
         except (BotoCoreError, ClientError) as exc:
-            self._call_failed(exc)
             code = error_code(exc)
+            self._health.call_failed(code)
             retriable = is_retriable(exc)
             throttled = len(batch) if code in THROTTLE_CODES else 0
             self._adapt(
@@ -359,7 +343,7 @@ class KinesisSink:
             for lane in batch:
                 self._retry_later(lane, code, retriable)
         else:
-            self._call_succeeded()
+            self._health.call_succeeded()
             throttled = 0
             accepted = len(batch) - response.get("FailedRecordCount", 0)
             # Metrics once per call, not once per record: the same figures, a fraction of
@@ -390,7 +374,7 @@ class KinesisSink:
             )
         finally:
             self._active -= 1
-            self._records_in_flight -= len(batch)
+            self._window.returned(len(batch))
             self._bytes_in_flight -= nbytes
             self._kick()
 
@@ -405,37 +389,19 @@ class KinesisSink:
         outstanding: int,
         timed_out: bool = False,
     ) -> None:
-        """A congestion window on records in flight, as TCP keeps one on bytes in flight.
-
-        When most of a request was throttled, the shards are full: cut the window to what
-        they just accepted (at most half of it). When a call was slow (or timed out), the
-        stream is congested even if it says nothing: cut the window to the share of what
-        was in flight with it that would have answered within PUT_TARGET_LATENCY_S, so
-        calls get smaller and fewer until they are fast again; a timed-out call may have
-        landed and will be resent, which is a duplicate, so slowness must be cut before it
-        becomes time-outs. Each cut happens at most once per round trip, since requests sent
-        before the last cut were sized by the old window and say nothing new. A few
-        throttled entries (a hot key, a blip) only stop the growth: their lanes back off on
-        their own. Grow by half of what went through, and only when the window held the
-        request back: an idle sink proves nothing about capacity.
-        """
-        now = self._clock()
-        elapsed = now - sent_at
-        if throttled * 2 >= size:
-            if sent_at > self._last_cut:
-                self._window = max(1.0, min(self._window / 2, float(accepted)))
-                self._last_cut = now
-        elif timed_out or elapsed > constants.PUT_TARGET_LATENCY_S:
-            if sent_at > self._last_cut:
-                share = constants.PUT_LATENCY_CUT_MIN
-                if not timed_out:
-                    share = max(share, constants.PUT_TARGET_LATENCY_S / elapsed)
-                self._window = max(1.0, min(self._window, float(outstanding)) * share)
-                self._last_cut = now
-                self._metrics.put_congestion_cuts.inc()
-        elif not throttled and window_limited:
-            self._window = min(self._max_window, self._window + size / 2)
-        self._metrics.put_window_records.set(self._window)
+        """Tell the congestion window how a call went; its size and slow-call cuts are metrics."""
+        change = self._window.answered(
+            size,
+            accepted,
+            throttled,
+            sent_at,
+            window_limited=window_limited,
+            outstanding=outstanding,
+            timed_out=timed_out,
+        )
+        if change is Change.SLOW_CUT:
+            self._metrics.put_congestion_cuts.inc()
+        self._metrics.put_window_records.set(self._window.records)
 
     def _acknowledged(self, lane: Lane, result: PutRecordsResultEntryTypeDef) -> int:
         """Check where the lane's head landed, pop it; 1 if it still counts in the in-flight
@@ -518,27 +484,11 @@ class KinesisSink:
 
     # --- health ----------------------------------------------------------------------
 
-    def _call_failed(self, exc: BaseException) -> None:
-        self._failed_calls += 1
-        if (
-            self._healthy.is_set()
-            and self._failed_calls >= constants.SINK_UNHEALTHY_AFTER_FAILED_CALLS
-        ):
-            self._healthy.clear()
-            log.warning(
-                "kinesis unavailable", extra={"action": "sink_down", "error": error_code(exc)}
-            )
-
-    def _call_succeeded(self) -> None:
-        self._failed_calls = 0
-        if not self._healthy.is_set():
-            self._healthy.set()
-            log.warning("kinesis available again", extra={"action": "sink_up"})
-
-    async def _probe(self) -> None:
+    async def _probe(self) -> bool:
+        """One DescribeStreamSummary: True when Kinesis answered it."""
         try:
             with self._metrics.aws_call("DescribeStreamSummary"):
                 await self._client.describe_stream_summary(StreamName=self._stream_name)
         except (BotoCoreError, ClientError):
-            return
-        self._call_succeeded()
+            return False
+        return True
