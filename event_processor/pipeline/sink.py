@@ -39,8 +39,6 @@ numbers are not comparable with the parent's; those are counted apart.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -53,6 +51,7 @@ from event_processor.contract.parse import EventType, Record, Records
 from event_processor.errors import THROTTLE_CODES, PublishFailed, error_code, is_retriable
 from event_processor.pipeline.congestion import Change, CongestionWindow
 from event_processor.pipeline.health import StreamHealth
+from event_processor.pipeline.lanes import Lane, ListedRecords, ReadyLanes
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
@@ -95,71 +94,6 @@ def _placed(lane: Lane, shard_id: str, sequence_number: str) -> dict[str, object
     }
 
 
-class _Listed:
-    """A list of built records seen as `Records` (tests and tools publish lists)."""
-
-    __slots__ = ("_records",)
-
-    def __init__(self, records: list[Record]) -> None:
-        self._records = records
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> Record:
-        return self._records[index]
-
-    def size(self, index: int) -> int:
-        return self._records[index].size
-
-
-class Lane:
-    """One submission's records; only its head is ever in flight.
-
-    Lanes are served oldest first: `received_at` is when the submission was received (and
-    `opened` breaks ties), and a lane keeps it through retries, so under a slow stream
-    submissions finish one after another instead of all advancing a record per round and
-    finishing together.
-    """
-
-    __slots__ = (
-        "backoff",
-        "count",
-        "done",
-        "next",
-        "opened",
-        "received_at",
-        "records",
-        "sequence_number",
-        "shard_id",
-        "submission_id",
-    )
-
-    def __init__(
-        self,
-        records: Records,
-        done: asyncio.Future[None],
-        received_at: float,
-        opened: int,
-        submission_id: str = "",
-    ) -> None:
-        self.records = records
-        self.count = len(records)  # asked once: `left` runs once per record acknowledged
-        self.next = 0  # index of the head: records before it are acknowledged
-        self.done = done
-        self.received_at = received_at
-        self.opened = opened
-        self.backoff: Backoff | None = None  # created on the first failure only
-        self.submission_id = submission_id  # for the logs only
-        # Where Kinesis put the last acknowledged record: its successor is checked against it.
-        self.shard_id: str | None = None
-        self.sequence_number = ""
-
-    @property
-    def left(self) -> int:
-        return self.count - self.next
-
-
 class KinesisSink:
     def __init__(
         self,
@@ -178,12 +112,7 @@ class KinesisSink:
         # Records retry until Kinesis is back or the (long) publish deadline passes.
         self._policy = policy.for_records()
         self._max_requests = max_requests
-        # Ready lanes, oldest submission first: a heap of (received_at, opened, lane), flat.
-        # `opened` is unique, so the heap compares the tuples in C and never reaches a
-        # Lane (whose Python __lt__ would run several times per push or pop), and one flat
-        # tuple compares in one step, where ((received_at, opened), lane) takes two.
-        self._ready: list[tuple[float, int, Lane]] = []
-        self._opened = itertools.count()  # ties between submissions received together
+        self._ready = ReadyLanes()
         self._bytes_in_flight = 0
         self._active = 0
         self._lanes = 0
@@ -219,15 +148,10 @@ class KinesisSink:
             done.set_exception(RuntimeError("sink is closed"))
             return done
         if isinstance(records, list):
-            records = _Listed(records)
-        lane = Lane(
-            records,
-            done,
-            self._clock() if received_at is None else received_at,
-            next(self._opened),
-            submission_id,
+            records = ListedRecords(records)
+        lane = self._ready.open(
+            records, done, self._clock() if received_at is None else received_at, submission_id
         )
-        self._make_ready(lane)
         self._lanes += 1
         self._metrics.in_flight_records.inc(len(records))
         done.add_done_callback(lambda _: self._lane_finished(lane))
@@ -251,8 +175,7 @@ class KinesisSink:
         predecessor was acknowledged, so first occurrences stay in order.
         """
         self._closed = True  # pending backoff timers find it and do nothing
-        while self._ready:
-            heapq.heappop(self._ready)[2].done.cancel()
+        self._ready.abandon()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
             for task in late:
@@ -262,6 +185,7 @@ class KinesisSink:
     # --- sending ---------------------------------------------------------------------
 
     def _kick(self) -> None:
+        """Send what the window, the limits and the ready lanes allow now."""
         while self._ready and self._active < self._max_requests and not self._closed:
             room = self._window.room()
             full = min(room, constants.PUT_RECORDS_MAX_RECORDS)
@@ -271,7 +195,14 @@ class KinesisSink:
                 # Fewer, fuller calls: a partial request waits for one in flight to return;
                 # the lanes it brings back join the next request.
                 return
-            batch, nbytes = self._take(full)
+            # A request carries at most 5 MiB, and all requests in flight together at most
+            # PUT_MAX_BYTES_IN_FLIGHT; one request may always go when none is out.
+            max_bytes = constants.PUT_RECORDS_MAX_BYTES
+            if self._active:
+                max_bytes = min(
+                    max_bytes, constants.PUT_MAX_BYTES_IN_FLIGHT - self._bytes_in_flight
+                )
+            batch, nbytes = self._ready.take(full, max_bytes, first_always=not self._active)
             if not batch:
                 return
             self._active += 1
@@ -284,31 +215,6 @@ class KinesisSink:
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    def _take(self, limit: int) -> tuple[list[Lane], int]:
-        """Heads of the oldest ready lanes, one per lane, within `limit` and the byte limits.
-
-        A request carries at most 5 MiB, and all requests in flight together at most
-        PUT_MAX_BYTES_IN_FLIGHT (one request may always go when none is out).
-        """
-        batch: list[Lane] = []
-        total = 0
-        ready = self._ready
-        room = constants.PUT_MAX_BYTES_IN_FLIGHT - self._bytes_in_flight
-        max_bytes = min(constants.PUT_RECORDS_MAX_BYTES, room if self._active else 1 << 62)
-        while ready and len(batch) < limit:
-            lane = ready[0][2]
-            if lane.done.done():  # abandoned (shutdown) while waiting: drop it
-                heapq.heappop(ready)
-                continue
-            size = lane.records.size(lane.next)
-            if total + size > max_bytes and (batch or self._active):
-                break
-            total += size
-            batch.append(heapq.heappop(ready)[2])
-            if total >= constants.PUT_RECORDS_MAX_BYTES:
-                break
-        return batch, total
 
     async def _send(
         self, batch: list[Lane], nbytes: int, *, window_limited: bool, outstanding: int
@@ -430,7 +336,7 @@ class KinesisSink:
             return 0
         lane.backoff = None  # the policy's attempts and deadline are per record
         if lane.next < lane.count:
-            self._make_ready(lane)
+            self._ready.push(lane)
         else:
             lane.done.set_result(None)
         return 1
@@ -466,14 +372,8 @@ class KinesisSink:
     def _requeue(self, lane: Lane) -> None:
         if lane.done.done() or self._closed:
             return
-        # It keeps its age, so it goes before every younger lane (aiokafka puts a failed
-        # batch back at the head of its queue for the same reason).
-        self._make_ready(lane)
+        self._ready.push(lane)  # with its age: before every younger lane
         self._kick()
-
-    def _make_ready(self, lane: Lane) -> None:
-        """The ready heap's one entry shape: (received_at, opened, lane), oldest first."""
-        heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
 
     def _lane_finished(self, lane: Lane) -> None:
         self._lanes -= 1
