@@ -19,9 +19,8 @@ from event_processor import constants
 class Change(enum.Enum):
     """What one answered call did to the window."""
 
-    HELD = "held"  # unchanged: not held back by the window, a few entries throttled, or a
-    # cut already made for this round trip
-    GREW = "grew"
+    HELD = "held"  # unchanged: idle, a few entries throttled, or already cut this round trip
+    GREW = "grew"  # the window held the call back and it went through
     THROTTLED_CUT = "throttled_cut"  # most of the call was throttled
     SLOW_CUT = "slow_cut"  # the call was slower than the target, or timed out
 

@@ -84,23 +84,21 @@ class Lane:
         return self.count - self.next
 
 
-class ReadyLanes:
-    """Lanes whose head may be sent, oldest submission first.
+class ReadyLanes(list[tuple[float, int, "Lane"]]):
+    """Lanes whose head may be sent, oldest submission first; its length is their count.
 
     A heap of flat (received_at, opened, lane) tuples: `opened` is unique, so the heap
     compares the tuples in C and never reaches a Lane (whose Python __lt__ would run several
     times per push or pop), and one flat tuple compares in one step, where
-    ((received_at, opened), lane) takes two.
+    ((received_at, opened), lane) takes two. The heap is the list itself, so that the sink's
+    checks of its length and truth, at every send, call no Python method.
     """
 
-    __slots__ = ("_heap", "_opened")
+    __slots__ = ("_opened",)
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Lane]] = []
+        super().__init__()
         self._opened = itertools.count()  # ties between submissions received together
-
-    def __len__(self) -> int:
-        return len(self._heap)
 
     def open(
         self, records: Records, done: asyncio.Future[None], received_at: float, submission_id: str
@@ -113,7 +111,7 @@ class ReadyLanes:
     def push(self, lane: Lane) -> None:
         """Ready (again): a lane keeps its age, so a retried one goes before every younger
         lane (aiokafka puts a failed batch back at the head of its queue for the same reason)."""
-        heapq.heappush(self._heap, (lane.received_at, lane.opened, lane))
+        heapq.heappush(self, (lane.received_at, lane.opened, lane))
 
     def take(self, limit: int, max_bytes: int, *, first_always: bool) -> tuple[list[Lane], int]:
         """Heads of the oldest ready lanes, one per lane: at most `limit` of them and
@@ -121,7 +119,7 @@ class ReadyLanes:
         (lanes, their heads' bytes). Lanes abandoned while they waited are dropped."""
         batch: list[Lane] = []
         total = 0
-        ready = self._heap
+        ready = self
         while ready and len(batch) < limit:
             lane = ready[0][2]
             if lane.done.done():  # abandoned (shutdown) while waiting: drop it
@@ -138,5 +136,5 @@ class ReadyLanes:
 
     def abandon(self) -> None:
         """Cancel every ready lane's future: the sink is closing."""
-        while self._heap:
-            heapq.heappop(self._heap)[2].done.cancel()
+        while self:
+            heapq.heappop(self)[2].done.cancel()

@@ -95,6 +95,11 @@ def _placed(lane: Lane, shard_id: str, sequence_number: str) -> dict[str, object
 
 
 class KinesisSink:
+    """The face the pipeline publishes to, and the sender: it decides when a request goes
+    (the window's room, the partial-request rule, bytes in flight) and what each answer does
+    to each lane. The lanes are lanes.py's, the window congestion.py's, the health health.py's.
+    """
+
     def __init__(
         self,
         client: KinesisApi,
