@@ -241,7 +241,7 @@ class KinesisSink:
             self._health.call_failed(code)
             retriable = is_retriable(exc)
             throttled = len(batch) if code in THROTTLE_CODES else 0
-            self._adapt(
+            change = self._window.answered(
                 len(batch),
                 0,
                 throttled,
@@ -250,6 +250,7 @@ class KinesisSink:
                 outstanding=outstanding,
                 timed_out=isinstance(exc, ReadTimeoutError),
             )
+            self._window_changed(change)
             self._metrics.put_records_failed.labels(code).inc(len(batch))
             for lane in batch:
                 self._retry_later(lane, code, retriable)
@@ -275,7 +276,7 @@ class KinesisSink:
                     self._published[event_type].inc(count)
             if in_flight:
                 self._metrics.in_flight_records.dec(in_flight)
-            self._adapt(
+            change = self._window.answered(
                 len(batch),
                 accepted,
                 throttled,
@@ -283,33 +284,15 @@ class KinesisSink:
                 window_limited=window_limited,
                 outstanding=outstanding,
             )
+            self._window_changed(change)
         finally:
             self._active -= 1
             self._window.returned(len(batch))
             self._bytes_in_flight -= nbytes
             self._kick()
 
-    def _adapt(
-        self,
-        size: int,
-        accepted: int,
-        throttled: int,
-        sent_at: float,
-        *,
-        window_limited: bool,
-        outstanding: int,
-        timed_out: bool = False,
-    ) -> None:
-        """Tell the congestion window how a call went; its size and slow-call cuts are metrics."""
-        change = self._window.answered(
-            size,
-            accepted,
-            throttled,
-            sent_at,
-            window_limited=window_limited,
-            outstanding=outstanding,
-            timed_out=timed_out,
-        )
+    def _window_changed(self, change: Change) -> None:
+        """The window's size, and its cuts for slowness, are metrics."""
         if change is Change.SLOW_CUT:
             self._metrics.put_congestion_cuts.inc()
         self._metrics.put_window_records.set(self._window.records)
