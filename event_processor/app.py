@@ -19,7 +19,7 @@ from event_processor.aws import botocore_models
 from event_processor.aws.lean import LeanDlq, LeanKinesis, LeanSqs
 from event_processor.config import AuthMode, mask_url
 from event_processor.metrics import Metrics
-from event_processor.pipeline.admission import MemoryBudget
+from event_processor.pipeline.admission import Admission, MemoryBudget
 from event_processor.pipeline.dead_letters import DeadLetterQueue
 from event_processor.pipeline.sink import KinesisSink
 from event_processor.pipeline.source import SqsSource
@@ -74,7 +74,7 @@ def client_config(settings: Settings) -> AioConfig:
         # A long poll holds the connection for WAIT_TIME_SECONDS; leave it room.
         read_timeout=settings.wait_time_seconds + 10,
         # Our requests are built by typed code (mypy-checked against the service stubs);
-        # re-validating every PutRecords entry would cost CPU on every call for nothing.
+        # re-validating each of them walks every PutRecords entry again.
         parameter_validation=False,
     )
 
@@ -198,6 +198,7 @@ def assemble(
     `devworld.bench.inprocess` with stand-ins, to measure our own code alone."""
     budget = MemoryBudget(settings.memory_budget_mb * 1024 * 1024, metrics.budget_used_bytes)
     metrics.budget_limit_bytes.set(budget.limit_bytes)
+    admission = Admission(budget, resolved.max_message_bytes, metrics.budget_reserved_bytes)
     metrics.auth_mode.labels(settings.auth_mode.value).set(1)
     keys: KeyStore | None = None
     auth: Authenticator | None = None
@@ -230,7 +231,7 @@ def assemble(
         sink,
         dead_letters,
         metrics,
-        budget=budget,
+        admission=admission,
         partition_key=settings.partition_key,
         auth=auth,
         rejections=reporter.rejections,
@@ -241,8 +242,7 @@ def assemble(
         pipeline,
         metrics,
         policy,
-        budget=budget,
-        max_message_bytes=resolved.max_message_bytes,
+        admission=admission,
         receivers=settings.receivers,
         batch_size=settings.batch_size,
         max_in_flight=settings.max_in_flight,

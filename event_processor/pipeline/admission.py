@@ -1,23 +1,33 @@
-"""The memory budget: admission by the bytes in-flight submissions hold, not only by count.
+"""Admission to the memory budget: by the bytes in-flight submissions hold, not only by count.
 
 Every submission holds a `Hold` from the moment its receive is reserved until it is deleted or
 released: first the body SQS may send (the queue's MaximumMessageSize, reserved before the
 long poll), then the body it did send, then what parsing left (packed records, dead
-letters). Waiters are served first come, first served, so a large submission waiting for room
-is not overtaken by a stream of small ones. One that is larger than the whole budget still
-goes, alone: when every byte held belongs to waiters, the first waiter is let through.
+letters), then what has not landed yet. Waiters are served first come, first served, so a
+large submission waiting for room is not overtaken by a stream of small ones. One that is
+larger than the whole budget still goes, alone: when every byte held belongs to waiters, the
+first waiter is let through.
+
+`Admission` makes those decisions, step by step of a submission's walk; the worker and the
+submission's processing call it and nothing else of the budget. `MemoryBudget` under it is
+the accounting: holds, the queue of waiters, and who counts as waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
+
+from event_processor import constants
 
 if TYPE_CHECKING:
     from prometheus_client import Gauge
+
+    from event_processor.pipeline.source import Message
 
 
 class Hold:
@@ -113,3 +123,118 @@ class MemoryBudget:
             self._waiting_bytes -= hold.nbytes
             self._set(hold, nbytes)
             future.set_result(None)
+
+
+class Reservation:
+    """What one receive reserved before its long poll: room for `count` of the largest bodies."""
+
+    __slots__ = ("count", "hold")
+
+    def __init__(self, hold: Hold, count: int) -> None:
+        self.hold = hold
+        self.count = count
+
+
+class Admission:
+    """The budget's one door: what a receive reserves, what each submission holds at each step."""
+
+    def __init__(
+        self,
+        budget: MemoryBudget,
+        max_message_bytes: int,
+        reserved_gauge: Gauge | None = None,
+    ) -> None:
+        self.budget = budget
+        # What one received message may hold before it is parsed: the largest body the
+        # queue accepts (as Python holds it) and the Message around it.
+        self._reserve_each = max_message_bytes + constants.MESSAGE_OVERHEAD_BYTES
+        # Long polls may reserve at most this much together, so that receivers idling on an
+        # empty queue leave the rest of the budget to the work that is in flight.
+        self._receive_share = max(
+            self._reserve_each, int(budget.limit_bytes * constants.RECEIVE_BUDGET_SHARE)
+        )
+        self._receive_reserved = 0  # counted before a reservation waits for the budget
+        self._receive_granted = 0  # what the budget granted to reservations
+        if reserved_gauge is not None:
+            reserved_gauge.set_function(lambda: self._receive_granted)
+        self._share_freed = asyncio.Event()
+
+    # --- receiving (the worker) ------------------------------------------------------
+
+    async def reserve(self, wanted: int) -> Reservation:
+        """Reserve the budget for the bodies one receive of up to `wanted` messages may bring.
+
+        A receiver asks for a whole batch (as much as the receivers' share allows) and waits
+        until the share has room for it: many one-message receives would cost more calls
+        than they save. Then it waits in turn for the budget itself.
+        """
+        each = self._reserve_each
+        count = max(1, min(wanted, self._receive_share // each))
+        nbytes = count * each
+        while self._receive_reserved and self._receive_reserved + nbytes > self._receive_share:
+            self._share_freed.clear()
+            await self._share_freed.wait()
+        self._receive_reserved += nbytes  # counted before the wait: other receivers see it
+        hold = Hold()
+        try:
+            await self.budget.grow(hold, nbytes)
+        except BaseException:
+            self._receive_reserved -= nbytes
+            self._share_freed.set()
+            raise
+        self._receive_granted += nbytes
+        return Reservation(hold, count)
+
+    def unreserve(self, reservation: Reservation) -> None:
+        """The receive is over (or never happened): its reservation goes back."""
+        hold = reservation.hold
+        self._receive_reserved -= hold.nbytes
+        self._receive_granted -= hold.nbytes
+        self._share_freed.set()
+        self.budget.release(hold)
+
+    def admit(self, reservation: Reservation, messages: Sequence[Message]) -> list[Hold]:
+        """The received messages' holds, each its body and the Message around it.
+
+        Each takes its share before the reservation goes back (in this order, so that no
+        waiter is let in on the sum of both). Forced, not waited for: the bodies are
+        already in memory, and the reservation made room for them.
+        """
+        holds = []
+        for message in messages:
+            hold = Hold()
+            # getsizeof: a str holds 1, 2 or 4 bytes a character, by its widest character.
+            self.budget.resize(hold, sys.getsizeof(message.body) + constants.MESSAGE_OVERHEAD_BYTES)
+            holds.append(hold)
+        self.unreserve(reservation)
+        return holds
+
+    def finished(self, hold: Hold) -> None:
+        """The submission is deleted, released or abandoned: what it held goes back."""
+        self.budget.release(hold)
+
+    # --- one submission (its processing) --------------------------------------------
+
+    def keep_parsed(self, hold: Hold, nbytes: int) -> bool:
+        """What parsing left (`nbytes`) replaces the body in `hold`, if that fits now and
+        nobody waits before it; False leaves the hold as it was.
+
+        On False the caller lets go of what it parsed, waits with `wait_to_parse`, and
+        parses again: parsing is deterministic, and a second parse is cheaper than holding
+        more than the budget allows.
+        """
+        return self.budget.try_resize(hold, nbytes)
+
+    async def wait_to_parse(self, hold: Hold, nbytes: int) -> None:
+        """Wait, in turn, until `hold` holds the `nbytes` a parse will leave."""
+        await self.budget.grow(hold, nbytes)
+
+    def waiting_for_turn(self, hold: Hold) -> AbstractContextManager[None]:
+        """While a FIFO submission waits for its group's earlier one, its bytes count as a
+        waiter's (`MemoryBudget.parked`): that one may itself wait for room only waiters hold."""
+        return self.budget.parked(hold)
+
+    def landed(self, hold: Hold, nbytes_left: int) -> None:
+        """Part of the submission landed (its lane, or its letters): `hold` keeps only what
+        has not, at once, whether it fits or not (the memory is already taken)."""
+        self.budget.resize(hold, nbytes_left)

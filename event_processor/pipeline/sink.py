@@ -11,10 +11,11 @@ per event is ordered but costs one round trip per event. The sink does better th
 * on success the head is popped and the lane becomes ready again; on failure the head stays
   where it is and the lane sits out a backoff (tenacity's exponential jitter), then rejoins
   the front of the ready queue. Only failed lanes wait: the others keep moving;
-* records in flight are bounded by a congestion window, as TCP bounds bytes in flight:
-  it is cut when most of a request comes back ProvisionedThroughputExceeded and grows back
-  while requests go through, so under throttling the sink settles at the shards' rate
-  rather than retrying into it;
+* records in flight are bounded by a congestion window (congestion.py), as TCP bounds
+  bytes in flight: it is cut when most of a request comes back
+  ProvisionedThroughputExceeded, or comes back slowly, and grows back while requests go
+  through, so under throttling the sink settles at the shards' rate rather than retrying
+  into it;
 * requests take ready lanes up to Kinesis's 500 records / 5 MiB; full requests go at once,
   up to `max_requests` in flight, and a partial one only while fewer than
   PUT_PARTIAL_REQUESTS are out: meanwhile ready lanes pile up, so calls stay few and full
@@ -38,8 +39,6 @@ numbers are not comparable with the parent's; those are counted apart.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -50,6 +49,9 @@ from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 from event_processor import constants
 from event_processor.contract.parse import EventType, Record, Records
 from event_processor.errors import THROTTLE_CODES, PublishFailed, error_code, is_retriable
+from event_processor.pipeline.congestion import Change, CongestionWindow
+from event_processor.pipeline.health import StreamHealth
+from event_processor.pipeline.lanes import Lane, ListedRecords, ReadyLanes
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
@@ -92,72 +94,12 @@ def _placed(lane: Lane, shard_id: str, sequence_number: str) -> dict[str, object
     }
 
 
-class _Listed:
-    """A list of built records seen as `Records` (tests and tools publish lists)."""
-
-    __slots__ = ("_records",)
-
-    def __init__(self, records: list[Record]) -> None:
-        self._records = records
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> Record:
-        return self._records[index]
-
-    def size(self, index: int) -> int:
-        return self._records[index].size
-
-
-class Lane:
-    """One submission's records; only its head is ever in flight.
-
-    Lanes are served oldest first: `received_at` is when the submission was received (and
-    `opened` breaks ties), and a lane keeps it through retries, so under a slow stream
-    submissions finish one after another instead of all advancing a record per round and
-    finishing together.
+class KinesisSink:
+    """The face the pipeline publishes to, and the sender: it decides when a request goes
+    (the window's room, the partial-request rule, bytes in flight) and what each answer does
+    to each lane. The lanes are lanes.py's, the window congestion.py's, the health health.py's.
     """
 
-    __slots__ = (
-        "backoff",
-        "count",
-        "done",
-        "next",
-        "opened",
-        "received_at",
-        "records",
-        "sequence_number",
-        "shard_id",
-        "submission_id",
-    )
-
-    def __init__(
-        self,
-        records: Records,
-        done: asyncio.Future[None],
-        received_at: float,
-        opened: int,
-        submission_id: str = "",
-    ) -> None:
-        self.records = records
-        self.count = len(records)  # asked once: `left` runs once per record acknowledged
-        self.next = 0  # index of the head: records before it are acknowledged
-        self.done = done
-        self.received_at = received_at
-        self.opened = opened
-        self.backoff: Backoff | None = None  # created on the first failure only
-        self.submission_id = submission_id  # for the logs only
-        # Where Kinesis put the last acknowledged record: its successor is checked against it.
-        self.shard_id: str | None = None
-        self.sequence_number = ""
-
-    @property
-    def left(self) -> int:
-        return self.count - self.next
-
-
-class KinesisSink:
     def __init__(
         self,
         client: KinesisApi,
@@ -175,28 +117,17 @@ class KinesisSink:
         # Records retry until Kinesis is back or the (long) publish deadline passes.
         self._policy = policy.for_records()
         self._max_requests = max_requests
-        # Ready lanes, oldest submission first: a heap of (received_at, opened, lane), flat.
-        # `opened` is unique, so the heap compares the tuples in C and never two lanes (a
-        # Python __lt__ on Lane ran ~10 times per push or pop: ~0.3 us more per record), and
-        # one flat tuple compares in one step, where ((received_at, opened), lane) took two.
-        self._ready: list[tuple[float, int, Lane]] = []
-        self._opened = itertools.count()  # ties between submissions received together
+        self._ready = ReadyLanes()
         self._bytes_in_flight = 0
         self._active = 0
         self._lanes = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._failed_calls = 0
-        # Records in flight, bounded by a congestion window (see _adapt): it halves when
-        # Kinesis answers ProvisionedThroughputExceeded and grows back while requests go
-        # through, so the sink settles at the shards' rate instead of retrying into it.
-        self._max_window = float(constants.PUT_RECORDS_MAX_RECORDS * max_requests)
-        self._window = self._max_window
-        metrics.put_window_records.set(self._window)
-        self._records_in_flight = 0
-        self._last_cut = float("-inf")  # no cut yet
-        self._healthy = asyncio.Event()
-        self._healthy.set()
+        self._window = CongestionWindow(
+            constants.PUT_RECORDS_MAX_RECORDS * max_requests, clock=clock
+        )
+        metrics.put_window_records.set(self._window.records)
+        self._health = StreamHealth(self._probe)
         # Labelled children resolved once: labels() takes a lock and a dict lookup per call.
         self._published = {t: metrics.events_published.labels(t.value) for t in EventType}
 
@@ -222,15 +153,10 @@ class KinesisSink:
             done.set_exception(RuntimeError("sink is closed"))
             return done
         if isinstance(records, list):
-            records = _Listed(records)
-        lane = Lane(
-            records,
-            done,
-            self._clock() if received_at is None else received_at,
-            next(self._opened),
-            submission_id,
+            records = ListedRecords(records)
+        lane = self._ready.open(
+            records, done, self._clock() if received_at is None else received_at, submission_id
         )
-        self._make_ready(lane)
         self._lanes += 1
         self._metrics.in_flight_records.inc(len(records))
         done.add_done_callback(lambda _: self._lane_finished(lane))
@@ -240,20 +166,11 @@ class KinesisSink:
     @property
     def healthy(self) -> bool:
         """False while whole PutRecords calls keep failing (Kinesis down or unreachable)."""
-        return self._healthy.is_set()
+        return self._health.healthy
 
     async def wait_healthy(self, probe_interval_s: float) -> None:
         """Block while Kinesis is down; probe it ourselves when no lane is left to find out."""
-        while not self._healthy.is_set():
-            if self._lanes == 0:
-                await self._probe()
-            if self._healthy.is_set():
-                return
-            try:
-                async with asyncio.timeout(probe_interval_s):
-                    await self._healthy.wait()
-            except TimeoutError:
-                continue
+        await self._health.wait(probe_interval_s, idle=lambda: self._lanes == 0)
 
     async def close(self, timeout_s: float = constants.SINK_CLOSE_TIMEOUT_S) -> None:
         """Stop sending; give requests on the wire `timeout_s` to answer, then cancel them.
@@ -263,8 +180,7 @@ class KinesisSink:
         predecessor was acknowledged, so first occurrences stay in order.
         """
         self._closed = True  # pending backoff timers find it and do nothing
-        while self._ready:
-            heapq.heappop(self._ready)[2].done.cancel()
+        self._ready.abandon()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=timeout_s)
             for task in late:
@@ -274,9 +190,9 @@ class KinesisSink:
     # --- sending ---------------------------------------------------------------------
 
     def _kick(self) -> None:
+        """Send what the window, the limits and the ready lanes allow now."""
         while self._ready and self._active < self._max_requests and not self._closed:
-            # Room left in the congestion window; one record may always go when none is out.
-            room = max(int(self._window) - self._records_in_flight, int(self._active == 0))
+            room = self._window.room()
             full = min(room, constants.PUT_RECORDS_MAX_RECORDS)
             if full < 1:
                 return
@@ -284,47 +200,26 @@ class KinesisSink:
                 # Fewer, fuller calls: a partial request waits for one in flight to return;
                 # the lanes it brings back join the next request.
                 return
-            batch, nbytes = self._take(full)
+            # A request carries at most 5 MiB, and all requests in flight together at most
+            # PUT_MAX_BYTES_IN_FLIGHT; one request may always go when none is out.
+            max_bytes = constants.PUT_RECORDS_MAX_BYTES
+            if self._active:
+                max_bytes = min(
+                    max_bytes, constants.PUT_MAX_BYTES_IN_FLIGHT - self._bytes_in_flight
+                )
+            batch, nbytes = self._ready.take(full, max_bytes, first_always=not self._active)
             if not batch:
                 return
             self._active += 1
-            self._records_in_flight += len(batch)
+            outstanding = self._window.sent(len(batch))
             self._bytes_in_flight += nbytes
             task = asyncio.create_task(
                 self._send(
-                    batch,
-                    nbytes,
-                    window_limited=room <= len(batch),
-                    outstanding=self._records_in_flight,
+                    batch, nbytes, window_limited=room <= len(batch), outstanding=outstanding
                 )
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    def _take(self, limit: int) -> tuple[list[Lane], int]:
-        """Heads of the oldest ready lanes, one per lane, within `limit` and the byte limits.
-
-        A request carries at most 5 MiB, and all requests in flight together at most
-        PUT_MAX_BYTES_IN_FLIGHT (one request may always go when none is out).
-        """
-        batch: list[Lane] = []
-        total = 0
-        ready = self._ready
-        room = constants.PUT_MAX_BYTES_IN_FLIGHT - self._bytes_in_flight
-        max_bytes = min(constants.PUT_RECORDS_MAX_BYTES, room if self._active else 1 << 62)
-        while ready and len(batch) < limit:
-            lane = ready[0][2]
-            if lane.done.done():  # abandoned (shutdown) while waiting: drop it
-                heapq.heappop(ready)
-                continue
-            size = lane.records.size(lane.next)
-            if total + size > max_bytes and (batch or self._active):
-                break
-            total += size
-            batch.append(heapq.heappop(ready)[2])
-            if total >= constants.PUT_RECORDS_MAX_BYTES:
-                break
-        return batch, total
 
     async def _send(
         self, batch: list[Lane], nbytes: int, *, window_limited: bool, outstanding: int
@@ -342,11 +237,11 @@ class KinesisSink:
                     StreamName=self._stream_name, Records=entries
                 )
         except (BotoCoreError, ClientError) as exc:
-            self._call_failed(exc)
             code = error_code(exc)
+            self._health.call_failed(code)
             retriable = is_retriable(exc)
             throttled = len(batch) if code in THROTTLE_CODES else 0
-            self._adapt(
+            change = self._window.answered(
                 len(batch),
                 0,
                 throttled,
@@ -355,11 +250,12 @@ class KinesisSink:
                 outstanding=outstanding,
                 timed_out=isinstance(exc, ReadTimeoutError),
             )
+            self._window_changed(change)
             self._metrics.put_records_failed.labels(code).inc(len(batch))
             for lane in batch:
                 self._retry_later(lane, code, retriable)
         else:
-            self._call_succeeded()
+            self._health.call_succeeded()
             throttled = 0
             accepted = len(batch) - response.get("FailedRecordCount", 0)
             # Metrics once per call, not once per record: the same figures, a fraction of
@@ -380,7 +276,7 @@ class KinesisSink:
                     self._published[event_type].inc(count)
             if in_flight:
                 self._metrics.in_flight_records.dec(in_flight)
-            self._adapt(
+            change = self._window.answered(
                 len(batch),
                 accepted,
                 throttled,
@@ -388,54 +284,18 @@ class KinesisSink:
                 window_limited=window_limited,
                 outstanding=outstanding,
             )
+            self._window_changed(change)
         finally:
             self._active -= 1
-            self._records_in_flight -= len(batch)
+            self._window.returned(len(batch))
             self._bytes_in_flight -= nbytes
             self._kick()
 
-    def _adapt(
-        self,
-        size: int,
-        accepted: int,
-        throttled: int,
-        sent_at: float,
-        *,
-        window_limited: bool,
-        outstanding: int,
-        timed_out: bool = False,
-    ) -> None:
-        """A congestion window on records in flight, as TCP keeps one on bytes in flight.
-
-        When most of a request was throttled, the shards are full: cut the window to what
-        they just accepted (at most half of it). When a call was slow (or timed out), the
-        stream is congested even if it says nothing: cut the window to the share of what
-        was in flight with it that would have answered within PUT_TARGET_LATENCY_S, so
-        calls get smaller and fewer until they are fast again; a timed-out call may have
-        landed and will be resent, which is a duplicate, so slowness must be cut before it
-        becomes time-outs. Each cut happens at most once per round trip, since requests sent
-        before the last cut were sized by the old window and say nothing new. A few
-        throttled entries (a hot key, a blip) only stop the growth: their lanes back off on
-        their own. Grow by half of what went through, and only when the window held the
-        request back: an idle sink proves nothing about capacity.
-        """
-        now = self._clock()
-        elapsed = now - sent_at
-        if throttled * 2 >= size:
-            if sent_at > self._last_cut:
-                self._window = max(1.0, min(self._window / 2, float(accepted)))
-                self._last_cut = now
-        elif timed_out or elapsed > constants.PUT_TARGET_LATENCY_S:
-            if sent_at > self._last_cut:
-                share = constants.PUT_LATENCY_CUT_MIN
-                if not timed_out:
-                    share = max(share, constants.PUT_TARGET_LATENCY_S / elapsed)
-                self._window = max(1.0, min(self._window, float(outstanding)) * share)
-                self._last_cut = now
-                self._metrics.put_congestion_cuts.inc()
-        elif not throttled and window_limited:
-            self._window = min(self._max_window, self._window + size / 2)
-        self._metrics.put_window_records.set(self._window)
+    def _window_changed(self, change: Change) -> None:
+        """The window's size, and its cuts for slowness, are metrics."""
+        if change is Change.SLOW_CUT:
+            self._metrics.put_congestion_cuts.inc()
+        self._metrics.put_window_records.set(self._window.records)
 
     def _acknowledged(self, lane: Lane, result: PutRecordsResultEntryTypeDef) -> int:
         """Check where the lane's head landed, pop it; 1 if it still counts in the in-flight
@@ -464,7 +324,7 @@ class KinesisSink:
             return 0
         lane.backoff = None  # the policy's attempts and deadline are per record
         if lane.next < lane.count:
-            self._make_ready(lane)
+            self._ready.push(lane)
         else:
             lane.done.set_result(None)
         return 1
@@ -500,14 +360,8 @@ class KinesisSink:
     def _requeue(self, lane: Lane) -> None:
         if lane.done.done() or self._closed:
             return
-        # It keeps its age, so it goes before every younger lane (aiokafka puts a failed
-        # batch back at the head of its queue for the same reason).
-        self._make_ready(lane)
+        self._ready.push(lane)  # with its age: before every younger lane
         self._kick()
-
-    def _make_ready(self, lane: Lane) -> None:
-        """The ready heap's one entry shape: (received_at, opened, lane), oldest first."""
-        heapq.heappush(self._ready, (lane.received_at, lane.opened, lane))
 
     def _lane_finished(self, lane: Lane) -> None:
         self._lanes -= 1
@@ -518,27 +372,11 @@ class KinesisSink:
 
     # --- health ----------------------------------------------------------------------
 
-    def _call_failed(self, exc: BaseException) -> None:
-        self._failed_calls += 1
-        if (
-            self._healthy.is_set()
-            and self._failed_calls >= constants.SINK_UNHEALTHY_AFTER_FAILED_CALLS
-        ):
-            self._healthy.clear()
-            log.warning(
-                "kinesis unavailable", extra={"action": "sink_down", "error": error_code(exc)}
-            )
-
-    def _call_succeeded(self) -> None:
-        self._failed_calls = 0
-        if not self._healthy.is_set():
-            self._healthy.set()
-            log.warning("kinesis available again", extra={"action": "sink_up"})
-
-    async def _probe(self) -> None:
+    async def _probe(self) -> bool:
+        """One DescribeStreamSummary: True when Kinesis answered it."""
         try:
             with self._metrics.aws_call("DescribeStreamSummary"):
                 await self._client.describe_stream_summary(StreamName=self._stream_name)
         except (BotoCoreError, ClientError):
-            return
-        self._call_succeeded()
+            return False
+        return True

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from event_processor.contract.letters import LetterPacker
     from event_processor.contract.signing import Envelope
     from event_processor.metrics import Metrics
-    from event_processor.pipeline.admission import Hold, MemoryBudget
+    from event_processor.pipeline.admission import Admission, Hold
     from event_processor.pipeline.dead_letters import DeadLetterQueue
     from event_processor.pipeline.groups import Turn
     from event_processor.pipeline.sink import KinesisSink
@@ -57,12 +57,12 @@ class Pipeline:
         dlq: DeadLetterQueue,
         metrics: Metrics,
         *,
-        budget: MemoryBudget,
+        admission: Admission,
         partition_key: PartitionKey,
         auth: Authenticator | None = None,
         rejections: RejectionTally | None = None,
     ) -> None:
-        self._budget = budget
+        self._admission = admission
         self._auth = auth  # None: AUTH_MODE=off, nothing is checked
         self._source = source
         self._sink = sink
@@ -164,26 +164,24 @@ class Pipeline:
             parsed = parse_packed(body, processed_at, self._partition_key, letters.add)
             if isinstance(parsed, Rejection):
                 return parsed, letters  # it holds its body, as it did since the receive
-            # What parsing left replaces the body in the budget. If that does not fit, let
-            # go of it, wait in turn for room, and parse again: parsing is deterministic, and
-            # a second parse is cheaper than holding more than the budget allows.
-            if self._budget.try_resize(hold, parsed.records.nbytes + letters.nbytes):
+            # What parsing left replaces the body in the budget, or is let go of to parse
+            # again once there is room (Admission.keep_parsed says why).
+            if self._admission.keep_parsed(hold, parsed.records.nbytes + letters.nbytes):
                 return parsed, letters
             needed = parsed.records.nbytes + letters.nbytes
             del parsed, letters
-            await self._budget.grow(hold, needed)
+            await self._admission.wait_to_parse(hold, needed)
 
     async def _in_turn(self, message: Message, hold: Hold, turn: Turn | None) -> bool:
         """Before a FIFO submission's first effect, wait for its group's earlier one; False
         once this one was released because that one failed (nothing overtakes a failure:
         SQS hands the group out again from it). True at once on a standard queue.
 
-        Meanwhile its bytes count as a waiter's (`MemoryBudget.parked`): the predecessor may
-        itself be waiting for room that only waiters hold.
+        Meanwhile its bytes count as a waiter's (`Admission.waiting_for_turn`).
         """
         if turn is None or turn.clear:
             return True
-        with self._budget.parked(hold):
+        with self._admission.waiting_for_turn(hold):
             if await turn.wait():
                 return True
         # Released before the turn is broken in its turn (`process` leaves it), so that the
@@ -216,7 +214,7 @@ class Pipeline:
             for future in done:
                 future.result()
             # What has landed lets go of its bytes; letters that wait keep theirs.
-            self._budget.resize(
+            self._admission.landed(
                 hold,
                 (0 if published.done() else records_nbytes)
                 + (0 if sending.done() else letters_nbytes),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -19,12 +18,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
 from event_processor.errors import error_code
-from event_processor.pipeline.admission import Hold
 from event_processor.retry import Backoff, RetryPolicy
 
 if TYPE_CHECKING:
     from event_processor.metrics import Metrics
-    from event_processor.pipeline.admission import MemoryBudget
+    from event_processor.pipeline.admission import Admission, Hold
     from event_processor.pipeline.sink import KinesisSink
     from event_processor.pipeline.source import Message, SqsSource
     from event_processor.pipeline.submission import Pipeline
@@ -74,8 +72,7 @@ class Worker:
         metrics: Metrics,
         policy: RetryPolicy,
         *,
-        budget: MemoryBudget,
-        max_message_bytes: int,
+        admission: Admission,
         receivers: int,
         batch_size: int,
         max_in_flight: int,
@@ -90,19 +87,7 @@ class Worker:
         self._receivers = receivers
         self._batch_size = batch_size
         self._capacity = Capacity(max_in_flight)
-        self._budget = budget
-        # What one received message may hold before it is parsed: the largest body the
-        # queue accepts (as Python holds it) and the Message around it.
-        self._reserve_each = max_message_bytes + constants.MESSAGE_OVERHEAD_BYTES
-        # Long polls may reserve at most this much together, so that receivers idling on an
-        # empty queue leave the rest of the budget to the work that is in flight.
-        self._receive_share = max(
-            self._reserve_each, int(budget.limit_bytes * constants.RECEIVE_BUDGET_SHARE)
-        )
-        self._receive_reserved = 0  # counted before a reservation waits for the budget
-        self._receive_granted = 0  # what the budget granted to reservations
-        metrics.budget_reserved_bytes.set_function(lambda: self._receive_granted)
-        self._share_freed = asyncio.Event()
+        self._admission = admission
         self._holds: dict[asyncio.Task[object], Hold] = {}
         self._grace_s = shutdown_grace_s
         self._in_flight: dict[asyncio.Task[object], Message] = {}
@@ -250,22 +235,22 @@ class Worker:
             await self._sink.wait_healthy(constants.RETRY_MAX_BACKOFF_S)
             wanted = await self._capacity.acquire(self._batch_size)
             try:
-                reservation, count = await self._reserve(wanted)
+                reservation = await self._admission.reserve(wanted)
             except BaseException:
                 self._capacity.release(wanted)
                 raise
-            self._capacity.release(wanted - count)
-            wanted = count
+            self._capacity.release(wanted - reservation.count)
+            wanted = reservation.count
             if self.stop.is_set():
                 self._capacity.release(wanted)
-                self._unreserve(reservation)
+                self._admission.unreserve(reservation)
                 return
             self._receiving.add(me)
             try:
                 messages = await self._source.receive(wanted)
             except (BotoCoreError, ClientError) as exc:
                 self._capacity.release(wanted)
-                self._unreserve(reservation)
+                self._admission.unreserve(reservation)
                 if self._source_ok:
                     # Logged once per state change, not once per attempt.
                     log.warning(
@@ -278,7 +263,7 @@ class Worker:
                 continue
             except BaseException:
                 self._capacity.release(wanted)
-                self._unreserve(reservation)
+                self._admission.unreserve(reservation)
                 raise
             finally:
                 self._receiving.discard(me)
@@ -287,48 +272,9 @@ class Worker:
                 self._source_ok = True
             backoff = None
             self._capacity.release(wanted - len(messages))
-            # Each message takes its own share out of the reservation, then the rest goes
-            # back (in this order, so that no waiter is let in on the sum of both).
-            holds = [self._hold_for(message) for message in messages]
-            self._unreserve(reservation)
+            holds = self._admission.admit(reservation, messages)
             for message, hold in zip(messages, holds, strict=True):
                 self._start(message, hold)
-
-    async def _reserve(self, wanted: int) -> tuple[Hold, int]:
-        """Reserve the budget for the bodies one receive may bring; (reservation, count).
-
-        A receiver asks for a whole batch (as much as the receivers' share allows) and waits
-        until the share has room for it: many one-message receives would cost more calls
-        than they save. Then it waits in turn for the budget itself.
-        """
-        each = self._reserve_each
-        count = max(1, min(wanted, self._receive_share // each))
-        nbytes = count * each
-        while self._receive_reserved and self._receive_reserved + nbytes > self._receive_share:
-            self._share_freed.clear()
-            await self._share_freed.wait()
-        self._receive_reserved += nbytes  # counted before the wait: other receivers see it
-        reservation = Hold()
-        try:
-            await self._budget.grow(reservation, nbytes)
-        except BaseException:
-            self._receive_reserved -= nbytes
-            self._share_freed.set()
-            raise
-        self._receive_granted += nbytes
-        return reservation, count
-
-    def _unreserve(self, reservation: Hold) -> None:
-        self._receive_reserved -= reservation.nbytes
-        self._receive_granted -= reservation.nbytes
-        self._share_freed.set()
-        self._budget.release(reservation)
-
-    def _hold_for(self, message: Message) -> Hold:
-        hold = Hold()
-        # getsizeof: a str holds 1, 2 or 4 bytes a character, by its widest character.
-        self._budget.resize(hold, sys.getsizeof(message.body) + constants.MESSAGE_OVERHEAD_BYTES)
-        return hold
 
     def _start(self, message: Message, hold: Hold) -> None:
         task = asyncio.create_task(self._pipeline.process(message, hold))
@@ -338,7 +284,7 @@ class Worker:
 
     def _finished(self, task: asyncio.Task[object]) -> None:
         del self._in_flight[task]
-        self._budget.release(self._holds.pop(task))
+        self._admission.finished(self._holds.pop(task))
         self._capacity.release(1)
         if not task.cancelled() and task.exception() is not None:
             # A bug, not bad input (that is data) nor an AWS fault (handled inside).

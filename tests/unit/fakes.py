@@ -20,7 +20,7 @@ from event_processor.config import AuthMode
 from event_processor.contract.letters import DeadLetter, LetterPacker
 from event_processor.contract.parse import PartitionKey
 from event_processor.metrics import Metrics
-from event_processor.pipeline.admission import MemoryBudget
+from event_processor.pipeline.admission import Admission, MemoryBudget
 from event_processor.pipeline.submission import Pipeline
 from event_processor.pipeline.worker import Worker
 from event_processor.retry import RetryPolicy
@@ -218,6 +218,9 @@ class Fakes:
         # No cgroup read: the limit gauge is not under test here.
         self.metrics = Metrics(self.registry, memory_limit_bytes=None)
         self.budget = MemoryBudget(self.budget_bytes, self.metrics.budget_used_bytes)
+        self.admission = Admission(
+            self.budget, MAX_MESSAGE_BYTES, self.metrics.budget_reserved_bytes
+        )
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         value = self.registry.get_sample_value(name, labels or {})
@@ -234,7 +237,7 @@ class Fakes:
             self.sink,  # type: ignore[arg-type]
             self.dlq,  # type: ignore[arg-type]
             self.metrics,
-            budget=self.budget,
+            admission=self.admission,
             partition_key=partition_key,
             auth=auth,
             rejections=rejections,
@@ -262,8 +265,7 @@ class Fakes:
             self.pipeline(),
             self.metrics,
             RetryPolicy(initial_s=0.0, max_backoff_s=0.0),
-            budget=self.budget,
-            max_message_bytes=MAX_MESSAGE_BYTES,
+            admission=self.admission,
             receivers=receivers,
             batch_size=batch_size,
             max_in_flight=max_in_flight,

@@ -35,6 +35,7 @@ class FakeKinesis:
         self.rng = random.Random(seed)
         self.gate: asyncio.Event | None = None
         self.requested = asyncio.Event()  # set by the first PutRecords call
+        self.probes = 0  # DescribeStreamSummary calls
 
     async def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:
         self.requests.append(Records)
@@ -55,6 +56,7 @@ class FakeKinesis:
         return {"FailedRecordCount": sum("ErrorCode" in r for r in results), "Records": results}
 
     async def describe_stream_summary(self, StreamName: str) -> dict[str, Any]:
+        self.probes += 1
         if self.fail_calls is not None:
             raise self.fail_calls
         return {}
@@ -203,10 +205,18 @@ async def test_health_follows_whole_call_failures_and_recovers() -> None:
 async def test_wait_healthy_probes_when_idle() -> None:
     """With no lane left to find out, wait_healthy probes the stream itself."""
     client = FakeKinesis()
-    sink, _ = make_sink(client)
-    sink._healthy.clear()
+    client.fail_calls = EndpointConnectionError(endpoint_url="http://kinesis")
+    sink, _ = make_sink(
+        client, max_requests=1, policy=RetryPolicy(initial_s=0.001, max_backoff_s=0.001)
+    )
+    done = sink.publish(records("a", 1))
+    await eventually(lambda: not sink.healthy, timeout_s=5, interval_s=0.001)
+    done.cancel()
+    await sink.close()  # no lane and no call left: only a probe can find Kinesis back
+    client.fail_calls = None
     await asyncio.wait_for(sink.wait_healthy(probe_interval_s=0.01), timeout=5)
     assert sink.healthy
+    assert client.probes == 1
 
 
 async def test_empty_publish_resolves_at_once() -> None:
