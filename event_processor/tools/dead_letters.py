@@ -13,7 +13,7 @@ from event_processor.contract.letters import (
     KIND_EVENTS,
     KIND_SUBMISSION,
     OUR_ATTRIBUTES,
-    PackedLetter,
+    EventLetter,
     RejectedEventEntry,
     message_size,
     read_event_letter,
@@ -50,7 +50,7 @@ class LetterEvents:
         return sum(self.by_reason.values())
 
     @classmethod
-    def of(cls, letter: PackedLetter) -> LetterEvents:
+    def of(cls, letter: EventLetter) -> LetterEvents:
         by_reason: Counter[str] = Counter()
         first: dict[str, list[RejectedEventEntry]] = {}
         for entry in letter.events:
