@@ -218,6 +218,7 @@ def event_letters(
 
     Events go into the letters in body order; within a letter, the events that share a
     group key are listed together. An event too big for a letter is listed as a preview.
+    This takes the events: `submission.rejected` is empty afterwards but for its counts.
     """
     rejected = submission.rejected
     if not len(rejected):
@@ -236,33 +237,34 @@ def event_letters(
             header = headers[key] = _group_header(key)
         return header
 
-    # Each cause's group key, header and reason, found at its first event.
-    causes: list[tuple[_GroupKey, str, str] | None] = [None] * len(rejected.causes)
+    # Each cause's group key, made at its first event.
+    keys: list[_GroupKey | None] = [None] * len(rejected.causes)
     cut = rejected.cut
     letters: list[_Letter] = []
     letter: _Letter | None = None
-    for index in range(len(rejected)):
-        sequence, cause, event_json = rejected.entry(index)
-        known = causes[cause]
-        if known is None:
+    # Taken, not read: each chunk of the events' JSON is let go of once its events are in
+    # their groups, so the two are not both held whole at the peak.
+    for index, (sequence, cause, encoded) in enumerate(rejected.take()):
+        event_json: bytes | bytearray = encoded
+        key = keys[cause]
+        if key is None:
             event_type, rejection = rejected.causes[cause]
-            reason = rejection.reason.value
-            key: _GroupKey = (
+            key = keys[cause] = (
                 event_type[:_KEY_TYPE_CHARS],
-                reason,
+                rejection.reason.value,
                 rejection.field,
                 rejection.detail[:_KEY_DETAIL_CHARS],
                 False,
             )
-            known = causes[cause] = (key, header_of(key), reason)
-        key, header, reason = known
+        reason = key[1]
+        header = header_of(key)
         seq = str(sequence)
         # Room for one event in an empty letter: what is left after envelope and header.
         room = max_body - envelope_size - len(header) - len(seq) - 8
         if index in cut or len(event_json) > min(_EVENT_PREVIEW_CHARS, room):
             key = (*key[:4], True)
             header = header_of(key)
-            event_json = bytearray(_preview(event_json.decode(), max(2, room - 24)).encode())
+            event_json = _preview(encoded.decode(), max(2, room - 24)).encode()
         entry_size = len(seq) + len(event_json) + 4  # and the separators
         group = letter.groups.get(key) if letter is not None else None
         cost = entry_size + (0 if group is not None else len(header) + 24)

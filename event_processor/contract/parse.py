@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 from array import array
 from collections.abc import Iterator
@@ -82,8 +83,11 @@ def parse_header(body: str) -> Header | Rejection:
 
 # Levels of nesting kept of an event too deep to encode whole.
 _MAX_DEPTH: Final = 32
-# What RejectedEvents keeps per event besides its JSON: end offset, sequence, cause.
-_REJECTED_EVENT_BYTES: Final = array("I").itemsize * 3
+# What RejectedEvents keeps per event besides its JSON: its end byte, sequence and cause.
+_REJECTED_EVENT_BYTES: Final = 1 + array("I").itemsize * 2
+# Rejected events' JSON is kept in chunks of about this size, so that the letters taking it
+# let go of it as they go (`RejectedEvents.take`) rather than all at the end.
+_CHUNK_BYTES: Final = 64 * 1024
 # What a cause (an event type with a rejection) costs: its tuple, dict entry and counter.
 _CAUSE_BYTES: Final = 384
 
@@ -130,29 +134,28 @@ class RejectedEvent:
 
 
 class RejectedEvents:
-    """A submission's rejected events, in body order, compact: each event's JSON once in one
-    buffer, and its cause (event type and rejection) shared with every event that has it.
+    """A submission's rejected events, in body order, compact: each event's JSON once, and its
+    cause (event type and rejection) shared with every event that has it.
 
-    A 1 MiB body may hold ~100,000 bad events: what they cost here is their JSON plus 12 bytes
+    A 1 MiB body may hold ~100,000 bad events: what they cost here is their JSON plus 9 bytes
     each, never an object per event, and the decoded document is garbage once the walk ends.
-    The dead-letter format (`letters.event_letters`) reads them with `entry`.
+    The dead-letter format (`letters.event_letters`) takes them with `take`.
     """
 
     __slots__ = (
         "_cause_counts",
         "_cause_index",
         "_causes_of",
-        "_ends",
-        "_json",
+        "_chunks",
         "_sequences",
         "causes",
         "cut",
     )
 
     def __init__(self) -> None:
-        self._json = bytearray()
-        # Unsigned 32 bits: a body's events and their JSON are far below 4 GiB.
-        self._ends = array("I")
+        # Each event's ASCII JSON followed by a NUL, which ASCII JSON never holds.
+        self._chunks: list[bytearray] = []
+        # Unsigned 32 bits: a body's events are far fewer than 4 billion.
         self._sequences = array("I")
         self._causes_of = array("I")
         # Keyed by the rejection's identity: the rules hand out shared Rejection objects,
@@ -165,9 +168,13 @@ class RejectedEvents:
     def add(self, sequence: int, event_type: str, event: Any, rejection: Rejection) -> None:
         encoded, cut = _event_json(event)
         if cut:
-            self.cut.add(len(self._ends))
-        self._json += encoded
-        self._ends.append(len(self._json))
+            self.cut.add(len(self._sequences))
+        chunks = self._chunks
+        if not chunks or len(chunks[-1]) >= _CHUNK_BYTES:
+            chunks.append(bytearray())
+        chunk = chunks[-1]
+        chunk += encoded
+        chunk.append(0)
         self._sequences.append(sequence)
         key = (event_type, id(rejection))
         cause = self._cause_index.get(key)
@@ -179,44 +186,69 @@ class RejectedEvents:
         self._causes_of.append(cause)
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return len(self._sequences)
 
     @property
     def nbytes(self) -> int:
         """What this holds in memory, for the budget: nothing while there is no event."""
-        if not self._ends:
+        if not self._sequences:
             return 0
         return (
-            len(self._json) + _REJECTED_EVENT_BYTES * len(self._ends)
-            + _CAUSE_BYTES * len(self.causes) + 256
-        )  # fmt: skip
+            sum(map(len, self._chunks))
+            + (_REJECTED_EVENT_BYTES - 1) * len(self._sequences)
+            + _CAUSE_BYTES * len(self.causes)
+            + 256
+        )
 
     @property
     def counts(self) -> dict[str, int]:
-        """Rejected events by reason (the events_rejected metric's label)."""
+        """Rejected events by reason (the events_rejected metric's label), taken ones too."""
         counts: dict[str, int] = {}
         for (_, rejection), count in zip(self.causes, self._cause_counts, strict=True):
             reason = rejection.reason.value
             counts[reason] = counts.get(reason, 0) + count
         return counts
 
-    def entry(self, index: int) -> tuple[int, int, bytearray]:
-        """Event `index`: its sequence, its cause (an index into `causes`) and its JSON."""
-        ends = self._ends
-        start = ends[index - 1] if index else 0
-        return self._sequences[index], self._causes_of[index], self._json[start : ends[index]]
-
-    def __getitem__(self, index: int) -> RejectedEvent:
-        sequence, cause, encoded = self.entry(index)
-        event_type, rejection = self.causes[cause]
-        try:
-            event = json.loads(encoded)
-        except RecursionError:
-            event = encoded.decode()  # nested deeper than the decoder goes: its JSON as text
-        return RejectedEvent(sequence, event_type, event, rejection)
+    def take(self) -> Iterator[tuple[int, int, bytearray]]:
+        """Each event's sequence, cause (an index into `causes`) and JSON, in body order,
+        letting go of the JSON as it is read: empty afterwards, but for `causes` and `counts`."""
+        chunks, sequences, causes_of = self._chunks, self._sequences, self._causes_of
+        self._chunks, self._sequences, self._causes_of = [], array("I"), array("I")
+        self._cause_index = {}  # only the walk looks causes up
+        return _entries(chunks, sequences, causes_of)
 
     def __iter__(self) -> Iterator[RejectedEvent]:
-        return (self[index] for index in range(len(self)))
+        entries = _entries(list(self._chunks), self._sequences, self._causes_of)
+        for sequence, cause, encoded in entries:
+            event_type, rejection = self.causes[cause]
+            try:
+                event = json.loads(encoded)
+            except RecursionError:
+                event = encoded.decode()  # nested deeper than the decoder goes: its JSON as text
+            yield RejectedEvent(sequence, event_type, event, rejection)
+
+    def __getitem__(self, index: int) -> RejectedEvent:
+        """Event `index`, found by reading those before it (tests; the daemon only takes)."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return next(itertools.islice(self, index, None))
+
+
+def _entries(
+    chunks: list[bytearray], sequences: array[int], causes_of: array[int]
+) -> Iterator[tuple[int, int, bytearray]]:
+    """Read `chunks` in order, dropping each from the list once read."""
+    chunks.reverse()
+    index = 0
+    while chunks:
+        chunk = chunks.pop()
+        start = 0
+        end = chunk.find(0)
+        while end >= 0:
+            yield sequences[index], causes_of[index], chunk[start:end]
+            index += 1
+            start = end + 1
+            end = chunk.find(0, start)
 
 
 # --- the walk ---------------------------------------------------------------------------------

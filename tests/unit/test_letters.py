@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 import uuid
 from typing import Any
 
@@ -54,6 +56,28 @@ def test_a_hundred_thousand_invalid_events_fit_a_few_letters() -> None:
     listed = entries(letters)
     assert [s for s, _, _ in listed] == list(range(100_000))
     assert parsed.rejected.counts == {"event_not_an_object": 50_000, "missing_field": 50_000}
+
+
+def test_a_hundred_thousand_rejected_events_cost_their_json_and_a_few_bytes_each() -> None:
+    """Parsed, 10^5 bad events hold two shared causes and their JSON plus a few bytes each,
+    never an object per event, as the budget counts them; the letters take them."""
+    body = encode(submission({"new_process": [1, {}] * 50_000}))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        parsed = parse_submission(body, PROCESSED_AT, PartitionKey.DEVICE_ID)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(parsed, ParsedSubmission)
+    rejected = parsed.rejected
+    assert (len(rejected), len(rejected.causes)) == (100_000, 2)
+    json_bytes = 50_000 * len("1{}")
+    assert held < json_bytes + 12 * 100_000 + 64 * 1024  # an object each would be 50+ bytes
+    assert abs(rejected.nbytes - held) < held // 10
+    event_letters(SOURCE, parsed, 1024 * 1024)
+    assert (len(rejected), rejected.nbytes) == (0, 0)
+    assert sum(rejected.counts.values()) == 100_000
 
 
 @pytest.mark.parametrize("max_bytes", [1024, 4096, 64 * 1024, 256 * 1024])
