@@ -139,7 +139,7 @@ def exit_cpu(argv: list[str], env: dict[str, str]) -> float:
 
 
 def hot_path_us(bodies: list[str]) -> float:
-    """decode + validate + pack + build each record, per accepted event: the daemon's path
+    """decode + validate + encode + build each record, per accepted event: the daemon's path
     (parse_submission, then the record the sink builds when it sends it)."""
     events = 0
     began = time.perf_counter()

@@ -109,7 +109,7 @@ def submission_letter(source: SourceMessage, body: str, rejection: Rejection) ->
     )
 
 
-# --- Packed letters of rejected events (docs/contract.md, "Dead letters") -----------------
+# --- Letters of rejected events (docs/contract.md, "Dead letters") ------------------------
 # One letter lists many rejected events of one submission, grouped by what they share:
 #   {"kind": "rejected_events", "submission_id", "device_id", "source_message_id",
 #    "part", "parts", "event_count",
@@ -330,7 +330,7 @@ def _preview(event_json: str, limit: int) -> str:
 
 
 def read_letter(body: str) -> EventLetter | None:
-    """A packed letter's events, or None if `body` is not one (a rejected submission's body).
+    """An event letter's events, or None if `body` is not one (a rejected submission's body).
 
     Also reads the letters of earlier versions, one event each, so that a DLQ written
     before the upgrade still reads.

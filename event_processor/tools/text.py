@@ -20,7 +20,7 @@ def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
 def decoded_preview(body: str, limit: int = PREVIEW_CHARS) -> str | None:
     """The start of a base64 body, decoded, if it is base64 of UTF-8 text (the fleet's format).
 
-    The daemon reads a body the same way (`models.decode_body`): a body that starts with `{` or
+    The daemon reads a body the same way (`contract.parse.decode_body`): a body that starts with `{` or
     `[` is JSON as it is; otherwise base64, whitespace ignored (it may be line-wrapped). Only a
     prefix is decoded: a preview never costs a whole 1 MiB body.
     """
