@@ -256,8 +256,9 @@ def event_letters(
                 rejection.detail[:_KEY_DETAIL_CHARS],
                 False,
             )
+            header_of(key)
         reason = key[1]
-        header = header_of(key)
+        header = headers[key]  # made with the key: a subscript, where a call costs more
         seq = str(sequence)
         # Room for one event in an empty letter: what is left after envelope and header.
         room = max_body - envelope_size - len(header) - len(seq) - 8

@@ -174,7 +174,7 @@ class RejectedEvents:
             chunks.append(bytearray())
         chunk = chunks[-1]
         chunk += encoded
-        chunk.append(0)
+        chunk += b"\0"
         self._sequences.append(sequence)
         key = (event_type, id(rejection))
         cause = self._cause_index.get(key)
