@@ -1,4 +1,4 @@
-"""Packed dead letters: few letters, each within the DLQ's size, every rejected event in them."""
+"""Event letters: few letters, each within the DLQ's size, every rejected event in them."""
 
 from __future__ import annotations
 
