@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from event_processor.contract.parse import Submission, parse_submission
+from event_processor.contract.parse import ParsedSubmission, parse_submission
 
 
 def expected_sequences(bodies: list[str]) -> dict[str, list[int]]:
@@ -19,8 +19,8 @@ def expected_sequences(bodies: list[str]) -> dict[str, list[int]]:
     expected: dict[str, list[int]] = {}
     for body in bodies:
         parsed = parse_submission(body)
-        if isinstance(parsed, Submission) and parsed.events:
-            expected[parsed.submission_id] = [e.sequence for e in parsed.events]
+        if isinstance(parsed, ParsedSubmission) and parsed.records:
+            expected[parsed.submission_id] = parsed.records.sequences
     return expected
 
 
@@ -117,7 +117,7 @@ def expected_device_order(bodies: list[str]) -> dict[str, list[str]]:
     order: dict[str, list[str]] = {}
     for body in bodies:
         parsed = parse_submission(body)
-        if isinstance(parsed, Submission) and parsed.events:
+        if isinstance(parsed, ParsedSubmission) and parsed.records:
             order.setdefault(parsed.device_id, []).append(parsed.submission_id)
     return order
 

@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from event_processor import constants
-from event_processor.contract.parse import PartitionKey
+from event_processor.contract.records import PartitionKey
 
 
 class LogFormat(StrEnum):

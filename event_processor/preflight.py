@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from event_processor import constants, diagnosis, exitcodes, http
 from event_processor.auth.keyset import KeySetError
 from event_processor.config import AuthMode, Settings, mask_url
-from event_processor.contract.parse import PartitionKey
+from event_processor.contract.records import PartitionKey
 from event_processor.diagnosis import Resource, SourceQueue, StartupError, Where
 
 if TYPE_CHECKING:

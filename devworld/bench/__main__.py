@@ -40,7 +40,8 @@ from devworld.bench.workloads import BenchKeys, MessageAttributes, fleet_backlog
 from devworld.emulator import Emulator, World, queue_depth, read_stream
 from devworld.faultproxy import FaultProxy
 from devworld.verify import decode_records, expected_sequences, verify
-from event_processor.contract.parse import Packed, PartitionKey, parse_packed
+from event_processor.contract.parse import ParsedSubmission, parse_submission
+from event_processor.contract.records import PartitionKey
 
 # How often the runner looks at the queue depth while a strategy drains it.
 _POLL_S = 0.05
@@ -138,24 +139,18 @@ def exit_cpu(argv: list[str], env: dict[str, str]) -> float:
 
 
 def hot_path_us(bodies: list[str]) -> float:
-    """decode + validate + pack + build each record, per accepted event: the daemon's path
-    (parse_packed, then the record the sink builds when it sends it)."""
+    """decode + validate + encode + build each record, per accepted event: the daemon's path
+    (parse_submission, then the record the sink builds when it sends it)."""
     events = 0
     began = time.perf_counter()
     for body in bodies:
-        parsed = parse_packed(
-            body, "2026-01-01T00:00:00.000000Z", PartitionKey.DEVICE_ID, _ignore_rejected
-        )
-        if isinstance(parsed, Packed):
+        parsed = parse_submission(body, "2026-01-01T00:00:00.000000Z", PartitionKey.DEVICE_ID)
+        if isinstance(parsed, ParsedSubmission):
             records = parsed.records
             for index in range(len(records)):
                 records[index]  # building it is what is timed
             events += len(records)
     return (time.perf_counter() - began) / events * 1e6
-
-
-def _ignore_rejected(*_: object) -> None:
-    """The bench's fleet has 1% broken fields; their dead letters are not the hot path."""
 
 
 def main() -> int:

@@ -49,7 +49,7 @@ _TOP = 20
 IMPORTS = "start-up: imports"
 STARTUP = "start-up: clients, checks (app.run before the worker)"
 AWS_CALL = "AWS API calls (botocore's client or the lean path)"
-MODELS = "event_processor.contract.parse"
+MODELS = "event_processor.contract: parse, records"
 OURS = "event_processor (other)"
 OTHER = "event loop, aiohttp, other"
 NO_FRAMES = "no Python frame (interpreter start and exit)"
@@ -119,7 +119,11 @@ def phase_of(frames: list[str]) -> str:
         return STARTUP
     if any(marker in f for f in frames for marker in _CALL_MARKERS):
         return AWS_CALL
-    if any("event_processor/contract/parse.py" in f for f in frames):
+    if any(
+        f"event_processor/contract/{module}.py" in f
+        for f in frames
+        for module in ("parse", "records")
+    ):
         return MODELS
     if any("event_processor/" in f for f in frames):
         return OURS

@@ -2,8 +2,8 @@
 
 A rejected submission goes with its original body and message attributes, plus `reason`,
 `detail`, `source_message_id` and `receive_count`. The rejected events of a valid submission
-are packed into as few JSON letters as the DLQ's MaximumMessageSize allows. The daemon
-(`dlq`) writes with it; the operator tools read with it.
+are packed into as few JSON letters as the DLQ's MaximumMessageSize allows. The pipeline
+writes with it (`submission_letter`, `event_letters`); the operator tools read with it.
 """
 
 from __future__ import annotations
@@ -13,27 +13,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from event_processor import constants
-from event_processor.contract.parse import Rejection
+from event_processor.contract.rules import Rejection
 from event_processor.contract.signing import SIGNATURE_ATTRIBUTE
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.type_defs import MessageAttributeValueTypeDef
 
-    from event_processor.pipeline.source import Message
+    from event_processor.contract.parse import ParsedSubmission
 
 # SQS allows 10 message attributes; ours take 4, the original message's may fill the rest.
 _MAX_ATTRIBUTES = 10
 # A rejected event's own JSON is cut to a preview beyond this, so that the dead letter
 # itself always fits in an SQS message (attributes and envelope need the rest).
 _EVENT_PREVIEW_CHARS = 64 * 1024
-# Levels of nesting kept of an event too deep to encode whole.
-_MAX_DEPTH = 32
 # Dead-letter kinds: the dlq_messages_sent label.
 KIND_SUBMISSION = "submission"
 KIND_EVENTS = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """What a dead letter says of the message it comes from, as plain values."""
+
+    message_id: str
+    receive_count: int
+    # The message's own attributes as received: a rejected submission's letter keeps them.
+    attributes: Mapping[str, Any]
+    group_id: str | None = None  # its FIFO message group; None on a standard queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,60 +79,37 @@ def _string(value: str) -> MessageAttributeValueTypeDef:
 OUR_ATTRIBUTES = frozenset({"reason", "detail", "source_message_id", "receive_count"})
 
 
-def _reason_attributes(message: Message, reason: str, detail: str) -> dict[str, Any]:
+def _reason_attributes(source: SourceMessage, reason: str, detail: str) -> dict[str, Any]:
     detail = detail[: constants.DLQ_DETAIL_MAX_CHARS] or "-"  # SQS refuses ""
     return {
         "reason": _string(reason),
         "detail": _string(detail),
-        "source_message_id": _string(message.message_id),
-        "receive_count": {"DataType": "Number", "StringValue": str(message.receive_count)},
+        "source_message_id": _string(source.message_id),
+        "receive_count": {"DataType": "Number", "StringValue": str(source.receive_count)},
     }
 
 
-def _event_json(event: Any) -> tuple[str, bool]:
-    """The event as ASCII JSON, and whether it had to be cut.
-
-    ensure_ascii: SQS refuses some code points (U+FFFE, lone surrogates) in bodies; escaped,
-    every string an event can hold is a valid SQS body. An event nested deeper than the
-    encoder's recursion allows (orjson parses 1,024 levels) is cut at _MAX_DEPTH levels.
-    """
-    try:
-        return json.dumps(event, ensure_ascii=True), False
-    except RecursionError:
-        return json.dumps(_cut(event, _MAX_DEPTH), ensure_ascii=True), True
-
-
-def _cut(value: Any, depth: int) -> Any:
-    if not isinstance(value, list | dict):
-        return value
-    if depth == 0:
-        return "...(nested deeper, cut)"
-    if isinstance(value, list):
-        return [_cut(v, depth - 1) for v in value]
-    return {k: _cut(v, depth - 1) for k, v in value.items()}
-
-
-def submission_letter(message: Message, body: str, rejection: Rejection) -> DeadLetter:
+def submission_letter(source: SourceMessage, body: str, rejection: Rejection) -> DeadLetter:
     """The original body and attributes, with the reason added as attributes.
 
     The sender's signature goes first among the original's: a redriven body needs it to be
     accepted again where AUTH_MODE enforces signatures.
     """
-    attributes = _reason_attributes(message, rejection.reason.value, rejection.detail)
-    signature = message.attributes.get(SIGNATURE_ATTRIBUTE)
+    attributes = _reason_attributes(source, rejection.reason.value, rejection.detail)
+    signature = source.attributes.get(SIGNATURE_ATTRIBUTE)
     if signature is not None:
         attributes[SIGNATURE_ATTRIBUTE] = signature
-    for name, value in message.attributes.items():
+    for name, value in source.attributes.items():
         if len(attributes) >= _MAX_ATTRIBUTES:
             break  # ours take precedence; SQS would refuse an 11th attribute
         if name not in attributes:
             attributes[name] = value
     return DeadLetter(
-        KIND_SUBMISSION, body, attributes, message.group_id, f"{message.message_id}:submission"
+        KIND_SUBMISSION, body, attributes, source.group_id, f"{source.message_id}:submission"
     )
 
 
-# --- Packed letters of rejected events (docs/contract.md, "Dead letters") -----------------
+# --- Letters of rejected events (docs/contract.md, "Dead letters") ------------------------
 # One letter lists many rejected events of one submission, grouped by what they share:
 #   {"kind": "rejected_events", "submission_id", "device_id", "source_message_id",
 #    "part", "parts", "event_count",
@@ -142,8 +126,8 @@ _KEY_DETAIL_CHARS = 200
 # A letter's envelope with the largest part numbers and count, for the size bound.
 _ENVELOPE_SLACK = 64
 _UUID_SIZED = "0" * 36
-# What a group costs in memory beyond its text: its object, two bytearrays, its key tuple and
-# dict entries (measured with tracemalloc: ~510 bytes a group of one event, all told).
+# What a group costs beyond its text (its object, two bytearrays, its key and dict entries),
+# counted in its letter's size as a margin: changing it moves where letters split.
 _GROUP_OVERHEAD_BYTES = 384
 # The `reason` attribute of a letter whose events have more than one reason.
 MIXED_REASONS = "mixed"
@@ -163,7 +147,9 @@ class RejectedEventEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class PackedLetter:
+class EventLetter:
+    """A letter of rejected events as read back: one part of its submission's letters."""
+
     submission_id: str
     device_id: str
     source_message_id: str
@@ -172,21 +158,9 @@ class PackedLetter:
     events: list[RejectedEventEntry]
 
 
-def _encode_event(event: Any) -> tuple[str, bool]:
-    """The event as ASCII JSON, and whether it had to be cut for depth."""
-    encoded = _fast_json(event)
-    if encoded is not None:
-        return encoded, False
-    return _event_json(event)
-
-
-def _fast_json(value: Any) -> str | None:
-    # orjson is ~10x the stdlib per event; its output is UTF-8, so non-ASCII falls back.
-    try:
-        raw = orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError):
-        return None  # deeper than orjson encodes, or an integer beyond 64 bits
-    return raw.decode() if raw.isascii() else None
+# A group's key: event type, reason, field, detail (cut to _KEY_*_CHARS), and whether its
+# events are previews.
+_GroupKey = tuple[str, str, str | None, str, bool]
 
 
 class _Group:
@@ -203,91 +177,101 @@ class _Letter:
     __slots__ = ("count", "groups", "reasons", "size")
 
     def __init__(self, size: int) -> None:
-        self.groups: dict[tuple[str, str, str | None, str, bool], _Group] = {}
+        self.groups: dict[_GroupKey, _Group] = {}
         self.size = size
         self.count = 0
         self.reasons: set[str] = set()
 
 
-class LetterPacker:
-    """Packs a submission's rejected events into as few letters as the DLQ's size allows.
+def _envelope(
+    source_message_id: str, submission_id: str, device_id: str, *, part: int, parts: int, count: int
+) -> str:
+    envelope = {
+        "kind": LETTER_KIND,
+        "submission_id": submission_id,
+        "device_id": device_id,
+        "source_message_id": source_message_id,
+        "part": part,
+        "parts": parts,
+        "event_count": count,
+    }
+    return json.dumps(envelope, ensure_ascii=True)[:-1] + ', "groups": ['
 
-    Each event is encoded as it is handed in and the decoded value is not kept, so what a
-    hostile body costs here is its rejected events' JSON plus a few bytes each, not objects.
+
+def _group_header(key: _GroupKey) -> str:
+    event_type, reason, field, detail, truncated = key
+    doc: dict[str, Any] = {
+        "event_type": event_type,
+        "reason": reason,
+        "field": field,
+        "detail": detail,
+    }
+    if truncated:
+        doc["event_truncated"] = True
+    return json.dumps(doc, ensure_ascii=True)[:-1] + ', "sequences": ['
+
+
+def event_letters(
+    source: SourceMessage, submission: ParsedSubmission, max_message_bytes: int
+) -> list[DeadLetter]:
+    """A submission's rejected events in as few letters as the DLQ's size allows, parts 1..n.
+
+    Events go into the letters in body order; within a letter, the events that share a
+    group key are listed together. An event too big for a letter is listed as a preview.
+    This takes the events: `submission.rejected` is empty afterwards but for its counts.
     """
+    rejected = submission.rejected
+    if not len(rejected):
+        return []
+    max_body = max_message_bytes - _ATTRIBUTES_RESERVE
+    # Ids are UUIDs (36 characters): the envelope's size does not depend on their values.
+    envelope_size = (
+        len(_envelope(source.message_id, _UUID_SIZED, _UUID_SIZED, part=1, parts=1, count=0))
+        + _ENVELOPE_SLACK
+    )
+    headers: dict[_GroupKey, str] = {}
 
-    def __init__(self, message: Message, max_message_bytes: int) -> None:
-        self._message = message
-        self._max_body = max_message_bytes - _ATTRIBUTES_RESERVE
-        self._letters: list[_Letter] = []
-        self._headers: dict[tuple[str, str, str | None, str, bool], str] = {}
-        self._envelope_size = 0  # measured at the first rejected event: most submissions have none
-        # Rejected events by reason. A dict, not a Counter: one is made per submission, and
-        # Counter() costs two Python calls where {} costs none.
-        self.counts: dict[str, int] = {}
-        self.nbytes = 0  # what the letters hold so far, for the memory budget
-
-    def _envelope(
-        self, submission_id: str, device_id: str, part: int, parts: int, count: int
-    ) -> str:
-        envelope = {
-            "kind": LETTER_KIND,
-            "submission_id": submission_id,
-            "device_id": device_id,
-            "source_message_id": self._message.message_id,
-            "part": part,
-            "parts": parts,
-            "event_count": count,
-        }
-        return json.dumps(envelope, ensure_ascii=True)[:-1] + ', "groups": ['
-
-    def _header(self, key: tuple[str, str, str | None, str, bool]) -> str:
-        header = self._headers.get(key)
+    def header_of(key: _GroupKey) -> str:
+        header = headers.get(key)
         if header is None:
-            event_type, reason, field, detail, truncated = key
-            doc: dict[str, Any] = {
-                "event_type": event_type,
-                "reason": reason,
-                "field": field,
-                "detail": detail,
-            }
-            if truncated:
-                doc["event_truncated"] = True
-            header = json.dumps(doc, ensure_ascii=True)[:-1] + ', "sequences": ['
-            self._headers[key] = header
+            header = headers[key] = _group_header(key)
         return header
 
-    def add(self, sequence: int, event_type: str, event: Any, rejection: Rejection) -> None:
-        """Pack one rejected event (the callback `parse_packed` hands rejections to)."""
-        reason = rejection.reason.value
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        if not self._envelope_size:
-            # Ids are UUIDs (36 characters): the envelope's size does not depend on their values.
-            envelope = self._envelope(_UUID_SIZED, _UUID_SIZED, 1, 1, 0)
-            self._envelope_size = len(envelope) + _ENVELOPE_SLACK
-        event_json, cut = _encode_event(event)
-        key = (
-            event_type[:_KEY_TYPE_CHARS],
-            reason,
-            rejection.field,
-            rejection.detail[:_KEY_DETAIL_CHARS],
-            False,
-        )
-        header = self._header(key)
+    # Each cause's group key, made at its first event.
+    keys: list[_GroupKey | None] = [None] * len(rejected.causes)
+    cut = rejected.cut
+    letters: list[_Letter] = []
+    letter: _Letter | None = None
+    # Taken, not read: each chunk of the events' JSON is let go of once its events are in
+    # their groups, so the two are not both held whole at the peak.
+    for index, (sequence, cause, encoded) in enumerate(rejected.take()):
+        event_json: bytes | bytearray = encoded
+        key = keys[cause]
+        if key is None:
+            event_type, rejection = rejected.causes[cause]
+            key = keys[cause] = (
+                event_type[:_KEY_TYPE_CHARS],
+                rejection.reason.value,
+                rejection.field,
+                rejection.detail[:_KEY_DETAIL_CHARS],
+                False,
+            )
+            header_of(key)
+        reason = key[1]
+        header = headers[key]  # made with the key: a subscript, where a call costs more
         seq = str(sequence)
         # Room for one event in an empty letter: what is left after envelope and header.
-        room = self._max_body - self._envelope_size - len(header) - len(seq) - 8
-        if cut or len(event_json) > min(_EVENT_PREVIEW_CHARS, room):
+        room = max_body - envelope_size - len(header) - len(seq) - 8
+        if index in cut or len(event_json) > min(_EVENT_PREVIEW_CHARS, room):
             key = (*key[:4], True)
-            header = self._header(key)
-            event_json = _preview(event_json, max(2, room - 24))
+            header = header_of(key)
+            event_json = _preview(encoded.decode(), max(2, room - 24)).encode()
         entry_size = len(seq) + len(event_json) + 4  # and the separators
-        letter = self._letters[-1] if self._letters else None
         group = letter.groups.get(key) if letter is not None else None
         cost = entry_size + (0 if group is not None else len(header) + 24)
-        if letter is None or (letter.count and letter.size + cost > self._max_body):
-            letter = _Letter(self._envelope_size)
-            self._letters.append(letter)
+        if letter is None or (letter.count and letter.size + cost > max_body):
+            letter = _Letter(envelope_size)
+            letters.append(letter)
             group = None
             cost = entry_size + len(header) + 24
         if group is None:
@@ -297,40 +281,43 @@ class LetterPacker:
             group.sequences += b", "
             group.events += b", "
         group.sequences += seq.encode()
-        group.events += event_json.encode()
+        group.events += event_json
         letter.size += cost
         letter.count += 1
         letter.reasons.add(reason)
-        self.nbytes += cost
+    return _write(source, submission.submission_id, submission.device_id, letters)
 
-    def letters(self, submission_id: str, device_id: str) -> list[DeadLetter]:
-        """The packed letters, parts 1..n; the packer is empty afterwards."""
-        parts = len(self._letters)
-        out: list[DeadLetter] = []
-        # Each letter's parts are let go as it is written, so text and parts are not all
-        # held twice at the peak.
-        pending, self._letters = self._letters[::-1], []
-        for part in range(1, parts + 1):
-            letter = pending.pop()
-            groups = ", ".join(
-                f'{g.header}{g.sequences.decode()}], "events": [{g.events.decode()}]}}'
-                for g in letter.groups.values()
+
+def _write(
+    source: SourceMessage, submission_id: str, device_id: str, letters: list[_Letter]
+) -> list[DeadLetter]:
+    parts = len(letters)
+    out: list[DeadLetter] = []
+    # Each letter's parts are let go as it is written, so text and parts are not all held
+    # twice at the peak.
+    pending = letters[::-1]
+    letters.clear()
+    for part in range(1, parts + 1):
+        letter = pending.pop()
+        groups = ", ".join(
+            f'{g.header}{g.sequences.decode()}], "events": [{g.events.decode()}]}}'
+            for g in letter.groups.values()
+        )
+        envelope = _envelope(
+            source.message_id, submission_id, device_id, part=part, parts=parts, count=letter.count
+        )
+        reason = next(iter(letter.reasons)) if len(letter.reasons) == 1 else MIXED_REASONS
+        detail = f"{letter.count} rejected events, part {part} of {parts}"
+        out.append(
+            DeadLetter(
+                KIND_EVENTS,
+                envelope + groups + "]}",
+                _reason_attributes(source, reason, detail),
+                source.group_id,
+                f"{source.message_id}:events:{part}",
             )
-            envelope = self._envelope(submission_id, device_id, part, parts, letter.count)
-            reason = next(iter(letter.reasons)) if len(letter.reasons) == 1 else MIXED_REASONS
-            detail = f"{letter.count} rejected events, part {part} of {parts}"
-            attributes = _reason_attributes(self._message, reason, detail)
-            out.append(
-                DeadLetter(
-                    KIND_EVENTS,
-                    envelope + groups + "]}",
-                    attributes,
-                    self._message.group_id,
-                    f"{self._message.message_id}:events:{part}",
-                )
-            )
-        self.nbytes = 0
-        return out
+        )
+    return out
 
 
 def _preview(event_json: str, limit: int) -> str:
@@ -343,8 +330,8 @@ def _preview(event_json: str, limit: int) -> str:
     return preview
 
 
-def read_letter(body: str) -> PackedLetter | None:
-    """A packed letter's events, or None if `body` is not one (a rejected submission's body).
+def read_letter(body: str) -> EventLetter | None:
+    """An event letter's events, or None if `body` is not one (a rejected submission's body).
 
     Also reads the letters of earlier versions, one event each, so that a DLQ written
     before the upgrade still reads.
@@ -372,7 +359,7 @@ def read_letter(body: str) -> PackedLetter | None:
                 for group in doc["groups"]
                 for sequence, event in zip(group["sequences"], group["events"], strict=True)
             ]
-            return PackedLetter(
+            return EventLetter(
                 str(doc["submission_id"]),
                 str(doc["device_id"]),
                 str(doc["source_message_id"]),
@@ -391,7 +378,7 @@ def read_letter(body: str) -> PackedLetter | None:
                 doc["event_preview"] if truncated else doc.get("event"),
                 truncated,
             )
-            return PackedLetter(
+            return EventLetter(
                 str(doc["submission_id"]),
                 str(doc["device_id"]),
                 str(doc["source_message_id"]),
@@ -427,7 +414,7 @@ def string_attribute(attributes: Mapping[str, Any], name: str) -> str | None:
     return str(value["StringValue"])
 
 
-def read_event_letter(body: str, attributes: Mapping[str, Any]) -> PackedLetter | None:
+def read_event_letter(body: str, attributes: Mapping[str, Any]) -> EventLetter | None:
     """The rejected events a received letter lists, or None if the message is a submission.
 
     A rejected submission's body is whatever the sensor sent, so an event letter is one that

@@ -86,7 +86,7 @@ LOWER_UUID_PATTERN: Final = f"^{_uuid_pattern('[0-9a-f]')}$"
 _OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 IPV4_PATTERN: Final = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
 MAX_PORT: Final = 65535
-# What models.format_timestamp writes: UTC, microseconds, a Z.
+# What records.format_timestamp writes: UTC, microseconds, a Z.
 PROCESSED_AT_PATTERN: Final = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$"
 
 
@@ -174,7 +174,7 @@ class NetworkConnection(TypedDict):
     destination_port: Port
 
 
-# Each type's event model; `models.walk_events` checks each event alone against its type's.
+# Each type's event model; the parse's walk checks each event alone against its type's.
 EVENT_MODELS: Final[Mapping[EventType, type[Any]]] = {
     EventType.NEW_PROCESS: NewProcess,
     EventType.NETWORK_CONNECTION: NetworkConnection,

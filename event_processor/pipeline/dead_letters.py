@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from event_processor import constants
-from event_processor.contract.letters import DeadLetter, LetterPacker
+from event_processor.contract.letters import DeadLetter
 from event_processor.errors import BatchEntryFailed, error_code
 from event_processor.pipeline.batcher import Batcher, retry_entries
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from event_processor.aws.ports import DlqApi
     from event_processor.metrics import Metrics
-    from event_processor.pipeline.source import Message
     from event_processor.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class DeadLetterQueue:
         # A FIFO DLQ (the source is FIFO too: preflight holds them to one kind) takes each
         # letter with its group and deduplication id.
         self.fifo = fifo
-        # The DLQ's MaximumMessageSize, read at start-up: packed letters are cut to fit it.
+        # The DLQ's MaximumMessageSize, read at start-up: the pipeline cuts letters to fit it.
         self.max_message_bytes = max_message_bytes
         self._metrics = metrics
         self._policy = policy.for_letters()
@@ -73,9 +72,6 @@ class DeadLetterQueue:
         self._submissions_waiting = 0
         metrics.dlq_letters_waiting.set_function(lambda: self._letters_waiting)
         metrics.dlq_submissions_waiting.set_function(lambda: self._submissions_waiting)
-
-    def packer(self, message: Message) -> LetterPacker:
-        return LetterPacker(message, self.max_message_bytes)
 
     async def send(self, letters: list[DeadLetter], received_at: float | None = None) -> None:
         """Return once every letter is in the DLQ; raise BatchEntryFailed if one could not be

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from event_processor import constants
-from event_processor.contract.parse import EventType, Record, Records
+from event_processor.contract.records import Record, Records
+from event_processor.contract.rules import EventType
 from event_processor.errors import THROTTLE_CODES, PublishFailed, error_code, is_retriable
 from event_processor.pipeline.congestion import Change, CongestionWindow
 from event_processor.pipeline.health import StreamHealth

@@ -16,21 +16,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from event_processor.contract.letters import submission_letter
-from event_processor.contract.parse import (
-    Packed,
-    PartitionKey,
-    Rejection,
-    format_timestamp,
-    parse_packed,
-)
+from event_processor.contract.letters import SourceMessage, event_letters, submission_letter
+from event_processor.contract.parse import ParsedSubmission, parse_submission
+from event_processor.contract.records import PartitionKey, format_timestamp
+from event_processor.contract.rules import Rejection
 from event_processor.errors import BatchEntryFailed, PublishFailed
 from event_processor.pipeline.groups import MessageGroups
 from event_processor.status import RejectionTally
 
 if TYPE_CHECKING:
     from event_processor.auth.authenticator import Authenticator
-    from event_processor.contract.letters import LetterPacker
     from event_processor.contract.signing import Envelope
     from event_processor.metrics import Metrics
     from event_processor.pipeline.admission import Admission, Hold
@@ -110,14 +105,13 @@ class Pipeline:
             if isinstance(verdict, Rejection):
                 return await self._reject(message, body, verdict, hold, turn)
             signer = verdict
-        parsed, letters = await self._parse(message, body, hold)
+        parsed = await self._parse(body, hold)
         if signer is not None:
             assert self._auth is not None
             # The body must name the device that signed it; a mismatch is rejected whole.
             named = None if isinstance(parsed, Rejection) else parsed.device_id
             mismatch = self._auth.settle(signer, named)
             if mismatch is not None:
-                del letters
                 parsed = mismatch
         if isinstance(parsed, Rejection):
             return await self._reject(message, body, parsed, hold, turn)
@@ -131,14 +125,15 @@ class Pipeline:
             published.add_done_callback(lambda done: _pass_on_success(done, turn))
         sending: asyncio.Future[None] | None = None
         try:
-            if letters.counts:
-                for reason, count in letters.counts.items():
+            if parsed.rejected:
+                counts = parsed.rejected.counts
+                for reason, count in counts.items():
                     self._metrics.events_rejected.labels(reason).inc(count)
-                self._rejections.events(letters.counts, message.message_id)
-                letters_nbytes = letters.nbytes  # before letters(), which lets go of them
-                dead = letters.letters(parsed.submission_id, parsed.device_id)
+                self._rejections.events(counts, message.message_id)
+                letters_nbytes = parsed.rejected.nbytes
+                dead = event_letters(source_message(message), parsed, self._dlq.max_message_bytes)
                 # From here the lane alone holds the records, and lets go of them when done.
-                del letters, parsed
+                del parsed
                 sending = asyncio.ensure_future(self._dlq.send(dead, message.received_at))
                 del dead
                 await self._land_both(published, sending, hold, records_nbytes, letters_nbytes)
@@ -154,22 +149,19 @@ class Pipeline:
             self._metrics.submission_latency.observe(max(0.0, time.time() - message.sent_at_s))
         return Outcome.PUBLISHED
 
-    async def _parse(
-        self, message: Message, body: str, hold: Hold
-    ) -> tuple[Packed | Rejection, LetterPacker]:
-        """The body parsed, within the budget: its records and its rejected events' letters."""
+    async def _parse(self, body: str, hold: Hold) -> ParsedSubmission | Rejection:
+        """The body parsed, within the budget: its records and its rejected events."""
         while True:
-            letters = self._dlq.packer(message)
             processed_at = format_timestamp(datetime.now(UTC))
-            parsed = parse_packed(body, processed_at, self._partition_key, letters.add)
+            parsed = parse_submission(body, processed_at, self._partition_key)
             if isinstance(parsed, Rejection):
-                return parsed, letters  # it holds its body, as it did since the receive
+                return parsed  # it holds its body, as it did since the receive
             # What parsing left replaces the body in the budget, or is let go of to parse
             # again once there is room (Admission.keep_parsed says why).
-            if self._admission.keep_parsed(hold, parsed.records.nbytes + letters.nbytes):
-                return parsed, letters
-            needed = parsed.records.nbytes + letters.nbytes
-            del parsed, letters
+            needed = parsed.records.nbytes + parsed.rejected.nbytes
+            if self._admission.keep_parsed(hold, needed):
+                return parsed
+            del parsed
             await self._admission.wait_to_parse(hold, needed)
 
     async def _in_turn(self, message: Message, hold: Hold, turn: Turn | None) -> bool:
@@ -231,9 +223,17 @@ class Pipeline:
         self._metrics.submissions_rejected.labels(rejection.reason.value).inc()
         self._rejections.submission(rejection.reason.value, message.message_id)
         # While the DLQ is down this waits, the message held, as valid events' letters do.
-        await self._dlq.send([submission_letter(message, body, rejection)], message.received_at)
+        letter = submission_letter(source_message(message), body, rejection)
+        await self._dlq.send([letter], message.received_at)
         await self._source.delete(message)
         return Outcome.REJECTED
+
+
+def source_message(message: Message) -> SourceMessage:
+    """What the dead letters of `message` say of it."""
+    return SourceMessage(
+        message.message_id, message.receive_count, message.attributes, message.group_id
+    )
 
 
 def _pass_on_success(published: asyncio.Future[None], turn: Turn) -> None:

@@ -13,7 +13,7 @@ from event_processor.contract.letters import (
     KIND_EVENTS,
     KIND_SUBMISSION,
     OUR_ATTRIBUTES,
-    PackedLetter,
+    EventLetter,
     RejectedEventEntry,
     message_size,
     read_event_letter,
@@ -50,7 +50,7 @@ class LetterEvents:
         return sum(self.by_reason.values())
 
     @classmethod
-    def of(cls, letter: PackedLetter) -> LetterEvents:
+    def of(cls, letter: EventLetter) -> LetterEvents:
         by_reason: Counter[str] = Counter()
         first: dict[str, list[RejectedEventEntry]] = {}
         for entry in letter.events:
@@ -85,16 +85,16 @@ class Letter:
     def from_message(cls, message: Mapping[str, Any]) -> Letter:
         body = str(message.get("Body", ""))
         attributes = dict(message.get("MessageAttributes") or {})
-        packed = read_event_letter(body, attributes)
+        letter = read_event_letter(body, attributes)
         return cls(
             message_id=str(message["MessageId"]),
             receipt_handle=str(message["ReceiptHandle"]),
             body=body,
             attributes=attributes,
             system={str(k): str(v) for k, v in (message.get("Attributes") or {}).items()},
-            kind=KIND_SUBMISSION if packed is None else KIND_EVENTS,
+            kind=KIND_SUBMISSION if letter is None else KIND_EVENTS,
             reason=string_attribute(attributes, "reason") or NO_REASON,
-            events=None if packed is None else LetterEvents.of(packed),
+            events=None if letter is None else LetterEvents.of(letter),
         )
 
     @property

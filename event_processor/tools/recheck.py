@@ -1,18 +1,17 @@
 """What the daemon would do with a dead letter's submission now: the dry run's check (`dlq
-redrive --dry-run`), made with the daemon's own parts (the key set's verify, `parse_packed`,
+redrive --dry-run`), made with the daemon's own parts (the key set's verify, `parse_submission`,
 `device_mismatch`) in the daemon's order.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from event_processor.auth.keyset import KeySet, device_mismatch
 from event_processor.config import AuthMode, Settings
-from event_processor.contract.parse import PartitionKey, format_timestamp, parse_packed
+from event_processor.contract.parse import parse_submission
+from event_processor.contract.records import PartitionKey, format_timestamp
 from event_processor.contract.rules import Rejection
 from event_processor.contract.signing import Envelope
 from event_processor.tools.dead_letters import Letter
@@ -35,7 +34,7 @@ class Verdict:
 
 class ContractCheck:
     """The daemon's own checks on a submission, in its order (pipeline.Pipeline._process): the
-    signature when a key set is given, then the body with `parse_packed`, then the device the
+    signature when a key set is given, then the body with `parse_submission`, then the device the
     body names against the one that signed it. Nothing it returns holds a key or a MAC."""
 
     def __init__(
@@ -59,18 +58,13 @@ class ContractCheck:
                     return Verdict(checked, {})
             else:
                 signer = checked
-        rejected: Counter[str] = Counter()
-
-        def count(sequence: int, event_type: str, event: Any, rejection: Rejection) -> None:
-            rejected[rejection.reason.value] += 1
-
         processed_at = format_timestamp(datetime.now(UTC))
-        parsed = parse_packed(body, processed_at, self._partition_key, count)
+        parsed = parse_submission(body, processed_at, self._partition_key)
         if isinstance(parsed, Rejection):
             return Verdict(parsed, {})
         if signer is not None and self.enforce and parsed.device_id != signer.device_id:
             return Verdict(device_mismatch(signer, parsed.device_id), {})
-        return Verdict(None, dict(rejected))
+        return Verdict(None, parsed.rejected.counts)
 
     def describe(self) -> str:
         if self.keys is None:

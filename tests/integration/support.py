@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,18 +16,14 @@ from event_processor import constants
 from event_processor.contract.letters import (
     KIND_EVENTS,
     DeadLetter,
-    LetterPacker,
+    event_letters,
     read_letter,
     submission_letter,
 )
-from event_processor.contract.parse import (
-    PartitionKey,
-    Rejection,
-    format_timestamp,
-    parse_packed,
-    parse_submission,
-)
+from event_processor.contract.parse import parse_submission
+from event_processor.contract.rules import Rejection
 from event_processor.pipeline.source import Message
+from event_processor.pipeline.submission import source_message
 from event_processor.tools import aws
 from tests.factories import encode, new_process, received_message, submission
 from tests.helpers import client
@@ -47,13 +42,11 @@ def letters_for(
     max_message_bytes: int = constants.SQS_MAX_MESSAGE_BYTES,
 ) -> list[DeadLetter]:
     """The dead letters the daemon writes for `body`, built by the daemon's own code."""
-    message = message_for(body, attributes)
-    packer = LetterPacker(message, max_message_bytes)
-    processed_at = format_timestamp(datetime.now(UTC))
-    parsed = parse_packed(body, processed_at, PartitionKey.DEVICE_ID, packer.add)
+    source = source_message(message_for(body, attributes))
+    parsed = parse_submission(body)
     if isinstance(parsed, Rejection):
-        return [submission_letter(message, body, parsed)]
-    return packer.letters(parsed.submission_id, parsed.device_id)
+        return [submission_letter(source, body, parsed)]
+    return event_letters(source, parsed, max_message_bytes)
 
 
 def v1_letters(body: str) -> list[DeadLetter]:

@@ -11,7 +11,7 @@ import orjson
 from devworld.bench.fifo import GroupedBacklog, grouped_backlog, load_grouped
 from devworld.emulator import Emulator, World
 from devworld.verify import verify_device_order
-from event_processor.contract.parse import Submission, parse_submission
+from event_processor.contract.parse import ParsedSubmission, parse_submission
 from tests.helpers import client, drain_queue, stream_records
 
 
@@ -105,7 +105,7 @@ def _submission_id(body: str) -> Any:
 def _body(backlog: GroupedBacklog, device_id: str, submission_id: str) -> str:
     for message in backlog.sent:
         parsed = parse_submission(message.body)
-        if isinstance(parsed, Submission) and parsed.submission_id == submission_id:
+        if isinstance(parsed, ParsedSubmission) and parsed.submission_id == submission_id:
             assert message.device_id == device_id
             return message.body
     raise AssertionError(f"{submission_id} is not in the backlog")
@@ -114,7 +114,7 @@ def _body(backlog: GroupedBacklog, device_id: str, submission_id: str) -> str:
 def _records(body: str) -> list[dict[str, Any]]:
     """A submission's records as the daemon writes them, in brief: one per event, in order."""
     parsed = parse_submission(body)
-    assert isinstance(parsed, Submission)
+    assert isinstance(parsed, ParsedSubmission)
     return [
         {
             "submission_id": parsed.submission_id,

@@ -21,7 +21,7 @@ from devworld.emulator import Emulator, World, free_port
 from devworld.verify import expected_sequences
 from event_processor.auth.keyset import KeySet
 from event_processor.config import AuthMode, Settings
-from event_processor.contract.parse import Submission, parse_submission
+from event_processor.contract.parse import ParsedSubmission, parse_submission
 from event_processor.contract.signing import Envelope
 from event_processor.tools import fifo
 from event_processor.tools.keys import enrolment, new_entry
@@ -77,8 +77,8 @@ def test_simulate_sends_one_submission_per_device_per_round(
     messages = drain_queue(emulator, world.queue_url)
     assert len(messages) == 12
     parsed = [parse_submission(m["Body"]) for m in messages]
-    assert all(isinstance(p, Submission) and not p.rejected for p in parsed)
-    assert len({p.device_id for p in parsed if isinstance(p, Submission)}) == 4
+    assert all(isinstance(p, ParsedSubmission) and not p.rejected for p in parsed)
+    assert len({p.device_id for p in parsed if isinstance(p, ParsedSubmission)}) == 4
 
 
 def test_load_count_prints_what_it_sent(emulator: Emulator, world: World) -> None:
@@ -176,7 +176,7 @@ def test_host_mode_runs_and_sends_only_valid_submissions(emulator: Emulator, wor
     assert result.returncode == 0, result.stderr
     assert "device " in result.stdout
     for message in drain_queue(emulator, world.queue_url):
-        assert isinstance(parse_submission(message["Body"]), Submission)
+        assert isinstance(parse_submission(message["Body"]), ParsedSubmission)
 
 
 def test_sender_survives_unreachable_sqs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,8 @@ import orjson
 
 from devworld.emulator import Emulator, World, read_stream
 from devworld.verify import expected_sequences
-from event_processor.contract.parse import EventType, PartitionKey
+from event_processor.contract.records import PartitionKey
+from event_processor.contract.rules import EventType
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, network_connection, new_process, submission
 from tests.helpers import client, eventually, queue_depth, send_bodies

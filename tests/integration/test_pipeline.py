@@ -14,7 +14,7 @@ import orjson
 from devworld.emulator import Emulator, World, free_port
 from devworld.verify import expected_sequences
 from event_processor.contract.letters import read_letter
-from event_processor.contract.parse import EventType
+from event_processor.contract.rules import EventType
 from tests.conftest import settings_for
 from tests.factories import encode, fleet_like, network_connection, new_process, submission
 from tests.helpers import (

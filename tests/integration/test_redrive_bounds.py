@@ -13,6 +13,7 @@ from typing import Any
 from devworld.emulator import Emulator, World, read_stream
 from event_processor.contract.letters import submission_letter
 from event_processor.contract.rules import Reason, Rejection
+from event_processor.pipeline.submission import source_message
 from event_processor.tools import (
     inspect,
     peek,
@@ -57,7 +58,11 @@ class RejectsAtOnce:
                 body = bodies[entry["Id"]]
                 message = received_message(body, message_id=entry["MessageId"])
                 rejection = Rejection(Reason.INVALID_BODY, None, "still not JSON")
-                put_letters(self._sqs, self._dlq_url, [submission_letter(message, body, rejection)])
+                put_letters(
+                    self._sqs,
+                    self._dlq_url,
+                    [submission_letter(source_message(message), body, rejection)],
+                )
         return response
 
 

@@ -12,6 +12,7 @@ from event_processor.auth.keyset import KeySet
 from event_processor.contract.letters import submission_letter
 from event_processor.contract.rules import Reason, Rejection
 from event_processor.contract.signing import SIGNATURE_ATTRIBUTE, signature_attributes
+from event_processor.pipeline.submission import source_message
 from event_processor.tools import (
     recheck,
     redrive,
@@ -95,7 +96,7 @@ FIXED = encode(submission())  # dead-lettered as invalid_body by an older contra
 def old_rejection(body: str) -> Any:
     """`body` dead-lettered as invalid_body, as an older contract would have."""
     rejection = Rejection(Reason.INVALID_BODY, None, "an older contract's rejection")
-    return submission_letter(message_for(body), body, rejection)
+    return submission_letter(source_message(message_for(body)), body, rejection)
 
 
 def test_dry_run_checks_each_letter_against_the_contract(emulator: Emulator, world: World) -> None:
@@ -139,7 +140,9 @@ def signed_letter(doc: dict[str, Any], *, device: str, key_id: str, master: byte
     device_key = KeySet.parse(key_set_text({key_id: master})).device_key(key_id, device)
     attributes = signature_attributes(device_key, key_id, device, body)
     rejection = Rejection(Reason.UNKNOWN_KEY, SIGNATURE_ATTRIBUTE, "not in the key set")
-    return submission_letter(message_for(body, attributes), body, rejection), attributes
+    return submission_letter(
+        source_message(message_for(body, attributes)), body, rejection
+    ), attributes
 
 
 def test_dry_run_checks_signatures_as_the_daemon_would(emulator: Emulator, world: World) -> None:

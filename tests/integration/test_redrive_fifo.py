@@ -19,6 +19,7 @@ from devworld.verify import (
 )
 from event_processor.contract.letters import DeadLetter, submission_letter
 from event_processor.contract.rules import Reason, Rejection
+from event_processor.pipeline.submission import source_message
 from event_processor.tools import fifo, inspect, inspect_report, redrive, redrive_report, tally
 from tests.conftest import settings_for
 from tests.factories import encode, received_message, submission
@@ -79,7 +80,7 @@ class RejectsSome:
             if body in self._bodies:
                 message = received_message(body, message_id=ok["MessageId"])
                 rejection = Rejection(Reason.INVALID_BODY, None, "still not JSON")
-                letter = submission_letter(message, body, rejection)
+                letter = submission_letter(source_message(message), body, rejection)
                 put_fifo_letters(
                     self._sqs, self._world.dlq_url, [(entry["MessageGroupId"], letter)]
                 )

@@ -20,7 +20,8 @@ import pytest
 from devworld.emulator import World, delete_world
 from devworld.verify import expected_device_order, verify, verify_device_order
 from event_processor.contract.letters import read_event_letter, string_attribute
-from event_processor.contract.parse import Rejection, parse_submission
+from event_processor.contract.parse import parse_submission
+from event_processor.contract.rules import Rejection
 from sensor_fleet.generator import encode, fleet_submissions
 from tests.awslocal import awslocal
 from tests.localstack.support import (

@@ -18,7 +18,8 @@ import yaml
 from devworld.emulator import World
 from devworld.verify import Verification, verify
 from event_processor.contract.letters import read_event_letter, string_attribute
-from event_processor.contract.parse import Rejection, parse_submission
+from event_processor.contract.parse import parse_submission
+from event_processor.contract.rules import Rejection
 from sensor_fleet.generator import encode
 from tests.localstack.prom import (
     CONFIG,

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from event_processor.auth.authenticator import Authenticator, KeyStore
 from event_processor.config import AuthMode
-from event_processor.contract.letters import DeadLetter, LetterPacker
-from event_processor.contract.parse import PartitionKey
+from event_processor.contract.letters import DeadLetter
+from event_processor.contract.records import PartitionKey
 from event_processor.metrics import Metrics
 from event_processor.pipeline.admission import Admission, MemoryBudget
 from event_processor.pipeline.submission import Pipeline
@@ -29,7 +29,7 @@ from tests.factories import received_message
 
 if TYPE_CHECKING:
     from event_processor.auth.keyset import KeySet
-    from event_processor.contract.parse import Records
+    from event_processor.contract.records import Records
     from event_processor.pipeline.source import Message
 
 # Large enough that no test waits for room unless it means to.
@@ -158,7 +158,7 @@ class FakeSink:
 
 
 class FakeDlq:
-    """DeadLetterQueue: the real packer; sends are recorded, held by `gate` or failed."""
+    """DeadLetterQueue: sends are recorded, held by `gate` or failed."""
 
     max_message_bytes = MAX_MESSAGE_BYTES
 
@@ -167,9 +167,6 @@ class FakeDlq:
         self.sent: list[DeadLetter] = []
         self.gate: asyncio.Event | None = None
         self.fail_with: BaseException | None = None
-
-    def packer(self, message: Message) -> LetterPacker:
-        return LetterPacker(message, self.max_message_bytes)
 
     async def send(self, letters: list[DeadLetter], received_at: float | None = None) -> None:
         if not letters:

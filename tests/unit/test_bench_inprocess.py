@@ -7,14 +7,15 @@ from pathlib import Path
 from devworld.bench.inprocess import drain
 from devworld.bench.workloads import BenchKeys, backlog, fleet_backlog
 from event_processor.config import AuthMode
-from event_processor.contract.parse import Packed, PartitionKey, parse_packed
+from event_processor.contract.parse import ParsedSubmission, parse_submission
+from event_processor.contract.records import PartitionKey
 
 
 def _valid_events(bodies: list[str]) -> int:
     total = 0
     for body in bodies:
-        parsed = parse_packed(body, "t", PartitionKey.DEVICE_ID, lambda *_: None)
-        if isinstance(parsed, Packed):
+        parsed = parse_submission(body, "t", PartitionKey.DEVICE_ID)
+        if isinstance(parsed, ParsedSubmission):
             total += len(parsed.records)
     return total
 

@@ -9,7 +9,7 @@ import pytest
 
 from event_processor import cli
 from event_processor.config import Settings
-from event_processor.contract.parse import PartitionKey
+from event_processor.contract.records import PartitionKey
 
 
 def test_defaults_match_the_documented_table(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,16 +17,9 @@ from pydantic import TypeAdapter, ValidationError
 from event_processor import cli, exitcodes
 from event_processor.contract import rules
 from event_processor.contract import schema as schemas
-from event_processor.contract.parse import (
-    EventType,
-    PartitionKey,
-    Reason,
-    Rejection,
-    Submission,
-    build_records,
-    format_timestamp,
-    parse_submission,
-)
+from event_processor.contract.parse import ParsedSubmission, parse_submission
+from event_processor.contract.records import PartitionKey, format_timestamp
+from event_processor.contract.rules import EventType, Reason, Rejection
 from tests.factories import network_connection, new_process, submission
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "docs" / "schemas"
@@ -200,9 +193,11 @@ def test_processed_at_pattern_is_what_format_timestamp_writes() -> None:
 def test_built_records_validate_against_the_output_model_and_schema() -> None:
     """Records as the daemon builds them pass the strict OutputRecord model and output.json."""
     doc = submission(submission_id=SUB_ID.upper(), time_created="2026-11-22T10:00:00+05:30")
-    parsed = parse_submission(json.dumps(doc))
-    assert isinstance(parsed, Submission)
-    records = build_records(parsed, "2026-11-22T10:00:00.123456Z", PartitionKey.DEVICE_ID)
+    parsed = parse_submission(
+        json.dumps(doc), "2026-11-22T10:00:00.123456Z", PartitionKey.DEVICE_ID
+    )
+    assert isinstance(parsed, ParsedSubmission)
+    records = list(parsed.records)
     assert {r.event_type for r in records} == set(EventType)
     adapter: TypeAdapter[Any] = TypeAdapter(rules.OutputRecord)
     validator = jsonschema.Draft202012Validator(schemas.output_schema())
@@ -214,9 +209,11 @@ def test_built_records_validate_against_the_output_model_and_schema() -> None:
 def test_output_schema_ties_event_data_to_event_type() -> None:
     """A record whose event_data is another type's is not a valid record."""
     doc = submission({"new_process": [new_process()]})
-    parsed = parse_submission(json.dumps(doc))
-    assert isinstance(parsed, Submission)
-    (record,) = build_records(parsed, "2026-11-22T10:00:00.123456Z", PartitionKey.DEVICE_ID)
+    parsed = parse_submission(
+        json.dumps(doc), "2026-11-22T10:00:00.123456Z", PartitionKey.DEVICE_ID
+    )
+    assert isinstance(parsed, ParsedSubmission)
+    (record,) = parsed.records
     swapped = {**orjson.loads(record.data), "event_type": EventType.NETWORK_CONNECTION.value}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(swapped, schemas.output_schema())

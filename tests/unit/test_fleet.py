@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from event_processor.auth.keyset import KeySet
-from event_processor.contract.parse import Submission, parse_submission
+from event_processor.contract.parse import ParsedSubmission, parse_submission
 from event_processor.contract.signing import Envelope
 from event_processor.tools import fifo
 from event_processor.tools.aws import UsageError
@@ -66,7 +66,7 @@ def test_host_agent_reports_only_what_is_new() -> None:
     assert connections == []
     doc = agent.submission(processes, connections, "2026-11-28T11:00:00")
     parsed = parse_submission(encode(doc))
-    assert isinstance(parsed, Submission)
+    assert isinstance(parsed, ParsedSubmission)
     assert [e.data for e in parsed.events] == [{"cmdl": "/usr/bin/vim notes.txt", "user": "bob"}]
 
 
@@ -79,7 +79,7 @@ def test_generator_matches_the_fleet_shape() -> None:
         assert 3 <= len(doc["events"]["new_process"]) <= 5
         assert 3 <= len(doc["events"]["network_connection"]) <= 5
         parsed = parse_submission(encode(doc))
-        assert isinstance(parsed, Submission)
+        assert isinstance(parsed, ParsedSubmission)
         assert not parsed.rejected
         assert parsed.device_id == device
 

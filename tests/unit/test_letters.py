@@ -1,8 +1,10 @@
-"""Packed dead letters: few letters, each within the DLQ's size, every rejected event in them."""
+"""Event letters: few letters, each within the DLQ's size, every rejected event in them."""
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 import uuid
 from typing import Any
 
@@ -14,27 +16,26 @@ from event_processor.contract.letters import (
     KIND_EVENTS,
     LETTER_KIND,
     DeadLetter,
-    LetterPacker,
+    SourceMessage,
+    event_letters,
     read_letter,
 )
-from event_processor.contract.parse import (
-    Packed,
-    PartitionKey,
-    Rejection,
-    parse_packed,
-    parse_submission,
-)
-from tests.factories import encode, new_process, received_message, submission
+from event_processor.contract.parse import ParsedSubmission, parse_submission
+from event_processor.contract.records import PartitionKey
+from event_processor.contract.rules import Rejection
+from tests.factories import encode, new_process, submission
 
 PROCESSED_AT = "2026-11-22T10:00:00.000000Z"
 
 
-def pack(body: str, max_message_bytes: int) -> tuple[Packed, LetterPacker, list[DeadLetter]]:
-    packer = LetterPacker(received_message(receive_count=2), max_message_bytes)
-    parsed = parse_packed(body, PROCESSED_AT, PartitionKey.DEVICE_ID, packer.add)
-    assert isinstance(parsed, Packed)
-    letters = packer.letters(parsed.submission_id, parsed.device_id)
-    return parsed, packer, letters
+# As the daemon receives it: SQS message ids are UUIDs, and their length counts in a letter.
+SOURCE = SourceMessage(message_id=str(uuid.uuid4()), receive_count=2, attributes={})
+
+
+def pack(body: str, max_message_bytes: int) -> tuple[ParsedSubmission, list[DeadLetter]]:
+    parsed = parse_submission(body, PROCESSED_AT, PartitionKey.DEVICE_ID)
+    assert isinstance(parsed, ParsedSubmission)
+    return parsed, event_letters(SOURCE, parsed, max_message_bytes)
 
 
 def entries(letters: list[DeadLetter]) -> list[tuple[int, str, str]]:
@@ -49,12 +50,34 @@ def entries(letters: list[DeadLetter]) -> list[tuple[int, str, str]]:
 def test_a_hundred_thousand_invalid_events_fit_a_few_letters() -> None:
     """10^5 numbers and empty objects: a handful of 1 MiB letters list every one of them."""
     events = {"new_process": [1, {}] * 50_000}
-    _, packer, letters = pack(encode(submission(events)), 1024 * 1024)
+    parsed, letters = pack(encode(submission(events)), 1024 * 1024)
     assert len(letters) <= 3
     assert all(letter.size <= 1024 * 1024 for letter in letters)
     listed = entries(letters)
     assert [s for s, _, _ in listed] == list(range(100_000))
-    assert packer.counts == {"event_not_an_object": 50_000, "missing_field": 50_000}
+    assert parsed.rejected.counts == {"event_not_an_object": 50_000, "missing_field": 50_000}
+
+
+def test_a_hundred_thousand_rejected_events_cost_their_json_and_a_few_bytes_each() -> None:
+    """Parsed, 10^5 bad events hold two shared causes and their JSON plus a few bytes each,
+    never an object per event, as the budget counts them; the letters take them."""
+    body = encode(submission({"new_process": [1, {}] * 50_000}))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        parsed = parse_submission(body, PROCESSED_AT, PartitionKey.DEVICE_ID)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert isinstance(parsed, ParsedSubmission)
+    rejected = parsed.rejected
+    assert (len(rejected), len(rejected.causes)) == (100_000, 2)
+    json_bytes = 50_000 * len("1{}")
+    assert held < json_bytes + 12 * 100_000 + 64 * 1024  # an object each would be 50+ bytes
+    assert abs(rejected.nbytes - held) < held // 10
+    event_letters(SOURCE, parsed, 1024 * 1024)
+    assert (len(rejected), rejected.nbytes) == (0, 0)
+    assert sum(rejected.counts.values()) == 100_000
 
 
 @pytest.mark.parametrize("max_bytes", [1024, 4096, 64 * 1024, 256 * 1024])
@@ -64,7 +87,7 @@ def test_letters_fit_any_dlq_size(max_bytes: int) -> None:
         "new_process": [1, new_process(user=""), "x" * 5000, new_process()],
         "t" * 300: [None, [1] * 2000],
     }
-    _, _, letters = pack(encode(submission(events)), max_bytes)
+    _, letters = pack(encode(submission(events)), max_bytes)
     assert all(letter.size <= max_bytes for letter in letters)
     assert [s for s, _, _ in entries(letters)] == [0, 1, 2, 4, 5]
     parts = [read_letter(letter.body) for letter in letters]
@@ -76,7 +99,7 @@ def test_letters_fit_any_dlq_size(max_bytes: int) -> None:
 def test_an_event_too_big_for_a_letter_is_cut_not_dropped() -> None:
     """A 500 KB invalid event in a 64 KiB DLQ: listed, marked truncated, with a preview."""
     events = {"new_process": [{"cmdl": "x" * 500_000}]}
-    _, _, letters = pack(encode(submission(events)), 64 * 1024)
+    _, letters = pack(encode(submission(events)), 64 * 1024)
     [letter] = letters
     read = read_letter(letter.body)
     assert read is not None
@@ -92,7 +115,7 @@ def test_letter_body_shape_and_attributes() -> None:
     sid, did = str(uuid.uuid4()), str(uuid.uuid4())
     events = {"new_process": [new_process(user=7), "\ufffe"]}
     body = encode(submission(events, submission_id=sid, device_id=did))
-    _, _, [letter] = pack(body, 256 * 1024)
+    _, [letter] = pack(body, 256 * 1024)
     assert letter.kind == KIND_EVENTS
     assert letter.body.isascii()
     doc = json.loads(letter.body)
@@ -147,7 +170,7 @@ def test_every_rejected_event_is_in_exactly_one_letter(events: dict[str, Any], s
     reference = parse_submission(body)
     if isinstance(reference, Rejection):
         return  # rejected whole (a known type that is not a list): no event letters
-    _, _, letters = pack(body, size)
+    _, letters = pack(body, size)
     expected = sorted(
         (r.sequence, r.event_type[:100], r.rejection.reason.value) for r in reference.rejected
     )

@@ -13,19 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from event_processor import constants
-from event_processor.contract.parse import (
-    EventType,
-    Packed,
-    PartitionKey,
-    Reason,
-    Rejection,
-    Submission,
-    build_records,
-    decode_body,
-    event_id,
-    parse_packed,
-    parse_submission,
-)
+from event_processor.contract.parse import ParsedSubmission, decode_body, parse_submission
+from event_processor.contract.records import PartitionKey, Record, event_id
+from event_processor.contract.rules import EventType, Reason, Rejection
 from tests.factories import encode, network_connection, new_process, submission
 
 SUB_ID = "3f2b8c1e-9d4a-4e6b-8f1a-2c3d4e5f6a7b"
@@ -33,10 +23,21 @@ DEV_ID = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
 PROCESSED_AT = "2026-11-22T10:00:00.123456Z"
 
 
-def parse_ok(body: str) -> Submission:
-    result = parse_submission(body)
-    assert isinstance(result, Submission), result
+def parse_ok(
+    body: str,
+    processed_at: str = PROCESSED_AT,
+    partition_key: PartitionKey = PartitionKey.DEVICE_ID,
+) -> ParsedSubmission:
+    result = parse_submission(body, processed_at, partition_key)
+    assert isinstance(result, ParsedSubmission), result
     return result
+
+
+def records_of(
+    body: str, processed_at: str = "t", partition_key: PartitionKey = PartitionKey.DEVICE_ID
+) -> list[Record]:
+    """Every record of a valid body, built as the sink builds them."""
+    return list(parse_ok(body, processed_at, partition_key).records)
 
 
 def parse_rejected(body: str) -> Rejection:
@@ -161,7 +162,7 @@ def test_empty_submission_is_valid() -> None:
     """A valid submission with zero events is accepted and yields no records."""
     parsed = parse_ok(encode(submission({})))
     assert parsed.events == []
-    assert build_records(parsed, "t", PartitionKey.DEVICE_ID) == []
+    assert list(parsed.records) == []
 
 
 # --- per-event rules -----------------------------------------------------------------
@@ -273,8 +274,7 @@ def test_unknown_fields_are_dropped() -> None:
 
 def test_large_string_field_is_accepted() -> None:
     """A 200 KB cmdl is valid: it fits in one Kinesis record."""
-    parsed = parse_ok(encode(submission({"new_process": [new_process(cmdl="x" * 200_000)]})))
-    records = build_records(parsed, "t", PartitionKey.DEVICE_ID)
+    records = records_of(encode(submission({"new_process": [new_process(cmdl="x" * 200_000)]})))
     assert len(records) == 1
 
 
@@ -283,8 +283,9 @@ def test_large_string_field_is_accepted() -> None:
 
 def test_output_record_fields() -> None:
     """Records carry exactly the documented fields."""
-    parsed = parse_ok(encode(submission(submission_id=SUB_ID, device_id=DEV_ID)))
-    records = build_records(parsed, "2026-11-22T10:00:00.123456Z", PartitionKey.DEVICE_ID)
+    records = records_of(
+        encode(submission(submission_id=SUB_ID, device_id=DEV_ID)), "2026-11-22T10:00:00.123456Z"
+    )
     doc = orjson.loads(records[0].data)
     assert doc == {
         "event_id": event_id(DEV_ID, SUB_ID, 0),
@@ -301,8 +302,7 @@ def test_output_record_fields() -> None:
 
 def test_partition_key_can_be_submission_id() -> None:
     """PARTITION_KEY=submission_id keys every record by its submission."""
-    parsed = parse_ok(encode(submission(submission_id=SUB_ID)))
-    records = build_records(parsed, "t", PartitionKey.SUBMISSION_ID)
+    records = records_of(encode(submission(submission_id=SUB_ID)), "t", PartitionKey.SUBMISSION_ID)
     assert {r.partition_key for r in records} == {SUB_ID}
 
 
@@ -327,10 +327,9 @@ def test_two_devices_with_one_submission_id_get_distinct_event_ids() -> None:
     ids = {
         device: [
             orjson.loads(r.data)["event_id"]
-            for r in build_records(
-                parse_ok(encode(submission(body, submission_id=SUB_ID, device_id=device))),
+            for r in records_of(
+                encode(submission(body, submission_id=SUB_ID, device_id=device)),
                 "2026-11-22T10:00:00.123456Z",
-                PartitionKey.DEVICE_ID,
             )
         ]
         for device in (DEV_ID, other_device)
@@ -345,7 +344,7 @@ def test_record_over_one_mib_is_rejected() -> None:
     parsed = parse_ok(
         orjson.dumps(submission({"new_process": [new_process(cmdl=huge), new_process()]})).decode()
     )
-    records = build_records(parsed, "t", PartitionKey.DEVICE_ID)
+    records = list(parsed.records)
     assert [r.sequence for r in records] == [1]
     assert [r.rejection.reason for r in parsed.rejected] == [Reason.RECORD_TOO_LARGE]
 
@@ -368,15 +367,16 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_no_text_raises(body: str) -> None:
-    """Any text at all parses to a Submission or a Rejection."""
-    assert isinstance(parse_submission(body), Submission | Rejection)
+    """Any text at all parses to a ParsedSubmission or a Rejection."""
+    assert isinstance(parse_submission(body), ParsedSubmission | Rejection)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary())
 def test_no_base64_payload_raises(payload: bytes) -> None:
-    """Any bytes, base64-encoded, parse to a Submission or a Rejection."""
-    assert isinstance(parse_submission(base64.b64encode(payload).decode()), Submission | Rejection)
+    """Any bytes, base64-encoded, parse to a ParsedSubmission or a Rejection."""
+    result = parse_submission(base64.b64encode(payload).decode())
+    assert isinstance(result, ParsedSubmission | Rejection)
 
 
 @settings(max_examples=300, deadline=None)
@@ -391,7 +391,7 @@ def test_arbitrary_events_never_raise_and_account_for_every_event(events: dict[s
     if isinstance(result, Rejection):
         assert result.reason is Reason.INVALID_EVENT_LIST
         return
-    records = build_records(result, "t", PartitionKey.DEVICE_ID)
+    records = list(result.records)
     sequences = sorted([e.sequence for e in result.events] + [r.sequence for r in result.rejected])
     assert sequences == list(range(len(sequences)))
     for record in records:
@@ -411,7 +411,7 @@ def test_valid_events_round_trip(cmdl: str, user: str, port: int) -> None:
         "network_connection": [network_connection(destination_port=port)],
     }
     body = encode(submission(events))
-    records = build_records(parse_ok(body), "t", PartitionKey.DEVICE_ID)
+    records = records_of(body)
     docs = [orjson.loads(r.data) for r in records]
     assert docs[0]["event_data"] == {"cmdl": cmdl, "user": user}
     assert docs[1]["event_data"]["destination_port"] == port
@@ -422,17 +422,37 @@ def test_valid_events_round_trip(cmdl: str, user: str, port: int) -> None:
     st.lists(st.tuples(st.text(min_size=1).filter(str.strip), st.text(min_size=1)), max_size=6),
     st.sampled_from(list(PartitionKey)),
 )
-def test_packed_records_are_the_records_and_know_their_sizes(
+def test_records_are_the_documented_dict_and_know_their_sizes(
     processes: list[tuple[str, str]], partition_key: PartitionKey
 ) -> None:
-    """What the daemon packs builds the same records as build_records, and the size each
-    packed record keeps from its encoding is what Kinesis counts: data plus key, in bytes."""
+    """The record writer's bytes are orjson's for the documented dict, and the size each
+    accepted record keeps from its encoding is what Kinesis counts: data plus key, in bytes."""
     events = {"new_process": [new_process(cmdl, user) for cmdl, user in processes]}
-    body = encode(submission(events))
-    expected = build_records(parse_ok(body), PROCESSED_AT, partition_key)
-    packed = parse_packed(body, PROCESSED_AT, partition_key, lambda *_: None)
-    assert isinstance(packed, Packed)
-    records = packed.records
-    assert [records[i] for i in range(len(records))] == expected
+    body = encode(submission(events, submission_id=SUB_ID, device_id=DEV_ID))
+    namespace = uuid.UUID(constants.EVENT_ID_NAMESPACE)
+    key = DEV_ID if partition_key is PartitionKey.DEVICE_ID else SUB_ID
+    expected = [
+        Record(
+            orjson.dumps(
+                {
+                    "event_id": str(uuid.uuid5(namespace, f"{DEV_ID}:{SUB_ID}:{sequence}")),
+                    "event_type": "new_process",
+                    "device_id": DEV_ID,
+                    "submission_id": SUB_ID,
+                    "sequence": sequence,
+                    "time_created": "2026-11-22T10:00:00",
+                    "processed_at": PROCESSED_AT,
+                    "event_data": {"cmdl": cmdl, "user": user},
+                }
+            ),
+            key,
+            sequence,
+            EventType.NEW_PROCESS,
+        )
+        for sequence, (cmdl, user) in enumerate(processes)
+        if user.strip()  # a blank user is rejected, and leaves a gap
+    ]
+    records = parse_ok(body, PROCESSED_AT, partition_key).records
+    assert list(records) == expected
     assert [records.size(i) for i in range(len(records))] == [r.size for r in expected]
     assert all(r.size == len(r.data) + len(r.partition_key.encode()) for r in expected)

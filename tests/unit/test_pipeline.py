@@ -18,7 +18,8 @@ from event_processor.auth.keyset import KeySet
 from event_processor.config import AuthMode
 from event_processor.contract import signing
 from event_processor.contract.letters import KIND_SUBMISSION, read_letter, string_attribute
-from event_processor.contract.parse import Packed, PartitionKey, parse_packed
+from event_processor.contract.parse import ParsedSubmission, parse_submission
+from event_processor.contract.records import PartitionKey
 from event_processor.errors import BatchEntryFailed, PublishFailed
 from event_processor.pipeline.admission import Hold
 from event_processor.pipeline.source import Message
@@ -40,8 +41,8 @@ MIXED_EVENTS = {
 
 def records_nbytes(body: str) -> int:
     """What the records parsed from `body` hold in the budget (parsed here on its own)."""
-    parsed = parse_packed(body, PROCESSED_AT, PartitionKey.DEVICE_ID, lambda *_: None)
-    assert isinstance(parsed, Packed)
+    parsed = parse_submission(body, PROCESSED_AT, PartitionKey.DEVICE_ID)
+    assert isinstance(parsed, ParsedSubmission)
     return parsed.records.nbytes
 
 
@@ -385,12 +386,12 @@ async def test_letters_the_dlq_has_not_taken_hold_only_their_bytes_and_the_messa
     fakes.dlq.gate = asyncio.Event()
     doc = submission(MIXED_EVENTS)
     message = received_message(encode(doc))
-    packer = fakes.dlq.packer(message)
-    parse_packed(message.body, PROCESSED_AT, PartitionKey.DEVICE_ID, packer.add)
+    parsed = parse_submission(message.body, PROCESSED_AT, PartitionKey.DEVICE_ID)
+    assert isinstance(parsed, ParsedSubmission)
     hold = held(fakes, message)
     task = asyncio.create_task(fakes.pipeline().process(message, hold))
 
-    await eventually(lambda: hold.nbytes == packer.nbytes, timeout_s=5, interval_s=0.001)
+    await eventually(lambda: hold.nbytes == parsed.rejected.nbytes, timeout_s=5, interval_s=0.001)
     assert fakes.sink.lane(doc["submission_id"]).future.done()
     assert fakes.source.deleted == []
     assert fakes.calls == ["publish", "dlq.send"]

@@ -9,7 +9,7 @@ import pytest
 
 from devworld.rogue import EXPECTED, Forgery, Rogue
 from event_processor.auth.keyset import KeySet, device_mismatch
-from event_processor.contract.parse import Submission, parse_submission
+from event_processor.contract.parse import ParsedSubmission, parse_submission
 from event_processor.contract.rules import Reason, Rejection
 from event_processor.contract.signing import Envelope
 from sensor_fleet.signer import FleetSigner
@@ -30,7 +30,7 @@ def check(attributes: dict[str, dict[str, str]] | None, body: str) -> Reason | N
     if isinstance(verdict, Rejection):
         return verdict.reason
     parsed = parse_submission(body)
-    assert isinstance(parsed, Submission)
+    assert isinstance(parsed, ParsedSubmission)
     assert isinstance(verdict, Envelope)
     if parsed.device_id != verdict.device_id:
         return device_mismatch(verdict, parsed.device_id).reason
@@ -44,7 +44,7 @@ def test_each_forgery_fails_as_expected() -> None:
     assert [a.forgery for a in attempts] == list(Forgery)
     for attempt in attempts:
         parsed = parse_submission(attempt.body)
-        assert isinstance(parsed, Submission)
+        assert isinstance(parsed, ParsedSubmission)
         assert not parsed.rejected
         assert parsed.device_id == VICTIM
         assert check(attempt.attributes, attempt.body) is EXPECTED[attempt.forgery]

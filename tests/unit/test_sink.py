@@ -14,7 +14,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from prometheus_client import CollectorRegistry
 
 from event_processor import constants
-from event_processor.contract.parse import EventType, Record
+from event_processor.contract.records import Record
+from event_processor.contract.rules import EventType
 from event_processor.errors import PublishFailed
 from event_processor.metrics import Metrics
 from event_processor.pipeline.sink import KinesisSink, sequence_after
