@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from event_processor import constants
 
 if TYPE_CHECKING:
-    from event_processor.contract.parse import Record, Records
+    from event_processor.contract.records import Record, Records
     from event_processor.retry import Backoff
 
 
