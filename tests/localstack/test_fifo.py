@@ -22,8 +22,10 @@ from devworld.verify import expected_device_order, verify, verify_device_order
 from event_processor.contract.letters import read_event_letter, string_attribute
 from event_processor.contract.parse import parse_submission
 from event_processor.contract.rules import Rejection
+from event_processor.tools.aws import queue_counts
 from sensor_fleet.generator import encode, fleet_submissions
 from tests.awslocal import awslocal
+from tests.helpers import wait_for
 from tests.localstack.support import (
     LocalStack,
     daemon,
@@ -79,6 +81,17 @@ def fifo_world(localstack: LocalStack, tmp_path_factory: pytest.TempPathFactory)
     delete_world(sqs, kinesis, world)
 
 
+def wait_settled(localstack: LocalStack, queue_url: str, timeout_s: float = 60.0) -> None:
+    """Poll until a queue's (visible, in flight) counts read the same three times in a row."""
+    reads: list[tuple[int, int]] = []
+
+    def settled() -> bool:
+        reads.append(queue_counts(localstack.client("sqs"), queue_url))
+        return len(reads) >= 3 and len(set(reads[-3:])) == 1
+
+    wait_for(settled, timeout_s, f"{queue_url}'s counts settled", interval_s=1.0)
+
+
 def test_fifo_world_on_localstack(
     localstack: LocalStack, fifo_world: World, tmp_path: Path
 ) -> None:
@@ -106,6 +119,10 @@ def test_fifo_world_on_localstack(
         assert order.pairs > SUBMISSIONS // 2
         assert running.total("event_processor_dlq_messages_sent_total") > 0
 
+        # The scan counts what SQS shows at its start and end: let the DLQ's counts settle
+        # first (the same three reads a second apart), so that the comparison below is one of
+        # the scan against the queue, not against letters still on their way.
+        wait_settled(localstack, world.dlq_url)
         inspected = run_cli(localstack, world, "dlq", "inspect", "--json")
         assert inspected.returncode == 0, inspected.stderr
         report = json.loads(inspected.stdout)

@@ -23,10 +23,10 @@ from tests.localstack.support import (
 
 pytestmark = pytest.mark.localstack
 
-SUBMISSIONS = 1000
+SUBMISSIONS = 2000
 SEED = 31
 # SIGTERM once this many events are out, so that most of the backlog is still queued.
-STOP_AFTER_EVENTS = 2000
+STOP_AFTER_EVENTS = 3000
 
 
 def test_sigterm_during_a_backlog_then_restart_drains(
