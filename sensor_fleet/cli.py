@@ -21,7 +21,7 @@ from event_processor.config import Settings
 from event_processor.tools import aws
 from event_processor.tools.keys import read_key_set
 from sensor_fleet.generator import device_ids, encode, fleet_submissions, make_submission
-from sensor_fleet.host import HostAgent, machine_device_id, read_host
+from sensor_fleet.host import HostAgent, default_state_file, device_id
 from sensor_fleet.sender import MessageAttributes, Sender, sqs_client
 from sensor_fleet.signer import DeviceSigner, FleetSigner
 
@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     host = modes.add_parser(
         "host",
         help="a real agent for this machine",
-        description="Every --interval, report this machine's new processes (ps) and "
-        "established TCP connections (/proc/net/tcp) as one submission; the device id is "
-        "derived from /etc/machine-id.",
+        description="Every --interval, report this machine's new processes and established "
+        "TCP connections as one submission (Linux, macOS, Windows); the device id is derived "
+        "from the machine's own id (machine-id, IOPlatformUUID, MachineGuid), or generated "
+        "once and kept in --state-file.",
     )
     host.add_argument(
         "--interval",
@@ -134,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     host.add_argument(
         "--rounds", type=int, default=0, metavar="N", help="stop after N scans (default 0: never)"
+    )
+    host.add_argument(
+        "--state-file",
+        type=Path,
+        default=Path(_env("HOST_STATE_FILE", str(default_state_file()))),
+        metavar="PATH",
+        help="where the agent keeps a generated device id, on a machine without an id of its "
+        "own [env HOST_STATE_FILE; default %(default)s]",
     )
     host.add_argument(
         "--enrolment",
@@ -181,7 +190,7 @@ def host_signer(args: argparse.Namespace, settings: Settings) -> DeviceSigner | 
     path: Path | None = args.enrolment
     if path is None:
         fleet = fleet_signer(args, settings)
-        return None if fleet is None else fleet.device(machine_device_id())
+        return None if fleet is None else fleet.device(device_id(args.state_file))
     if settings.has_key_source or args.key_id is not None:
         raise aws.UsageError(
             "--enrolment holds the device's key: pass it without a key set or --key-id"
@@ -272,13 +281,12 @@ def run_host(
     args: argparse.Namespace, sender: Sender, stop: threading.Event, signer: DeviceSigner | None
 ) -> int:
     # Enrolled, the agent is the device it was enrolled as.
-    agent = HostAgent(machine_device_id() if signer is None else signer.device_id)
+    agent = HostAgent(device_id(args.state_file) if signer is None else signer.device_id)
     scans = 0
     while not stop.is_set():
-        ps_output, tcp = read_host()
-        processes, connections = agent.scan(ps_output, tcp)
-        if processes or connections:
-            doc = agent.submission(processes, connections, datetime.now().isoformat())
+        processes, connections = agent.scan()
+        doc = agent.submission(processes, connections, datetime.now().isoformat())
+        if any(doc["events"].values()):
             body = encode(doc)
             sender.send(
                 [body], None if signer is None else [signer.attributes(body)], [agent.device_id]
@@ -287,11 +295,13 @@ def run_host(
                 "host scan sent",
                 extra={
                     "action": "scan",
-                    "processes": len(processes),
-                    "connections": len(connections),
+                    "processes": len(doc["events"]["new_process"]),
+                    "connections": len(doc["events"]["network_connection"]),
                 },
             )
         scans += 1
+        # A test (and an operator tailing the log) knows the baseline is taken.
+        log.debug("host scan %d done", scans, extra={"action": "scanned", "scan": scans})
         if args.rounds and scans >= args.rounds:
             break
         stop.wait(args.interval)
