@@ -74,7 +74,8 @@ def command_line(cmdline: list[str] | None, name: str | None, platform: str) -> 
 
     An empty list is a process without a command line (a Linux kernel thread, a zombie): not a
     program anyone started, so not sent. None is a command line the OS would not show this
-    user (macOS and Windows hide other users' arguments): the process name is what it shows.
+    user (macOS and Windows hide other users' arguments, macOS a zombie's): the process name
+    is what it shows.
     """
     if cmdline is None:
         return name.strip() if name and name.strip() else None

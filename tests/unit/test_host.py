@@ -44,21 +44,31 @@ TCP = socket.SOCK_STREAM
 
 
 class FakeProcess:
-    """What the collector calls of psutil.Process: as_dict (PROCESS_ATTRS) and net_connections."""
+    """What the collector calls of psutil.Process: as_dict (PROCESS_ATTRS) and net_connections.
+
+    An exception as a field's value is what reading that field raises: as psutil's as_dict,
+    AccessDenied and ZombieProcess give `ad_value`, NoSuchProcess (the process is gone) raises.
+    """
 
     def __init__(
         self,
-        info: dict[str, Any] | Exception,
+        info: dict[str, Any],
         connections: list[pconn] | Exception | None = None,
     ) -> None:
         self.info = info
-        self.pid = -1 if isinstance(info, Exception) else info["pid"]
+        self.pid = info["pid"]
         self._connections = connections or []
 
     def as_dict(self, attrs: list[str], ad_value: Any) -> dict[str, Any]:
-        if isinstance(self.info, Exception):
-            raise self.info
-        return {a: self.info.get(a, ad_value) for a in attrs}
+        found = {}
+        for attr in attrs:
+            value = self.info.get(attr, ad_value)
+            if isinstance(value, psutil.AccessDenied | psutil.ZombieProcess):
+                value = ad_value
+            elif isinstance(value, Exception):
+                raise value
+            found[attr] = value
+        return found
 
     def net_connections(self, kind: str) -> list[pconn]:
         assert kind == "tcp"
@@ -67,10 +77,8 @@ class FakeProcess:
         return self._connections
 
 
-def info(
-    pid: int, username: str | None, cmdline: list[str] | None, name: str = "p"
-) -> dict[str, Any]:
-    """psutil's as_dict of one process; None is what AccessDenied leaves (ad_value)."""
+def info(pid: int, username: Any, cmdline: Any, name: Any = "p") -> dict[str, Any]:
+    """One process's fields as psutil reads them (a value, or the exception reading it raises)."""
     return {"pid": pid, "create_time": 1000.0 + pid, "username": username, "cmdline": cmdline, "name": name}  # fmt: skip
 
 
@@ -92,7 +100,7 @@ def test_linux_skips_kernel_threads_and_keeps_arguments_as_they_are() -> None:
         ),
         FakeProcess(info(5150, "www-data", ["nginx: worker process"])),
         FakeProcess(info(7007, "ユーザー", ["/usr/bin/less", "ファイル.txt"])),
-        FakeProcess(info(8008, "svc-backup", None, name="backupd")),  # hidepid: no cmdline
+        FakeProcess(info(8008, "svc-backup", psutil.AccessDenied(8008), name="backupd")),
         FakeProcess(info(9009, "root", ["", " "])),  # a cleared argv
     ).processes()
     assert {p.pid: (p.user, p.cmdl) for p in found} == {
@@ -106,18 +114,21 @@ def test_linux_skips_kernel_threads_and_keeps_arguments_as_they_are() -> None:
 
 
 def test_macos_sends_the_name_of_another_users_process_and_skips_the_unreadable() -> None:
-    """macOS: AccessDenied on another user's arguments leaves the name; a process whose user is
-    hidden too, a zombie and one gone between listing and reading are skipped."""
+    """macOS: AccessDenied on another user's arguments, or on a zombie's, leaves the name; a
+    process whose user is hidden too, and one gone between listing and reading, are skipped."""
+    denied = psutil.AccessDenied(88)
     found = collector(
         "darwin",
-        FakeProcess(info(88, "_windowserver", None, name="WindowServer")),
-        FakeProcess(info(90, None, None, name="launchd_helper")),
-        FakeProcess(psutil.ZombieProcess(91)),
-        FakeProcess(psutil.NoSuchProcess(92)),
+        FakeProcess(info(88, "_windowserver", denied, name="WindowServer")),
+        FakeProcess(info(90, denied, denied, name="launchd_helper")),
+        FakeProcess(info(91, "zoë", psutil.ZombieProcess(91), name="git")),
+        FakeProcess(info(92, psutil.NoSuchProcess(92), ["sleep", "1"])),
+        FakeProcess(info(93, "zoë", psutil.NoSuchProcess(93))),
         FakeProcess(info(501, "zoë", ["/Applications/Safari.app/Contents/MacOS/Safari"])),
     ).processes()
     assert [(p.pid, p.user, p.cmdl) for p in found] == [
         (88, "_windowserver", "WindowServer"),
+        (91, "zoë", "git"),
         (501, "zoë", "/Applications/Safari.app/Contents/MacOS/Safari"),
     ]
 
@@ -128,7 +139,7 @@ def test_windows_drops_the_domain_and_quotes_arguments_as_windows_does() -> None
     found = collector(
         "win32",
         FakeProcess(info(0, "NT AUTHORITY\\SYSTEM", [], name="System Idle Process")),
-        FakeProcess(info(4, None, None, name="System")),
+        FakeProcess(info(4, psutil.AccessDenied(4), psutil.AccessDenied(4), name="System")),
         FakeProcess(
             info(1200, "CONTOSO\\jürgen", ["C:\\Program Files\\App\\app.exe", "--name", "a b"])
         ),
@@ -173,7 +184,10 @@ def test_macos_without_root_reports_the_connections_of_readable_processes() -> N
     mine = [pconn(9, socket.AF_INET6, TCP, addr("::ffff:192.168.1.2", 50000), addr("::ffff:17.253.144.10", 443), ESTABLISHED)]  # fmt: skip
     procs = [
         FakeProcess(info(501, "zoë", ["/Applications/Safari.app/Contents/MacOS/Safari"]), mine),
-        FakeProcess(info(88, "_windowserver", None, name="WindowServer"), psutil.AccessDenied(88)),
+        FakeProcess(
+            info(88, "_windowserver", psutil.AccessDenied(88), name="WindowServer"),
+            psutil.AccessDenied(88),
+        ),
         FakeProcess(info(502, "zoë", ["sleep", "9"]), psutil.NoSuchProcess(502)),
     ]
     source = PsutilCollector("darwin", lambda: iter(procs), denied)
