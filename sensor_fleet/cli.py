@@ -185,12 +185,23 @@ def fleet_signer(args: argparse.Namespace, settings: Settings) -> FleetSigner | 
     return FleetSigner(read_key_set(settings), args.key_id)
 
 
+def agent_device_id(state_file: Path) -> str:
+    """This machine's device id; a generated one that cannot be kept stops the agent, since a
+    new id each start would make it a new device each time."""
+    try:
+        return device_id(state_file)
+    except OSError as exc:
+        raise aws.ToolError(
+            f"no machine id, and the device id cannot be kept in {state_file}: {exc.strerror}"
+        ) from None
+
+
 def host_signer(args: argparse.Namespace, settings: Settings) -> DeviceSigner | None:
     """The host agent's signer: its enrolment, or its key derived from the key set."""
     path: Path | None = args.enrolment
     if path is None:
         fleet = fleet_signer(args, settings)
-        return None if fleet is None else fleet.device(device_id(args.state_file))
+        return None if fleet is None else fleet.device(agent_device_id(args.state_file))
     if settings.has_key_source or args.key_id is not None:
         raise aws.UsageError(
             "--enrolment holds the device's key: pass it without a key set or --key-id"
@@ -278,10 +289,13 @@ def run_load(
 
 
 def run_host(
-    args: argparse.Namespace, sender: Sender, stop: threading.Event, signer: DeviceSigner | None
+    args: argparse.Namespace,
+    sender: Sender,
+    stop: threading.Event,
+    signer: DeviceSigner | None,
+    agent_id: str,
 ) -> int:
-    # Enrolled, the agent is the device it was enrolled as.
-    agent = HostAgent(device_id(args.state_file) if signer is None else signer.device_id)
+    agent = HostAgent(agent_id)
     scans = 0
     while not stop.is_set():
         processes, connections = agent.scan()
@@ -324,10 +338,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exitcodes.USAGE
     device: DeviceSigner | None = None
     fleet: FleetSigner | None = None
+    agent_id = ""
     try:
         # Before any client: a key set that cannot be read stops the fleet before it sends.
         if mode == "host":
             device = host_signer(args, settings)
+            # Enrolled, the agent is the device it was enrolled as.
+            agent_id = agent_device_id(args.state_file) if device is None else device.device_id
         else:
             fleet = fleet_signer(args, settings)
         client = sqs_client(args.localstack, settings)
@@ -353,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with signals.stop_on_signals(stop):
         try:
             if mode == "host":
-                return run_host(args, sender, stop, device)
+                return run_host(args, sender, stop, device, agent_id)
             runner = run_load if mode == "load" else run_simulate
             return runner(args, sender, stop, fleet)
         except KeyboardInterrupt:  # a second signal

@@ -15,9 +15,6 @@ from typing import Any
 import psutil
 import pytest
 
-from event_processor.contract.parse import ParsedSubmission, parse_submission
-from sensor_fleet.generator import encode
-
 try:  # psutil's documented connection tuples, wherever this release keeps them
     from psutil._ntuples import addr, pconn, sconn
 except ImportError:  # psutil < 7.2
@@ -27,6 +24,11 @@ except ImportError:  # psutil < 7.2
         sconn,
     )
 
+from event_processor.contract.parse import ParsedSubmission, parse_submission
+from event_processor.tools.aws import ToolError
+from sensor_fleet import host
+from sensor_fleet.cli import agent_device_id
+from sensor_fleet.generator import encode
 from sensor_fleet.host import (
     Connection,
     HostAgent,
@@ -332,3 +334,15 @@ def test_state_file_defaults_to_each_platforms_state_directory(
         tmp_path / "Library" / "Application Support" / "sensor-fleet" / "host.json"
     )
     assert default_state_file("win32") == tmp_path / "AppData" / "sensor-fleet" / "host.json"
+
+
+def test_a_device_id_that_cannot_be_kept_stops_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No machine id and an unwritable state file: a start-up error naming the file, not a new
+    device at every start."""
+    monkeypatch.setattr(host, "machine_id", lambda platform, readers=None: None)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    with pytest.raises(ToolError, match=r"cannot be kept in .*a-file/host\.json"):
+        agent_device_id(blocker / "host.json")
