@@ -124,7 +124,8 @@ def connection_from_sconn(conn: Any, users: Mapping[int, str]) -> Connection | N
 
 
 class Collector(Protocol):
-    """What the agent reads of the machine each round: its processes, its TCP connections."""
+    """What the agent reads of the machine each round: its processes, then its TCP connections
+    (whose owners are named from that round's processes)."""
 
     def processes(self) -> list[Process]: ...
 
@@ -152,8 +153,8 @@ class PsutilCollector:
         readable: list[Any] = []
         for proc in self._process_iter():
             try:
-                # AccessDenied fields come back as None; a process gone since the listing
-                # raises NoSuchProcess (ZombieProcess is one).
+                # A field the OS denies (or a zombie's) comes back as None; a process gone
+                # since the listing raises NoSuchProcess.
                 info = proc.as_dict(attrs=list(PROCESS_ATTRS), ad_value=None)
             except psutil.NoSuchProcess:
                 continue
@@ -180,7 +181,10 @@ class PsutilCollector:
         for proc in self._readable:
             try:
                 # Process.net_connections' pconn has no pid: it is this process's.
-                sconns.extend(_with_pid(c, proc.pid) for c in proc.net_connections(kind="tcp"))
+                sconns.extend(
+                    _PidConnection(c.laddr, c.raddr, c.status, proc.pid)
+                    for c in proc.net_connections(kind="tcp")
+                )
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return sconns
@@ -188,14 +192,12 @@ class PsutilCollector:
 
 @dataclass(frozen=True, slots=True)
 class _PidConnection:
+    """A process's `pconn` with its pid: what `connection_from_sconn` reads of an `sconn`."""
+
     laddr: Any
     raddr: Any
     status: str
     pid: int
-
-
-def _with_pid(conn: Any, pid: int) -> _PidConnection:
-    return _PidConnection(conn.laddr, conn.raddr, conn.status, pid)
 
 
 # --- the device id --------------------------------------------------------------------------
