@@ -21,7 +21,7 @@ from event_processor.config import Settings
 from event_processor.tools import aws
 from event_processor.tools.keys import read_key_set
 from sensor_fleet.generator import device_ids, encode, fleet_submissions, make_submission
-from sensor_fleet.host import HostAgent, machine_device_id, read_host
+from sensor_fleet.host import HostAgent, default_state_file, device_id
 from sensor_fleet.sender import MessageAttributes, Sender, sqs_client
 from sensor_fleet.signer import DeviceSigner, FleetSigner
 
@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     host = modes.add_parser(
         "host",
         help="a real agent for this machine",
-        description="Every --interval, report this machine's new processes (ps) and "
-        "established TCP connections (/proc/net/tcp) as one submission; the device id is "
-        "derived from /etc/machine-id.",
+        description="Every --interval, report this machine's new processes and established "
+        "TCP connections as one submission (Linux, macOS, Windows); the device id is derived "
+        "from the machine's own id (machine-id, IOPlatformUUID, MachineGuid), or generated "
+        "once and kept in --state-file.",
     )
     host.add_argument(
         "--interval",
@@ -134,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     host.add_argument(
         "--rounds", type=int, default=0, metavar="N", help="stop after N scans (default 0: never)"
+    )
+    host.add_argument(
+        "--state-file",
+        type=Path,
+        default=Path(_env("HOST_STATE_FILE", str(default_state_file()))),
+        metavar="PATH",
+        help="where the agent keeps a generated device id, on a machine without an id of its "
+        "own [env HOST_STATE_FILE; default %(default)s]",
     )
     host.add_argument(
         "--enrolment",
@@ -176,12 +185,23 @@ def fleet_signer(args: argparse.Namespace, settings: Settings) -> FleetSigner | 
     return FleetSigner(read_key_set(settings), args.key_id)
 
 
+def agent_device_id(state_file: Path) -> str:
+    """This machine's device id; a generated one that cannot be kept stops the agent, since a
+    new id each start would make it a new device each time."""
+    try:
+        return device_id(state_file)
+    except OSError as exc:
+        raise aws.ToolError(
+            f"no machine id, and the device id cannot be kept in {state_file}: {exc.strerror}"
+        ) from None
+
+
 def host_signer(args: argparse.Namespace, settings: Settings) -> DeviceSigner | None:
     """The host agent's signer: its enrolment, or its key derived from the key set."""
     path: Path | None = args.enrolment
     if path is None:
         fleet = fleet_signer(args, settings)
-        return None if fleet is None else fleet.device(machine_device_id())
+        return None if fleet is None else fleet.device(agent_device_id(args.state_file))
     if settings.has_key_source or args.key_id is not None:
         raise aws.UsageError(
             "--enrolment holds the device's key: pass it without a key set or --key-id"
@@ -269,16 +289,18 @@ def run_load(
 
 
 def run_host(
-    args: argparse.Namespace, sender: Sender, stop: threading.Event, signer: DeviceSigner | None
+    args: argparse.Namespace,
+    sender: Sender,
+    stop: threading.Event,
+    signer: DeviceSigner | None,
+    agent_id: str,
 ) -> int:
-    # Enrolled, the agent is the device it was enrolled as.
-    agent = HostAgent(machine_device_id() if signer is None else signer.device_id)
+    agent = HostAgent(agent_id)
     scans = 0
     while not stop.is_set():
-        ps_output, tcp = read_host()
-        processes, connections = agent.scan(ps_output, tcp)
-        if processes or connections:
-            doc = agent.submission(processes, connections, datetime.now().isoformat())
+        processes, connections = agent.scan()
+        doc = agent.submission(processes, connections, datetime.now().isoformat())
+        if any(doc["events"].values()):
             body = encode(doc)
             sender.send(
                 [body], None if signer is None else [signer.attributes(body)], [agent.device_id]
@@ -287,11 +309,13 @@ def run_host(
                 "host scan sent",
                 extra={
                     "action": "scan",
-                    "processes": len(processes),
-                    "connections": len(connections),
+                    "processes": len(doc["events"]["new_process"]),
+                    "connections": len(doc["events"]["network_connection"]),
                 },
             )
         scans += 1
+        # A test (and an operator tailing the log) knows the baseline is taken.
+        log.debug("host scan %d done", scans, extra={"action": "scanned", "scan": scans})
         if args.rounds and scans >= args.rounds:
             break
         stop.wait(args.interval)
@@ -314,10 +338,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exitcodes.USAGE
     device: DeviceSigner | None = None
     fleet: FleetSigner | None = None
+    agent_id = ""
     try:
         # Before any client: a key set that cannot be read stops the fleet before it sends.
         if mode == "host":
             device = host_signer(args, settings)
+            # Enrolled, the agent is the device it was enrolled as.
+            agent_id = agent_device_id(args.state_file) if device is None else device.device_id
         else:
             fleet = fleet_signer(args, settings)
         client = sqs_client(args.localstack, settings)
@@ -343,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with signals.stop_on_signals(stop):
         try:
             if mode == "host":
-                return run_host(args, sender, stop, device)
+                return run_host(args, sender, stop, device, agent_id)
             runner = run_load if mode == "load" else run_simulate
             return runner(args, sender, stop, fleet)
         except KeyboardInterrupt:  # a second signal

@@ -8,13 +8,18 @@ import hashlib
 import itertools
 import json
 import os
+import re
+import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import pytest
 
 from devworld.emulator import Emulator, World, free_port
@@ -31,6 +36,7 @@ from sensor_fleet.signer import FleetSigner
 from tests.conftest import settings_for
 from tests.factories import submission
 from tests.helpers import (
+    Cli,
     check_order,
     client,
     drain_queue,
@@ -39,6 +45,7 @@ from tests.helpers import (
     run_cli,
     send_bodies,
     stream_records,
+    wait_for,
 )
 
 
@@ -50,6 +57,80 @@ def fleet(
     full = {**os.environ, **emulator.client_env(), "QUEUE_URL": world.queue_url, **(env or {})}
     full.pop("LOCALSTACK_HOST", None)
     return run_cli("sensor-fleet", *args, env=full, timeout_s=120)
+
+
+@dataclass(frozen=True)
+class HostRun:
+    returncode: int
+    # stdout and stderr (its log, at DEBUG) together.
+    output: str
+    # The new process's command line, which ends in a marker of this run.
+    cmdl: str
+
+    @property
+    def device_id(self) -> str:
+        return self.output.split("device ")[1].split(":")[0]
+
+    @property
+    def sent(self) -> int:
+        found = re.search(r"sent (\d+) submissions in \d+ scans", self.output)
+        assert found, self.output
+        return int(found[1])
+
+
+def host_with_a_new_process(
+    emulator: Emulator,
+    world: World,
+    tmp_path: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+) -> HostRun:
+    """`sensor-fleet host ARGS` on this machine, with a process started after its baseline scan,
+    until a scan begun after that process ends; then SIGTERM. Its log says when each scan is done."""
+    full = {**os.environ, **emulator.client_env(), "QUEUE_URL": world.queue_url,
+            "LOG_LEVEL": "DEBUG", **(env or {})}  # fmt: skip
+    full.pop("LOCALSTACK_HOST", None)
+    agent = Cli.start(tmp_path / "host.log", "host", "--interval", "0.2", "--state-file",
+                      str(tmp_path / "host.json"), *args, env=full, script="sensor-fleet")  # fmt: skip
+
+    def scans() -> int:
+        assert agent.process.poll() is None, agent.log_path.read_text(encoding="utf-8")
+        done = re.findall(r"host scan (\d+) done", agent.log_path.read_text(encoding="utf-8"))
+        return max(map(int, done), default=0)
+
+    argv = [sys.executable, "-c", "import sys; sys.stdin.read()", f"marker-{uuid.uuid4().hex}"]
+    try:
+        wait_for(lambda: scans() >= 1, 60, "the agent's baseline scan")
+        with subprocess.Popen(argv, stdin=subprocess.PIPE) as new:
+            assert new.stdin is not None
+            # Scan n+1 may have begun before the process did; scan n+2 began after n was seen.
+            after = scans() + 2
+            wait_for(lambda: scans() >= after, 60, "a scan begun after the new process")
+            new.stdin.close()
+        agent.process.send_signal(signal.SIGTERM)
+        agent.process.wait(timeout=30)
+    finally:
+        if agent.process.poll() is None:
+            agent.process.kill()
+            agent.process.wait(timeout=30)
+    output = agent.log_path.read_text(encoding="utf-8")
+    return HostRun(agent.process.returncode, output, " ".join(argv))
+
+
+def peek_bodies(emulator: Emulator, queue_url: str, count: int) -> list[str]:
+    """The bodies of the queue's `count` messages, left visible in it (visibility timeout 0)."""
+    sqs = client(emulator, "sqs")
+    seen: dict[str, str] = {}
+
+    def all_seen() -> bool:
+        batch = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
+        ).get("Messages", [])
+        seen.update((m["MessageId"], m["Body"]) for m in batch)
+        return len(seen) >= count
+
+    wait_for(all_seen, 30, f"{count} messages seen in the queue")
+    return list(seen.values())
 
 
 def test_simulate_sends_one_submission_per_device_per_round(
@@ -130,7 +211,7 @@ def test_load_to_a_fifo_queue_keeps_each_device_in_order(
 
 
 def test_simulate_and_host_group_by_device_on_a_fifo_queue(
-    emulator: Emulator, make_world: Callable[..., World]
+    emulator: Emulator, make_world: Callable[..., World], tmp_path: Path
 ) -> None:
     """simulate sends each device's rounds in its own group, in round order; host sends in the
     machine's group; bodies sent without a device name their own, or the fixed group."""
@@ -148,11 +229,10 @@ def test_simulate_and_host_group_by_device_on_a_fifo_queue(
     assert sorted(groups) == sorted(device_ids(3, seed=5))
     assert all(len(t) == 4 and t == sorted(t) for t in groups.values())  # rounds in order
 
-    host = fleet(emulator, world, "host", "--rounds", "2", "--interval", "0.2")
-    assert host.returncode == 0, host.stderr
-    device = host.stdout.split("device ")[1].split(":")[0]
+    host = host_with_a_new_process(emulator, world, tmp_path)
+    assert host.returncode == 0, host.output
     assert {m["Attributes"]["MessageGroupId"] for m in drain_queue(emulator, world.queue_url)} == {
-        device
+        host.device_id
     }
 
     named = encode(submission())
@@ -170,13 +250,30 @@ def test_load_rate_sends_rate_times_duration(emulator: Emulator, world: World) -
     assert len(drain_queue(emulator, world.queue_url)) == 40
 
 
-def test_host_mode_runs_and_sends_only_valid_submissions(emulator: Emulator, world: World) -> None:
-    """host: scans this machine; whatever it reports is a valid submission."""
-    result = fleet(emulator, world, "host", "--rounds", "2", "--interval", "0.2")
-    assert result.returncode == 0, result.stderr
-    assert "device " in result.stdout
-    for message in drain_queue(emulator, world.queue_url):
-        assert isinstance(parse_submission(message["Body"]), ParsedSubmission)
+async def test_host_agent_sends_a_new_process_and_the_daemon_publishes_what_it_sent(
+    emulator: Emulator, world: World, daemon: Any, tmp_path: Path
+) -> None:
+    """host on this machine: a process started between scans is sent with its command line and
+    user; every submission is valid; the daemon publishes all of them and rejects nothing."""
+    run = await asyncio.to_thread(host_with_a_new_process, emulator, world, tmp_path)
+    assert run.returncode == 0, run.output
+    assert run.sent >= 1, run.output
+    bodies = await asyncio.to_thread(peek_bodies, emulator, world.queue_url, run.sent)
+    assert all(isinstance(parse_submission(b), ParsedSubmission) for b in bodies)
+    docs = [orjson.loads(base64.b64decode(b)) for b in bodies]
+    assert {d["device_id"] for d in docs} == {run.device_id}
+    new_processes = [e for d in docs for e in d["events"]["new_process"]]
+    assert {"cmdl": run.cmdl, "user": psutil.Process().username()} in new_processes
+
+    running = await daemon(settings_for(world))
+    await eventually(lambda: asyncio.to_thread(lambda: queue_depth(emulator, world.queue_url) == 0))
+    assert await running.stop() == 0
+    records = await asyncio.to_thread(stream_records, emulator, world)
+    assert check_order(records) == expected_sequences(bodies)
+    assert {"cmdl": run.cmdl, "user": psutil.Process().username()} in [
+        r["event_data"] for r in records
+    ]
+    assert await asyncio.to_thread(drain_queue, emulator, world.dlq_url) == []
 
 
 def test_sender_survives_unreachable_sqs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,11 +369,9 @@ def test_host_signs_as_its_enrolment(emulator: Emulator, world: World, tmp_path:
     enrolled = str(uuid.uuid4())
     path = tmp_path / "enrolment.json"
     path.write_text(json.dumps(enrolment(keys, enrolled, None)), encoding="utf-8")
-    # Each scan runs a new `ps`, which the next scan reports: the second scan always sends.
-    result = fleet(emulator, world, "host", "--rounds", "2", "--interval", "0.2",
-                   "--enrolment", str(path))  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert f"device {enrolled}:" in result.stdout
+    result = host_with_a_new_process(emulator, world, tmp_path, "--enrolment", str(path))
+    assert result.returncode == 0, result.output
+    assert f"device {enrolled}:" in result.output
     messages = drain_queue(emulator, world.queue_url)
     assert messages
     assert {e.device_id for e in envelopes(keys, messages)} == {enrolled}
