@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypedDict, Unpack
@@ -52,10 +52,29 @@ _SQS_LOCK = threading.RLock()
 _KINESIS_LOCK = threading.Lock()
 
 
+# A receive's scan reads the clock once per message: `_one_instant` makes it read one instant,
+# so that a message cannot turn visible between two looks at it (see _unlock_timed_out_groups).
+_INSTANT = threading.local()
+
+
+@contextlib.contextmanager
+def _one_instant() -> Iterator[None]:
+    _INSTANT.now = time.time()
+    try:
+        yield
+    finally:
+        _INSTANT.now = None
+
+
+def _now() -> float:
+    frozen: float | None = getattr(_INSTANT, "now", None)
+    return time.time() if frozen is None else frozen
+
+
 def _fast_unix_time(dt: Any = None) -> float:
     """moto.core.utils.unix_time without the naive-datetime detour when asked for "now"."""
     if dt is None:
-        return time.time()
+        return _now()
     from moto.core.utils import unix_time  # noqa: PLC0415 - moto is imported only when patching
 
     return float(unix_time(dt))
@@ -64,7 +83,7 @@ def _fast_unix_time(dt: Any = None) -> float:
 def _fast_unix_time_millis(dt: Any = None) -> float:
     """moto.core.utils.unix_time_millis, same units (float milliseconds), via time.time()."""
     if dt is None:
-        return time.time() * 1000.0
+        return _now() * 1000.0
     from moto.core.utils import unix_time_millis  # noqa: PLC0415
 
     return float(unix_time_millis(dt))
@@ -141,7 +160,8 @@ def _patch_sqs() -> None:
     ) -> list[Any]:
         deadline = time.monotonic() + wait_seconds_timeout
         while True:
-            with _SQS_LOCK:
+            with _SQS_LOCK, _one_instant():
+                _unlock_timed_out_groups(self.get_queue(queue_name))
                 result: list[Any] = original_receive(
                     self, queue_name, count, 0, visibility_timeout, message_attribute_names
                 )
@@ -180,6 +200,23 @@ def _patch_sqs() -> None:
 
 
 _DISPATCH_PATCHED = threading.Event()
+
+
+def _unlock_timed_out_groups(queue: Any) -> None:
+    """Forget the received messages whose visibility ran out, before a receive scans.
+
+    moto locks a FIFO group while a message of it is in its pending set, and takes a message
+    out of that set only when its scan reaches it visible again. Several messages of a group
+    timing out together (a consumer killed with a group in flight) then unlock the group at
+    the last of them: the scan skipped the earlier ones and handed out the later ones first.
+    SQS locks a group while a message of it is in flight, and hands the group out again from
+    its first message.
+    """
+    if not queue.fifo_queue:
+        return
+    pending = queue.pending_messages
+    timed_out = [message for message in pending if message.visible]
+    pending.difference_update(timed_out)
 
 
 def patch_moto_dispatch() -> None:

@@ -364,3 +364,34 @@ def test_read_stream_orders_by_shard_then_sequence(
         seqs = [int(r["sequence_number"]) for r in records if r["shard_id"] == shard_id]
         assert seqs == sorted(seqs)
     assert {type(r["data"]) for r in records} == {bytes}
+
+
+def test_a_fifo_group_that_timed_out_in_flight_comes_back_from_its_first_message(
+    emulator: Emulator, make_world: Callable[..., World]
+) -> None:
+    """A consumer dies with three of a group in flight, the last one extended: the group stays
+    locked until all three time out, then comes back whole and in order (moto handed out the
+    extended one and the rest of the group first, skipping the two before it)."""
+    world = make_world(fifo=True, visibility_timeout_s=1)
+    sqs = emulator.boto3_client("sqs")
+    for body in map(str, range(8)):
+        sqs.send_message(
+            QueueUrl=world.queue_url,
+            MessageBody=body,
+            MessageGroupId="device",
+            MessageDeduplicationId=uuid.uuid4().hex,
+        )
+    in_flight = sqs.receive_message(QueueUrl=world.queue_url, MaxNumberOfMessages=3)["Messages"]
+    assert [m["Body"] for m in in_flight] == ["0", "1", "2"]
+    sqs.change_message_visibility(
+        QueueUrl=world.queue_url, ReceiptHandle=in_flight[2]["ReceiptHandle"], VisibilityTimeout=2
+    )
+    handed_out: list[list[str]] = []
+    deadline = time.monotonic() + SCENARIO_DEADLINE_S
+    while not handed_out and time.monotonic() < deadline:
+        received = sqs.receive_message(
+            QueueUrl=world.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30, WaitTimeSeconds=1
+        ).get("Messages", [])
+        if received:
+            handed_out.append([m["Body"] for m in received])
+    assert handed_out == [[str(i) for i in range(8)]]
