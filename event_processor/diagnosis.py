@@ -394,7 +394,7 @@ def dlq_kind_mismatch(dlq: Resource, source_fifo: bool, place: Where) -> Startup
     return StartupError(
         str(dlq),
         f"is a {dlq_kind} queue but the source queue is {source_kind}: a {source_kind} "
-        f"source needs a {source_kind} DLQ (SQS requires a FIFO queue's DLQ to be FIFO)",
+        f"source needs a {source_kind} DLQ (SQS requires a queue's DLQ to be of its own kind)",
         f"point DLQ_URL at a {source_kind} queue "
         + ("(its name ends in .fifo)" if source_fifo else "(its name does not end in .fifo)"),
         setting=dlq.setting,
