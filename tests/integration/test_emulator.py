@@ -390,7 +390,10 @@ def test_a_fifo_group_that_timed_out_in_flight_comes_back_from_its_first_message
     deadline = time.monotonic() + SCENARIO_DEADLINE_S
     while not handed_out and time.monotonic() < deadline:
         received = sqs.receive_message(
-            QueueUrl=world.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30, WaitTimeSeconds=1
+            QueueUrl=world.queue_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=30,
+            WaitTimeSeconds=1,
         ).get("Messages", [])
         if received:
             handed_out.append([m["Body"] for m in received])
