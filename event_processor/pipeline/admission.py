@@ -57,8 +57,9 @@ class MemoryBudget:
 
     def _fits(self, hold: Hold, nbytes: int) -> bool:
         others = self.used_bytes - hold.nbytes
+        others_waiting = self._waiting_bytes - (hold.nbytes if hold.waiting else 0)
         # Alone: nothing is held but by waiters (and this hold), so nothing will free room.
-        return others + nbytes <= self.limit_bytes or others - self._waiting_bytes <= 0
+        return others + nbytes <= self.limit_bytes or others <= others_waiting
 
     def _set(self, hold: Hold, nbytes: int) -> None:
         self.used_bytes += nbytes - hold.nbytes
@@ -85,6 +86,9 @@ class MemoryBudget:
         self._waiters.append((hold, nbytes, future))
         hold.waiting = True
         self._waiting_bytes += hold.nbytes
+        # Its bytes now count as a waiter's: if they were the last held by a non-waiter, the
+        # first waiter goes alone now, since nothing else would wake it.
+        self._wake()
         try:
             await future
         finally:

@@ -93,6 +93,26 @@ async def test_waiters_holding_bytes_do_not_deadlock() -> None:
     await asyncio.wait_for(grow_b, 1)
 
 
+async def test_the_last_holder_to_wait_lets_the_first_waiter_go() -> None:
+    """Two holds, each with a body: the first waits for room the second holds, then the second
+    waits too. Only waiters hold anything now, so the first goes, alone; nothing else will
+    ever free room (the daemon stalled here: four 853 KB bodies of 20,000 events in an 8 MiB
+    budget, on a FIFO queue, nothing published for 8 minutes)."""
+    budget = MemoryBudget(100)
+    a, b = Hold(), Hold()
+    await budget.grow(a, 40)
+    await budget.grow(b, 40)
+    grow_a = asyncio.create_task(budget.grow(a, 90))
+    await queued(a)
+    grow_b = asyncio.create_task(budget.grow(b, 90))
+    await asyncio.wait_for(grow_a, 1)
+    assert budget.used_bytes == 130
+    assert not grow_b.done()
+    budget.release(a)
+    await asyncio.wait_for(grow_b, 1)
+    assert budget.used_bytes == 90
+
+
 async def test_parked_bytes_count_as_a_waiters() -> None:
     """A hold parked behind another submission (a FIFO group's turn) does not keep a waiter
     out: with every other byte parked, the first waiter goes alone; unparked, it counts again."""
