@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import random
 import signal
+import uuid
 from collections.abc import Callable
 
 import pytest
 
 from devworld.emulator import Emulator, World, read_stream
-from devworld.verify import decode_records, expected_sequences, verify
+from devworld.faultproxy import FaultProxy
+from devworld.verify import (
+    decode_records,
+    expected_device_order,
+    expected_sequences,
+    verify,
+    verify_device_order,
+)
 from tests.factories import encode, fleet_like
 from tests.helpers import (
     Cli,
@@ -29,17 +37,20 @@ from tests.helpers import (
 pytestmark = pytest.mark.e2e
 
 REPLICAS = 3
+DEVICES = 30  # each sends 20 submissions: a FIFO source has a group per device
 # Short, so that the killed replica's messages come back within the test.
 VISIBILITY_S = 3
+CALL_LATENCY_S = 0.02  # each AWS call's, through the fault proxy
 
 
 def start_replica(
-    spawn_cli: Callable[..., Cli], emulator: Emulator, world: World, number: int
+    spawn_cli: Callable[..., Cli], emulator: Emulator, world: World, number: int, endpoint: str
 ) -> Cli:
     """One more `event-processor run` on the shared queue and stream, configured by env."""
     env = daemon_env(
         emulator,
         world,
+        AWS_ENDPOINT_URL=endpoint,
         VISIBILITY_TIMEOUT=str(VISIBILITY_S),
         MAX_IN_FLIGHT="50",
         # Lifecycle lines only, as JSON: the "running" one is waited for (Cli.wait_running).
@@ -53,26 +64,36 @@ def stream_size(emulator: Emulator, world: World) -> int:
     return len(read_stream(client(emulator, "kinesis"), world.stream_name))
 
 
+@pytest.fixture
+def world(request: pytest.FixtureRequest, make_world: Callable[..., World]) -> World:
+    """conftest's world; a FIFO one (queue and DLQ) for a test parametrized with True."""
+    return make_world(visibility_timeout_s=30, fifo=getattr(request, "param", False))
+
+
+@pytest.mark.parametrize("world", [False, True], ids=["standard", "fifo"], indirect=True)
 def test_three_replicas_one_killed(
-    emulator: Emulator, world: World, spawn_cli: Callable[..., Cli]
+    emulator: Emulator, world: World, proxy: FaultProxy, spawn_cli: Callable[..., Cli]
 ) -> None:
-    """Kill -9 one of three replicas mid-run: nothing lost, first occurrences in order, dups keep ids."""
+    """Kill -9 one of three replicas mid-run: nothing lost, first occurrences in order, dups
+    keep ids; on a FIFO source each device's submissions also stay in the order sent, across
+    the replicas that took turns with its group."""
     rng = random.Random(3)
-    bodies = [encode(fleet_like(rng)) for _ in range(600)]
+    devices = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(DEVICES)]
+    bodies = [encode(fleet_like(rng, device_id=devices[i % DEVICES])) for i in range(600)]
     expected = expected_sequences(bodies)
     send_bodies(emulator, world.queue_url, bodies)
-    # The first replica starts alone, so that it is surely mid-run, with submissions half
-    # published, when the others have joined and it is killed. (spawn_cli reaps them all.)
-    replicas = [start_replica(spawn_cli, emulator, world, 0)]
-    wait_for(lambda: stream_size(emulator, world) > 300, 60.0, "300 records", interval_s=0.2)
-    replicas += [start_replica(spawn_cli, emulator, world, n) for n in range(1, REPLICAS)]
-    # Joined means running (signal handlers installed): on a busy VM the first replica could
-    # drain the queue while the others still import, and the SIGTERM below then killed them
-    # outright (exit -15) instead of stopping them.
-    for replica in replicas[1:]:
+    # Every call takes an in-region round trip: on loopback three replicas drain 600
+    # submissions before a later one has started, and the kill would hit an idle process.
+    proxy.configure(latency_s=CALL_LATENCY_S)
+    replicas = [
+        start_replica(spawn_cli, emulator, world, n, proxy.endpoint_url) for n in range(REPLICAS)
+    ]
+    # Running means signal handlers installed: the SIGTERM below then stops them (exit 0).
+    for replica in replicas:
         replica.wait_running()
-    wait_for(lambda: stream_size(emulator, world) > 1000, 60.0, "1000 records", interval_s=0.2)
+    wait_for(lambda: stream_size(emulator, world) > 1000, 60.0, "1000 records", interval_s=0.05)
     in_flight = queue_counts(emulator, world.queue_url)
+    assert in_flight[1] > 0, f"nothing in flight at the kill: {in_flight}"
     replicas[0].process.send_signal(signal.SIGKILL)
     assert replicas[0].process.wait(timeout=30) == -signal.SIGKILL
     wait_for(
@@ -94,3 +115,7 @@ def test_three_replicas_one_killed(
     )
     assert result.ok, result.summary()
     assert result.firsts == expected
+    if world.fifo:
+        order = verify_device_order(decode_records(raw), expected_device_order(bodies))
+        assert order.ok, order.summary()
+        assert order.pairs > len(bodies) // 2, order.summary()
