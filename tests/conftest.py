@@ -89,9 +89,10 @@ def make_world(emulator: Emulator) -> Iterator[Callable[..., World]]:
 
 
 @pytest.fixture
-def world(make_world: Callable[..., World]) -> World:
-    """A queue, DLQ and 2-shard stream with names no other test uses, deleted at teardown."""
-    return make_world(visibility_timeout_s=30)
+def world(request: pytest.FixtureRequest, make_world: Callable[..., World]) -> World:
+    """A queue, DLQ and 2-shard stream with names no other test uses, deleted at teardown;
+    FIFO queues for a test parametrized with `indirect=True` and True."""
+    return make_world(visibility_timeout_s=30, fifo=getattr(request, "param", False))
 
 
 def settings_for(world: World, **overrides: Any) -> Settings:

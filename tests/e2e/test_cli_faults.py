@@ -149,12 +149,6 @@ def test_sigterm_releases_unfinished_work_and_a_restart_finishes_it(
     )
 
 
-@pytest.fixture
-def world(request: pytest.FixtureRequest, make_world: Callable[..., World]) -> World:
-    """conftest's world; a FIFO one (queue and DLQ) for a test parametrized with True."""
-    return make_world(visibility_timeout_s=30, fifo=getattr(request, "param", False))
-
-
 @pytest.mark.e2e
 @pytest.mark.parametrize("world", [False, True], ids=["standard", "fifo"], indirect=True)
 def test_kill_9_then_restart_loses_nothing(

@@ -64,12 +64,6 @@ def stream_size(emulator: Emulator, world: World) -> int:
     return len(read_stream(client(emulator, "kinesis"), world.stream_name))
 
 
-@pytest.fixture
-def world(request: pytest.FixtureRequest, make_world: Callable[..., World]) -> World:
-    """conftest's world; a FIFO one (queue and DLQ) for a test parametrized with True."""
-    return make_world(visibility_timeout_s=30, fifo=getattr(request, "param", False))
-
-
 @pytest.mark.parametrize("world", [False, True], ids=["standard", "fifo"], indirect=True)
 def test_three_replicas_one_killed(
     emulator: Emulator, world: World, proxy: FaultProxy, spawn_cli: Callable[..., Cli]
