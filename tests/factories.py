@@ -74,6 +74,13 @@ def fleet_like(rng: random.Random, device_id: str | None = None) -> dict[str, An
     )
 
 
+def devices_bodies(rng: random.Random, devices: int, submissions: int) -> list[str]:
+    """`submissions` fleet-like bodies (encoded) from `devices` devices taking turns, in send
+    order: each device sends several, as a FIFO source's groups need."""
+    ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(devices)]
+    return [encode(fleet_like(rng, device_id=ids[i % devices])) for i in range(submissions)]
+
+
 def received_message(
     body: str = "",
     *,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from devworld.verify import (
     verify,
     verify_device_order,
 )
-from tests.factories import encode, fleet_like
+from tests.factories import devices_bodies, encode, fleet_like
 from tests.helpers import Cli, check_order, queue_depth, send_bodies, stream_records, wait_for
 
 SUBMISSIONS = 300
@@ -159,8 +158,7 @@ def test_kill_9_then_restart_loses_nothing(
     held several of a group, some extended and some not: SQS hands the group out again from
     its first message)."""
     rng = random.Random(42)
-    devices = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(DEVICES)]
-    bodies = [encode(fleet_like(rng, device_id=devices[i % DEVICES])) for i in range(SUBMISSIONS)]
+    bodies = devices_bodies(rng, DEVICES, SUBMISSIONS)
     send_bodies(emulator, world.queue_url, bodies)  # a FIFO group per device, in this order
     first = cli("first", "--max-in-flight", str(MAX_IN_FLIGHT), "--visibility-timeout", "3")
 

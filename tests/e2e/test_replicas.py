@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import signal
-import uuid
 from collections.abc import Callable
 
 import pytest
@@ -23,7 +22,7 @@ from devworld.verify import (
     verify,
     verify_device_order,
 )
-from tests.factories import encode, fleet_like
+from tests.factories import devices_bodies
 from tests.helpers import (
     Cli,
     client,
@@ -72,8 +71,7 @@ def test_three_replicas_one_killed(
     keep ids; on a FIFO source each device's submissions also stay in the order sent, across
     the replicas that took turns with its group."""
     rng = random.Random(3)
-    devices = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(DEVICES)]
-    bodies = [encode(fleet_like(rng, device_id=devices[i % DEVICES])) for i in range(600)]
+    bodies = devices_bodies(rng, DEVICES, 600)
     expected = expected_sequences(bodies)
     send_bodies(emulator, world.queue_url, bodies)
     # Every call takes an in-region round trip: on loopback three replicas drain 600
